@@ -1,0 +1,259 @@
+"""The ``smartcare`` command: every job a user runs is a subcommand."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+import smartcare
+from smartcare.platform.settings import get_settings
+
+app = typer.Typer(help="SmartCare — regional smart-healthcare platform (区域智慧就医平台).", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+users_app = typer.Typer(help="People who log in.", no_args_is_help=True)
+clients_app = typer.Typer(help="Hospital systems that sign their requests (HMAC).", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(users_app, name="users")
+app.add_typer(clients_app, name="clients")
+
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+DEMO_USERS = (
+    ("admin", "smartcare-admin", "区域平台管理员", ["admin"], None),
+    ("auditor", "smartcare-audit", "审计员", ["auditor"], None),
+    ("resident", "smartcare-demo", "演示居民", ["resident"], None),
+)
+
+
+def _setup_logging() -> None:
+    from smartcare.platform import logs
+
+    settings = get_settings()
+    logs.configure(settings.log_level, json=settings.log_json)
+
+
+def _progress() -> tuple[Progress, Callable[[str, int, int], None]]:
+    bar = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console)
+    tasks: dict[str, int] = {}
+
+    def update(step: str, done: int, total: int) -> None:
+        if step not in tasks:
+            tasks[step] = bar.add_task(step, total=total)
+        bar.update(tasks[step], completed=done)
+
+    return bar, update
+
+
+@app.command()
+def version() -> None:
+    """Print the SmartCare version."""
+    console.print(f"smartcare {smartcare.__version__}")
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema and load reference data (districts, value sets)."""
+    from smartcare.platform import migrate as migrations
+
+    _setup_logging()
+    migrations.upgrade()
+    console.print("[green]database is up to date[/]")
+
+
+def _seed(scale: str, seed: int) -> None:
+    from smartcare.platform.db import session_scope
+    from smartcare.synth import service as synth
+
+    bar, update = _progress()
+    with bar, session_scope() as session:
+        report = synth.seed(session, scale=scale, seed=seed, progress=update)
+    table = Table("step", "rows", "seconds", title=f"synthetic region · scale {scale} · seed {seed}")
+    for name, seconds in report.seconds.items():
+        rows = ", ".join(f"{k} {v:,}" for k, v in report.counts.items() if k in (name, *(("facilities", "departments", "practitioners") if name == "registry" else ())))
+        table.add_row(name, rows, f"{seconds:.1f}")
+    table.add_row("total", "", f"{report.total_seconds:.1f}")
+    console.print(table)
+
+
+@app.command()
+def seed(scale: str = typer.Option("small", help="small (20,000 residents) or city (1,000,000)"),
+         seed: int = typer.Option(2026, help="same seed, same region")) -> None:
+    """Generate the synthetic region (all 1,141 institutions and the residents) into an empty database."""
+    _setup_logging()
+    _seed(scale, seed)
+
+
+def _ensure_demo_users() -> None:
+    from sqlalchemy import select
+
+    from smartcare.platform import auth
+    from smartcare.platform.db import session_scope
+    from smartcare.platform.models import UserAccount
+
+    with session_scope() as session:
+        for username, password, display, roles, facility in DEMO_USERS:
+            if session.scalar(select(UserAccount.id).where(UserAccount.username == username)) is None:
+                auth.create_user(session, username=username, password=password, display_name=display, roles=roles,
+                                 facility_code=facility)
+
+
+def _start_worker() -> threading.Thread:
+    from smartcare.platform.bus.postgres import Worker
+
+    worker = Worker()
+    thread = threading.Thread(target=worker.run, name="bus-worker", daemon=True)
+    thread.start()
+    return thread
+
+
+def _serve(host: str, port: int) -> None:
+    import uvicorn
+
+    from smartcare.web.app import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=True)
+
+
+@app.command()
+def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typer.Option(None, help="default 8000")) -> None:
+    """Everything on one machine: database (embedded unless DATABASE_URL), migrations, demo region, API, worker."""
+    from smartcare.platform.db import database_url, session_scope
+    from smartcare.synth import service as synth
+
+    _setup_logging()
+    settings = get_settings()
+    host, port = host or settings.host, port or settings.port
+    where = "DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.home}/pgdata"
+    with console.status(f"starting the database ({where}) …"):
+        database_url()
+    with console.status("applying migrations …"):
+        from smartcare.platform import migrate as migrations
+
+        migrations.upgrade()
+    with session_scope() as session:
+        empty = synth.resident_count(session) == 0
+    if empty:
+        console.print("empty database: generating the demo region (scale small) …")
+        _seed("small", settings.demo_seed)
+    _ensure_demo_users()
+    _start_worker()
+    base = f"http://{host}:{port}"
+    table = Table(title="SmartCare is running — Ctrl-C stops it", show_header=False)
+    table.add_row("admin console", f"{base}/admin   (admin / smartcare-admin, auditor / smartcare-audit)")
+    table.add_row("resident H5", f"{base}/h5   (resident / smartcare-demo)")
+    table.add_row("API docs", f"{base}/docs")
+    table.add_row("health", f"{base}/health · {base}/ready · {base}/metrics")
+    console.print(table)
+    _serve(host, port)
+    console.print("stopped.")
+
+
+@app.command()
+def serve(host: str = typer.Option(None), port: int = typer.Option(None)) -> None:
+    """Serve the API and pages only (run workers separately with `smartcare worker`)."""
+    _setup_logging()
+    settings = get_settings()
+    _serve(host or settings.host, port or settings.port)
+
+
+@app.command()
+def worker(poll_seconds: float = typer.Option(2.0, help="fallback poll interval when no NOTIFY arrives")) -> None:
+    """Run the bus consumers until interrupted (scale out by starting more of these)."""
+    from smartcare.platform import auth
+    from smartcare.platform.bus.postgres import Worker
+    from smartcare.platform.db import session_scope
+
+    _setup_logging()
+    w = Worker(poll_seconds=poll_seconds)
+    thread = threading.Thread(target=w.run, name="bus-worker", daemon=True)
+    thread.start()
+    console.print(f"bus worker running {len(w.consumers)} consumer(s); Ctrl-C stops it")
+    try:
+        while thread.is_alive():
+            with session_scope() as session:
+                auth.purge_nonces(session)
+            time.sleep(60)
+    except KeyboardInterrupt:
+        w.stop()
+        thread.join(timeout=10)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the whole audit chain; name the first entry that was changed or removed."""
+    from smartcare.platform import audit
+    from smartcare.platform.db import session_scope
+
+    with session_scope() as session:
+        result = audit.verify(session)
+    if not result.ok:
+        err.print(f"[red]audit log tampered: entry {result.bad_id}: {result.problem}[/] ({result.checked} entries before it are intact)")
+        raise typer.Exit(1)
+    console.print(f"[green]audit log intact[/]: {result.checked} entries verified")
+
+
+@users_app.command("create")
+def users_create(username: str, role: list[str] = typer.Option(..., "--role", help="resident, doctor, hospital_staff, insurer, admin, auditor"),
+                 display_name: str = typer.Option(None), facility: str = typer.Option(None),
+                 password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True)) -> None:
+    """Create a user who logs in with a password."""
+    from smartcare.platform import auth
+    from smartcare.platform.db import session_scope
+
+    with session_scope() as session:
+        auth.create_user(session, username=username, password=password, display_name=display_name or username,
+                         roles=role, facility_code=facility, actor="cli")
+    console.print(f"user {username} created")
+
+
+@clients_app.command("create")
+def clients_create(client_id: str, name: str = typer.Option(...), facility: str = typer.Option(..., help="facility code")) -> None:
+    """Register a hospital system; prints its signing secret once."""
+    from smartcare.platform import auth
+    from smartcare.platform.db import session_scope
+    from smartcare.registry import service as registry
+
+    with session_scope() as session:
+        registry.get_facility(session, facility)
+        secret = auth.create_api_client(session, client_id=client_id, name=name, facility_code=facility, actor="cli")
+    console.print(f"client {client_id} created for facility {facility}. Secret (shown once, store it safely):\n{secret}")
+
+
+def main() -> None:
+    """Entry point: one clear line and a non-zero exit code for every expected failure."""
+    from sqlalchemy.exc import OperationalError
+
+    from smartcare.platform.errors import SmartCareError
+    from smartcare.platform.masking import mask_text
+
+    try:
+        app()
+    except SmartCareError as exc:
+        err.print(f"[red]error:[/] {exc.message}" + (f" — {exc.hint}" if exc.hint else ""))
+        sys.exit(2)
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        err.print(f"[red]error:[/] cannot reach PostgreSQL ({reason}) — check DATABASE_URL or unset it to use the embedded server")
+        sys.exit(3)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # last resort: still one line, plus where to look
+        logging.getLogger("smartcare").exception("unexpected failure")
+        err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {mask_text(str(exc))} — see the log above and report it")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

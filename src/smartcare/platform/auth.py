@@ -1,0 +1,185 @@
+"""Who is calling: people (users with roles, JWT sessions, Argon2 passwords) and hospital systems
+(API clients that sign every request with HMAC-SHA256, with replay protection)."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, select, text
+from sqlalchemy.orm import Session
+
+from smartcare.platform import audit
+from smartcare.platform.crypto import hmac_sha256_hex, seal, sha256_hex, unseal
+from smartcare.platform.db import session_factory
+from smartcare.platform.errors import Conflict, InvalidInput, Unauthorized
+from smartcare.platform.models import ApiClient, RequestNonce, UserAccount
+from smartcare.platform.settings import get_settings
+
+
+class Role(enum.StrEnum):
+    RESIDENT = "resident"
+    DOCTOR = "doctor"
+    HOSPITAL_STAFF = "hospital_staff"
+    INSURER = "insurer"
+    ADMIN = "admin"
+    AUDITOR = "auditor"
+
+
+_hasher = PasswordHasher()
+_JWT_ALG = "HS256"
+_SECRET_PURPOSE = "api-client-secret"
+
+
+# ---- people ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of a request."""
+
+    username: str
+    roles: frozenset[str]
+    facility_code: str | None = None
+
+    def has(self, *roles: str) -> bool:
+        return bool(self.roles.intersection(roles))
+
+
+def create_user(session: Session, *, username: str, password: str, display_name: str, roles: list[str],
+                facility_code: str | None = None, actor: str = "system") -> UserAccount:
+    unknown = set(roles) - {r.value for r in Role}
+    if unknown:
+        raise InvalidInput(f"unknown role(s): {', '.join(sorted(unknown))}", field="roles",
+                           hint=f"roles are {', '.join(r.value for r in Role)}")
+    if len(password) < 8:
+        raise InvalidInput("password must have at least 8 characters", field="password")
+    if session.scalar(select(UserAccount.id).where(UserAccount.username == username)):
+        raise Conflict(f"user {username!r} already exists", field="username")
+    user = UserAccount(username=username, display_name=display_name, password_hash=_hasher.hash(password),
+                       roles=list(roles), facility_code=facility_code)
+    session.add(user)
+    session.flush()
+    audit.record(session, actor=actor, action="user.create", target=f"user:{username}", detail={"roles": roles})
+    return user
+
+
+def authenticate(session: Session, *, username: str, password: str) -> Principal:
+    """Check a password. The error never says whether the user exists."""
+    user = session.scalar(select(UserAccount).where(UserAccount.username == username, UserAccount.active))
+    try:
+        if user is None:
+            raise VerificationError("no such user")
+        _hasher.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        raise Unauthorized("wrong username or password") from None
+    return Principal(user.username, frozenset(user.roles), user.facility_code)
+
+
+def issue_token(principal: Principal, *, minutes: int | None = None) -> str:
+    settings = get_settings()
+    now = datetime.now(UTC)
+    claims = {
+        "sub": principal.username,
+        "roles": sorted(principal.roles),
+        "fac": principal.facility_code,
+        "iat": now,
+        "exp": now + timedelta(minutes=minutes or settings.session_minutes),
+    }
+    return jwt.encode(claims, settings.resolved_secret_key(), algorithm=_JWT_ALG)
+
+
+def read_token(token: str) -> Principal:
+    try:
+        claims = jwt.decode(token, get_settings().resolved_secret_key(), algorithms=[_JWT_ALG],
+                            options={"require": ["sub", "exp"]})
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("session expired", hint="log in again") from None
+    except jwt.InvalidTokenError:
+        raise Unauthorized("invalid session token", hint="log in again") from None
+    return Principal(claims["sub"], frozenset(claims.get("roles", [])), claims.get("fac"))
+
+
+# ---- hospital systems: HMAC request signing ------------------------------------------------
+
+HEADER_CLIENT = "X-SmartCare-Client"
+HEADER_TIMESTAMP = "X-SmartCare-Timestamp"
+HEADER_NONCE = "X-SmartCare-Nonce"
+HEADER_SIGNATURE = "X-SmartCare-Signature"
+
+
+def canonical_request(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
+    """What is signed: method, path (with query), timestamp, nonce and the SHA-256 of the body."""
+    return "\n".join([method.upper(), path, timestamp, nonce, sha256_hex(body)]).encode()
+
+
+def sign_request(*, client_id: str, secret: str, method: str, path: str, body: bytes = b"",
+                 timestamp: int | None = None, nonce: str | None = None) -> dict[str, str]:
+    """Headers a hospital system sends (see docs/operations.md for the same steps in any language)."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    nonce = nonce or secrets.token_hex(16)
+    signature = hmac_sha256_hex(secret.encode(), canonical_request(method, path, ts, nonce, body))
+    return {HEADER_CLIENT: client_id, HEADER_TIMESTAMP: ts, HEADER_NONCE: nonce, HEADER_SIGNATURE: signature}
+
+
+def create_api_client(session: Session, *, client_id: str, name: str, facility_code: str | None,
+                      actor: str = "system") -> str:
+    """Register a hospital system; returns its secret, shown once."""
+    if session.scalar(select(ApiClient.id).where(ApiClient.client_id == client_id)):
+        raise Conflict(f"API client {client_id!r} already exists", field="client_id")
+    secret = secrets.token_urlsafe(32)
+    session.add(ApiClient(client_id=client_id, name=name, facility_code=facility_code,
+                          secret_sealed=seal(secret.encode(), purpose=_SECRET_PURPOSE, aad=client_id.encode())))
+    session.flush()
+    audit.record(session, actor=actor, action="api_client.create", target=f"client:{client_id}",
+                 detail={"facility_code": facility_code})
+    return secret
+
+
+def verify_signed_request(session: Session, *, method: str, path: str, headers: dict[str, str], body: bytes,
+                          now: float | None = None) -> Principal:
+    """Check signature, timestamp window and nonce. The nonce is recorded in its own committed
+    transaction, so a replay is refused even if the first request later fails."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    missing = [h for h in (HEADER_CLIENT, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE) if h.lower() not in lowered]
+    if missing:
+        raise Unauthorized(f"missing signature header(s): {', '.join(missing)}", hint="sign the request with the client secret")
+    client_id = lowered[HEADER_CLIENT.lower()]
+    ts, nonce, signature = (lowered[h.lower()] for h in (HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE))
+    if not ts.isdigit():
+        raise Unauthorized(f"{HEADER_TIMESTAMP} must be Unix seconds", field=HEADER_TIMESTAMP)
+    window = get_settings().hmac_window_seconds
+    skew = (time.time() if now is None else now) - int(ts)
+    if abs(skew) > window:
+        raise Unauthorized(f"request timestamp is {int(skew)} s off the server clock (allowed ±{window} s)",
+                           field=HEADER_TIMESTAMP, hint="sync the client clock (NTP) and sign a fresh request")
+    if not 8 <= len(nonce) <= 128:
+        raise Unauthorized(f"{HEADER_NONCE} must be 8 to 128 characters", field=HEADER_NONCE)
+    client = session.scalar(select(ApiClient).where(ApiClient.client_id == client_id, ApiClient.active))
+    if client is None:
+        raise Unauthorized("unknown or disabled API client", field=HEADER_CLIENT)
+    secret = unseal(client.secret_sealed, purpose=_SECRET_PURPOSE, aad=client_id.encode())
+    expected = hmac_sha256_hex(secret, canonical_request(method, path, ts, nonce, body))
+    if not secrets.compare_digest(expected, signature.lower()):
+        raise Unauthorized("signature does not match the request (method, path, timestamp, nonce and body are signed)",
+                           field=HEADER_SIGNATURE)
+    with session_factory()() as nonce_session, nonce_session.begin():
+        fresh = nonce_session.execute(
+            text("INSERT INTO platform.request_nonce (client_id, nonce) VALUES (:c, :n) "
+                 "ON CONFLICT DO NOTHING RETURNING 1"), {"c": client_id, "n": nonce}).scalar()
+    if not fresh:
+        raise Unauthorized("nonce already used: the request is a replay", field=HEADER_NONCE,
+                           hint="use a new random nonce for every request")
+    return Principal(f"client:{client_id}", frozenset({Role.HOSPITAL_STAFF.value}), client.facility_code)
+
+
+def purge_nonces(session: Session) -> int:
+    """Nonces older than twice the window can no longer be replayed (the timestamp check refuses them)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=2 * get_settings().hmac_window_seconds)
+    return session.execute(delete(RequestNonce).where(RequestNonce.seen_at < cutoff)).rowcount

@@ -1,0 +1,177 @@
+"""PostgreSQL transport: a durable table queue.
+
+``bus_message`` holds each event once; ``bus_delivery`` holds one row per (message, consumer).
+A worker leases ready deliveries with ``FOR UPDATE SKIP LOCKED`` (the lease is the retry backoff,
+so a delivery whose worker died comes back by itself), then handles each in its own transaction
+that re-locks the row and marks it done together with the handler's effect. ``LISTEN/NOTIFY``
+wakes idle workers at once; polling is only the fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from psycopg.types.json import Jsonb
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from smartcare.platform import metrics
+from smartcare.platform.bus import Consumer, Message, registry
+from smartcare.platform.db import database_url, session_factory, session_scope
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "smartcare_bus"
+
+
+def _like(pattern: str) -> str:
+    return pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
+
+
+def publish(session: Session, topic: str, payload: dict, *, message_id: uuid.UUID) -> uuid.UUID:
+    inserted = session.execute(
+        text("INSERT INTO platform.bus_message (message_id, topic, payload) VALUES (:mid, :topic, :payload) "
+             "ON CONFLICT (message_id) DO NOTHING RETURNING id"),
+        {"mid": message_id, "topic": topic, "payload": Jsonb(payload)},
+    ).scalar()
+    if inserted is not None:
+        session.execute(
+            text("INSERT INTO platform.bus_delivery (message_id, consumer) "
+                 "SELECT DISTINCT :id, consumer FROM platform.bus_subscription WHERE :topic LIKE topic_pattern"),
+            {"id": inserted, "topic": topic},
+        )
+        session.execute(text("SELECT pg_notify(:ch, :topic)"), {"ch": CHANNEL, "topic": topic})
+        metrics.BUS_PUBLISHED.labels(topic=topic).inc()
+    return message_id
+
+
+def sync_subscriptions(session: Session, consumers: Iterable[Consumer]) -> None:
+    """Make the subscription table say what the code says (run by ``migrate`` and at worker start)."""
+    for c in consumers:
+        patterns = [_like(t) for t in c.topics]
+        session.execute(text("DELETE FROM platform.bus_subscription WHERE consumer = :c AND NOT (topic_pattern = ANY(:p))"),
+                        {"c": c.name, "p": patterns})
+        for p in patterns:
+            session.execute(text("INSERT INTO platform.bus_subscription (consumer, topic_pattern) VALUES (:c, :p) "
+                                 "ON CONFLICT DO NOTHING"), {"c": c.name, "p": p})
+
+
+def _lease(consumers: dict[str, Consumer], batch: int) -> list[tuple[int, str, int]]:
+    """Claim up to ``batch`` ready deliveries; each is hidden from other workers for its backoff."""
+    with session_scope() as s:
+        rows = s.execute(
+            text("SELECT id, consumer, attempts FROM platform.bus_delivery "
+                 "WHERE consumer = ANY(:names) AND state = 'pending' AND available_at <= now() "
+                 "ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"),
+            {"names": list(consumers), "n": batch},
+        ).all()
+        now = datetime.now(UTC)
+        for delivery_id, name, attempts in rows:
+            s.execute(text("UPDATE platform.bus_delivery SET attempts = attempts + 1, available_at = :at WHERE id = :id"),
+                      {"id": delivery_id, "at": now + timedelta(seconds=consumers[name].backoff(attempts + 1))})
+    return [(d, c, a + 1) for d, c, a in rows]
+
+
+def _handle(consumer: Consumer, delivery_id: int, attempt: int) -> bool:
+    """Run the handler; returns True when the delivery is done (or was already done elsewhere)."""
+    session = session_factory()()
+    try:
+        row = session.execute(
+            text("SELECT m.message_id, m.topic, m.payload, m.published_at FROM platform.bus_delivery d "
+                 "JOIN platform.bus_message m ON m.id = d.message_id "
+                 "WHERE d.id = :id AND d.state = 'pending' FOR UPDATE OF d"),
+            {"id": delivery_id},
+        ).first()
+        if row is None:  # another worker finished it while our lease ran out
+            session.rollback()
+            return True
+        consumer.handler(session, Message(row.message_id, row.topic, row.payload, row.published_at, attempt))
+        session.execute(text("UPDATE platform.bus_delivery SET state = 'done', done_at = now(), last_error = NULL "
+                             "WHERE id = :id"), {"id": delivery_id})
+        session.commit()
+        metrics.BUS_HANDLED.labels(consumer=consumer.name, outcome="done").inc()
+        return True
+    except Exception as exc:
+        session.rollback()
+        dead = attempt >= consumer.max_attempts
+        error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
+        with session_scope() as s:
+            s.execute(text("UPDATE platform.bus_delivery SET last_error = :e, state = CASE WHEN :dead THEN 'dead' ELSE state END "
+                           "WHERE id = :id AND state = 'pending'"), {"e": error, "dead": dead, "id": delivery_id})
+        metrics.BUS_HANDLED.labels(consumer=consumer.name, outcome="dead" if dead else "retry").inc()
+        log.warning("bus consumer %s failed on delivery %s (attempt %s%s): %s", consumer.name, delivery_id, attempt,
+                    ", dead-lettered" if dead else "", error)
+        return False
+    finally:
+        session.close()
+
+
+def run_once(consumers: dict[str, Consumer] | None = None, *, batch: int = 100) -> int:
+    """Handle what is ready now; returns how many deliveries were leased."""
+    consumers = consumers if consumers is not None else registry.consumers
+    if not consumers:
+        return 0
+    leased = _lease(consumers, batch)
+    for delivery_id, name, attempt in leased:
+        _handle(consumers[name], delivery_id, attempt)
+    return len(leased)
+
+
+class Worker:
+    """Runs consumers until stopped; wakes on NOTIFY, polls every ``poll_seconds`` as a fallback."""
+
+    def __init__(self, consumers: dict[str, Consumer] | None = None, *, poll_seconds: float = 2.0, batch: int = 100):
+        self.consumers = consumers if consumers is not None else registry.consumers
+        self.poll_seconds = poll_seconds
+        self.batch = batch
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        with session_scope() as s:
+            sync_subscriptions(s, self.consumers.values())
+        dsn = database_url().replace("postgresql+psycopg://", "postgresql://", 1)
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(dsn, autocommit=True) as listen:
+                    listen.execute(f"LISTEN {CHANNEL}")
+                    while not self.stopping.is_set():
+                        while run_once(self.consumers, batch=self.batch) and not self.stopping.is_set():
+                            pass
+                        for _ in listen.notifies(timeout=self.poll_seconds, stop_after=1):
+                            pass
+            except psycopg.OperationalError as exc:
+                log.warning("bus worker lost its database connection (%s); retrying in 5 s", exc)
+                self.stopping.wait(5)
+
+
+def dead_letters(session: Session, *, limit: int = 100) -> list[dict]:
+    rows = session.execute(
+        text("SELECT d.id, d.consumer, d.attempts, d.last_error, m.topic, m.message_id FROM platform.bus_delivery d "
+             "JOIN platform.bus_message m ON m.id = d.message_id WHERE d.state = 'dead' ORDER BY d.id LIMIT :n"),
+        {"n": limit},
+    ).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def replay(session: Session, delivery_id: int) -> bool:
+    """Put a dead delivery back in the queue with a fresh attempt count."""
+    return bool(session.execute(
+        text("UPDATE platform.bus_delivery SET state = 'pending', attempts = 0, available_at = now(), last_error = NULL "
+             "WHERE id = :id AND state = 'dead'"), {"id": delivery_id}).rowcount)
+
+
+def wait_idle(timeout: float = 10.0) -> None:
+    """Tests and jobs: wait until nothing is ready for the registered consumers."""
+    deadline = time.monotonic() + timeout
+    while run_once() and time.monotonic() < deadline:
+        pass

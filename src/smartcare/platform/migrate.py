@@ -1,0 +1,33 @@
+"""Apply Alembic migrations, then the reference data and bus subscriptions that the code defines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from smartcare.platform.errors import ConfigurationError
+
+MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
+
+
+def alembic_config() -> Config:
+    if not (MIGRATIONS / "env.py").exists():
+        raise ConfigurationError(f"migrations not found at {MIGRATIONS}",
+                                 hint="install SmartCare from its source tree (pip install -e .)")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def upgrade() -> None:
+    """Bring the schema to the newest revision and load what every fresh database needs."""
+    from smartcare.platform.bus import postgres, registry
+    from smartcare.platform.db import session_scope
+    from smartcare.registry import service as registry_service
+
+    command.upgrade(alembic_config(), "head")
+    with session_scope() as session:
+        registry_service.load_reference_data(session)
+        postgres.sync_subscriptions(session, registry.consumers.values())

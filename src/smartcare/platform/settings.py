@@ -1,0 +1,50 @@
+"""Settings from the environment (prefix ``SMARTCARE_``, plus the conventional ``DATABASE_URL``)."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SMARTCARE_", extra="ignore")
+
+    #: An external PostgreSQL. Unset: an embedded server is started under ``home``.
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "SMARTCARE_DATABASE_URL")
+    )
+    #: Where the embedded PostgreSQL, the generated secret key and other local state live.
+    home: Path = Path(".smartcare")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Signs sessions (JWT) and derives the key that seals API client secrets. Generated once into
+    #: ``home/secret.key`` when unset, so a restart keeps sessions valid.
+    secret_key: str | None = None
+    session_minutes: int = 8 * 60
+    #: Hospital request signatures older or newer than this are refused (replay protection).
+    hmac_window_seconds: int = 300
+    #: ``postgres`` (default) or a ``nats://`` URL for the JetStream transport.
+    bus_url: str = "postgres"
+    log_level: str = "INFO"
+    log_json: bool = False
+    #: Seed of the demo region that ``smartcare up`` creates in an empty database.
+    demo_seed: int = 2026
+
+    def resolved_secret_key(self) -> str:
+        if self.secret_key:
+            return self.secret_key
+        path = self.home / "secret.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,47 @@
+"""Tables of the synthetic region (schema ``synth``): the ground-truth population the generator made.
+
+Later capabilities derive their inputs (visit cards with realistic errors, documents, messages, bills)
+from these rows; the truth stays here so that matching and quality can be scored against it.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import BigInteger, Date, DateTime, Float, Index, Integer, String, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from smartcare.platform.db import Base
+
+SCHEMA = "synth"
+
+
+class Resident(Base):
+    __tablename__ = "resident"
+    __table_args__ = (Index("ix_resident_district", "district_code"), {"schema": SCHEMA})
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    sex: Mapped[str] = mapped_column(String(1))
+    birth_date: Mapped[date] = mapped_column(Date)
+    id_number: Mapped[str] = mapped_column(String(18), unique=True)
+    phone: Mapped[str] = mapped_column(String(11))
+    district_code: Mapped[str] = mapped_column(String(6))
+    address: Mapped[str] = mapped_column(String(300))
+    ethnicity: Mapped[str] = mapped_column(String(2))
+    family_id: Mapped[int] = mapped_column(BigInteger)
+    guardian_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class SeedRun(Base):
+    """One completed generation: which seed and scale, how many rows, how long it took."""
+
+    __tablename__ = "seed_run"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seed: Mapped[int] = mapped_column(Integer)
+    scale: Mapped[str] = mapped_column(String(16))
+    residents: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

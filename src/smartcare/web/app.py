@@ -1,0 +1,118 @@
+"""The FastAPI application: every capability's router, the pages, health and metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+import smartcare
+from smartcare.platform import auth, metrics
+from smartcare.platform.db import session_factory
+from smartcare.platform.errors import SmartCareError, Unauthorized
+from smartcare.registry.api import router as registry_router
+from smartcare.web import pages
+from smartcare.web.deps import db, principal
+
+STATIC = Path(__file__).parent / "static"
+
+
+class TokenIn(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=200)
+
+
+def _field(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if p not in ("body",)) or "body"
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each bad field; 400 for a body that is not JSON at all. Input values are never echoed."""
+    errors = exc.errors()
+    bad_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if bad_json is not None:
+        where = bad_json.get("loc", ("body",))
+        detail = bad_json.get("ctx", {}).get("error", "invalid JSON")
+        return JSONResponse(status_code=400, content={
+            "error": "malformed_json",
+            "message": f"request body is not valid JSON ({detail}, at position {where[-1]})",
+            "hint": "send a JSON object with Content-Type: application/json"})
+    fields = [{"field": _field(e["loc"]), "message": e["msg"]} for e in errors]
+    summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    return JSONResponse(status_code=422, content={"error": "invalid_input", "message": summary, "errors": fields})
+
+
+async def _smartcare_error(request: Request, exc: SmartCareError) -> Response:
+    if isinstance(exc, Unauthorized) and not request.url.path.startswith("/api/"):
+        target = "/h5/login" if request.url.path.startswith("/h5") else "/login"
+        return RedirectResponse(f"{target}?next={request.url.path}", status_code=303)
+    return JSONResponse(status_code=exc.status, content=exc.to_dict())
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="SmartCare",
+        version=smartcare.__version__,
+        description="区域智慧就医平台 — regional smart-healthcare platform API.",
+    )
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(SmartCareError, _smartcare_error)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        metrics.HTTP_REQUESTS.labels(request.method, name, response.status_code).inc()
+        metrics.HTTP_SECONDS.labels(request.method, name).observe(time.perf_counter() - start)
+        return response
+
+    @app.get("/health", tags=["operations"])
+    def health() -> dict:
+        """Liveness: the process answers."""
+        return {"status": "ok", "version": smartcare.__version__}
+
+    @app.get("/ready", tags=["operations"])
+    def ready() -> JSONResponse:
+        """Readiness: the database and the bus (its queue tables) are reachable."""
+        checks = {}
+        try:
+            with session_factory()() as s:
+                s.execute(text("SELECT 1"))
+                checks["database"] = "ok"
+                s.execute(text("SELECT 1 FROM platform.bus_delivery LIMIT 1"))
+                checks["bus"] = "ok"
+        except Exception as exc:  # readiness reports, it does not raise
+            checks.setdefault("database", "down")
+            checks.setdefault("bus", "down")
+            checks["error"] = type(exc).__name__
+        ok = all(v == "ok" for k, v in checks.items() if k != "error")
+        return JSONResponse(status_code=200 if ok else 503, content={"status": "ready" if ok else "not ready", **checks})
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/api/v1/auth/token", tags=["auth"])
+    def token(data: TokenIn, session: Session = Depends(db)) -> dict:
+        """Exchange a username and password for a bearer token (JWT)."""
+        who = auth.authenticate(session, username=data.username, password=data.password)
+        return {"access_token": auth.issue_token(who), "token_type": "bearer", "roles": sorted(who.roles)}
+
+    @app.get("/api/v1/auth/me", tags=["auth"])
+    def me(who: auth.Principal = Depends(principal)) -> dict:
+        return {"username": who.username, "roles": sorted(who.roles), "facility_code": who.facility_code}
+
+    app.include_router(registry_router)
+    app.include_router(pages.router)
+    return app

@@ -1,0 +1,63 @@
+"""FastAPI dependencies shared by every router: the database session and who is calling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from smartcare.platform import auth
+from smartcare.platform.db import session_factory
+from smartcare.platform.errors import Forbidden, Unauthorized
+
+SESSION_COOKIE = "smartcare_session"
+
+
+def db() -> Iterator[Session]:
+    """One transaction per request: committed when the handler returns, rolled back on error."""
+    session = session_factory()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def optional_principal(request: Request) -> auth.Principal | None:
+    header = request.headers.get("authorization", "")
+    token = header[7:] if header.lower().startswith("bearer ") else request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    try:
+        return auth.read_token(token)
+    except Unauthorized:
+        return None
+
+
+def principal(request: Request) -> auth.Principal:
+    p = optional_principal(request)
+    if p is None:
+        raise Unauthorized("login required", hint="POST /api/v1/auth/token or log in at /login")
+    return p
+
+
+def require(*roles: str) -> Callable[..., auth.Principal]:
+    """Dependency: the caller must hold one of ``roles``."""
+
+    def check(p: auth.Principal = Depends(principal)) -> auth.Principal:
+        if not p.has(*roles):
+            raise Forbidden(f"this needs one of the roles: {', '.join(roles)}")
+        return p
+
+    return check
+
+
+async def signed_client(request: Request, session: Session = Depends(db)) -> auth.Principal:
+    """A hospital system's request, verified by its HMAC signature (see ``platform.auth``)."""
+    body = await request.body()
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return auth.verify_signed_request(session, method=request.method, path=path, headers=dict(request.headers), body=body)
