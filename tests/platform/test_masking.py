@@ -260,7 +260,9 @@ def test_structlog_exception_text_is_masked() -> None:
     assert event["patient_name"] == "张*"
 
 
-def stdlib_logger(name: str, fmt: logging.Formatter | None = None) -> tuple[logging.Logger, io.StringIO]:
+def stdlib_logger(
+    name: str, fmt: logging.Formatter | None = None
+) -> tuple[logging.Logger, io.StringIO]:
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
     handler.setFormatter(fmt or logging.Formatter("%(levelname)s %(message)s"))

@@ -212,7 +212,9 @@ def _weighted(digits: str, weights: tuple[int, ...]) -> int:
 _YEAR_SUMS: Final = {y: _weighted(f"{y:04d}", _WEIGHTS[6:10]) for y in range(1900, 2200)}
 _MONTH_SUMS: Final = tuple(_weighted(f"{m:02d}", _WEIGHTS[10:12]) for m in range(13))
 _DAY_SUMS: Final = tuple(_weighted(f"{d:02d}", _WEIGHTS[12:14]) for d in range(32))
-_ORDER_CODES: Final = tuple((f"{o:03d}", _weighted(f"{o:03d}", _WEIGHTS[14:17])) for o in range(1000))
+_ORDER_CODES: Final = tuple(
+    (f"{o:03d}", _weighted(f"{o:03d}", _WEIGHTS[14:17])) for o in range(1000)
+)
 
 
 def make(region_code: str, birth_date: date, sequence: int, sex: str) -> str:

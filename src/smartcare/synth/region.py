@@ -457,14 +457,12 @@ def _hospitals(seed: int, plans: Sequence[_Plan], places: dict[str, _Places]) ->
             candidates = (city + local) if city_first else local
             name = take(candidates)
             if name is None:  # this district has used up its names of that kind
-                kind, name = "general_hospital", take(
-                    [f"重庆市{d.name}第{_cn(i)}医院" for i in range(1, 100)]
-                )
-                assert name is not None
+                kind = "general_hospital"
+                name = take([f"重庆市{d.name}第{_cn(i)}医院" for i in range(1, 100)]) or ""
             tier = "city" if d.name not in name else "extra"
             drafts.append(_Draft(d, "H", kind, "public", name, tier))
         for _ in range(plan.private_hospitals):
-            brand = brands.pop() if brands else f"{rng.choice(town_stems)}"
+            brand = brands.pop() if brands else rng.choice(town_stems)
             if rng.random() < 0.5:
                 kind, name = "general_hospital", f"重庆{brand}医院"
             else:
@@ -505,22 +503,24 @@ def _levels(seed: int, hospitals: list[_Draft]) -> None:
         return pull * factor * rng.uniform(0.6, 1.4)
 
     public = [h for h in hospitals if h.ownership == "public"]
-    scores = {id(h): score(h) for h in public}
-    by_score = sorted(public, key=lambda h: -scores[id(h)])
-    top = set(map(id, by_score[: _PUBLIC_LEVELS[0][1]]))
-    rest = [h for h in by_score if id(h) not in top]
-    rest.sort(key=lambda h: h.tier != "base")  # stable: base first, each part still by score
-    ranked = [h for h in by_score if id(h) in top] + rest
+    scores = [score(h) for h in public]
+    by_score = [public[i] for i in sorted(range(len(public)), key=lambda i: -scores[i])]
+    n_top = _PUBLIC_LEVELS[0][1]
+    # sorted() is stable: below the top, district hospitals first, each part still by score
+    ranked = by_score[:n_top] + sorted(by_score[n_top:], key=lambda h: h.tier != "base")
     _assign_levels(rng, ranked, _PUBLIC_LEVELS)
 
     private = [h for h in hospitals if h.ownership == "private"]
     _assign_levels(rng, rng.sample(private, len(private)), _PRIVATE_LEVELS)
 
 
-def _assign_levels(rng: random.Random, ranked: list[_Draft], quotas: tuple[tuple[int, int], ...]) -> None:
+def _assign_levels(
+    rng: random.Random, ranked: list[_Draft], quotas: tuple[tuple[int, int], ...]
+) -> None:
+    """Hand out ``quotas`` ((level, how many), …) down ``ranked``, drawing a grade for each."""
     if len(ranked) != sum(n for _, n in quotas):
-        raise AssertionError("hospital count does not match the level quotas")
-    grade_weights = {3: ((80, 20, 0)), 2: (55, 40, 5), 1: (30, 45, 25)}
+        raise RuntimeError(f"{len(ranked)} hospitals do not match the level quotas {quotas}")
+    grade_weights = {3: (80, 20, 0), 2: (55, 40, 5), 1: (30, 45, 25)}
     i = 0
     for level, n in quotas:
         for h in ranked[i : i + n]:
@@ -528,8 +528,8 @@ def _assign_levels(rng: random.Random, ranked: list[_Draft], quotas: tuple[tuple
             if level == 0:
                 h.grade = ""
             else:
-                weights = (30, 70, 0) if h.ownership == "private" and level == 2 else grade_weights[level]
-                h.grade = rng.choices("甲乙丙", weights)[0]
+                private2 = h.ownership == "private" and level == 2
+                h.grade = rng.choices("甲乙丙", (30, 70, 0) if private2 else grade_weights[level])[0]
         i += n
 
 
@@ -782,17 +782,22 @@ def _years_before(years: float) -> int:
 # Household types: (weight, adults, fewest children, most children).
 # adults: 1 single woman, 2 single man, 3 couple.
 _HOUSEHOLDS = (
-    (10, 1, 0, 0),
-    (9, 2, 0, 0),
-    (24, 3, 0, 0),
-    (28, 3, 1, 1),
-    (19, 3, 2, 2),
+    (11, 1, 0, 0),
+    (8, 2, 0, 0),
+    (31, 3, 0, 0),
+    (24, 3, 1, 1),
+    (18, 3, 2, 2),
     (3, 3, 3, 3),
-    (5, 1, 1, 2),
-    (2, 2, 1, 1),
+    (4, 1, 1, 2),
+    (1, 2, 1, 1),
 )
-# Age bands of the woman of the house (or of the single adult): (weight, from age, to age).
-_ADULT_AGES = ((13, 20, 30), (18, 30, 40), (19, 40, 50), (20, 50, 60), (16, 60, 70), (10, 70, 80), (4, 80, 96))
+# Age bands of the woman of the house (or of the single adult): (weight, from age, to age);
+# households planned with children draw from the parent bands, the others from the adult bands.
+# Tuned so that 2026 has about 15 % under 15 and 16 % over 65 (census 2020 trend for Chongqing).
+_ADULT_AGES = (
+    (8, 20, 30), (5, 30, 40), (6, 40, 50), (22, 50, 60), (30, 60, 70), (20, 70, 80), (7, 80, 88), (2, 88, 96),
+)
+_PARENT_AGES = ((10, 20, 30), (36, 30, 40), (36, 40, 50), (18, 50, 60))
 
 
 def residents(seed: int, count: int, districts: Sequence[District] | None = None) -> Iterator[Resident]:
@@ -818,6 +823,7 @@ def residents(seed: int, count: int, districts: Sequence[District] | None = None
     as_of_minus_18 = date(AS_OF.year - 18, AS_OF.month, AS_OF.day).toordinal()
     as_of_minus_16 = date(AS_OF.year - 16, AS_OF.month, AS_OF.day).toordinal()
     as_of_minus_10 = date(AS_OF.year - 10, AS_OF.month, AS_OF.day).toordinal()
+    as_of_minus_22 = _years_before(22)
     year = _YEAR
 
     # Per-district tables: everything a household needs, indexed once per household.
@@ -834,7 +840,8 @@ def residents(seed: int, count: int, districts: Sequence[District] | None = None
                       rng.randrange(500)))  # fmt: skip
     district_cw = tuple(accumulate(_pop(p.district.code) for p in plans))
     hh_cw = tuple(accumulate(h[0] for h in _HOUSEHOLDS))
-    age_cw = tuple(accumulate(a[0] for a in _ADULT_AGES))
+    adult_cw = tuple(accumulate(a[0] for a in _ADULT_AGES))
+    parent_cw = tuple(accumulate(a[0] for a in _PARENT_AGES))
     prefixes = tuple(p for p, _ in _PHONE_PREFIXES)
     prefix_cw = tuple(accumulate(w for _, w in _PHONE_PREFIXES))
     phone_a = rng.randrange(10_000_001, 99_999_999, 2)
@@ -848,8 +855,8 @@ def residents(seed: int, count: int, districts: Sequence[District] | None = None
             return "01"
         return codes[bisect(cw, rnd() * cw[-1], 0, len(cw) - 1)]
 
-    def adult_birth() -> int:
-        _, lo, hi = _ADULT_AGES[bisect(age_cw, rnd() * age_cw[-1])]
+    def adult_birth(bands: tuple[tuple[int, int, int], ...], cw: tuple[int, ...]) -> int:
+        _, lo, hi = bands[bisect(cw, rnd() * cw[-1])]
         return max(min_ord, as_of - int((lo + rnd() * (hi - lo)) * year))
 
     rid = 0
@@ -869,7 +876,10 @@ def residents(seed: int, count: int, districts: Sequence[District] | None = None
 
         # members: (is_male, birth ordinal, surname, ethnicity, index of guardian in members or -1)
         members: list[tuple[bool, int, str, str, int]] = []
-        mother_ord = adult_birth()
+        if most:
+            mother_ord = adult_birth(_PARENT_AGES, parent_cw)
+        else:
+            mother_ord = adult_birth(_ADULT_AGES, adult_cw)
         father_sur = mother_sur = ""
         father_eth = mother_eth = "01"
         if adults & 1:  # a woman
@@ -894,7 +904,8 @@ def residents(seed: int, count: int, districts: Sequence[District] | None = None
             for _ in range(n_children):
                 if born > as_of:
                     break
-                members.append((rnd() < 0.515, born, sur, eth, guardian))
+                if born > as_of_minus_22 or rnd() < 0.4:  # most grown-up children have moved out
+                    members.append((rnd() < 0.515, born, sur, eth, guardian))
                 born += int((1.5 + rnd() * 4.5) * year)
 
         ids: list[int] = []
@@ -906,14 +917,15 @@ def residents(seed: int, count: int, districts: Sequence[District] | None = None
             day = birth - min_ord
             slot = (day_base + day) * 2 + (0 if is_male else 1)
             k = counters[slot]
+            spread = day * 193 + offset  # fixed per slot, so k → order stays one-to-one
             if is_male:
                 if k >= 500:
                     raise ValueError("more than 500 men born on one day in one district; lower count")
-                order = (k * 37 + offset) % 500 * 2 + 1
+                order = (k * 37 + spread) % 500 * 2 + 1
             else:
                 if k >= 499:
                     raise ValueError("more than 499 women born on one day in one district; lower count")
-                order = (k * 37 + offset) % 499 * 2 + 2
+                order = (k * 37 + spread) % 499 * 2 + 2
             counters[slot] = k + 1
             first17 = f"{code}{ymds[day]}{order:03d}"
             minor = birth > as_of_minus_18

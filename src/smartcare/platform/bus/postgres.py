@@ -144,11 +144,14 @@ class Worker:
             try:
                 with psycopg.connect(dsn, autocommit=True) as listen:
                     listen.execute(f"LISTEN {CHANNEL}")
+                    woken, last_run = True, 0.0
                     while not self.stopping.is_set():
-                        while run_once(self.consumers, batch=self.batch) and not self.stopping.is_set():
-                            pass
-                        for _ in listen.notifies(timeout=self.poll_seconds, stop_after=1):
-                            pass
+                        if woken or time.monotonic() - last_run >= self.poll_seconds:
+                            while run_once(self.consumers, batch=self.batch) and not self.stopping.is_set():
+                                pass
+                            last_run = time.monotonic()
+                        # short waits so that stop() is honoured within half a second
+                        woken = any(True for _ in listen.notifies(timeout=0.5, stop_after=1))
             except psycopg.OperationalError as exc:
                 log.warning("bus worker lost its database connection (%s); retrying in 5 s", exc)
                 self.stopping.wait(5)
