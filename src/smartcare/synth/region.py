@@ -22,7 +22,7 @@ import io
 import random
 from array import array
 from bisect import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import date
 from functools import cache
@@ -139,8 +139,8 @@ class Resident:
 for _cls in (Facility, Department, Practitioner, Resident):
     _cls.COLUMNS = tuple(f.name for f in fields(_cls))
 
-# attrgetter with several names builds the tuple in C: several times faster than dataclasses.astuple,
-# which deep-copies every field.
+# attrgetter with several names builds the tuple in C: several times faster than
+# dataclasses.astuple, which deep-copies every field.
 _ROW_GETTERS: dict[type, Any] = {
     cls: attrgetter(*cls.COLUMNS) for cls in (Facility, Department, Practitioner, Resident)
 }
@@ -279,11 +279,14 @@ def _cn(n: int) -> str:
 
 
 def _apportion(total: int, weights: Sequence[float], minimums: Sequence[int]) -> list[int]:
-    """Split ``total`` in proportion to ``weights`` (largest remainder), never below ``minimums``."""
+    """Split ``total`` in proportion to ``weights`` (largest remainder), each ≥ its minimum."""
     rest = total - sum(minimums)
     weight_sum = sum(weights)
     if rest < 0 or (rest and weight_sum <= 0):
-        raise ValueError(f"cannot split {total} over {len(weights)} districts; pass fewer or all 38")
+        raise ValueError(
+            f"cannot split {total} institutions over {len(weights)} districts; pass the 38 of"
+            " load_districts() or a subset of them"
+        )
     quotas = [rest * w / weight_sum if weight_sum else 0.0 for w in weights]
     counts = [m + int(q) for m, q in zip(minimums, quotas, strict=True)]
     order = sorted(range(len(weights)), key=lambda i: (int(quotas[i]) - quotas[i], i))
@@ -294,6 +297,10 @@ def _apportion(total: int, weights: Sequence[float], minimums: Sequence[int]) ->
 
 def _pop(code: str) -> float:
     return _POPULATION_10K.get(code, _DEFAULT_POP)
+
+
+def _pull(d: District) -> float:
+    return _HOSPITAL_PULL.get(d.code, 1.5 if d.kind == "district" else 1.0)
 
 
 # --------------------------------------------------------------------------- step: plan
@@ -312,7 +319,7 @@ class _Plan:
 
 
 def _plan(seed: int, districts: Sequence[District]) -> list[_Plan]:
-    """Counts per district: the totals are exact, the split follows population and pull (jittered)."""
+    """Counts per district: totals exact, the split by population and pull (jittered)."""
     if not districts:
         raise ValueError("no districts given; use load_districts()")
     rng = _rng(seed, "plan")
@@ -322,7 +329,7 @@ def _plan(seed: int, districts: Sequence[District]) -> list[_Plan]:
     def jitter(ws: list[float]) -> list[float]:
         return [w * rng.uniform(0.85, 1.15) for w in ws]
 
-    pull = [_HOSPITAL_PULL.get(c, 1.5 if d.kind == "district" else 1.0) for c, d in zip(codes, districts)]
+    pull = [_pull(d) for d in districts]
     extras = _apportion(HOSPITALS_PUBLIC - 3 * n, jitter(pull), [0] * n)
     private = _apportion(HOSPITALS_PRIVATE, jitter([p * p for p in pull]), [0] * n)
     community_w = [
@@ -436,9 +443,10 @@ def _hospitals(seed: int, plans: Sequence[_Plan], places: dict[str, _Places]) ->
             drafts.append(_Draft(d, "H", kind, "public", name, "base"))
         for _ in range(plan.extra_hospitals):
             kind = rng.choices(
-                ("general_hospital", "specialty_hospital", "tcm_hospital", "maternal_child_hospital"),
+                ("general_hospital", "specialty_hospital", "tcm_hospital",
+                 "maternal_child_hospital"),
                 (45, 35, 15, 5),
-            )[0]
+            )[0]  # fmt: skip
             city_first = plan.central and rng.random() < 0.5
             if kind == "general_hospital":
                 local = [f"重庆市{d.name}第{_cn(i)}人民医院" for i in range(2, 10)]
@@ -493,7 +501,7 @@ def _levels(seed: int, hospitals: list[_Draft]) -> None:
     base_weight = {"general_hospital": 3.0, "tcm_hospital": 2.0, "maternal_child_hospital": 1.3}
 
     def score(h: _Draft) -> float:
-        pull = _HOSPITAL_PULL.get(h.district.code, 1.5 if h.district.kind == "district" else 1.0)
+        pull = _pull(h.district)
         if h.tier == "city":
             factor = 4.0
         elif h.tier == "base":
@@ -698,9 +706,14 @@ def _names() -> _Names:
     )
 
 
-def _name_sampler(rng: random.Random) -> Any:
-    """A function (male) -> (surname, given name) over the Faker lists; bisect is what
-    ``rng.choices(cum_weights=...)`` does internally, minus the per-call list."""
+def _name_sampler(rng: random.Random) -> tuple[Callable[[], str], Callable[[bool], str]]:
+    """``surname()`` and ``given(is_male)`` drawing from ``rng``.
+
+    ``surnames[bisect(cw, rnd() * total, 0, hi)]`` is exactly what
+    ``rng.choices(surnames, cum_weights=cw)[0]`` computes, without building a list per call.
+    A one-character given name gets a second character sometimes, for more variety than Faker's
+    131 names.
+    """
     names = _names()
     rnd = rng.random
     surnames, cw = names.surnames, names.surname_cw
@@ -728,13 +741,17 @@ def _name_sampler(rng: random.Random) -> Any:
 
 # --------------------------------------------------------------------------- step: practitioners
 
-_TITLE_WEIGHTS: dict[str, tuple[int, ...]] = {
-    "3": tuple(accumulate((10, 22, 36, 32))),
-    "2": tuple(accumulate((5, 17, 40, 38))),
-    "1": tuple(accumulate((2, 10, 40, 48))),
-    "primary": tuple(accumulate((1, 6, 38, 55))),
+# Cumulative weights of _TITLES (主任, 副主任, 主治, 住院) by hospital level, and in primary care.
+_TITLE_CW: dict[int, tuple[int, ...]] = {
+    3: tuple(accumulate((10, 22, 36, 32))),
+    2: tuple(accumulate((5, 17, 40, 38))),
+    1: tuple(accumulate((2, 10, 40, 48))),
+    0: tuple(accumulate((2, 10, 40, 48))),
 }
+_TITLE_CW_PRIMARY = tuple(accumulate((1, 6, 38, 55)))
+# Physicians per department: (fewest, most) by hospital level, and in primary care.
 _PER_DEPARTMENT = {3: (4, 10), 2: (3, 6), 1: (2, 4), 0: (1, 3)}
+_PER_DEPARTMENT_PRIMARY = (1, 3)
 
 
 def practitioners(
@@ -749,8 +766,8 @@ def practitioners(
     n = 0
     for f in facilities:
         primary = f.kind.endswith("health_centre")
-        cw = _TITLE_WEIGHTS["primary" if primary else "3" if f.level == 3 else "2" if f.level == 2 else "1"]
-        lo, hi = (1, 3) if primary else _PER_DEPARTMENT[f.level]
+        cw = _TITLE_CW_PRIMARY if primary else _TITLE_CW[f.level]
+        lo, hi = _PER_DEPARTMENT_PRIMARY if primary else _PER_DEPARTMENT[f.level]
         for dep in by_facility.get(f.code, ()):
             for _ in range(rng.randint(lo, hi)):
                 n += 1
@@ -795,12 +812,15 @@ _HOUSEHOLDS = (
 # households planned with children draw from the parent bands, the others from the adult bands.
 # Tuned so that 2026 has about 15 % under 15 and 16 % over 65 (census 2020 trend for Chongqing).
 _ADULT_AGES = (
-    (8, 20, 30), (5, 30, 40), (6, 40, 50), (22, 50, 60), (30, 60, 70), (20, 70, 80), (7, 80, 88), (2, 88, 96),
-)
+    (8, 20, 30), (5, 30, 40), (6, 40, 50), (22, 50, 60),
+    (30, 60, 70), (20, 70, 80), (7, 80, 88), (2, 88, 96),
+)  # fmt: skip
 _PARENT_AGES = ((10, 20, 30), (36, 30, 40), (36, 40, 50), (18, 50, 60))
 
 
-def residents(seed: int, count: int, districts: Sequence[District] | None = None) -> Iterator[Resident]:
+def residents(
+    seed: int, count: int, districts: Sequence[District] | None = None
+) -> Iterator[Resident]:
     """``count`` residents, generated household by household and streamed.
 
     ID numbers are unique by construction: a counter per (district, birth day, sex) picks the
@@ -808,7 +828,7 @@ def residents(seed: int, count: int, districts: Sequence[District] | None = None
     (prefix + an affine permutation of the resident id), except children sharing a parent's.
     """
     if count < 0:
-        raise ValueError("count must be ≥ 0")
+        raise ValueError(f"count must be ≥ 0, not {count}")
     districts = load_districts() if districts is None else list(districts)
     plans = _plan(seed, districts)
     places = _places(seed, plans)
@@ -827,12 +847,15 @@ def residents(seed: int, count: int, districts: Sequence[District] | None = None
     year = _YEAR
 
     # Per-district tables: everything a household needs, indexed once per household.
-    table = []
+    table: list[tuple[Any, ...]] = []
     for di, plan in enumerate(plans):
         d, p = plan.district, places[plan.district.code]
         urban = [f"重庆市{d.name}{s}{r}" for s in p.streets for r in rng.sample(p.roads, 4)]
         rural = [f"重庆市{d.name}{t}{v}" for t, vs in zip(p.towns, p.villages) for v in vs]
-        urban_share = 1.0 if not rural else 0.92 if plan.central else 0.55 if d.kind == "district" else 0.4
+        if not rural:
+            urban_share = 1.0
+        else:
+            urban_share = 0.92 if plan.central else 0.55 if d.kind == "district" else 0.4
         han, others = _ETHNICITY.get(d.code, _ETHNICITY_DEFAULT)
         eth_codes = tuple(c for c, _ in others)
         eth_cw = tuple(accumulate(w for _, w in others))
@@ -844,6 +867,7 @@ def residents(seed: int, count: int, districts: Sequence[District] | None = None
     parent_cw = tuple(accumulate(a[0] for a in _PARENT_AGES))
     prefixes = tuple(p for p, _ in _PHONE_PREFIXES)
     prefix_cw = tuple(accumulate(w for _, w in _PHONE_PREFIXES))
+    n_prefixes = len(prefixes)
     phone_a = rng.randrange(10_000_001, 99_999_999, 2)
     if phone_a % 5 == 0:
         phone_a += 2  # coprime to 10**8, so id → suffix is a permutation
@@ -871,10 +895,12 @@ def residents(seed: int, count: int, districts: Sequence[District] | None = None
                        f"{1 + int(rnd() * 20)}栋{1 + int(rnd() * 4)}单元"
                        f"{1 + int(rnd() * 32)}-{1 + int(rnd() * 6)}")  # fmt: skip
         else:
-            address = f"{rural[int(rnd() * len(rural))]}{1 + int(rnd() * 12)}组{1 + int(rnd() * 150)}号"
+            village = rural[int(rnd() * len(rural))]
+            address = f"{village}{1 + int(rnd() * 12)}组{1 + int(rnd() * 150)}号"
         _, adults, fewest, most = _HOUSEHOLDS[bisect(hh_cw, rnd() * hh_cw[-1])]
 
-        # members: (is_male, birth ordinal, surname, ethnicity, index of guardian in members or -1)
+        # members: (is_male, birth ordinal, surname, ethnicity, index of guardian in members or -1).
+        # "mother" is the woman of the house; a single man's age is drawn relative to her too.
         members: list[tuple[bool, int, str, str, int]] = []
         if most:
             mother_ord = adult_birth(_PARENT_AGES, parent_cw)
@@ -890,7 +916,10 @@ def residents(seed: int, count: int, districts: Sequence[District] | None = None
             father_ord = mother_ord - int((rnd() * 8 - 2) * year)
             father_ord = min(max(father_ord, min_ord), adult18 - 365)
             father_sur = surname()
-            father_eth = mother_eth if adults == 3 and rnd() < 0.8 else ethnicity(han, eth_codes, eth_cw)
+            if adults == 3 and rnd() < 0.8:
+                father_eth = mother_eth
+            else:
+                father_eth = ethnicity(han, eth_codes, eth_cw)
             members.insert(0, (True, father_ord, father_sur, father_eth, -1))
         if most:
             n_children = fewest if fewest == most else fewest + int(rnd() * (most - fewest + 1))
@@ -918,21 +947,21 @@ def residents(seed: int, count: int, districts: Sequence[District] | None = None
             slot = (day_base + day) * 2 + (0 if is_male else 1)
             k = counters[slot]
             spread = day * 193 + offset  # fixed per slot, so k → order stays one-to-one
+            if k >= 499:  # odd codes 001..999 (men) or even 002..998 (women) left over
+                raise ValueError(f"{count} residents need more than 499 of one sex born on one day"
+                                 " in one district, which one ID order code cannot hold; lower count")
             if is_male:
-                if k >= 500:
-                    raise ValueError("more than 500 men born on one day in one district; lower count")
                 order = (k * 37 + spread) % 500 * 2 + 1
             else:
-                if k >= 499:
-                    raise ValueError("more than 499 women born on one day in one district; lower count")
                 order = (k * 37 + spread) % 499 * 2 + 2
             counters[slot] = k + 1
             first17 = f"{code}{ymds[day]}{order:03d}"
             minor = birth > as_of_minus_18
             if minor and birth > as_of_minus_16 and (birth > as_of_minus_10 or rnd() < 0.5):
-                phone = phones[guardian]
+                phone = phones[guardian]  # a child under 16 often has only a parent's number
             else:
-                phone = f"{prefixes[bisect(prefix_cw, rnd() * prefix_cw[-1])]}{(rid * phone_a + phone_b) % 100_000_000:08d}"
+                prefix = prefixes[bisect(prefix_cw, rnd() * prefix_cw[-1], 0, n_prefixes - 1)]
+                phone = f"{prefix}{(rid * phone_a + phone_b) % 100_000_000:08d}"
             ids.append(rid)
             phones.append(phone)
             yield Resident(rid, sur + given(is_male), "1" if is_male else "2", days[day],

@@ -7,6 +7,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const names = Object.keys(levels);
   const chart = echarts.init(el);
   chart.setOption({
+    animationDuration: 300,
     tooltip: { trigger: "axis" },
     legend: { data: ["公立", "民营"] },
     xAxis: { type: "category", data: names },
