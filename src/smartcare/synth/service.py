@@ -52,14 +52,17 @@ def _counted(rows: Iterable, step: str, total: int, progress: Progress | None, e
 
 
 def seed(session: Session, *, scale: str = "small", seed: int = 2026, progress: Progress | None = None,
-         actor: str = "system") -> SeedReport:
-    """Generate and load the whole region into an empty database, in the caller's transaction."""
+         actor: str = "system", population: int | None = None) -> SeedReport:
+    """Generate and load the whole region into an empty database, in the caller's transaction.
+
+    ``population`` overrides the scale's number of residents (benchmarks use it for a quick run).
+    """
     if scale not in region.SCALES:
         raise InvalidInput(f"unknown scale {scale!r}", field="scale", hint=f"one of {', '.join(region.SCALES)}")
     if not registry.is_empty(session) or resident_count(session):
         raise Conflict("the database already holds a region", hint="seed into an empty database (drop it or use a new DATABASE_URL)")
     report = SeedReport(seed=seed, scale=scale)
-    population = region.SCALES[scale]
+    population = population or region.SCALES[scale]
     districts = region.load_districts()
 
     def step(name: str, work: Callable[[], dict[str, int] | int]) -> None:
