@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 import uuid
 
 import pytest
+from sqlalchemy import text
 
 from smartcare.platform import auth, idcard
 from smartcare.platform.db import session_scope
@@ -90,8 +92,17 @@ def test_unknown_codes_are_refused_naming_the_field(client, seeded, override, fi
     assert client.get("/api/v1/registry/counts").json()["institutions"] == before
 
 
-def test_admin_creates_a_facility_and_it_is_audited(client, seeded):
+@pytest.fixture
+def new_facility(seeded):
+    """A facility the test creates; removed afterwards so the region's counts stay those of the demo."""
     data = _facility()
+    yield data
+    with session_scope() as s:
+        s.execute(text("DELETE FROM registry.facility WHERE code = :c"), {"c": data["code"]})
+
+
+def test_admin_creates_a_facility_and_it_is_audited(client, new_facility):
+    data = new_facility
     r = client.post("/api/v1/registry/facilities", json=data, headers=_admin_headers(client))
     assert r.status_code == 201 and r.json()["district_name"] == "渝北区"
     again = client.post("/api/v1/registry/facilities", json=data, headers=_admin_headers(client))
@@ -101,13 +112,18 @@ def test_admin_creates_a_facility_and_it_is_audited(client, seeded):
     forbidden = client.post("/api/v1/registry/facilities", json=_facility(),
                             headers={"Authorization": f"Bearer {resident['access_token']}"})
     assert forbidden.status_code == 403
+    with session_scope() as s:
+        from smartcare.platform.models import AuditLog
+
+        entry = s.query(AuditLog).filter_by(action="facility.create", target=f"facility:{data['code']}").one()
+        assert entry.actor == "admin"
 
 
 @pytest.fixture(scope="module")
 def hospital(seeded):
     """A seeded hospital and a signed API client of its own."""
     with session_scope() as s:
-        code = s.execute(__import__("sqlalchemy").text(
+        code = s.execute(text(
             "SELECT code FROM registry.facility WHERE kind = 'general_hospital' ORDER BY code LIMIT 1")).scalar()
         client_id = f"his-{uuid.uuid4().hex[:8]}"
         secret = auth.create_api_client(s, client_id=client_id, name="HIS", facility_code=code)
@@ -126,7 +142,7 @@ def test_hospital_publishes_departments_and_practitioners_with_signed_requests(c
     r = _signed(client, hospital, "PUT", f"/api/v1/registry/facilities/{code}/departments/99", {"code": "99", "name": "互联网医院科"})
     assert r.status_code == 200, r.text
     assert any(d["code"] == "99" for d in client.get(f"/api/v1/registry/facilities/{code}/departments").json())
-    number = idcard.make("500112", __import__("datetime").date(1980, 5, 17), 7, "1")
+    number = idcard.make("500112", date(1980, 5, 17), 7, "1")
     r = _signed(client, hospital, "POST", f"/api/v1/registry/facilities/{code}/practitioners",
                 {"code": f"P{uuid.uuid4().hex[:8]}", "department_code": "99", "name": "王医生", "sex": "1",
                  "title": "主治医师", "id_number": number})
