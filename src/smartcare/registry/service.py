@@ -116,8 +116,8 @@ def counts(session: Session) -> dict:
         "hospitals": sum(n for *_, n in hospitals),
         "hospitals_public": sum(n for _, own, n in hospitals if own == "public"),
         "hospitals_private": sum(n for _, own, n in hospitals if own == "private"),
-        "hospitals_by_level": {LEVEL_NAMES[lvl]: {own: sum(n for l2, o2, n in hospitals if l2 == lvl and o2 == own)
-                                                 for own in ("public", "private")} for lvl in (3, 2, 1, 0)},
+        "hospitals_by_level": [{"level": LEVEL_NAMES[lvl], **{own: sum(n for l2, o2, n in hospitals if l2 == lvl and o2 == own)
+                                                              for own in ("public", "private")}} for lvl in (3, 2, 1, 0)],
         "institutions_by_kind": {FACILITY_KINDS[k]: sum(n for kind, _, _, n in by if kind == k) for k in FACILITY_KINDS},
     }
 

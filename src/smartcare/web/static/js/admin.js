@@ -3,8 +3,8 @@ document.addEventListener("DOMContentLoaded", () => {
   const el = document.getElementById("chart-hospitals");
   const data = document.getElementById("hospital-levels");
   if (!el || !data || !window.echarts) return;
-  const levels = JSON.parse(data.textContent);
-  const names = Object.keys(levels);
+  const levels = JSON.parse(data.textContent); // [{level, public, private}] from 三级 down
+  const names = levels.map((row) => row.level);
   const chart = echarts.init(el);
   chart.setOption({
     animationDuration: 300,
@@ -13,8 +13,8 @@ document.addEventListener("DOMContentLoaded", () => {
     xAxis: { type: "category", data: names },
     yAxis: { type: "value", minInterval: 1 },
     series: [
-      { name: "公立", type: "bar", stack: "own", data: names.map((n) => levels[n].public) },
-      { name: "民营", type: "bar", stack: "own", data: names.map((n) => levels[n].private) },
+      { name: "公立", type: "bar", stack: "own", data: levels.map((row) => row.public) },
+      { name: "民营", type: "bar", stack: "own", data: levels.map((row) => row.private) },
     ],
   });
   window.addEventListener("resize", () => chart.resize());
