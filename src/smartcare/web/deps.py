@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from smartcare.platform import auth
-from smartcare.platform.db import session_factory
+from smartcare.platform.db import session_scope
 from smartcare.platform.errors import Forbidden, Unauthorized
 
 SESSION_COOKIE = "smartcare_session"
@@ -16,15 +16,8 @@ SESSION_COOKIE = "smartcare_session"
 
 def db() -> Iterator[Session]:
     """One transaction per request: committed when the handler returns, rolled back on error."""
-    session = session_factory()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def optional_principal(request: Request) -> auth.Principal | None:
