@@ -83,3 +83,24 @@ def publish(session: Session, topic: str, payload: dict[str, Any], *, message_id
     from smartcare.platform.bus import postgres
 
     return postgres.publish(session, topic, payload, message_id=message_id or uuid.uuid4())
+
+
+def make_worker(consumers: dict[str, Consumer] | None = None, **options: Any):
+    """A worker for the configured transport; ``run()`` blocks until ``stop()``."""
+    from smartcare.platform.bus import postgres
+
+    return postgres.Worker(consumers, **options)
+
+
+def dead_letters(session: Session, *, limit: int = 100) -> list[dict]:
+    """Deliveries that exhausted their attempts, newest last."""
+    from smartcare.platform.bus import postgres
+
+    return postgres.dead_letters(session, limit=limit)
+
+
+def replay(session: Session, delivery_id: int) -> bool:
+    """Send one dead delivery to its consumer again, with a fresh attempt count."""
+    from smartcare.platform.bus import postgres
+
+    return postgres.replay(session, delivery_id)

@@ -171,10 +171,3 @@ def replay(session: Session, delivery_id: int) -> bool:
     return bool(session.execute(
         text("UPDATE platform.bus_delivery SET state = 'pending', attempts = 0, available_at = now(), last_error = NULL "
              "WHERE id = :id AND state = 'dead'"), {"id": delivery_id}).rowcount)
-
-
-def wait_idle(timeout: float = 10.0) -> None:
-    """Tests and jobs: wait until nothing is ready for the registered consumers."""
-    deadline = time.monotonic() + timeout
-    while run_once() and time.monotonic() < deadline:
-        pass
