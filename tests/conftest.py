@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -104,11 +105,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class LiveServer:
+    url: str
+    mllp_port: int
+    app: object
+
+
 @pytest.fixture(scope="session")
-def live_server(app, seeded):
-    """The real app served by uvicorn on a free local port (for the browser)."""
+def live_server(database_url, seeded):
+    """The real app served by uvicorn on a free local port, with MLLP on another one (for browsers and senders)."""
     import uvicorn
 
+    from smartcare.web.app import create_app
+
+    app = create_app(mllp_port=0)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -118,6 +129,6 @@ def live_server(app, seeded):
         if time.monotonic() > deadline:
             raise RuntimeError("test server did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
+    yield LiveServer(f"http://127.0.0.1:{port}", app.state.mllp.port, app)
     server.should_exit = True
     thread.join(timeout=10)

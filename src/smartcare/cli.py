@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 from collections.abc import Callable
 
@@ -24,6 +23,10 @@ clients_app = typer.Typer(help="Hospital systems that sign their requests (HMAC)
 app.add_typer(audit_app, name="audit")
 app.add_typer(users_app, name="users")
 app.add_typer(clients_app, name="clients")
+channels_app = typer.Typer(help="Exchange channels: configuration as YAML, versions, rollback, stop/start.", no_args_is_help=True)
+exchange_app = typer.Typer(help="The exchange hub's message store: re-runs, dead letters, retention.", no_args_is_help=True)
+app.add_typer(channels_app, name="channels")
+app.add_typer(exchange_app, name="exchange")
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -112,21 +115,14 @@ def _ensure_demo_users() -> None:
                                  facility_code=facility)
 
 
-def _start_worker():
-    from smartcare.platform.bus.postgres import Worker
-
-    worker = Worker()
-    thread = threading.Thread(target=worker.run, name="bus-worker", daemon=True)
-    thread.start()
-    return worker, thread
-
-
-def _serve(host: str, port: int) -> None:
+def _serve(host: str, port: int, *, mllp: bool = True) -> None:
     import uvicorn
 
     from smartcare.web.app import create_app
 
-    uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=True)
+    settings = get_settings()
+    mllp_port = settings.mllp_port if mllp and settings.mllp_port > 0 else None
+    uvicorn.run(create_app(mllp_port=mllp_port), host=host, port=port, log_config=None, access_log=True)
 
 
 @app.command()
@@ -151,48 +147,49 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
         console.print("empty database: generating the demo region (scale small) …")
         _seed("small", settings.demo_seed)
     _ensure_demo_users()
-    worker, worker_thread = _start_worker()
+    from smartcare.workers import Workers
+
+    workers = Workers()
+    workers.start()
     base = f"http://{host}:{port}"
     table = Table(title="SmartCare is running — Ctrl-C stops it", show_header=False)
     table.add_row("admin console", f"{base}/admin   (admin / smartcare-admin, auditor / smartcare-audit)")
     table.add_row("resident H5", f"{base}/h5   (resident / smartcare-demo)")
     table.add_row("API docs", f"{base}/docs")
     table.add_row("health", f"{base}/health · {base}/ready · {base}/metrics")
+    if settings.mllp_port > 0:
+        table.add_row("HL7 v2 over MLLP", f"{settings.mllp_host}:{settings.mllp_port}")
     console.print(table)
     _serve(host, port)
-    worker.stop()
-    worker_thread.join(timeout=5)
+    workers.stop(timeout=5)
     console.print("stopped; the embedded PostgreSQL stops with this process" if not settings.database_url else "stopped.")
 
 
 @app.command()
-def serve(host: str = typer.Option(None), port: int = typer.Option(None)) -> None:
-    """Serve the API and pages only (run workers separately with `smartcare worker`)."""
+def serve(host: str = typer.Option(None), port: int = typer.Option(None),
+          mllp: bool = typer.Option(True, help="also listen for HL7 v2 over MLLP (SMARTCARE_MLLP_PORT)")) -> None:
+    """Serve the API, the pages and MLLP only (run the background work with `smartcare worker`)."""
     _setup_logging()
     settings = get_settings()
-    _serve(host or settings.host, port or settings.port)
+    _serve(host or settings.host, port or settings.port, mllp=mllp)
 
 
 @app.command()
 def worker(poll_seconds: float = typer.Option(2.0, help="fallback poll interval when no NOTIFY arrives")) -> None:
-    """Run the bus consumers until interrupted (scale out by starting more of these)."""
-    from smartcare.platform import auth
-    from smartcare.platform.bus.postgres import Worker
-    from smartcare.platform.db import session_scope
+    """Run the bus consumers, the exchange router and housekeeping until interrupted (start more to scale out)."""
+    from smartcare.workers import Workers
 
     _setup_logging()
-    w = Worker(poll_seconds=poll_seconds)
-    thread = threading.Thread(target=w.run, name="bus-worker", daemon=True)
-    thread.start()
-    console.print(f"bus worker running {len(w.consumers)} consumer(s); Ctrl-C stops it")
+    workers = Workers(poll_seconds=poll_seconds)
+    workers.start()
+    console.print(f"worker running {len(workers.bus_worker.consumers)} consumer(s) and the exchange router; Ctrl-C stops it")
     try:
-        while thread.is_alive():
-            with session_scope() as session:
-                auth.purge_nonces(session)
-            time.sleep(60)
+        while workers.alive():
+            time.sleep(1)
     except KeyboardInterrupt:
-        w.stop()
-        thread.join(timeout=10)
+        pass
+    finally:
+        workers.stop()
 
 
 @audit_app.command("verify")
@@ -234,6 +231,138 @@ def clients_create(client_id: str, name: str = typer.Option(...), facility: str 
         registry.get_facility(session, facility)
         secret = auth.create_api_client(session, client_id=client_id, name=name, facility_code=facility, actor="cli")
     console.print(f"client {client_id} created for facility {facility}. Secret (shown once, store it safely):\n{secret}")
+
+
+@channels_app.command("list")
+def channels_list() -> None:
+    """Every channel with its state and version."""
+    from smartcare.exchange import channels
+    from smartcare.platform.db import session_scope
+
+    table = Table("id", "enabled", "version", "source", "connectors", "destinations", "updated by")
+    with session_scope() as session:
+        for c in channels.list_all(session):
+            cfg = c.config
+            table.add_row(c.id, "yes" if c.enabled else "[red]stopped[/]", str(c.version), cfg["source"],
+                          ", ".join(cfg["connectors"]), ", ".join(d["name"] for d in cfg["destinations"]), c.updated_by)
+    console.print(table)
+
+
+@channels_app.command("export")
+def channels_export(channel_id: list[str] = typer.Argument(None, help="channels to export (default: all)"),
+                    output: typer.FileTextWrite = typer.Option("-", "--output", "-o")) -> None:
+    """Write channel configuration as YAML (one document per channel)."""
+    from smartcare.exchange import channels
+    from smartcare.platform.db import session_scope
+
+    with session_scope() as session:
+        found = [channels.get(session, c) for c in channel_id] if channel_id else channels.list_all(session)
+        output.write(channels.to_yaml([channels.ChannelConfig.model_validate(c.config) for c in found]))
+
+
+@channels_app.command("import")
+def channels_import(source: typer.FileText = typer.Argument(..., help="YAML file ('-' for standard input)"),
+                    comment: str = typer.Option("", help="why, kept in the version history")) -> None:
+    """Create or update channels from YAML; each change becomes a new version."""
+    from smartcare.exchange import channels
+    from smartcare.platform.db import session_scope
+
+    configs = channels.from_yaml(source.read())
+    with session_scope() as session:
+        for config in configs:
+            saved = channels.save(session, config, actor="cli", comment=comment)
+            console.print(f"{saved.id}: version {saved.version}")
+
+
+@channels_app.command("history")
+def channels_history(channel_id: str, diff: bool = typer.Option(False, help="show each version's diff")) -> None:
+    """Who changed a channel, when, and why."""
+    from smartcare.exchange import channels
+    from smartcare.platform.db import session_scope
+
+    with session_scope() as session:
+        for v in channels.versions(session, channel_id):
+            console.print(f"v{v.version}  {v.changed_at:%Y-%m-%d %H:%M:%S}  {v.changed_by}  {v.comment}")
+            if diff and v.diff:
+                console.print(v.diff, markup=False, highlight=False)
+
+
+@channels_app.command("rollback")
+def channels_rollback(channel_id: str, version: int = typer.Option(..., help="the version to restore")) -> None:
+    """Restore an earlier version (recorded as a new version)."""
+    from smartcare.exchange import channels
+    from smartcare.platform.db import session_scope
+
+    with session_scope() as session:
+        saved = channels.rollback(session, channel_id, version=version, actor="cli")
+    console.print(f"{channel_id}: version {saved.version} restores v{version}")
+
+
+@channels_app.command("stop")
+def channels_stop(channel_id: str) -> None:
+    """Refuse new messages (senders retry later) and pause routing."""
+    _set_channel(channel_id, False)
+
+
+@channels_app.command("start")
+def channels_start(channel_id: str) -> None:
+    """Accept and route again."""
+    _set_channel(channel_id, True)
+
+
+def _set_channel(channel_id: str, enabled: bool) -> None:
+    from smartcare.exchange import channels
+    from smartcare.platform.db import session_scope
+
+    with session_scope() as session:
+        channels.set_enabled(session, channel_id, enabled, actor="cli")
+    console.print(f"{channel_id}: {'started' if enabled else 'stopped'}")
+
+
+@exchange_app.command("rerun")
+def exchange_rerun(message_id: list[int] = typer.Option(None, "--id", help="message ids"),
+                   channel: str = typer.Option(None), facility: str = typer.Option(None),
+                   state: str = typer.Option(None, help="e.g. failed"), message_type: str = typer.Option(None),
+                   dead_letters: bool = typer.Option(False, "--dead-letters", help="re-run the dead-letter queue instead")) -> None:
+    """Route messages again (by id or filter), or re-deliver dead letters."""
+    from smartcare.exchange import service
+    from smartcare.platform.db import session_scope
+
+    with session_scope() as session:
+        if dead_letters:
+            n = service.rerun_dead_letters(session, actor="cli", channel_id=channel)
+        else:
+            n = service.rerun(session, service.MessageFilter(channel, facility, state, message_type),
+                              message_ids=message_id or None, actor="cli")
+    console.print(f"{n} re-run")
+
+
+@exchange_app.command("dead-letters")
+def exchange_dead_letters(channel: str = typer.Option(None)) -> None:
+    """Deliveries that used up their retries."""
+    from smartcare.exchange import service
+    from smartcare.platform.db import session_scope
+
+    table = Table("delivery", "destination", "topic", "attempts", "last error")
+    with session_scope() as session:
+        for d in service.dead_letters(session, channel_id=channel):
+            table.add_row(str(d["id"]), d["consumer"], d["topic"], str(d["attempts"]), (d["last_error"] or "")[:80])
+    console.print(table)
+
+
+@exchange_app.command("prune")
+def exchange_prune() -> None:
+    """Apply retention now: drop expired day partitions (disk space comes back at once)."""
+    from smartcare.exchange import service
+    from smartcare.platform.db import session_scope
+
+    with session_scope() as session:
+        before = service.store_size(session)
+        result = service.prune(session, actor="cli")
+    with session_scope() as session:
+        after = service.store_size(session)
+    console.print(f"dropped {len(result['dropped_partitions'])} partition(s), deleted {result['deleted_messages']} message(s); "
+                  f"store {before / 2**20:.1f} MiB → {after / 2**20:.1f} MiB")
 
 
 def main() -> None:

@@ -28,15 +28,16 @@ def browser():
 
 @pytest.mark.browser
 def test_admin_logs_in_and_reads_the_hospital_count(browser, live_server):
+    base = live_server.url
     page = browser.new_page()
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{live_server}/admin")
+    page.goto(f"{base}/admin")
     assert "/login" in page.url
     page.fill("#username", "admin")
     page.fill("#password", "smartcare-admin")
     page.click("button[type=submit]")
-    page.wait_for_url(f"{live_server}/admin")
+    page.wait_for_url(f"{base}/admin")
     assert page.text_content("#count-hospitals").strip() == "244"
     assert page.text_content("#count-districts").strip() == "38"
     assert page.text_content("#count-institutions").strip() == "1,141"
@@ -51,7 +52,7 @@ def test_admin_logs_in_and_reads_the_hospital_count(browser, live_server):
     assert "城口县" in page.text_content("#facility-table")
     shots = os.environ.get("SMARTCARE_SCREENSHOTS")
     if shots:
-        page.goto(f"{live_server}/admin")
+        page.goto(f"{base}/admin")
         page.wait_for_selector("#chart-hospitals canvas")
         page.wait_for_timeout(800)  # let the bars finish their short animation
         page.screenshot(path=os.path.join(shots, "admin-console.png"), full_page=True)

@@ -142,44 +142,101 @@ def create_api_client(session: Session, *, client_id: str, name: str, facility_c
     return secret
 
 
-def verify_signed_request(session: Session, *, method: str, path: str, headers: dict[str, str], body: bytes,
-                          now: float | None = None) -> Principal:
-    """Check signature, timestamp window and nonce. The nonce is recorded in its own committed
-    transaction, so a replay is refused even if the first request later fails."""
+@dataclass(frozen=True)
+class SignedRequest:
+    """The signature headers of one request, checked for presence, form and freshness."""
+
+    client_id: str
+    timestamp: str
+    nonce: str
+    signature: str
+
+
+def read_signature_headers(headers, *, now: float | None = None) -> SignedRequest:
     lowered = {k.lower(): v for k, v in headers.items()}
     missing = [h for h in (HEADER_CLIENT, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE) if h.lower() not in lowered]
     if missing:
         raise Unauthorized(f"missing signature header(s): {', '.join(missing)}", hint="sign the request with the client secret")
-    client_id = lowered[HEADER_CLIENT.lower()]
-    ts, nonce, signature = (lowered[h.lower()] for h in (HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE))
-    if not ts.isdigit():
+    signed = SignedRequest(*(lowered[h.lower()] for h in (HEADER_CLIENT, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)))
+    if not signed.timestamp.isdigit():
         raise Unauthorized(f"{HEADER_TIMESTAMP} must be Unix seconds", field=HEADER_TIMESTAMP)
     window = get_settings().hmac_window_seconds
-    skew = (time.time() if now is None else now) - int(ts)
+    skew = (time.time() if now is None else now) - int(signed.timestamp)
     if abs(skew) > window:
         raise Unauthorized(f"request timestamp is {int(skew)} s off the server clock (allowed ±{window} s)",
                            field=HEADER_TIMESTAMP, hint="sync the client clock (NTP) and sign a fresh request")
-    if not 8 <= len(nonce) <= 128:
+    if not 8 <= len(signed.nonce) <= 128:
         raise Unauthorized(f"{HEADER_NONCE} must be 8 to 128 characters", field=HEADER_NONCE)
+    return signed
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    client_id: str
+    secret: bytes
+    facility_code: str | None
+
+    @property
+    def principal(self) -> Principal:
+        return Principal(f"client:{self.client_id}", frozenset({Role.HOSPITAL_STAFF.value}), self.facility_code)
+
+
+def load_client_key(session: Session, client_id: str) -> ClientKey:
     client = session.scalar(select(ApiClient).where(ApiClient.client_id == client_id, ApiClient.active))
     if client is None:
         raise Unauthorized("unknown or disabled API client", field=HEADER_CLIENT)
     secret = unseal(client.secret_sealed, purpose=_SECRET_PURPOSE, aad=client_id.encode())
-    expected = hmac_sha256_hex(secret, canonical_request(method, path, ts, nonce, body))
-    if not secrets.compare_digest(expected, signature.lower()):
+    return ClientKey(client_id, secret, client.facility_code)
+
+
+def check_signature(key: ClientKey, signed: SignedRequest, *, method: str, path: str, body: bytes) -> None:
+    expected = hmac_sha256_hex(key.secret, canonical_request(method, path, signed.timestamp, signed.nonce, body))
+    if not secrets.compare_digest(expected, signed.signature.lower()):
         raise Unauthorized("signature does not match the request (method, path, timestamp, nonce and body are signed)",
                            field=HEADER_SIGNATURE)
+
+
+def replay_error() -> Unauthorized:
+    return Unauthorized("nonce already used: the request is a replay", field=HEADER_NONCE,
+                        hint="use a new random nonce for every request")
+
+
+def verify_signed_request(session: Session, *, method: str, path: str, headers: dict[str, str], body: bytes,
+                          now: float | None = None) -> Principal:
+    """Check signature, timestamp window and nonce. The nonce is recorded in its own committed
+    transaction, so a replay is refused even if the first request later fails."""
+    signed = read_signature_headers(headers, now=now)
+    key = load_client_key(session, signed.client_id)
+    check_signature(key, signed, method=method, path=path, body=body)
     with session_factory()() as nonce_session, nonce_session.begin():
         fresh = nonce_session.execute(
             text("INSERT INTO platform.request_nonce (client_id, nonce) VALUES (:c, :n) "
-                 "ON CONFLICT DO NOTHING RETURNING 1"), {"c": client_id, "n": nonce}).scalar()
+                 "ON CONFLICT DO NOTHING RETURNING 1"), {"c": signed.client_id, "n": signed.nonce}).scalar()
     if not fresh:
-        raise Unauthorized("nonce already used: the request is a replay", field=HEADER_NONCE,
-                           hint="use a new random nonce for every request")
-    return Principal(f"client:{client_id}", frozenset({Role.HOSPITAL_STAFF.value}), client.facility_code)
+        raise replay_error()
+    return key.principal
 
 
 def purge_nonces(session: Session) -> int:
     """Nonces older than twice the window can no longer be replayed (the timestamp check refuses them)."""
     cutoff = datetime.now(UTC) - timedelta(seconds=2 * get_settings().hmac_window_seconds)
     return session.execute(delete(RequestNonce).where(RequestNonce.seen_at < cutoff)).rowcount
+
+
+class ClientKeyCache:
+    """Hospital client keys kept in memory for ``ttl`` seconds, so that checking a signature on the
+    message hot path costs no database round trip. A disabled client is refused within ``ttl``."""
+
+    def __init__(self, ttl: float = 60.0):
+        self.ttl = ttl
+        self._keys: dict[str, tuple[float, ClientKey]] = {}
+
+    def cached(self, client_id: str) -> ClientKey | None:
+        hit = self._keys.get(client_id)
+        return hit[1] if hit and time.monotonic() - hit[0] < self.ttl else None
+
+    def load(self, client_id: str) -> ClientKey:
+        with session_factory()() as session:
+            key = load_client_key(session, client_id)
+        self._keys[client_id] = (time.monotonic(), key)
+        return key

@@ -27,7 +27,11 @@ def upgrade() -> None:
     from smartcare.platform.db import session_scope
     from smartcare.registry import service as registry_service
 
+    from smartcare.exchange import channels, service as exchange
+
     command.upgrade(alembic_config(), "head")
     with session_scope() as session:
         registry_service.load_reference_data(session)
         postgres.sync_subscriptions(session, registry.consumers.values())
+        channels.ensure_defaults(session)
+        exchange.ensure_partitions(session)

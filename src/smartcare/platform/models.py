@@ -88,8 +88,14 @@ class AuditLog(Base):
 
 
 class BusMessage(Base):
+    """The outbox: every event once, written in the publisher's transaction (both transports)."""
+
     __tablename__ = "bus_message"
-    __table_args__ = {"schema": SCHEMA}
+    __table_args__ = (
+        # Only the NATS relay's backlog is indexed, so the index stays as small as the backlog.
+        Index("ix_bus_message_unrelayed", "id", postgresql_where=text("relayed_at IS NULL")),
+        {"schema": SCHEMA},
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     #: Publisher-chosen id; publishing the same id twice is a no-op (idempotent publish).
@@ -97,6 +103,10 @@ class BusMessage(Base):
     topic: Mapped[str] = mapped_column(String(200))
     payload: Mapped[dict] = mapped_column(JSONB)
     published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    #: When the event left the outbox. The PostgreSQL transport fans out in the publishing transaction,
+    #: so its rows take the default; the NATS transport writes NULL and its relay sets this once
+    #: JetStream has stored the event.
+    relayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class BusSubscription(Base):
@@ -109,7 +119,12 @@ class BusSubscription(Base):
 
 
 class BusDelivery(Base):
-    """One row per (message, consumer): the durable queue that workers claim with SKIP LOCKED."""
+    """One row per (message, consumer): the durable queue that workers claim with SKIP LOCKED.
+
+    With NATS the row is the consumer's idempotency mark instead: it is inserted ('done') in the
+    handler's own transaction, or ('dead') when the attempts are exhausted, and a replay sets it
+    back to 'pending' for the NATS worker to handle like a PostgreSQL delivery.
+    """
 
     __tablename__ = "bus_delivery"
     __table_args__ = (

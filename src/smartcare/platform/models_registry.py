@@ -6,6 +6,7 @@ MODEL_MODULES = (
     "smartcare.platform.models",
     "smartcare.registry.models",
     "smartcare.synth.models",
+    "smartcare.exchange.models",
 )
 
 

@@ -33,6 +33,19 @@ class Settings(BaseSettings):
     log_json: bool = False
     #: Seed of the demo region that ``smartcare up`` creates in an empty database.
     demo_seed: int = 2026
+    #: MLLP listener for HL7 v2 (2575 is the port registered for HL7); 0 disables it.
+    mllp_port: int = 2575
+    mllp_host: str = "127.0.0.1"
+    #: TLS for MLLP: server certificate and key; with a client CA, client certificates are required
+    #: and their common name must equal the sending facility (MSH-4).
+    mllp_tls_cert: Path | None = None
+    mllp_tls_key: Path | None = None
+    mllp_tls_client_ca: Path | None = None
+    #: Largest message the hub accepts over any connector.
+    max_payload_bytes: int = 10 * 1024 * 1024
+    #: Per hospital client: sustained messages per second and burst.
+    rate_per_second: float = 500.0
+    rate_burst: int = 1000
 
     def resolved_secret_key(self) -> str:
         if self.secret_key:

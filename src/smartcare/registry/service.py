@@ -231,3 +231,7 @@ def bulk_load(session: Session, *, facilities: Iterable[tuple], departments: Ite
 
 def is_empty(session: Session) -> bool:
     return session.scalar(select(func.count()).select_from(select(Facility.code).limit(1).subquery())) == 0
+
+
+def facility_codes(session: Session) -> list[str]:
+    return list(session.scalars(select(Facility.code)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -18,6 +19,10 @@ import smartcare
 from smartcare.platform import auth, metrics
 from smartcare.platform.db import session_factory
 from smartcare.platform.errors import SmartCareError, Unauthorized
+from smartcare.exchange.api import router as exchange_router
+from smartcare.exchange.ingest import Hub
+from smartcare.exchange.mllp_server import MllpServer, tls_context
+from smartcare.platform.settings import get_settings
 from smartcare.registry.api import router as registry_router
 from smartcare.web import pages
 from smartcare.web.deps import db, principal
@@ -57,11 +62,29 @@ async def _smartcare_error(request: Request, exc: SmartCareError) -> Response:
     return JSONResponse(status_code=exc.status, content=exc.to_dict())
 
 
-def create_app() -> FastAPI:
+def create_app(*, mllp_port: int | None = None) -> FastAPI:
+    """The whole HTTP application. With ``mllp_port`` (0: any free port) it also listens for MLLP."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.hub = Hub()
+        app.state.mllp = None
+        if mllp_port is not None:
+            settings = get_settings()
+            app.state.mllp = MllpServer(app.state.hub, host=settings.mllp_host, port=mllp_port, tls=tls_context())
+            await app.state.mllp.start()
+        try:
+            yield
+        finally:
+            if app.state.mllp is not None:
+                await app.state.mllp.close()
+            await app.state.hub.close()
+
     app = FastAPI(
         title="SmartCare",
         version=smartcare.__version__,
         description="区域智慧就医平台 — regional smart-healthcare platform API.",
+        lifespan=lifespan,
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(SmartCareError, _smartcare_error)
@@ -114,5 +137,6 @@ def create_app() -> FastAPI:
         return {"username": who.username, "roles": sorted(who.roles), "facility_code": who.facility_code}
 
     app.include_router(registry_router)
+    app.include_router(exchange_router)
     app.include_router(pages.router)
     return app

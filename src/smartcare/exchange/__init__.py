@@ -1,0 +1,1 @@
+"""Data exchange hub: channels, connectors (HTTP, MLLP, batch), message store, routing, delivery, monitoring."""

@@ -1,0 +1,154 @@
+"""What every connector does with a message: look inside it, choose its channel, store it.
+
+Connectors (HTTP, MLLP, batch) differ only in framing and in how the sender is identified; the
+decision whether a message is accepted, filtered, failed or refused is made here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from smartcare.exchange.channels import ChannelCache, ChannelConfig
+from smartcare.exchange.ratelimit import RateLimiter
+from smartcare.exchange.store import GroupCommitter, NewMessage, Stored
+from smartcare.platform import metrics
+from smartcare.platform.auth import ClientKeyCache
+from smartcare.platform.db import session_factory
+from smartcare.platform.settings import get_settings
+from smartcare.standards import cda, fhir, hl7v2, mllp
+
+
+@dataclass
+class Inspected:
+    """What the hub learnt from the payload before storing it."""
+
+    message_type: str | None = None
+    control_id: str | None = None
+    facility_code: str | None = None
+    error: str | None = None
+    hl7: hl7v2.Message | None = None
+    hl7_error: hl7v2.Hl7Error | None = None
+
+
+def inspect(kind: str, raw: bytes) -> Inspected:
+    """Parse just enough to route, dedupe and acknowledge; a problem becomes ``error``, never an exception."""
+    if kind == "hl7v2":
+        try:
+            msg = hl7v2.parse_and_check(mllp.decode_text(raw))
+        except hl7v2.Hl7Error as exc:
+            return Inspected(error=str(exc), hl7_error=exc)
+        return Inspected(message_type=f"{msg.message_type}^{msg.trigger_event}", control_id=msg.control_id,
+                         facility_code=_first_component(msg.sending_facility), hl7=msg)
+    if kind == "cda":
+        try:
+            header = cda.parse_header(raw)
+        except (cda.CdaError, ValueError) as exc:
+            return Inspected(error=str(exc))
+        doc = header.document_id
+        return Inspected(message_type=header.type_code, control_id=f"{doc.root}:{doc.extension}" if doc.extension else doc.root,
+                         facility_code=header.custodian.code)
+    if kind == "fhir":
+        try:
+            events = fhir.map_payload(raw)
+            body = json.loads(raw)
+        except (fhir.FhirError, ValueError) as exc:
+            return Inspected(error=str(exc))
+        version = (body.get("meta") or {}).get("versionId")
+        control = body.get("id") and f"{body.get('resourceType')}/{body['id']}" + (f"/_history/{version}" if version else "")
+        return Inspected(message_type=body.get("resourceType"),
+                         control_id=control or f"sha256:{hashlib.sha256(raw).hexdigest()}",
+                         error=None if events else "no resource to map")
+    if kind == "batch":
+        row = json.loads(raw)
+        return Inspected(message_type=row.get("record_type", "patient"), control_id=row.get("control_id"))
+    raise ValueError(f"unknown message kind {kind!r}")
+
+
+def _first_component(value: str | None) -> str | None:
+    return value.split("^", 1)[0].strip() or None if value else None
+
+
+@dataclass
+class Receipt:
+    """The hub's answer to one message; connectors turn it into an ACK or an HTTP response."""
+
+    status: str  # accepted | duplicate | filtered | failed | refused | replay
+    channel_id: str | None = None
+    message_id: int | None = None
+    reason: str | None = None
+    inspected: Inspected = field(default_factory=Inspected)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("accepted", "duplicate", "filtered")
+
+
+class Hub:
+    """One per process: the channel cache and the group committer that every connector shares."""
+
+    def __init__(self, committer: GroupCommitter | None = None, channels: ChannelCache | None = None):
+        settings = get_settings()
+        self.committer = committer or GroupCommitter()
+        self.channels = channels or ChannelCache()
+        self.client_keys = ClientKeyCache()
+        self.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
+
+    async def close(self) -> None:
+        await self.committer.close()
+
+    async def channel_configs(self) -> list[tuple[ChannelConfig, bool]]:
+        if self.channels.stale():
+            await asyncio.to_thread(self._reload)
+        return self.channels.current()
+
+    def _reload(self) -> None:
+        with session_factory()() as session:
+            self.channels.load(session)
+
+    async def receive(self, *, connector: str, kind: str, raw: bytes, sender: str, facility_code: str | None,
+                      content_type: str | None = None, inspected: Inspected | None = None,
+                      nonce: tuple[str, str] | None = None) -> Receipt:
+        """Decide and store. ``nonce`` (of a signed request) is recorded with the message; a reused one
+        gives status ``replay`` and stores nothing."""
+        seen = inspected or inspect(kind, raw)
+        facility = facility_code
+        candidates = [(c, on) for c, on in await self.channel_configs() if c.source == kind and connector in c.connectors]
+        if not candidates:
+            return self._count(Receipt("refused", reason=f"no channel takes {kind} over {connector}", inspected=seen), kind)
+        if seen.error:
+            channel = candidates[0][0]
+            stored = await self._store(channel, seen, "failed", connector, kind, raw, sender, facility, content_type, nonce)
+            status = "replay" if stored.state == "replay" else "failed"
+            return self._count(Receipt(status, channel.id, stored.message_id, seen.error, seen), kind)
+        chosen = next(((c, on) for c, on in candidates
+                       if c.takes(kind=kind, connector=connector, facility=facility, message_type=seen.message_type)), None)
+        if chosen is None:
+            sender_ok = any(fnmatch.fnmatchcase(facility or "", s) for c, _ in candidates for s in c.senders)
+            reason = (f"message type {seen.message_type} is not accepted by any {kind} channel" if sender_ok
+                      else f"sender {facility or sender} may not send {kind} messages")
+            return self._count(Receipt("refused", reason=reason, inspected=seen), kind)
+        channel, enabled = chosen
+        if not enabled:
+            return self._count(Receipt("refused", channel.id, reason=f"channel {channel.id} is stopped; send again later",
+                                       inspected=seen), kind)
+        state = "filtered" if channel.filters_out(seen.message_type) else "accepted"
+        stored = await self._store(channel, seen, state, connector, kind, raw, sender, facility, content_type, nonce)
+        status = "replay" if stored.state == "replay" else "duplicate" if stored.duplicate else state
+        return self._count(Receipt(status, channel.id, stored.message_id, inspected=seen), kind)
+
+    async def _store(self, channel: ChannelConfig, seen: Inspected, state: str, connector: str, kind: str, raw: bytes,
+                     sender: str, facility: str | None, content_type: str | None, nonce: tuple[str, str] | None) -> Stored:
+        return await self.committer.submit(NewMessage(
+            channel_id=channel.id, sender=sender, facility_code=facility, connector=connector, kind=kind,
+            message_type=seen.message_type, control_id=seen.control_id, state=state, raw=raw,
+            content_type=content_type, error=seen.error, nonce=nonce))
+
+    @staticmethod
+    def _count(receipt: Receipt, kind: str) -> Receipt:
+        metrics.EXCHANGE_RECEIVED.labels(kind=kind, status=receipt.status).inc()
+        return receipt
+

@@ -1,0 +1,131 @@
+"""MLLP connector: HL7 v2 over TCP (optionally TLS with client certificates).
+
+Frames are read with the incremental decoder; each good frame is answered, in order, with an ACK that
+is sent only after the message is committed. A frame that cannot be read is kept byte for byte in
+``exchange.bad_frame`` and answered AR with the problem and where to find the bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+
+from smartcare.exchange.ingest import Hub, Receipt, inspect
+from smartcare.exchange.ratelimit import RateLimiter
+from smartcare.exchange.store import NewBadFrame
+from smartcare.platform import metrics
+from smartcare.platform.db import session_factory
+from smartcare.platform.settings import get_settings
+from smartcare.registry import service as registry
+from smartcare.standards import hl7v2, mllp
+
+log = logging.getLogger(__name__)
+
+
+def tls_context() -> ssl.SSLContext | None:
+    settings = get_settings()
+    if not settings.mllp_tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.mllp_tls_cert, settings.mllp_tls_key)
+    if settings.mllp_tls_client_ca:
+        context.load_verify_locations(settings.mllp_tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class FacilityCache:
+    """Registered facility codes, reloaded every minute: MLLP senders are identified by MSH-4."""
+
+    def __init__(self, ttl: float = 60.0):
+        self.ttl, self._loaded, self._codes = ttl, float("-inf"), frozenset()
+
+    async def known(self, code: str | None) -> bool:
+        if time.monotonic() - self._loaded > self.ttl:
+            self._codes = await asyncio.to_thread(self._load)
+            self._loaded = time.monotonic()
+        return code in self._codes
+
+    @staticmethod
+    def _load() -> frozenset[str]:
+        with session_factory()() as session:
+            return frozenset(registry.facility_codes(session))
+
+
+def ack_code(receipt: Receipt) -> str:
+    if receipt.ok:
+        return "AA"
+    error = receipt.inspected.hl7_error
+    return "AR" if receipt.status == "refused" or (error is not None and error.reject) else "AE"
+
+
+class MllpServer:
+    def __init__(self, hub: Hub, *, host: str = "127.0.0.1", port: int = 2575, tls: ssl.SSLContext | None = None):
+        settings = get_settings()
+        self.hub, self.host, self.port, self.tls = hub, host, port, tls
+        self.facilities = FacilityCache()
+        self.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
+        self.max_frame = settings.max_payload_bytes
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connection, self.host, self.port, ssl=self.tls, limit=1 << 20)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("MLLP listening on %s:%s%s", self.host, self.port, " (TLS)" if self.tls else "")
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = (writer.get_extra_info("peername") or ("?", 0))[:2]
+        peer = f"{host}:{port}"
+        cert = writer.get_extra_info("peercert")
+        cert_cn = next((v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"), None)
+        decoder = mllp.FrameDecoder(max_size=self.max_frame)
+        try:
+            while data := await reader.read(1 << 16):
+                for frame in decoder.feed(data):
+                    started = time.perf_counter()
+                    ack = await (self._message(frame.payload, cert_cn) if frame.ok else self._bad_frame(frame, peer))
+                    writer.write(mllp.frame(ack.encode("utf-8")))
+                    await writer.drain()
+                    metrics.EXCHANGE_ACK_SECONDS.labels("mllp").observe(time.perf_counter() - started)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _bad_frame(self, frame, peer: str) -> str:
+        metrics.EXCHANGE_BAD_FRAMES.inc()
+        try:
+            frame_id = await self.hub.committer.submit_bad_frame(NewBadFrame("mllp", peer, frame.problem, frame.raw))
+            where = f"; its raw bytes are kept as bad frame #{frame_id}"
+        except Exception:  # still answer: the sender must learn the frame was not taken
+            where = ""
+        return hl7v2.build_ack(frame.payload.decode("latin-1"), code="AR", text=f"bad MLLP frame: {frame.problem}{where}")
+
+    async def _message(self, payload: bytes, cert_cn: str | None) -> str:
+        seen = inspect("hl7v2", payload)
+        original = seen.hl7 or payload.decode("latin-1")
+        sending = seen.facility_code  # MSH-4: MLLP has no login, the message says who sent it
+        if seen.error is None:
+            if cert_cn is not None and cert_cn != sending:
+                return hl7v2.build_ack(original, code="AR", text="the client certificate does not belong to the sending facility (MSH-4)")
+            wait = self.limiter.check(sending or "?")
+            if wait:
+                await asyncio.sleep(wait)  # MLLP has no "429": slow the sender down instead
+        # Only registered facilities are counted as hospitals in monitoring; channels decide who may send.
+        facility = sending if await self.facilities.known(sending) else None
+        try:
+            receipt = await self.hub.receive(connector="mllp", kind="hl7v2", raw=payload, sender=f"mllp:{sending or '?'}",
+                                             facility_code=facility, inspected=seen)
+        except Exception as exc:
+            log.error("MLLP message could not be stored: %s", exc)
+            return hl7v2.build_ack(original, code="AE", text="temporarily unable to store the message; send it again")
+        code = ack_code(receipt)
+        return hl7v2.build_ack(original, code=code, error=seen.hl7_error,
+                               text=None if code == "AA" else receipt.reason or seen.error)

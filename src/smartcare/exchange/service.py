@@ -1,0 +1,191 @@
+"""Exchange hub operations for operators: message views, re-runs, dead letters, retention, monitoring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from smartcare.exchange import destinations
+from smartcare.exchange.channels import ChannelConfig, list_all
+from smartcare.exchange.models import BadFrame, StoredMessage
+from smartcare.platform import audit, bus
+from smartcare.platform.errors import InvalidInput, NotFound
+from smartcare.platform.masking import mask_text
+
+STATES = ("accepted", "filtered", "routed", "delivered", "failed")
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    channel_id: str | None = None
+    facility_code: str | None = None
+    state: str | None = None
+    message_type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def apply(self, stmt):
+        if self.state and self.state not in STATES:
+            raise InvalidInput(f"state must be one of {', '.join(STATES)}", field="state")
+        for column, value in ((StoredMessage.channel_id, self.channel_id), (StoredMessage.facility_code, self.facility_code),
+                              (StoredMessage.state, self.state), (StoredMessage.message_type, self.message_type)):
+            if value:
+                stmt = stmt.where(column == value)
+        if self.since:
+            stmt = stmt.where(StoredMessage.received_at >= self.since)
+        if self.until:
+            stmt = stmt.where(StoredMessage.received_at < self.until)
+        return stmt
+
+
+def list_messages(session: Session, flt: MessageFilter, *, limit: int = 50, before_id: int | None = None) -> list[dict]:
+    """Newest first, without payloads; errors pass through masking (they may quote a field)."""
+    stmt = flt.apply(select(StoredMessage.id, StoredMessage.received_at, StoredMessage.channel_id, StoredMessage.sender,
+                            StoredMessage.facility_code, StoredMessage.connector, StoredMessage.kind,
+                            StoredMessage.message_type, StoredMessage.control_id, StoredMessage.state,
+                            StoredMessage.error, StoredMessage.size, StoredMessage.processed_at))
+    if before_id:
+        stmt = stmt.where(StoredMessage.id < before_id)
+    rows = session.execute(stmt.order_by(StoredMessage.id.desc()).limit(limit)).mappings().all()
+    return [{**r, "error": mask_text(r["error"]) if r["error"] else None} for r in rows]
+
+
+def get_message(session: Session, message_id: int) -> StoredMessage:
+    msg = session.scalar(select(StoredMessage).where(StoredMessage.id == message_id))
+    if msg is None:
+        raise NotFound(f"no message {message_id} (it may have passed its retention)", field="message_id")
+    return msg
+
+
+def deliveries(session: Session, message_id: int) -> list[dict]:
+    """Per-destination delivery state of a message's events (PostgreSQL bus bookkeeping)."""
+    rows = session.execute(text(
+        "SELECT d.id, d.consumer, d.state, d.attempts, d.last_error, m.topic, d.done_at FROM platform.bus_delivery d "
+        "JOIN platform.bus_message m ON m.id = d.message_id "
+        "WHERE m.payload -> 'source' ->> 'message_id' = :mid ORDER BY d.id"), {"mid": str(message_id)}).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def view_raw(session: Session, message_id: int, *, actor: str, reason: str | None = None) -> StoredMessage:
+    """The raw payload is personal data: every view is audited with who and why."""
+    msg = get_message(session, message_id)
+    audit.record(session, actor=actor, action="exchange.raw.view", target=f"message:{message_id}",
+                 detail={"reason": reason or "", "facility_code": msg.facility_code})
+    return msg
+
+
+def view_bad_frame(session: Session, frame_id: int, *, actor: str) -> BadFrame:
+    frame = session.get(BadFrame, frame_id)
+    if frame is None:
+        raise NotFound(f"no bad frame {frame_id}", field="frame_id")
+    audit.record(session, actor=actor, action="exchange.bad_frame.view", target=f"bad_frame:{frame_id}")
+    return frame
+
+
+def list_bad_frames(session: Session, *, limit: int = 50) -> list[BadFrame]:
+    return list(session.scalars(select(BadFrame).order_by(BadFrame.id.desc()).limit(limit)))
+
+
+def rerun(session: Session, flt: MessageFilter | None = None, *, message_ids: list[int] | None = None, actor: str,
+          limit: int = 10_000) -> int:
+    """Route messages again under fresh event ids (so destinations receive them again), by id or by filter."""
+    if not message_ids and (flt is None or flt == MessageFilter()):
+        raise InvalidInput("say which messages to re-run: ids or at least one filter", field="filter")
+    stmt = select(StoredMessage.received_at, StoredMessage.id).where(StoredMessage.state != "accepted")
+    stmt = flt.apply(stmt) if flt else stmt
+    if message_ids:
+        stmt = stmt.where(StoredMessage.id.in_(message_ids))
+    targets = session.execute(stmt.order_by(StoredMessage.id).limit(limit)).all()
+    for at, mid in targets:
+        session.execute(text("UPDATE exchange.message SET state = 'accepted', reruns = reruns + 1, delivered = 0, "
+                             "expected_deliveries = 0, error = NULL, processed_at = NULL WHERE received_at = :at AND id = :id"),
+                        {"at": at, "id": mid})
+    if targets:
+        session.execute(text("SELECT pg_notify('smartcare_exchange', '')"))
+    audit.record(session, actor=actor, action="exchange.rerun", target="messages",
+                 detail={"count": len(targets), "ids": [m for _, m in targets][:50]})
+    return len(targets)
+
+
+def dead_letters(session: Session, *, channel_id: str | None = None) -> list[dict]:
+    prefix = destinations.consumer_name(channel_id, "") if channel_id else "exchange:"
+    return [d for d in bus.dead_letters(session, limit=10_000) if d["consumer"].startswith(prefix)]
+
+
+def rerun_dead_letters(session: Session, *, actor: str, channel_id: str | None = None,
+                       delivery_ids: list[int] | None = None) -> int:
+    chosen = [d["id"] for d in dead_letters(session, channel_id=channel_id) if not delivery_ids or d["id"] in delivery_ids]
+    replayed = sum(1 for d in chosen if bus.replay(session, d))
+    audit.record(session, actor=actor, action="exchange.dead_letters.rerun", target=f"channel:{channel_id or '*'}",
+                 detail={"count": replayed})
+    return replayed
+
+
+# ---- retention: whole day partitions ---------------------------------------------------------------
+
+
+def _partition_name(day: date) -> str:
+    return f"message_{day:%Y%m%d}"
+
+
+def ensure_partitions(session: Session, *, days_ahead: int = 7, start: date | None = None) -> list[str]:
+    """Create the day partitions from ``start`` (default today) up to ``days_ahead`` ahead; idempotent."""
+    first = start or datetime.now(UTC).date()
+    created = []
+    for offset in range((datetime.now(UTC).date() - first).days + days_ahead + 1):
+        day = first + timedelta(days=offset)
+        name = _partition_name(day)
+        exists = session.scalar(text("SELECT to_regclass(:n)"), {"n": f"exchange.{name}"})
+        if not exists:
+            session.execute(text(
+                f"CREATE TABLE exchange.{name} PARTITION OF exchange.message "
+                f"FOR VALUES FROM ('{day.isoformat()} 00:00:00+00') TO ('{(day + timedelta(days=1)).isoformat()} 00:00:00+00')"))
+            created.append(name)
+    return created
+
+
+def partitions(session: Session) -> list[dict]:
+    rows = session.execute(text(
+        "SELECT c.relname AS name, pg_total_relation_size(c.oid) AS bytes, "
+        "pg_get_expr(c.relpartbound, c.oid) AS bounds FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'exchange.message'::regclass ORDER BY c.relname")).mappings()
+    return [dict(r) for r in rows]
+
+
+def store_size(session: Session) -> int:
+    return sum(p["bytes"] for p in partitions(session))
+
+
+def prune(session: Session, *, today: date | None = None, actor: str = "system") -> dict:
+    """Drop day partitions older than the longest channel retention (the disk space comes back at
+    once); inside the kept window, delete messages of channels whose own retention is shorter."""
+    today = today or datetime.now(UTC).date()
+    configs = [ChannelConfig.model_validate(c.config) for c in list_all(session)]
+    keep_days = max((c.retention_days for c in configs), default=30)
+    cutoff = today - timedelta(days=keep_days)
+    dropped = []
+    for p in partitions(session):
+        name = p["name"]
+        if name.startswith("message_2") and date(int(name[8:12]), int(name[12:14]), int(name[14:16])) < cutoff:
+            session.execute(text(f"DROP TABLE exchange.{name}"))
+            dropped.append(name)
+    deleted = 0
+    for c in configs:
+        if c.retention_days < keep_days:
+            deleted += session.execute(text("DELETE FROM exchange.message WHERE channel_id = :c AND received_at < :t"),
+                                       {"c": c.id, "t": today - timedelta(days=c.retention_days)}).rowcount
+    horizon = datetime.combine(cutoff, datetime.min.time(), UTC)
+    keys = session.execute(text("DELETE FROM exchange.message_key WHERE received_at < :t"), {"t": horizon}).rowcount
+    frames = session.execute(text("DELETE FROM exchange.bad_frame WHERE received_at < :t"), {"t": horizon}).rowcount
+    result = {"dropped_partitions": dropped, "deleted_messages": deleted, "deleted_keys": keys, "deleted_bad_frames": frames,
+              "kept_days": keep_days}
+    audit.record(session, actor=actor, action="exchange.prune", target="exchange.message",
+                 detail={k: (len(v) if isinstance(v, list) else v) for k, v in result.items()})
+    return result
+
+
+def count_messages(session: Session, flt: MessageFilter) -> int:
+    return session.scalar(flt.apply(select(func.count()).select_from(StoredMessage))) or 0

@@ -1,0 +1,38 @@
+"""A background loop that wakes on PostgreSQL NOTIFY and falls back to polling.
+
+Used by the bus worker and the exchange router: both drain a table queue whenever something
+new is committed, and survive a lost connection by reconnecting.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from smartcare.platform.db import database_url
+
+log = logging.getLogger(__name__)
+
+
+def listen_and_drain(channel: str, drain: Callable[[], int], *, stopping: threading.Event, poll_seconds: float) -> None:
+    """Call ``drain`` until it returns 0, then wait for a NOTIFY on ``channel`` or ``poll_seconds``; repeat until stopped."""
+    dsn = database_url().replace("postgresql+psycopg://", "postgresql://", 1)
+    while not stopping.is_set():
+        try:
+            with psycopg.connect(dsn, autocommit=True) as listen:
+                listen.execute(f"LISTEN {channel}")
+                woken, last_run = True, 0.0
+                while not stopping.is_set():
+                    if woken or time.monotonic() - last_run >= poll_seconds:
+                        while drain() and not stopping.is_set():
+                            pass
+                        last_run = time.monotonic()
+                    # short waits so that a stop is honoured within half a second
+                    woken = any(True for _ in listen.notifies(timeout=0.5, stop_after=1))
+        except psycopg.OperationalError as exc:
+            log.warning("%s loop lost its database connection (%s); retrying in 5 s", channel, exc)
+            stopping.wait(5)

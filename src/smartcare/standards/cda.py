@@ -1,0 +1,658 @@
+"""WS/T 500 CDA documents (电子病历共享文档): read the header, build minimal documents.
+
+The exchange hub needs to know, for every incoming document, what it is (type C0001…C0053), whose
+it is (patient identifiers), who wrote it and who keeps it (author, custodian) and which visit it
+belongs to; the body is stored as received. ``parse_header`` reads exactly that and nothing more,
+and says *where* a document falls short (``ClinicalDocument/recordTarget/patientRole: …``) so a
+hospital can fix its interface. ``build_minimal`` writes the smallest document that still
+validates against the national schema (``shared/standards/wst500-xsd/C00nn.xsd``); the hub's
+simulator sends these.
+
+WS/T 500 fixes the timestamps' format (``YYYYMMDDHHMMSS``, no offset) and the region works in
+Beijing time, so a timestamp without an offset is read as Asia/Shanghai and every datetime that
+comes out of this module is timezone-aware.
+
+Personal data (ID numbers, names, birth dates) never appear in error messages or in the ``repr``
+of a header: both end up in logs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Final, Literal
+
+from lxml import etree
+
+from smartcare.standards.xml import XmlError, parse_xml
+
+__all__ = [
+    "CHINA_TZ",
+    "DOC_TYPE_SYSTEM",
+    "HL7_NS",
+    "OID_DEPARTMENT",
+    "OID_DOCUMENT",
+    "OID_HEALTH_CARD_NO",
+    "OID_ID_NUMBER",
+    "OID_INPATIENT_NO",
+    "OID_ORGANIZATION",
+    "OID_OUTPATIENT_NO",
+    "OID_PRACTITIONER",
+    "SEX_SYSTEM",
+    "Address",
+    "Admission",
+    "Author",
+    "CdaError",
+    "CdaHeader",
+    "XmlError",
+    "Encounter",
+    "InstanceId",
+    "Organization",
+    "build_minimal",
+    "parse_cda_time",
+    "parse_header",
+    "template_id_for",
+]
+
+HL7_NS: Final = "urn:hl7-org:v3"
+XSI_NS: Final = "http://www.w3.org/2001/XMLSchema-instance"
+# China has had no daylight saving time since 1991; a fixed offset needs no tz database.
+CHINA_TZ: Final = timezone(timedelta(hours=8), "Asia/Shanghai")
+
+DOC_TYPE_SYSTEM: Final = "2.16.156.10011.2.4"  # 卫生信息共享文档规范编码体系, codes C0001…C0053
+DOC_TYPE_SYSTEM_NAME: Final = "卫生信息共享文档规范编码体系"
+OID_DOCUMENT: Final = "2.16.156.10011.1.1"  # 文档流水号
+OID_ID_NUMBER: Final = "2.16.156.10011.1.3"  # 患者身份证号
+OID_PRACTITIONER: Final = "2.16.156.10011.1.4"  # 医务人员
+OID_ORGANIZATION: Final = "2.16.156.10011.1.5"  # 医疗卫生机构
+OID_AUTHOR: Final = "2.16.156.10011.1.7"  # 文档创作者 (医务人员)
+OID_OUTPATIENT_NO: Final = "2.16.156.10011.1.11"  # 门(急)诊号
+OID_INPATIENT_NO: Final = "2.16.156.10011.1.12"  # 住院号
+OID_HEALTH_CARD_NO: Final = "2.16.156.10011.1.19"  # 健康卡号
+OID_ROOM: Final = "2.16.156.10011.1.21"  # 病房号
+OID_BED: Final = "2.16.156.10011.1.22"  # 病床号
+OID_DEPARTMENT: Final = "2.16.156.10011.1.26"  # 科室
+OID_WARD: Final = "2.16.156.10011.1.27"  # 病区
+SEX_SYSTEM: Final = "2.16.156.10011.2.3.3.4"  # GB/T 2261.1
+_DATA_ELEMENT_SYSTEM: Final = "2.16.156.10011.2.2.1"  # WS 363 卫生信息数据元目录
+_LOINC: Final = "2.16.840.1.113883.6.1"
+
+_DOC_TYPES: Final = frozenset(f"C{n:04d}" for n in range(1, 54))
+_SEX_NAMES: Final = {"0": "未知的性别", "1": "男性", "2": "女性", "9": "未说明的性别"}
+
+
+class CdaError(ValueError):
+    """The document is not a usable WS/T 500 CDA document; the message names the location."""
+
+    def __init__(self, message: str, *, location: str | None = None):
+        super().__init__(f"{location}: {message}" if location else message)
+        self.location = location
+
+
+# --- what a header says ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceId:
+    """An HL7 II: ``root`` names the issuer (an OID), ``extension`` the identifier within it."""
+
+    root: str
+    extension: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Organization:
+    code: str | None  # id/@extension: 组织机构代码 or 18-character 统一社会信用代码
+    name: str | None
+    root: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Author:
+    id: InstanceId | None
+    name: str | None = field(default=None, repr=False)
+    time: datetime | None = None
+    organization: Organization | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Encounter:
+    ids: tuple[InstanceId, ...]
+    start: datetime | None
+    end: datetime | None = None
+    department: Organization | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CdaHeader:
+    """What the exchange hub needs to route, index and link a document; the body is not read."""
+
+    document_id: InstanceId
+    type_code: str  # C0001…C0053
+    type_name: str | None
+    template_id: str | None
+    effective_time: datetime | None
+    custodian: Organization
+    # OID -> extension, from recordTarget/patientRole/id and patientRole/patient/id.
+    patient_ids: dict[str, str] = field(default_factory=dict, hash=False, repr=False)
+    patient_name: str | None = field(default=None, repr=False)
+    sex_code: str | None = None  # GB/T 2261.1: 0 unknown, 1 male, 2 female, 9 unspecified
+    birth_date: date | None = field(default=None, repr=False)
+    author: Author | None = None
+    encounter: Encounter | None = None
+    set_id: InstanceId | None = None
+    version_number: int | None = None
+
+    @property
+    def id_number(self) -> str | None:
+        """The patient's resident ID number (身份证号), if the document carries one."""
+        return self.patient_ids.get(OID_ID_NUMBER)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+_TS = re.compile(
+    r"(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?)?)?)?"
+    r"(?:([+-])(\d{2})(\d{2}))?",
+    re.ASCII,
+)
+
+
+def parse_cda_time(value: str, *, location: str = "TS") -> datetime:
+    """Parse an HL7 TS (``YYYY[MM[DD[HH[MM[SS[.S]]]]]][+ZZZZ]``) into an aware datetime.
+
+    Missing parts take their lowest value (``2024`` is 2024-01-01 00:00); no offset means
+    Asia/Shanghai. The value itself is not echoed in errors: it may be a birth date.
+    """
+    m = _TS.fullmatch(value.strip())
+    if not m:
+        raise CdaError("not a CDA timestamp (YYYYMMDDHHMMSS[+ZZZZ])", location=location)
+    year, month, day, hour, minute, second, frac, sign, oh, om = m.groups()
+    try:
+        tz = CHINA_TZ
+        if sign:
+            offset = timedelta(hours=int(oh), minutes=int(om))
+            tz = timezone(-offset if sign == "-" else offset)
+        return datetime(
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            int((frac or "0").ljust(6, "0")),
+            tzinfo=tz,
+        )
+    except ValueError:
+        raise CdaError("timestamp is not a real date/time", location=location) from None
+
+
+def _q(path: str) -> tuple[str, ...]:
+    """``a/b`` -> the Clark names ``({urn:hl7-org:v3}a, {urn:hl7-org:v3}b)`` that ``_find`` walks."""
+    return tuple(f"{{{HL7_NS}}}{part}" for part in path.split("/"))
+
+
+def _find(el: etree._Element | None, tags: tuple[str, ...]) -> etree._Element | None:
+    """The first element along ``tags`` (child, then grandchild…), or None.
+
+    lxml's ``find()`` compiles paths in Python; walking children in C makes ``parse_header``
+    about a third faster, and headers are read for every document the hub receives.
+    """
+    for tag in tags:
+        if el is None:
+            return None
+        el = next(el.iterchildren(tag), None)
+    return el
+
+
+_ROOT_TAG: Final = f"{{{HL7_NS}}}ClinicalDocument"
+_ID, _CODE, _NAME = _q("id"), _q("code"), _q("name")
+_ID_TAG: Final = _ID[0]
+_P = {
+    name: _q(path)
+    for name, path in {
+        "template": "templateId",
+        "title": "title",
+        "time": "effectiveTime",
+        "set_id": "setId",
+        "version": "versionNumber",
+        "patient_role": "recordTarget/patientRole",
+        "patient": "patient",
+        "gender": "administrativeGenderCode",
+        "birth": "birthTime",
+        "author": "author",
+        "author_time": "time",
+        "assigned_author": "assignedAuthor",
+        "author_person_name": "assignedPerson/name",
+        "author_org": "representedOrganization",
+        "custodian": "custodian",
+        "custodian_org": "assignedCustodian/representedCustodianOrganization",
+        "encounter": "componentOf/encompassingEncounter",
+        "low": "low",
+        "high": "high",
+    }.items()
+}
+_WHOLE_ORG_TAG: Final = f"{{{HL7_NS}}}wholeOrganization"
+
+
+def _text(el: etree._Element | None) -> str | None:
+    if el is None:
+        return None
+    text = "".join(el.itertext()).strip()
+    return text or None
+
+
+def _attr(el: etree._Element | None, name: str) -> str | None:
+    if el is None:
+        return None
+    value = el.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _ii(el: etree._Element | None) -> InstanceId | None:
+    root = _attr(el, "root")
+    return InstanceId(root, _attr(el, "extension")) if root else None
+
+
+def _time(el: etree._Element | None, location: str) -> datetime | None:
+    value = _attr(el, "value")
+    return parse_cda_time(value, location=f"{location}/@value") if value else None
+
+
+def _organization(el: etree._Element | None) -> Organization | None:
+    if el is None:
+        return None
+    id_el = _find(el, _ID)
+    return Organization(code=_attr(id_el, "extension"), name=_text(_find(el, _NAME)), root=_attr(id_el, "root"))
+
+
+def _author(doc: etree._Element) -> Author | None:
+    author = _find(doc, _P["author"])
+    if author is None:
+        return None
+    written = _time(_find(author, _P["author_time"]), "ClinicalDocument/author/time")
+    assigned = _find(author, _P["assigned_author"])
+    if assigned is None:
+        return Author(id=None, time=written)
+    return Author(
+        id=_ii(_find(assigned, _ID)),
+        name=_text(_find(assigned, _P["author_person_name"])),
+        time=written,
+        organization=_organization(_find(assigned, _P["author_org"])),
+    )
+
+
+def _encounter(doc: etree._Element) -> Encounter | None:
+    enc = _find(doc, _P["encounter"])
+    if enc is None:
+        return None
+    where = "ClinicalDocument/componentOf/encompassingEncounter/effectiveTime"
+    time_el = _find(enc, _P["time"])
+    start = _time(time_el, where)
+    end = None
+    if time_el is not None and start is None:  # IVL_TS: <low value=…/><high value=…/>
+        start = _time(_find(time_el, _P["low"]), f"{where}/low")
+        end = _time(_find(time_el, _P["high"]), f"{where}/high")
+    department = None
+    for org in enc.iter(_WHOLE_ORG_TAG):  # bed, room, department, ward, hospital
+        found = _organization(org)
+        if found is not None and found.root == OID_DEPARTMENT:
+            department = found
+            break
+    ids = tuple(i for i in (_ii(e) for e in enc.iterchildren(_ID_TAG)) if i is not None)
+    return Encounter(ids=ids, start=start, end=end, department=department)
+
+
+def _version(el: etree._Element | None) -> int | None:
+    """CDA puts the version in ``@value``; the WS/T 500 schemas allow only text content."""
+    raw = _attr(el, "value") or _text(el)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()):
+        raise CdaError("not a whole number", location="ClinicalDocument/versionNumber")
+    return int(raw)
+
+
+def _set_id(el: etree._Element | None) -> InstanceId | None:
+    if el is None:
+        return None
+    found = _ii(el)
+    if found is not None:
+        return found
+    text = _text(el)
+    return InstanceId(text) if text else None
+
+
+def parse_header(data: bytes | etree._Element) -> CdaHeader:
+    """Read the header of a WS/T 500 CDA document (bytes, or a root already parsed by ``parse_xml``).
+
+    Raises ``XmlError`` for bytes that are not safe, well-formed XML and ``CdaError`` for XML that
+    is not a ClinicalDocument with an id, a type code, a patient and a custodian.
+    """
+    doc = parse_xml(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if doc.tag != _ROOT_TAG:
+        qname = etree.QName(doc)
+        found = f"{{{qname.namespace}}}{qname.localname}" if qname.namespace else qname.localname
+        raise CdaError(f"root element is {found}, expected ClinicalDocument in namespace {HL7_NS}")
+
+    document_id = _ii(_find(doc, _ID))
+    if document_id is None:
+        raise CdaError("missing, or without @root", location="ClinicalDocument/id")
+
+    code = _find(doc, _CODE)
+    type_code = _attr(code, "code")
+    if type_code is None:
+        raise CdaError("missing document type code", location="ClinicalDocument/code/@code")
+    system = _attr(code, "codeSystem")
+    if system is not None:
+        if system != DOC_TYPE_SYSTEM:
+            raise CdaError(
+                f"code system {system} is not the WS/T 500 document type system {DOC_TYPE_SYSTEM}",
+                location="ClinicalDocument/code/@codeSystem",
+            )
+        if type_code not in _DOC_TYPES:
+            raise CdaError(
+                f"{type_code!r} is not a WS/T 500 document type (C0001…C0053)", location="ClinicalDocument/code/@code"
+            )
+
+    role = _find(doc, _P["patient_role"])
+    if role is None:
+        raise CdaError("missing", location="ClinicalDocument/recordTarget/patientRole")
+    patient = _find(role, _P["patient"])
+    patient_ids: dict[str, str] = {}
+    for id_el in (*role.iterchildren(_ID_TAG), *(patient.iterchildren(_ID_TAG) if patient is not None else ())):
+        ii = _ii(id_el)
+        if ii is not None and ii.extension:
+            patient_ids.setdefault(ii.root, ii.extension)
+    if not patient_ids:
+        raise CdaError("no patient identifier", location="ClinicalDocument/recordTarget/patientRole")
+
+    custodian = _find(doc, _P["custodian"])
+    if custodian is None:
+        raise CdaError("missing", location="ClinicalDocument/custodian")
+    custodian_org = _organization(_find(custodian, _P["custodian_org"]))
+    where = "ClinicalDocument/custodian/assignedCustodian/representedCustodianOrganization"
+    if custodian_org is None:
+        raise CdaError("missing", location=where)
+    if custodian_org.code is None:
+        raise CdaError("no organization code", location=f"{where}/id/@extension")
+
+    born = _time(_find(patient, _P["birth"]), "ClinicalDocument/recordTarget/patientRole/patient/birthTime")
+
+    return CdaHeader(
+        document_id=document_id,
+        type_code=type_code,
+        type_name=_attr(code, "displayName") or _text(_find(doc, _P["title"])),
+        template_id=_attr(_find(doc, _P["template"]), "root"),
+        effective_time=_time(_find(doc, _P["time"]), "ClinicalDocument/effectiveTime"),
+        custodian=custodian_org,
+        patient_ids=patient_ids,
+        patient_name=_text(_find(patient, _NAME)),
+        sex_code=_attr(_find(patient, _P["gender"]), "code"),
+        birth_date=born.date() if born else None,
+        author=_author(doc),
+        encounter=_encounter(doc),
+        set_id=_set_id(_find(doc, _P["set_id"])),
+        version_number=_version(_find(doc, _P["version"])),
+    )
+
+
+# --- building -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A Chinese address, largest part first, as WS/T 500 spells it out."""
+
+    state: str = ""  # 省(自治区、直辖市)
+    city: str = ""  # 市(地区、州)
+    county: str = ""  # 县(区)
+    township: str = ""  # 乡(镇、街道办事处)
+    street: str = ""  # 村(街、路、里、弄等)
+    house_number: str = ""  # 门牌号码
+    postal_code: str = "000000"  # C0001 requires an integer; 000000 means "not known"
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What C0034 (入院记录) needs beyond the common fields: the stay and who signs for it."""
+
+    inpatient_no: str  # 住院号
+    admitted_at: datetime
+    department_code: str
+    department_name: str
+    ward_code: str
+    ward_name: str
+    room_no: str
+    bed_no: str
+    director_id: str  # 科主任 (legal authenticator): practitioner code and name
+    director_name: str
+    chief_complaint: str = "未提供"
+
+
+_TITLES: Final = {"C0001": "病历概要", "C0034": "入院记录"}
+
+
+def template_id_for(type_code: str) -> str:
+    """WS/T 500 template OID of a document type: C00nn -> 2.16.156.10011.2.1.1.(20+nn)."""
+    if type_code not in _DOC_TYPES:
+        raise CdaError(f"{type_code!r} is not a WS/T 500 document type (C0001…C0053)")
+    return f"2.16.156.10011.2.1.1.{20 + int(type_code[1:])}"
+
+
+def _ts(value: datetime, what: str) -> str:
+    if value.tzinfo is None:
+        raise CdaError(f"{what} must be timezone-aware (the platform never guesses a time zone)")
+    return value.astimezone(CHINA_TZ).strftime("%Y%m%d%H%M%S")
+
+
+def _age(born: date, on: date) -> tuple[int, str]:
+    years = on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+    if years >= 1:
+        return years, "岁"
+    days = (on - born).days
+    return (days // 7, "周") if days >= 7 else (max(days, 0), "天")
+
+
+def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
+    """Append ``<tag attrs>text</tag>`` in the HL7 namespace to ``parent``."""
+    el = etree.SubElement(parent, f"{{{HL7_NS}}}{tag}", attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def _addr(parent: etree._Element, address: Address, *, use: str | None, postal: bool) -> None:
+    addr = _sub(parent, "addr", **({"use": use} if use else {}))
+    for tag, value in (
+        ("houseNumber", address.house_number),
+        ("streetName", address.street),
+        ("township", address.township),
+        ("county", address.county),
+        ("city", address.city),
+        ("state", address.state),
+    ):
+        _sub(addr, tag, value)
+    if postal:
+        _sub(addr, "postalCode", address.postal_code)
+
+
+def _observation_section(body: etree._Element, section: tuple[str, str], element: tuple[str, str], text: str) -> None:
+    """One body section (LOINC code, name) holding one WS 363 data element with a text value."""
+    sec = _sub(_sub(body, "component"), "section")
+    _sub(sec, "code", code=section[0], displayName=section[1], codeSystem=_LOINC, codeSystemName="LOINC")
+    _sub(sec, "text", text)
+    obs = _sub(_sub(sec, "entry"), "observation", classCode="OBS", moodCode="EVN")
+    _sub(obs, "code", code=element[0], displayName=element[1], codeSystem=_DATA_ELEMENT_SYSTEM,
+         codeSystemName="卫生信息数据元目录")
+    _sub(obs, "value", text).set(f"{{{XSI_NS}}}type", "ST")
+
+
+def _signer(doc: etree._Element, tag: str, practitioner_id: str, name: str, title: str) -> None:
+    signer = _sub(doc, tag)
+    _sub(signer, "time")
+    _sub(signer, "signatureCode")
+    entity = _sub(signer, "assignedEntity")
+    _sub(entity, "id", root=OID_PRACTITIONER, extension=practitioner_id)
+    _sub(entity, "code", displayName=title)
+    _sub(_sub(entity, "assignedPerson", classCode="PSN", determinerCode="INSTANCE"), "name", name)
+
+
+def _admission_encounter(doc: etree._Element, admission: Admission, custodian: tuple[str, str]) -> None:
+    """componentOf: admission time and the place, bed inside room inside department … inside hospital."""
+    enc = _sub(_sub(doc, "componentOf", typeCode="COMP"), "encompassingEncounter", classCode="ENC", moodCode="EVN")
+    _sub(enc, "effectiveTime", value=_ts(admission.admitted_at, "admission.admitted_at"))
+    place = _sub(enc, "location", typeCode="LOC")
+    place = _sub(place, "healthCareFacility", classCode="SDLOC")
+    place = _sub(place, "serviceProviderOrganization", classCode="ORG", determinerCode="INSTANCE")
+    for root, code, label in (
+        (OID_BED, admission.bed_no, admission.bed_no),
+        (OID_ROOM, admission.room_no, admission.room_no),
+        (OID_DEPARTMENT, admission.department_code, admission.department_name),
+        (OID_WARD, admission.ward_code, admission.ward_name),
+        (OID_ORGANIZATION, *custodian),
+    ):
+        place = _sub(_sub(place, "asOrganizationPartOf", classCode="PART"), "wholeOrganization",
+                     classCode="ORG", determinerCode="INSTANCE")
+        _sub(place, "id", root=root, extension=code)
+        _sub(place, "name", label)
+
+
+def build_minimal(
+    type_code: Literal["C0001", "C0034"] = "C0001",
+    *,
+    document_id: str,
+    id_number: str,
+    name: str,
+    sex: str,
+    birth_date: date,
+    custodian_code: str,
+    custodian_name: str,
+    author_id: str,
+    author_name: str,
+    effective_time: datetime,
+    health_card_no: str | None = None,
+    phone: str = "",
+    address: Address | None = None,
+    marital: tuple[str, str] = ("90", "未说明的婚姻状况"),
+    ethnic: tuple[str, str] = ("01", "汉族"),
+    occupation: tuple[str, str] = ("90", "其他"),
+    past_history: str = "未提供",
+    admission: Admission | None = None,
+) -> bytes:
+    """The smallest WS/T 500 document of ``type_code`` that validates against its XSD, as UTF-8.
+
+    C0001 (病历概要) needs only the common fields; the contact person its schema requires is the
+    patient (relationship 01 本人), and its one body section is 既往史 (``past_history``).
+    C0034 (入院记录) needs ``admission`` too: its history taker is the patient, its authenticator
+    the author, its body section 主诉. Fields the schemas require but the caller did not give are
+    written with their "not stated" codes (marital 90, occupation 90) or left empty.
+    """
+    if type_code not in _TITLES:
+        raise CdaError(f"can build {', '.join(_TITLES)}, not {type_code!r}")
+    if (type_code == "C0034") != (admission is not None):
+        raise CdaError("admission=Admission(...) is required for C0034 (入院记录) and only for it")
+    if not 32 <= len(document_id) <= 36:
+        raise CdaError("document_id must be 32-36 characters (a UUID)", location="ClinicalDocument/id/@extension")
+    if len(custodian_code) != 18:
+        raise CdaError("custodian_code must be the 18-character unified social credit code (统一社会信用代码)")
+    if sex not in _SEX_NAMES:
+        raise CdaError(f"sex must be a GB/T 2261.1 code ({', '.join(_SEX_NAMES)})")
+    address = address or Address()
+    written = _ts(effective_time, "effective_time")
+
+    doc = etree.Element(f"{{{HL7_NS}}}ClinicalDocument", nsmap={None: HL7_NS, "xsi": XSI_NS})
+    _sub(doc, "realmCode", code="CN")
+    _sub(doc, "typeId", root="2.16.840.1.113883.1.3", extension="POCD_MT000040")
+    _sub(doc, "templateId", root=template_id_for(type_code))
+    _sub(doc, "id", root=OID_DOCUMENT, extension=document_id)
+    _sub(doc, "code", code=type_code, codeSystem=DOC_TYPE_SYSTEM, codeSystemName=DOC_TYPE_SYSTEM_NAME)
+    _sub(doc, "title", _TITLES[type_code])
+    _sub(doc, "effectiveTime", value=written)
+    _sub(doc, "confidentialityCode", code="N", codeSystem="2.16.840.1.113883.5.25",
+         codeSystemName="Confidentiality", displayName="正常访问保密级别")
+    _sub(doc, "languageCode", code="zh-CN")
+    _sub(doc, "setId")
+    _sub(doc, "versionNumber")
+
+    # recordTarget: the patient. C0034 identifies the stay (住院号) and has no phone or birth time.
+    role = _sub(_sub(doc, "recordTarget", typeCode="RCT", contextControlCode="OP"), "patientRole", classCode="PAT")
+    if admission is not None:
+        _sub(role, "id", root=OID_INPATIENT_NO, extension=admission.inpatient_no)
+        _addr(role, address, use="H", postal=False)
+    else:
+        card = (OID_HEALTH_CARD_NO, health_card_no) if health_card_no else (OID_ID_NUMBER, id_number)
+        _sub(role, "id", root=card[0], extension=card[1])
+        _addr(role, address, use="H", postal=True)
+        _sub(role, "telecom", value=phone)
+    patient = _sub(role, "patient", classCode="PSN", determinerCode="INSTANCE")
+    _sub(patient, "id", root=OID_ID_NUMBER, extension=id_number)
+    _sub(patient, "name", name)
+    _sub(patient, "administrativeGenderCode", code=sex, codeSystem=SEX_SYSTEM,
+         codeSystemName="生理性别代码表(GB/T 2261.1)", displayName=_SEX_NAMES[sex])
+    if admission is None:
+        _sub(patient, "birthTime", value=birth_date.strftime("%Y%m%d"))
+    _sub(patient, "maritalStatusCode", code=marital[0], displayName=marital[1],
+         codeSystem="2.16.156.10011.2.3.3.5", codeSystemName="婚姻状况代码表(GB/T 2261.2)")
+    _sub(patient, "ethnicGroupCode", code=ethnic[0], displayName=ethnic[1],
+         codeSystem="2.16.156.10011.2.3.3.3", codeSystemName="民族类别代码表(GB 3304)")
+    if admission is not None:
+        age, unit = _age(birth_date, admission.admitted_at.astimezone(CHINA_TZ).date())
+        _sub(patient, "age", unit=unit, value=str(age))
+    else:
+        employer = _sub(patient, "employerOrganization")
+        _sub(employer, "name", "")
+        _sub(employer, "telecom", value="")
+    _sub(_sub(patient, "occupation"), "occupationCode", code=occupation[0], displayName=occupation[1],
+         codeSystem="2.16.156.10011.2.3.3.13", codeSystemName="从业状况(个人身体)代码表(GB/T 2261.4)")
+
+    author = _sub(doc, "author", typeCode="AUT", contextControlCode="OP")
+    _sub(author, "time", value=written)
+    assigned = _sub(author, "assignedAuthor", classCode="ASSIGNED")
+    _sub(assigned, "id", root=OID_AUTHOR, extension=author_id)
+    _sub(_sub(assigned, "assignedPerson"), "name", author_name)
+    if admission is None:
+        org = _sub(assigned, "representedOrganization")
+        _sub(org, "id", root=OID_ORGANIZATION, extension=custodian_code)
+        _sub(org, "name", custodian_name)
+    else:
+        informant = _sub(_sub(doc, "informant"), "assignedEntity")  # 病史陈述者: the patient
+        _sub(informant, "id", root=OID_ID_NUMBER, extension=id_number)
+        _sub(informant, "code", code="01", displayName="本人", codeSystem="2.16.156.10011.2.3.3.8",
+             codeSystemName="家庭关系代码表(GB/T 4761)")
+        _sub(_sub(informant, "assignedPerson"), "name", name)
+
+    custodian = _sub(_sub(doc, "custodian", typeCode="CST"), "assignedCustodian", classCode="ASSIGNED")
+    org = _sub(custodian, "representedCustodianOrganization", classCode="ORG", determinerCode="INSTANCE")
+    _sub(org, "id", root=OID_ORGANIZATION, extension=custodian_code)
+    _sub(org, "name", custodian_name)
+
+    if admission is None:
+        contact = _sub(_sub(doc, "participant", typeCode="NOT"), "associatedEntity", classCode="ECON")
+        _sub(contact, "code", code="01", displayName="本人", codeSystem="2.16.156.10011.2.3.3.8",
+             codeSystemName="家庭关系代码表")
+        _addr(contact, address, use=None, postal=True)
+        _sub(contact, "telecom", use="H", value=phone)
+        _sub(_sub(contact, "associatedPerson", classCode="PSN", determinerCode="INSTANCE"), "name", name)
+    else:
+        _signer(doc, "legalAuthenticator", admission.director_id, admission.director_name, "科主任")
+        _signer(doc, "authenticator", author_id, author_name, "住院医师")
+
+    parent = _sub(_sub(doc, "relatedDocument", typeCode="RPLC"), "parentDocument")
+    for tag in ("id", "setId", "versionNumber"):
+        _sub(parent, tag)
+
+    if admission is not None:
+        _admission_encounter(doc, admission, (custodian_code, custodian_name))
+
+    body = _sub(_sub(doc, "component"), "structuredBody")
+    if admission is not None:
+        _observation_section(body, ("10154-3", "CHIEF COMPLAINT"), ("DE04.01.119.00", "主诉"), admission.chief_complaint)
+    else:
+        _observation_section(body, ("11348-0", "HISTORY OF PAST ILLNESS"), ("DE02.10.026.00", "疾病史（含外伤）"),
+                             past_history)
+    return etree.tostring(doc, xml_declaration=True, encoding="UTF-8", pretty_print=True)

@@ -1,0 +1,63 @@
+"""The background work of one process: bus consumers (the platform's and every channel's destinations),
+the exchange router, and housekeeping. ``smartcare up`` runs it beside the web server;
+``smartcare worker`` runs it alone (start as many as the load needs)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from smartcare.exchange import destinations, service as exchange
+from smartcare.exchange.router import Router
+from smartcare.platform import auth, bus
+from smartcare.platform.db import session_scope
+
+log = logging.getLogger(__name__)
+
+
+def all_consumers() -> dict[str, bus.Consumer]:
+    with session_scope() as session:
+        return {**bus.registry.consumers, **destinations.all_consumers(session)}
+
+
+def housekeeping() -> None:
+    """Cheap, idempotent upkeep: tomorrow's partitions exist, old nonces go, expired messages are pruned."""
+    with session_scope() as session:
+        exchange.ensure_partitions(session)
+        auth.purge_nonces(session)
+    with session_scope() as session:
+        exchange.prune(session)
+
+
+class Workers:
+    def __init__(self, *, poll_seconds: float = 2.0, housekeeping_seconds: float = 300.0):
+        self.bus_worker = bus.make_worker(all_consumers(), poll_seconds=poll_seconds)
+        self.router = Router(poll_seconds=poll_seconds)
+        self.housekeeping_seconds = housekeeping_seconds
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def _upkeep(self) -> None:
+        while not self.stopping.wait(self.housekeeping_seconds):
+            try:
+                self.bus_worker.consumers = all_consumers()  # channels may have gained or lost destinations
+                housekeeping()
+            except Exception:
+                log.exception("housekeeping failed; trying again next round")
+
+    def start(self) -> None:
+        for name, target in (("bus-worker", self.bus_worker.run), ("exchange-router", self.router.run),
+                             ("housekeeping", self._upkeep)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
+        self.bus_worker.stop()
+        self.router.stop()
+        for thread in self.threads:
+            thread.join(timeout=timeout)
+
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self.threads)

@@ -1,0 +1,96 @@
+"""HL7 v2 over the real MLLP connector: ACK after commit, bad frames kept, duplicates once, the real samples."""
+
+from __future__ import annotations
+
+import csv
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.exchange.conftest import CR, FS, VT, adt, events_for, message_row, mllp_exchange, msa, settle
+
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "hl7v2-samples"
+
+
+def test_adt_gets_aa_and_becomes_a_patient_event(live_server, hospital, residents):
+    facility = hospital[0]
+    resident = residents[0]
+    control = f"T{uuid.uuid4().hex[:12]}"
+    [ack] = mllp_exchange(live_server.mllp_port, [adt(facility, control, resident).encode()])
+    fields = msa(ack)
+    assert fields[1] == "AA" and fields[2] == control
+    mid = int(next(s for s in ack.split("\r") if s.startswith("MSA")) and message_id_of(control))
+    assert message_row(mid)["state"] == "accepted"  # committed before the ACK went out
+    settle()
+    row = message_row(mid)
+    assert row["state"] == "delivered" and row["facility_code"] == facility
+    topics = {e["topic"]: e["data"] for e in events_for(mid)}
+    assert set(topics) == {"patient.registered", "encounter.recorded"}
+    patient = topics["patient.registered"]
+    assert patient["id_number"] == resident["id_number"] and patient["name"] == resident["name"]
+    assert patient["sex"] == resident["sex"] and patient["birth_date"] == resident["birth_date"].isoformat()
+
+
+def message_id_of(control_id: str) -> int:
+    from sqlalchemy import text
+
+    from smartcare.platform.db import session_scope
+
+    with session_scope() as s:
+        return s.execute(text("SELECT id FROM exchange.message WHERE control_id = :c"), {"c": control_id}).scalar_one()
+
+
+def test_same_control_id_twice_is_one_effect(live_server, hospital, residents):
+    control = f"D{uuid.uuid4().hex[:12]}"
+    message = adt(hospital[0], control, residents[1]).encode()
+    acks = mllp_exchange(live_server.mllp_port, [message, message])
+    assert [msa(a)[1] for a in acks] == ["AA", "AA"]
+    acks += mllp_exchange(live_server.mllp_port, [message])  # and again on a new connection
+    assert msa(acks[-1])[1] == "AA"
+    settle()
+    mid = message_id_of(control)  # scalar_one: exactly one stored
+    assert [e["topic"] for e in events_for(mid)].count("patient.registered") == 1
+
+
+def test_malformed_frame_gets_ar_and_its_bytes_are_kept(live_server, client, hospital):
+    from tests.exchange.conftest import admin_token
+
+    garbage = b"GARBAGE-BEFORE-FRAME"
+    good = adt(hospital[0], f"G{uuid.uuid4().hex[:10]}", {"id": 1, "name": "张三", "sex": "1",
+               "birth_date": __import__("datetime").date(1980, 1, 2), "id_number": "11010519491231002X",
+               "phone": "13800000000", "address": "重庆市"}).encode()
+    acks = mllp_exchange(live_server.mllp_port, [garbage + VT + good + FS + CR], framed=True)
+    fields = msa(acks[0])
+    assert fields[1] == "AR"
+    err = next(s for s in acks[0].split("\r") if s.startswith(("ERR", "MSA")) and "bad frame #" in s)
+    frame_id = int(err.split("bad frame #")[1].split("^")[0].split("|")[0].strip().rstrip("."))
+    headers = admin_token(client)
+    raw = client.get(f"/api/v1/exchange/bad-frames/{frame_id}/raw", headers=headers).json()
+    assert raw["problem"] and bytes.fromhex(raw["hex"].replace(" ", "")) == garbage
+    listed = client.get("/api/v1/exchange/bad-frames", headers=headers).json()
+    assert any(f["id"] == frame_id for f in listed)
+
+
+def _manifest() -> list[dict]:
+    if not (SAMPLES / "MANIFEST.tsv").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"HL7 v2 samples not found at {SAMPLES}")
+        pytest.skip("HL7 v2 samples not found")
+    with open(SAMPLES / "MANIFEST.tsv", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_every_real_sample_gets_the_expected_ack(live_server):
+    rows = _manifest()
+    payloads = [(SAMPLES / r["file"]).read_bytes() for r in rows]
+    acks = mllp_exchange(live_server.mllp_port, payloads)
+    for row, ack in zip(rows, acks, strict=True):
+        code = msa(ack)[1]
+        if row["expect"] == "AA":
+            assert code == "AA", (row["file"], ack)
+            assert msa(ack)[2] == row["control_id"], row["file"]
+        else:
+            assert code in ("AE", "AR"), (row["file"], ack)
+            assert "ERR" in ack, row["file"]
