@@ -259,6 +259,8 @@ def test_unsupported_resource_type() -> None:
         (b"\xff\xfe\xfa", r"not UTF-8"),
         (b"[]", r"expected a FHIR resource \(a JSON object\), got an array"),
         (b'{"gender": "male"}', r"no resourceType"),
+        (b'{"resourceType": ["Patient"]}', r"no resourceType"),
+        (b"[" * 100_000, r"nested too deeply"),
         (b'{"resourceType": "Bundle", "entry": []}', r"^Bundle: invalid field type: "),
         (b'{"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "DELETE", "url": "Patient/1"}}]}',
          r"^Bundle\.entry\[0\]: has no resource"),

@@ -3,7 +3,8 @@ exponential backoff, and dead letters. A failing destination never holds up anot
 messages behind it.
 
 The router publishes each canonical event of channel C as topic ``exchange.C.<topic>``; destination D
-of channel C is consumer ``exchange:C:D`` subscribed to ``exchange.C.<pattern>`` for its topics.
+of channel C is consumer ``exchange.C.D`` subscribed to ``exchange.C.<pattern>`` for its topics
+(``-`` in channel and destination names becomes ``_``: bus names are dotted words).
 """
 
 from __future__ import annotations
@@ -19,12 +20,20 @@ from smartcare.platform.bus import Consumer, Message
 from smartcare.platform.bus import postgres as pg_bus
 
 
+def _word(name: str) -> str:
+    return name.replace("-", "_")
+
+
 def consumer_name(channel_id: str, destination: str) -> str:
-    return f"exchange:{channel_id}:{destination}"
+    return f"exchange.{_word(channel_id)}.{_word(destination)}"
+
+
+def consumer_prefix(channel_id: str | None = None) -> str:
+    return f"exchange.{_word(channel_id)}." if channel_id else "exchange."
 
 
 def topic(channel_id: str, canonical_topic: str) -> str:
-    return f"exchange.{channel_id}.{canonical_topic}"
+    return f"exchange.{_word(channel_id)}.{canonical_topic}"
 
 
 def _mark_delivered(session: Session, source: dict) -> None:
@@ -80,6 +89,6 @@ def all_consumers(session: Session) -> dict[str, Consumer]:
 def sync(session: Session, config: ChannelConfig) -> None:
     """Subscriptions follow the channel: new destinations subscribe, removed ones stop receiving."""
     current = consumers_for(config)
-    session.execute(text("DELETE FROM platform.bus_subscription WHERE consumer LIKE :prefix AND NOT (consumer = ANY(:keep))"),
-                    {"prefix": consumer_name(config.id, "%"), "keep": list(current)})
+    session.execute(text("DELETE FROM platform.bus_subscription WHERE starts_with(consumer, :prefix) AND NOT (consumer = ANY(:keep))"),
+                    {"prefix": consumer_prefix(config.id), "keep": list(current)})
     pg_bus.sync_subscriptions(session, current.values())

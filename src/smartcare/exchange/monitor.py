@@ -56,7 +56,7 @@ def queue_depth(session: Session) -> dict:
     waiting = session.scalar(text("SELECT count(*) FROM exchange.message WHERE state = 'accepted'")) or 0
     pending = session.execute(text(
         "SELECT consumer, count(*) FILTER (WHERE state = 'pending') AS pending, count(*) FILTER (WHERE state = 'dead') AS dead "
-        "FROM platform.bus_delivery WHERE consumer LIKE 'exchange:%' AND state <> 'done' GROUP BY consumer")).mappings().all()
+        "FROM platform.bus_delivery WHERE starts_with(consumer, 'exchange.') AND state <> 'done' GROUP BY consumer")).mappings().all()
     return {"to_route": waiting, "destinations": {r["consumer"]: {"pending": r["pending"], "dead": r["dead"]} for r in pending}}
 
 

@@ -111,7 +111,7 @@ def rerun(session: Session, flt: MessageFilter | None = None, *, message_ids: li
 
 
 def dead_letters(session: Session, *, channel_id: str | None = None) -> list[dict]:
-    prefix = destinations.consumer_name(channel_id, "") if channel_id else "exchange:"
+    prefix = destinations.consumer_prefix(channel_id)
     return [d for d in bus.dead_letters(session, limit=10_000) if d["consumer"].startswith(prefix)]
 
 

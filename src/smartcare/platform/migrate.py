@@ -23,7 +23,7 @@ def alembic_config() -> Config:
 
 def upgrade() -> None:
     """Bring the schema to the newest revision and load what every fresh database needs."""
-    from smartcare.platform.bus import postgres, registry
+    from smartcare.platform import bus
     from smartcare.platform.db import session_scope
     from smartcare.registry import service as registry_service
 
@@ -32,6 +32,7 @@ def upgrade() -> None:
     command.upgrade(alembic_config(), "head")
     with session_scope() as session:
         registry_service.load_reference_data(session)
-        postgres.sync_subscriptions(session, registry.consumers.values())
         channels.ensure_defaults(session)
         exchange.ensure_partitions(session)
+    # PostgreSQL subscription rows, or the JetStream stream and durables when SMARTCARE_BUS_URL names NATS.
+    bus.sync_subscriptions(bus.registry.consumers.values())

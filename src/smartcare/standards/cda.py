@@ -45,10 +45,10 @@ __all__ = [
     "Author",
     "CdaError",
     "CdaHeader",
-    "XmlError",
     "Encounter",
     "InstanceId",
     "Organization",
+    "XmlError",
     "build_minimal",
     "parse_cda_time",
     "parse_header",
@@ -333,7 +333,7 @@ def parse_header(data: bytes | etree._Element) -> CdaHeader:
     Raises ``XmlError`` for bytes that are not safe, well-formed XML and ``CdaError`` for XML that
     is not a ClinicalDocument with an id, a type code, a patient and a custodian.
     """
-    doc = parse_xml(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    doc = data if isinstance(data, etree._Element) else parse_xml(data)
     if doc.tag != _ROOT_TAG:
         qname = etree.QName(doc)
         found = f"{{{qname.namespace}}}{qname.localname}" if qname.namespace else qname.localname

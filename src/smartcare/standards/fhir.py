@@ -71,6 +71,8 @@ def map_payload(data: bytes) -> list[dict[str, Any]]:
         raise FhirError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except UnicodeDecodeError:
         raise FhirError("payload is not UTF-8 (or UTF-16/32) encoded JSON") from None
+    except RecursionError:
+        raise FhirError("JSON is nested too deeply to be a FHIR resource") from None
     return map_resource(obj)
 
 
@@ -131,11 +133,11 @@ def _map_one(obj: object, *, index: int | None, full_url: str | None) -> dict[st
     if not isinstance(obj, dict):
         raise FhirError(f"{where}: expected a FHIR resource (a JSON object), got {_json_kind(obj)}", index=index)
     resource_type = obj.get("resourceType")
-    if not resource_type:
+    if not resource_type or not isinstance(resource_type, str):
         raise FhirError(f"{where}: no resourceType", index=index, path="resourceType")
     if resource_type not in _MAPPERS:
         prefix = f"{where}: " if index is not None else ""
-        raise FhirError(f"{prefix}unsupported resource type {resource_type}", index=index, path="resourceType")
+        raise FhirError(f"{prefix}unsupported resource type {resource_type[:64]}", index=index, path="resourceType")
     model, topic, mapper = _MAPPERS[resource_type]
     where = f"{where} ({resource_type})" if index is not None else resource_type
     data = mapper(_validate(model, obj, where, index), where, index)

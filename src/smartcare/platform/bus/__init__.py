@@ -5,20 +5,33 @@ when the change that caused it was committed. A consumer is a named handler ``(s
 subscribed to topic patterns; its effect and the "done" mark commit together, so a crash means a
 redelivery, never a loss and never a double effect.
 
-Transports sit behind ``publish`` and ``Worker``: PostgreSQL (``postgres.py``, the default) now;
-NATS JetStream joins with the exchange hub and keeps the same two calls.
+This module is the one entry point; it dispatches on ``SMARTCARE_BUS_URL``: ``postgres`` (the
+default, ``postgres.py``: a table queue) or ``nats://host:4222`` (``nats.py``: the same outbox,
+relayed to JetStream). Both keep dead letters in ``platform.bus_delivery``, so ``dead_letters``
+and ``replay`` read and act the same way whichever transport delivered.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import re
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
+
+from smartcare.platform.errors import ConfigurationError
+from smartcare.platform.settings import get_settings
+
+#: Dot-separated words: it also names a JetStream durable ('.' → '-'), which allows no dots or spaces.
+_CONSUMER_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+#: Dot-separated tokens without spaces or NATS wildcards: a topic is also a NATS subject.
+_TOPIC = re.compile(r"[^\s.*>]+(\.[^\s.*>]+)*")
 
 
 @dataclass(frozen=True)
@@ -41,9 +54,15 @@ class Consumer:
     #: After this many failed attempts the delivery goes to the dead letters.
     max_attempts: int = 8
     #: First retry after this many seconds, doubling each attempt, capped at ``max_backoff_seconds``.
-    #: It is also the lease: a delivery whose worker died is retried once it has passed.
+    #: It is also the lease (with NATS: the durable's ack_wait): a delivery whose worker died is
+    #: retried once it has passed.
     backoff_seconds: float = 30.0
     max_backoff_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if len(self.name) > 100 or not _CONSUMER_NAME.fullmatch(self.name):
+            raise ValueError(f"consumer name {self.name!r} must be up to 100 letters, digits and '_', "
+                             "in words separated by single dots (e.g. 'empi.link_identity')")
 
     def matches(self, topic: str) -> bool:
         return any(fnmatch.fnmatchcase(topic, pattern) for pattern in self.topics)
@@ -78,29 +97,109 @@ def consumer(name: str, *topics: str, **options: Any) -> Callable[[Handler], Han
     return decorate
 
 
+def transport() -> str:
+    """``postgres`` or ``nats``, from ``SMARTCARE_BUS_URL``."""
+    url = get_settings().bus_url.strip()
+    if url == "postgres":
+        return "postgres"
+    if url.startswith(("nats://", "tls://")):
+        return "nats"
+    raise ConfigurationError(f"SMARTCARE_BUS_URL must be 'postgres' or a nats:// URL, not {url.split(':', 1)[0]!r}…",
+                             hint="unset it for the PostgreSQL bus, or set nats://host:4222 for JetStream")
+
+
 def publish(session: Session, topic: str, payload: dict[str, Any], *, message_id: uuid.UUID | None = None) -> uuid.UUID:
     """Publish in the caller's transaction. Reusing a ``message_id`` makes the publish a no-op."""
+    if len(topic) > 200 or not _TOPIC.fullmatch(topic):
+        raise ValueError(f"topic {topic!r} must be up to 200 characters of dot-separated words without spaces, "
+                         "'*' or '>' (e.g. 'registry.facility.created')")
+    if transport() == "nats":
+        from smartcare.platform.bus import nats
+
+        return nats.publish(session, topic, payload, message_id=message_id or uuid.uuid4())
     from smartcare.platform.bus import postgres
 
     return postgres.publish(session, topic, payload, message_id=message_id or uuid.uuid4())
 
 
+def sync_subscriptions(consumers: Iterable[Consumer] | None = None) -> None:
+    """Make the transport's subscriptions say what the code says; idempotent, commits its own work."""
+    consumers = list(consumers if consumers is not None else registry.consumers.values())
+    if transport() == "nats":
+        from smartcare.platform.bus import nats
+
+        nats.sync_subscriptions(consumers)
+        return
+    from smartcare.platform.bus import postgres
+    from smartcare.platform.db import session_scope
+
+    with session_scope() as session:
+        postgres.sync_subscriptions(session, consumers)
+
+
 def make_worker(consumers: dict[str, Consumer] | None = None, **options: Any):
     """A worker for the configured transport; ``run()`` blocks until ``stop()``."""
+    if transport() == "nats":
+        from smartcare.platform.bus import nats
+
+        return nats.Worker(consumers, **options)
     from smartcare.platform.bus import postgres
 
     return postgres.Worker(consumers, **options)
 
 
+def drain(consumers: dict[str, Consumer] | None = None, *, timeout: float = 5.0) -> int:
+    """Handle everything deliverable now (for jobs and tests); returns how many deliveries were handled.
+
+    Retries whose backoff has not passed are not deliverable yet. ``timeout`` bounds the whole call.
+    """
+    if transport() == "nats":
+        from smartcare.platform.bus import nats
+
+        return nats.drain(consumers, timeout=timeout)
+    from smartcare.platform.bus import postgres
+
+    deadline = time.monotonic() + timeout
+    total = 0
+    while True:
+        n = postgres.run_once(consumers)
+        total += n
+        if n == 0 or time.monotonic() >= deadline:
+            return total
+
+
 def dead_letters(session: Session, *, limit: int = 100) -> list[dict]:
-    """Deliveries that exhausted their attempts, newest last."""
+    """Deliveries that exhausted their attempts, oldest first (the same rows for both transports)."""
     from smartcare.platform.bus import postgres
 
     return postgres.dead_letters(session, limit=limit)
 
 
 def replay(session: Session, delivery_id: int) -> bool:
-    """Send one dead delivery to its consumer again, with a fresh attempt count."""
+    """Send one dead delivery to its consumer again (that consumer only), with a fresh attempt count."""
+    if transport() == "nats":
+        from smartcare.platform.bus import nats
+
+        return nats.replay(session, delivery_id)
     from smartcare.platform.bus import postgres
 
     return postgres.replay(session, delivery_id)
+
+
+def health() -> str | None:
+    """None when the bus can take and deliver events, else a short reason (for ``/ready``)."""
+    from smartcare.platform.db import session_factory
+
+    try:
+        with session_factory()() as session:
+            session.execute(text("SELECT 1 FROM platform.bus_delivery LIMIT 1"))
+    except Exception as exc:  # a check reports, it does not raise
+        return f"bus tables unreachable ({type(exc).__name__})"
+    try:
+        if transport() == "nats":
+            from smartcare.platform.bus import nats
+
+            return nats.health()
+    except Exception as exc:
+        return f"bus misconfigured ({type(exc).__name__})"
+    return None
