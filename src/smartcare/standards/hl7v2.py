@@ -23,7 +23,6 @@ Error texts quote header fields only, never patient data, so they can be logged 
 
 from __future__ import annotations
 
-import codecs
 import re
 import uuid
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ __all__ = [
     "DEFAULT_SEPARATORS",
     "ERROR_CONDITIONS",
     "KNOWN_VERSIONS",
+    "PROCESSING_IDS",
     "AckCode",
     "Hl7Error",
     "Message",

@@ -409,7 +409,8 @@ class Worker:
 
     The relay wakes on NOTIFY (polling every ``poll_seconds`` as a fallback, which is also when
     replayed deliveries are picked up without a NOTIFY); each consumer long-polls its durable, so a
-    message is handled as soon as JetStream has it.
+    message is handled as soon as JetStream has it. ``consumers`` may be replaced while running (the
+    exchange's destinations come and go): new consumers get their durable and a loop within a second.
     """
 
     def __init__(self, consumers: dict[str, Consumer] | None = None, *, poll_seconds: float = 2.0, batch: int = 100):
@@ -434,12 +435,10 @@ class Worker:
                 await self._pause(5)
                 continue
             try:
-                await ensure(nc, self.consumers.values())
                 js = nc.jetstream()
                 async with asyncio.TaskGroup() as tasks:  # one failing loop stops the others: we start over
                     tasks.create_task(self._outbox(nc, js))
-                    for c in self.consumers.values():
-                        tasks.create_task(self._consume(nc, js, c))
+                    await self._supervise(nc, js, tasks)
             except Exception as exc:
                 log.warning("bus worker stopped its NATS session (%s); starting over in 5 s", exc)
                 await self._pause(5)
@@ -454,14 +453,38 @@ class Worker:
     def _running(self, nc: Client) -> bool:
         return not self.stopping.is_set() and not nc.is_closed
 
-    async def _consume(self, nc: Client, js: JetStreamContext, consumer: Consumer) -> None:
-        sub = await js.pull_subscribe_bind(durable_name(consumer.name), STREAM)
+    async def _supervise(self, nc: Client, js: JetStreamContext, tasks: asyncio.TaskGroup) -> None:
+        """Keep one durable and one loop per consumer in ``self.consumers``, following its changes."""
+        shapes: dict[str, tuple] = {}
+        loops: dict[str, asyncio.Task] = {}
         while self._running(nc):
-            try:
-                await _fetch_and_process(consumer, sub, batch=self.batch, wait=_FETCH_SECONDS)
-            except Exception as exc:  # disconnected, or an ack that could not be sent: JetStream redelivers
-                log.warning("bus consumer %s: %s", consumer.name, exc)
-                await self._pause(1)
+            current = dict(self.consumers)
+            changed = [c for c in current.values()
+                       if shapes.get(c.name) != (c.topics, c.backoff_seconds) or c.name not in loops]
+            if changed:
+                await ensure(nc, changed)
+                for c in changed:
+                    shapes[c.name] = (c.topics, c.backoff_seconds)
+                    if c.name not in loops:
+                        loops[c.name] = tasks.create_task(self._consume(nc, js, c.name))
+            for name in [n for n, t in loops.items() if t.done()]:  # removed consumers end their loop
+                del loops[name]
+                shapes.pop(name, None)
+            await self._pause(1)
+
+    async def _consume(self, nc: Client, js: JetStreamContext, name: str) -> None:
+        sub = await js.pull_subscribe_bind(durable_name(name), STREAM)
+        try:
+            # The consumer is looked up each round, so a replaced one (new handler, backoff) takes over.
+            while self._running(nc) and (consumer := self.consumers.get(name)) is not None:
+                try:
+                    await _fetch_and_process(consumer, sub, batch=self.batch, wait=_FETCH_SECONDS)
+                except Exception as exc:  # disconnected, or an ack that could not be sent: JetStream redelivers
+                    log.warning("bus consumer %s: %s", name, exc)
+                    await self._pause(1)
+        finally:
+            if not nc.is_closed:
+                await sub.unsubscribe()
 
     async def _outbox(self, nc: Client, js: JetStreamContext) -> None:
         dsn = database_url().replace("postgresql+psycopg://", "postgresql://", 1)
@@ -474,7 +497,7 @@ class Worker:
                         if woken or time.monotonic() - last_run >= self.poll_seconds:
                             try:
                                 await relay(js)
-                                await asyncio.to_thread(_replays, self.consumers, self.batch)
+                                await asyncio.to_thread(_replays, dict(self.consumers), self.batch)
                             except Exception as exc:  # NATS or a handler's database hiccup: next round retries
                                 log.warning("bus relay failed (%s); retrying", exc)
                                 await self._pause(1)
