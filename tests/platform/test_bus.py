@@ -1,19 +1,83 @@
-"""The PostgreSQL bus: a consumer that crashes mid-handler gets the message again, and its effect happens once."""
+"""The bus on both transports: a consumer that crashes mid-handler gets the message again and its
+effect happens once; duplicates, retries, dead letters, replay, routing and prompt wake-up.
+
+Every test runs against PostgreSQL and against NATS JetStream (``transport`` fixture). NATS is
+expected at 127.0.0.1:4222; without it the NATS half is skipped, except in CI where it fails.
+Names and topics carry a random suffix: the database is shared by the session and the JetStream
+stream outlives it.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 
+import pytest
 from sqlalchemy import text
 
 from smartcare.platform import bus
-from smartcare.platform.bus import Consumer, postgres
+from smartcare.platform.bus import Consumer, Message
 from smartcare.platform.db import session_scope
+from smartcare.platform.settings import get_settings
+
+NATS_URL = "nats://127.0.0.1:4222"
+
+
+def _nats_listening() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 4222), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Transport:
+    name: str
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    created: list[str] = field(default_factory=list)
+
+    def consumer(self, base: str, topics: tuple[str, ...], handler, **options) -> Consumer:
+        """A consumer unique to this test and transport, subscribed before anything is published."""
+        c = Consumer(f"{base}.{self.name}_{self.suffix}", topics, handler, **options)
+        bus.sync_subscriptions([c])
+        self.created.append(c.name)
+        return c
+
+    def topic(self, rest: str) -> str:
+        return f"t{self.suffix}.{rest}"
+
+
+@pytest.fixture(params=["postgres", "nats"])
+def transport(request, database_url):
+    """Point ``SMARTCARE_BUS_URL`` at one transport for the test, and put it back afterwards."""
+    if request.param == "nats" and not _nats_listening():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("CI needs NATS with JetStream on 127.0.0.1:4222 (nats-server -js); .ci/run starts it")
+        pytest.skip("no NATS server on 127.0.0.1:4222 (start nats-server -js to run the NATS half)")
+    previous = os.environ.get("SMARTCARE_BUS_URL")
+    os.environ["SMARTCARE_BUS_URL"] = NATS_URL if request.param == "nats" else "postgres"
+    get_settings.cache_clear()
+    t = Transport(request.param)
+    try:
+        yield t
+    finally:
+        if request.param == "nats" and t.created:
+            from smartcare.platform.bus import nats
+
+            nats.delete_consumers(t.created)
+        if previous is None:
+            os.environ.pop("SMARTCARE_BUS_URL", None)
+        else:
+            os.environ["SMARTCARE_BUS_URL"] = previous
+        get_settings.cache_clear()
 
 
 def _effect_table(name: str) -> None:
@@ -34,16 +98,20 @@ def _increment(table: str):
 
 
 def _delivery(message_id: uuid.UUID, consumer: str):
+    """(state, attempts, last_error) of the delivery, or None when the transport has no row for it."""
     with session_scope() as s:
         return s.execute(text("SELECT d.state, d.attempts, d.last_error FROM platform.bus_delivery d "
                               "JOIN platform.bus_message m ON m.id = d.message_id WHERE m.message_id = :m AND d.consumer = :c"),
-                         {"m": message_id, "c": consumer}).one()
+                         {"m": message_id, "c": consumer}).first()
 
 
 CRASHING_WORKER = textwrap.dedent("""
     import os
+    import sys
+
     from sqlalchemy import text
-    from smartcare.platform.bus import Consumer, postgres
+
+    from smartcare.platform import bus
 
     def handler(session, message):
         session.execute(text("INSERT INTO public.bus_effect_crash VALUES (:m, 1) "
@@ -51,41 +119,73 @@ CRASHING_WORKER = textwrap.dedent("""
         session.flush()
         os._exit(17)  # the process dies after doing the work, before the commit
 
-    postgres.run_once({"test.crashy": Consumer("test.crashy", ("test.crash.*",), handler, backoff_seconds=0.5)})
+    name, pattern = sys.argv[1:3]
+    bus.drain({name: bus.Consumer(name, (pattern,), handler, backoff_seconds=1.0)})
 """)
 
 
-def test_redelivery_after_consumer_crash_has_exactly_one_effect(database_url):
+def test_redelivery_after_consumer_crash_has_exactly_one_effect(transport):
     _effect_table("bus_effect_crash")
-    consumer = Consumer("test.crashy", ("test.crash.*",), _increment("bus_effect_crash"), backoff_seconds=0.5)
+    consumer = transport.consumer("test.crashy", (transport.topic("crash.*"),), _increment("bus_effect_crash"),
+                                  backoff_seconds=1.0)
+    consumers = {consumer.name: consumer}
     with session_scope() as s:
-        postgres.sync_subscriptions(s, [consumer])
-    with session_scope() as s:
-        message_id = bus.publish(s, "test.crash.one", {"n": 1})
+        message_id = bus.publish(s, transport.topic("crash.one"), {"n": 1})
 
-    crashed = subprocess.run([sys.executable, "-c", CRASHING_WORKER], env=os.environ.copy(), capture_output=True, text=True, timeout=60)
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_WORKER, consumer.name, consumer.topics[0]],
+                             env=os.environ.copy(), capture_output=True, text=True, timeout=60)
     assert crashed.returncode == 17, crashed.stderr
-    state, attempts, _ = _delivery(message_id, "test.crashy")
-    assert (state, attempts) == ("pending", 1)
     assert _count("bus_effect_crash", message_id) == 0  # the crashed transaction left nothing behind
+    if transport.name == "postgres":
+        assert _delivery(message_id, consumer.name)[:2] == ("pending", 1)
+    else:  # the mark rolled back with the effect; JetStream holds the message, unacknowledged
+        assert _delivery(message_id, consumer.name) is None
 
     # Within the lease nobody else takes it; after it the delivery comes back by itself.
-    assert postgres.run_once({"test.crashy": consumer}) == 0
-    time.sleep(0.6)
-    assert postgres.run_once({"test.crashy": consumer}) == 1
-    assert _delivery(message_id, "test.crashy")[:2] == ("done", 2)
+    assert bus.drain(consumers) == 0
+    time.sleep(1.1)
+    assert bus.drain(consumers) == 1
+    assert _delivery(message_id, consumer.name)[:2] == ("done", 2)
     assert _count("bus_effect_crash", message_id) == 1
 
     # Nothing more to do, and publishing the same message id again is a no-op.
     with session_scope() as s:
-        bus.publish(s, "test.crash.one", {"n": 1}, message_id=message_id)
-    time.sleep(0.6)
-    assert postgres.run_once({"test.crashy": consumer}) == 0
+        bus.publish(s, transport.topic("crash.one"), {"n": 1}, message_id=message_id)
+    time.sleep(1.1)
+    assert bus.drain(consumers) == 0
     assert _count("bus_effect_crash", message_id) == 1
 
 
-def test_failing_consumer_retries_with_backoff_then_dead_letters_and_replays(database_url):
+def test_the_same_message_id_twice_is_one_effect(transport):
+    _effect_table("bus_effect_dup")
+    consumer = transport.consumer("test.dup", (transport.topic("dup"),), _increment("bus_effect_dup"))
+    consumers = {consumer.name: consumer}
+    message_id = uuid.uuid4()
+    for _ in range(2):
+        with session_scope() as s:
+            assert bus.publish(s, transport.topic("dup"), {"k": 1}, message_id=message_id) == message_id
+    assert bus.drain(consumers) == 1
+    assert bus.drain(consumers) == 0
+    assert _count("bus_effect_dup", message_id) == 1
+    assert _delivery(message_id, consumer.name)[0] == "done"
+
+    if transport.name == "nats":
+        from smartcare.platform.bus import nats
+
+        # The relay died after JetStream stored the message but before it marked the row: it
+        # publishes again, and JetStream drops the copy (Nats-Msg-Id).
+        with session_scope() as s:
+            s.execute(text("UPDATE platform.bus_message SET relayed_at = NULL WHERE message_id = :m"), {"m": message_id})
+        assert bus.drain(consumers) == 0
+        # Past JetStream's duplicate window the consumer's mark is what keeps it to one effect.
+        again = Message(message_id, transport.topic("dup"), {"k": 1}, attempt=1)
+        assert nats._handle(consumer, again) == "duplicate"
+        assert _count("bus_effect_dup", message_id) == 1
+
+
+def test_failing_consumer_retries_with_backoff_then_dead_letters_and_replays(transport):
     _effect_table("bus_effect_fail")
+    _effect_table("bus_effect_bystander")
     calls = []
 
     def flaky(session, message):
@@ -94,60 +194,92 @@ def test_failing_consumer_retries_with_backoff_then_dead_letters_and_replays(dat
             raise RuntimeError("downstream unavailable")
         _increment("bus_effect_fail")(session, message)
 
-    consumer = Consumer("test.flaky", ("test.flaky",), flaky, max_attempts=2, backoff_seconds=0.2)
+    consumer = transport.consumer("test.flaky", (transport.topic("flaky"),), flaky, max_attempts=2, backoff_seconds=1.0)
+    bystander = transport.consumer("test.bystander", (transport.topic("flaky"),), _increment("bus_effect_bystander"))
+    consumers = {consumer.name: consumer, bystander.name: bystander}
     with session_scope() as s:
-        postgres.sync_subscriptions(s, [consumer])
-        message_id = bus.publish(s, "test.flaky", {})
-    consumers = {"test.flaky": consumer}
-    assert postgres.run_once(consumers) == 1
-    assert _delivery(message_id, "test.flaky")[:2] == ("pending", 1)
-    time.sleep(0.25)
-    postgres.run_once(consumers)
-    state, attempts, error = _delivery(message_id, "test.flaky")
+        message_id = bus.publish(s, transport.topic("flaky"), {})
+
+    assert bus.drain(consumers) == 2  # one failure, one success
+    assert calls == [1]
+    if transport.name == "postgres":
+        assert _delivery(message_id, consumer.name)[:2] == ("pending", 1)
+    assert bus.drain(consumers) == 0  # the backoff has not passed
+    time.sleep(1.1)
+    assert bus.drain(consumers) == 1
+    state, attempts, error = _delivery(message_id, consumer.name)
     assert (state, attempts) == ("dead", 2)
     assert "downstream unavailable" in error
     assert calls == [1, 2]
+    time.sleep(1.1)
+    assert bus.drain(consumers) == 0  # dead stays dead
 
     with session_scope() as s:
-        dead = [d for d in postgres.dead_letters(s) if d["message_id"] == message_id]
-        assert len(dead) == 1
-        assert postgres.replay(s, dead[0]["id"])
-    assert postgres.run_once(consumers) == 1
-    assert _delivery(message_id, "test.flaky")[0] == "done"
+        dead = [d for d in bus.dead_letters(s) if d["message_id"] == message_id]
+        assert [(d["consumer"], d["attempts"]) for d in dead] == [(consumer.name, 2)]
+        assert bus.replay(s, dead[0]["id"])
+        assert not bus.replay(s, dead[0]["id"])  # only a dead delivery can be replayed
+    assert bus.drain(consumers) == 1
+    assert calls == [1, 2, 1]  # a fresh attempt count
+    assert _delivery(message_id, consumer.name)[0] == "done"
     assert _count("bus_effect_fail", message_id) == 1
+    assert _count("bus_effect_bystander", message_id) == 1  # the replay went to the failed consumer only
 
 
-def test_topic_patterns_route_only_matching_messages(database_url):
+def test_topic_patterns_route_only_matching_messages(transport):
     _effect_table("bus_effect_route")
-    consumer = Consumer("test.router", ("test.route.a.*",), _increment("bus_effect_route"))
+    consumer = transport.consumer("test.router", (transport.topic("route.a.*"), transport.topic("other.x")),
+                                  _increment("bus_effect_route"))
     with session_scope() as s:
-        postgres.sync_subscriptions(s, [consumer])
-        hit = bus.publish(s, "test.route.a.created", {})
-        miss = bus.publish(s, "test.route.b.created", {})
-        literal = bus.publish(s, "test_route_a_x", {})  # '_' is not a wildcard
-    postgres.run_once({"test.router": consumer})
-    assert _count("bus_effect_route", hit) == 1
-    assert _count("bus_effect_route", miss) == 0
-    assert _count("bus_effect_route", literal) == 0
+        hit = bus.publish(s, transport.topic("route.a.created"), {})
+        deep = bus.publish(s, transport.topic("route.a.b.c"), {})  # '*' crosses dots, as in fnmatch
+        other = bus.publish(s, transport.topic("other.x"), {})
+        miss = bus.publish(s, transport.topic("route.b.created"), {})
+        literal = bus.publish(s, f"t{transport.suffix}_route_a_x", {})  # '_' is not a wildcard
+    assert bus.drain({consumer.name: consumer}) == 3
+    assert [_count("bus_effect_route", m) for m in (hit, deep, other)] == [1, 1, 1]
+    assert [_count("bus_effect_route", m) for m in (miss, literal)] == [0, 0]
+    if transport.name == "nats":
+        from smartcare.platform.bus import nats
+
+        # JetStream 2.9 filters on one subject, a superset; the worker does the exact match.
+        assert nats.filter_subject(consumer.topics) == f"smartcare.t{transport.suffix}.>"
 
 
-def test_worker_wakes_on_notify(database_url):
-    import threading
-
+def test_running_worker_handles_a_new_message_promptly(transport):
     _effect_table("bus_effect_notify")
-    consumer = Consumer("test.notify", ("test.notify",), _increment("bus_effect_notify"))
-    worker = postgres.Worker({"test.notify": consumer}, poll_seconds=30)
+    consumer = transport.consumer("test.notify", (transport.topic("notify"),), _increment("bus_effect_notify"))
+    worker = bus.make_worker({consumer.name: consumer}, poll_seconds=30)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
-        time.sleep(0.5)  # let it LISTEN
+        time.sleep(1.0)  # let it LISTEN (and, for NATS, connect)
+        started = time.monotonic()
         with session_scope() as s:
-            message_id = bus.publish(s, "test.notify", {})
-        deadline = time.monotonic() + 10
-        while _count("bus_effect_notify", message_id) == 0 and time.monotonic() < deadline:
+            message_id = bus.publish(s, transport.topic("notify"), {})
+        while _count("bus_effect_notify", message_id) == 0 and time.monotonic() - started < 10:
             time.sleep(0.05)
-        # far sooner than the 30 s poll: NOTIFY woke it
+        # far sooner than the 30 s poll: NOTIFY (and for NATS the waiting pull) woke it
         assert _count("bus_effect_notify", message_id) == 1
+        assert time.monotonic() - started < 5
     finally:
         worker.stop()
         thread.join(timeout=35)
+    assert not thread.is_alive()
+
+
+def test_health_reports_the_transport(transport):
+    assert bus.health() is None
+    if transport.name == "nats":
+        os.environ["SMARTCARE_BUS_URL"] = "nats://127.0.0.1:1"  # nothing listens there
+        get_settings.cache_clear()
+        assert "NATS unreachable" in bus.health()
+
+
+def test_names_that_cannot_travel_on_both_transports_are_refused(database_url):
+    with pytest.raises(ValueError, match="consumer name"):
+        Consumer("exchange.lab-results", ("x",), lambda s, m: None)
+    with session_scope() as s, pytest.raises(ValueError, match="topic"):
+        bus.publish(s, "lab results.created", {})
+    with session_scope() as s, pytest.raises(ValueError, match="topic"):
+        bus.publish(s, "lab.*", {})

@@ -213,7 +213,7 @@ def test_decode_gb18030_with_and_without_label() -> None:
 
 def test_declared_gb18030_wins_over_accidental_utf8() -> None:
     # Two GB18030 characters whose bytes (C2 A3 C2 A3) also happen to be valid UTF-8 ("££").
-    data = "MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5||||||GB 18030-2000\rPID|1||1||".encode() + b"\xc2\xa3\xc2\xa3\r"
+    data = b"MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5||||||GB 18030-2000\rPID|1||1||\xc2\xa3\xc2\xa3\r"
     gb_name = b"\xc2\xa3\xc2\xa3".decode("gb18030")
     assert b"\xc2\xa3\xc2\xa3".decode("utf-8") == "££"
     assert hl7v2.parse(decode_text(data)).value("PID-5") == gb_name

@@ -70,6 +70,8 @@ class ChannelConfig(BaseModel):
     description: str = ""
     source: Kind
     connectors: list[Connector] = Field(min_length=1)
+    #: When several channels take a message, the lowest priority wins (the defaults are catch-alls at 1000).
+    priority: int = Field(100, ge=0, le=10000)
     #: Facility codes allowed to send (``*`` wildcards).
     senders: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     #: Message types accepted, e.g. ``ADT^A0*``; others are refused (AR).
@@ -99,12 +101,14 @@ class ChannelConfig(BaseModel):
 
 DEFAULT_CHANNELS = [
     ChannelConfig(id="hl7v2", name="HL7 v2 from hospitals (ADT, ORU, SIU …)", source="hl7v2", connectors=["http", "mllp"],
+                  priority=1000,
                   destinations=[Destination(name="event-log", kind="log")]),
-    ChannelConfig(id="cda", name="WS/T 500 CDA documents", source="cda", connectors=["http"],
+    ChannelConfig(id="cda", name="WS/T 500 CDA documents", source="cda", connectors=["http"], priority=1000,
                   destinations=[Destination(name="event-log", kind="log")]),
-    ChannelConfig(id="fhir", name="FHIR R4 resources and bundles", source="fhir", connectors=["http"],
+    ChannelConfig(id="fhir", name="FHIR R4 resources and bundles", source="fhir", connectors=["http"], priority=1000,
                   destinations=[Destination(name="event-log", kind="log")]),
     ChannelConfig(id="batch", name="Batch files of patient records (CSV / NDJSON)", source="batch", connectors=["batch"],
+                  priority=1000,
                   destinations=[Destination(name="event-log", kind="log")]),
 ]
 
@@ -211,7 +215,8 @@ class ChannelCache:
         return time.monotonic() - self._loaded > self.ttl
 
     def load(self, session: Session) -> list[tuple[ChannelConfig, bool]]:
-        self._channels = [(ChannelConfig.model_validate(c.config), c.enabled) for c in list_all(session)]
+        loaded = [(ChannelConfig.model_validate(c.config), c.enabled) for c in list_all(session)]
+        self._channels = sorted(loaded, key=lambda pair: (pair[0].priority, pair[0].id))
         self._loaded = time.monotonic()
         return self._channels
 

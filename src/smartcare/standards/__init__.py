@@ -1,1 +1,4 @@
-"""Codecs for the health-data standards the platform speaks (HL7 v2, MLLP, CDA, FHIR): pure functions, no database, no network."""
+"""Codecs for the health-data standards the platform speaks (HL7 v2 and MLLP, CDA, FHIR).
+
+Pure functions: no database, no network.
+"""

@@ -53,7 +53,9 @@ __all__ = [
 
 AckCode = Literal["AA", "AE", "AR"]
 
-KNOWN_VERSIONS: Final = ("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
+KNOWN_VERSIONS: Final = (
+    "2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2",
+)
 """MSH-12 values accepted (HL7 table 0104, v2 only)."""
 
 PROCESSING_IDS: Final = {"P": "production", "D": "debugging", "T": "training"}
@@ -247,7 +249,8 @@ def decode_bytes(data: bytes, charset: str | None = None) -> str:
     """
     codec = codec_for_charset(charset)
     order: list[str] = []
-    if codec and codec not in _SINGLE_BYTE and (codec[:6] != "utf-16" and codec[:6] != "utf-32" or b"\x00" in data):
+    wide = codec is not None and codec.startswith(("utf-16", "utf-32"))
+    if codec and codec not in _SINGLE_BYTE and (not wide or b"\x00" in data):
         order.append(codec)  # UTF-16/32 only when the bytes look like it: ASCII "MSH|" is no UTF-16
     order.append("utf-8")
     if codec in _SINGLE_BYTE:
@@ -549,10 +552,7 @@ def parse(text: str) -> Message:
         raise TypeError("parse() takes text: decode the bytes first (smartcare.standards.mllp.decode_text)")
     body = text.lstrip("\ufeff \t\r\n\x00")
     separators = _read_separators(body)
-    if "\n" in body:
-        lines = body.replace("\r\n", "\r").replace("\n", "\r").split("\r")
-    else:
-        lines = body.split("\r")
+    lines = (body.replace("\r\n", "\r").replace("\n", "\r") if "\n" in body else body).split("\r")
     segments = [Segment(line if line[0] > " " else line.lstrip(), separators)
                 for line in lines if line and (line[0] > " " or not line.isspace())]
     return Message(text, segments, separators)
@@ -737,7 +737,7 @@ def _salvage(raw: str) -> _Original:
     version = re.match(r"[0-9.]*", first(12))
     return _Original(
         sending_application=at(3), sending_facility=at(4), receiving_application=at(5), receiving_facility=at(6),
-        trigger=_event_code((re.split(r"[\^~\\&]", at(9)) + ["", ""])[1]),
+        trigger=_event_code([*re.split(r"[\^~\\&]", at(9)), "", ""][1]),
         control_id=at(10) if not re.search(r"[\^~\\&]", at(10)) else "",
         processing_id=first(11) if first(11).upper() in PROCESSING_IDS else "",
         version=version.group(0) if version else "",
@@ -755,8 +755,10 @@ def build_ack(msg_or_raw: Message | str | bytes, *, code: AckCode, error: Hl7Err
     ``control_id``). MSA carries ``code`` and the original's control id. An AE/AR carries an ERR
     saying what was wrong and where (v2.5+: ERR-2 location, ERR-3 code, ERR-4 severity E, ERR-8
     the error's detail and ``text``; older versions: ERR-1, and the text in MSA-3); an AA given an
-    ``error`` reports it with severity W, an AA given only ``text`` (v2.5+) with severity I. Works on text that could not be parsed at all: whatever MSH fields can still be read
-    are echoed, under ``|^~\\&``.
+    ``error`` reports it with severity W, an AA given only ``text`` (v2.5+) with severity I.
+
+    Works on text that could not be parsed at all: whatever MSH fields can still be read are
+    echoed, under ``|^~\\&``.
     """
     if code not in _ACK_CODES:
         raise ValueError(f"ACK code must be one of {', '.join(_ACK_CODES)}, got {code!r}")
@@ -808,7 +810,7 @@ def _err(error: Hl7Error | None, number: int, message: str, seps: Separators, mo
     elif error is not None and error.segment:
         location = [error.segment, "1"]
     if not modern:  # ERR-1 (ELD): segment^sequence^field^code&text&HL70357
-        eld = (location + ["", "", ""])[:3] + [s.join((str(number), escape(condition, seps), "HL70357"))]
+        eld = [*[*location, "", "", ""][:3], s.join((str(number), escape(condition, seps), "HL70357"))]
         return ["ERR", c.join(eld)]
     return ["ERR", "", c.join(location), c.join((str(number), escape(condition, seps), "HL70357")), severity,
             "", "", "", escape(message, seps)[:800]]
