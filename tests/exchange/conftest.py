@@ -7,13 +7,12 @@ import json
 import socket
 import time
 import uuid
-from datetime import datetime
-
 import pytest
 from sqlalchemy import text
 
 from smartcare.platform import auth
 from smartcare.platform.db import session_scope
+from smartcare.synth.messages import adt  # noqa: F401  (re-exported for the tests)
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 
@@ -34,18 +33,6 @@ def residents(seeded):
     with session_scope() as s:
         return [dict(r) for r in s.execute(text(
             "SELECT id, name, sex, birth_date, id_number, phone, address FROM synth.resident ORDER BY id LIMIT 500")).mappings()]
-
-
-def adt(facility: str, control_id: str, resident: dict, *, trigger: str = "A04", version: str = "2.5") -> str:
-    family, given = resident["name"][0], resident["name"][1:]
-    sex = {"1": "M", "2": "F"}[resident["sex"]]
-    return "\r".join([
-        f"MSH|^~\\&|HIS|{facility}|SMARTCARE|REGION|{datetime.now():%Y%m%d%H%M%S}||ADT^{trigger}^ADT_A01|{control_id}|P|{version}|||||CHN|UNICODE UTF-8",
-        f"EVN|{trigger}|{datetime.now():%Y%m%d%H%M%S}",
-        f"PID|1||MZ{resident['id']:08d}^^^{facility}^MR~{resident['id_number']}^^^CHN^ID||{family}^{given}||"
-        f"{resident['birth_date']:%Y%m%d}|{sex}|||{resident['address']}||{resident['phone']}",
-        f"PV1|1|O|03^内科^^{facility}||||D0001^王^医生|||||||||||V{control_id}",
-    ]) + "\r"
 
 
 def mllp_exchange(port: int, payloads: list[bytes], *, framed: bool = False, timeout: float = 20.0) -> list[str]:

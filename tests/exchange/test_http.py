@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from zoneinfo import ZoneInfo
-
 from smartcare.platform import auth
-from smartcare.standards import cda
+from smartcare.synth.messages import cda_document
 from tests.exchange.conftest import adt, admin_token, dumps, events_for, message_row, msa, settle, signed_post
 
 
@@ -25,17 +22,9 @@ def test_hl7v2_over_http(client, hospital, residents):
     assert bad.status_code == 422 and msa(bad.text)[1] == "AE" and "MSH-10" in bad.text
 
 
-def _cda(resident: dict, doc_id: str, custodian: str) -> bytes:
-    return cda.build_minimal(
-        "C0001", document_id=doc_id, id_number=resident["id_number"], name=resident["name"], sex=resident["sex"],
-        birth_date=resident["birth_date"], custodian_code=f"12500000{custodian}"[:18].ljust(18, "0"), custodian_name="测试医院",
-        author_id="D0001", author_name="王医生", effective_time=datetime(2026, 11, 20, 9, 30, tzinfo=ZoneInfo("Asia/Shanghai")))
-
-
 def test_cda_document(client, hospital, residents):
     resident = residents[3]
-    doc_id = str(uuid.uuid4())
-    r = signed_post(client, hospital, "/api/v1/exchange/cda", _cda(resident, doc_id, hospital[0]), "application/xml")
+    r = signed_post(client, hospital, "/api/v1/exchange/cda", cda_document(resident, hospital[0], "测试医院"), "application/xml")
     assert r.status_code == 202, r.text
     assert r.json()["message_type"] == "C0001"
     settle()

@@ -158,11 +158,25 @@ def test_oversize_without_end_keeps_memory_bounded() -> None:
     assert summary(decoder.feed(b"more" + frame(b"ok"))) == [(True, b"ok", None)]
 
 
-def test_oversized_garbage_is_flushed() -> None:
+def test_long_garbage_is_reported_in_pieces() -> None:
     decoder = FrameDecoder(max_size=10)
     frames = decoder.feed(b"g" * 25)
-    assert [(f.ok, f.problem, len(f.raw)) for f in frames] == [(False, "bytes outside a frame", 25)]
-    assert decoder.pending == 0
+    assert [(f.ok, f.problem, f.raw) for f in frames] == [(False, "bytes outside a frame", b"g" * 11)] * 2
+    assert decoder.pending == 3
+    assert [f.raw for f in decoder.close()] == [b"ggg"]
+
+
+def test_chunking_never_changes_the_frames() -> None:
+    rng = random.Random(7)
+    for _ in range(2000):
+        data = bytes(rng.choice(b"\x0b\x1c\rab \n") for _ in range(rng.randint(0, 80)))
+        max_size = rng.choice([1, 3, 5, 100])
+        decoder = FrameDecoder(max_size=max_size)
+        whole = decoder.feed(data) + decoder.close()
+        decoder = FrameDecoder(max_size=max_size)
+        chunked = feed_all(decoder, data, [rng.randint(1, 7) for _ in range(20)]) + decoder.close()
+        assert chunked == whole, (data, max_size)
+        assert all(len(f.payload) <= max_size + 1 for f in whole)
 
 
 def test_default_maximum_is_16_mib() -> None:

@@ -1,6 +1,18 @@
 """HL7 v2 messages (pipe-delimited "ER7"): a plain parser, the header checks that decide the ACK, and the ACK.
 
-BENCH-PARAGRAPH
+Why a parser of our own: ``bench/hl7parse.py`` measured it against python-hl7 0.4.5 and hl7apy
+1.3.5 (hl7apy with validation off and ``find_groups=False``) on the 32 good real-world samples of
+``shared/hl7v2-samples`` repeated, each parser parsing and then reading MSH-10, MSH-9.1, PID-3.1
+and PID-5.1, one process per parser on the 2-core reference machine. All three read all 32
+samples and got every control id and message type right; throughput was 71,500 msgs/s here
+(57,500 with ``check``), 890 msgs/s for python-hl7 and 53 msgs/s for hl7apy; peak RSS 18.2 MiB
+here, 19.3 MiB for python-hl7 and 38.6 MiB for hl7apy, against 18.1 MiB for the interpreter and
+the samples alone. Both libraries build objects for every segment, field and component (hl7apy
+also loads its per-version structure definitions) where the hub needs a few header values and
+the ACK; splitting once and decoding on access gives the same answers 80 times faster than
+python-hl7 and 1,300 times faster than hl7apy, with no runtime dependency. hl7apy remains the
+tool where validating message structure against the standard's definitions is wanted, off the
+ingestion path.
 
 Parsing is lazy: ``parse`` reads the separators from MSH and splits the text into segment lines
 once; a segment is split into fields the first time it is read, and a field into repetitions,
@@ -83,6 +95,7 @@ _CHINA_TZ: Final = timezone(timedelta(hours=8), "Asia/Shanghai")
 _CODE3 = re.compile(r"[A-Za-z0-9]{3}")
 _ACK_CODES: Final = ("AA", "AE", "AR")
 _HEX = re.compile(r"[0-9A-Fa-f]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Hl7Error(ValueError):
@@ -198,15 +211,15 @@ def _escape_sequence(code: str, seps: Separators) -> str | None:
 
 
 def escape(text: str, separators: Separators = DEFAULT_SEPARATORS) -> str:
-    """Encode ``text`` for one HL7 value: separators become escape sequences, CR and LF become hex."""
+    """Encode ``text`` for one HL7 value: separators become escape sequences, control characters hex data."""
     esc = separators.escape
     out = text.replace(esc, f"{esc}E{esc}")
     for char, code in ((separators.field, "F"), (separators.component, "S"), (separators.subcomponent, "T"),
                        (separators.repetition, "R"), (separators.truncation, "P")):
         if char and char in out:
             out = out.replace(char, f"{esc}{code}{esc}")
-    if "\r" in out or "\n" in out:
-        out = out.replace("\r", f"{esc}X0D{esc}").replace("\n", f"{esc}X0A{esc}")
+    if _CONTROL.search(out):  # CR would end the segment, 0x0B/0x1C the MLLP frame
+        out = _CONTROL.sub(lambda m: f"{esc}X{ord(m.group()):02X}{esc}", out)
     return out
 
 
@@ -562,12 +575,12 @@ def _read_separators(body: str) -> Separators:
     if not body.startswith("MSH"):
         if not body:
             raise Hl7Error(100, "the message is empty: it must start with an MSH segment", reject=True)
-        first = re.split(r"[^A-Za-z0-9]", body[:8], maxsplit=1)[0][:3] or body[:1]
+        first = re.split(r"[^A-Za-z0-9]", body[:8], maxsplit=1)[0][:3]  # a segment id, or "" for anything else
         if first in ("FHS", "BHS"):
             detail = f"the message starts with a {first} batch header: send each message on its own, starting with MSH"
         else:
-            detail = f"the message must start with an MSH segment, but it starts with {first!r}"
-        raise Hl7Error(100, detail, segment=first, reject=True)
+            detail = f"the message must start with an MSH segment, but it starts with {_quote(first or body[:1])}"
+        raise Hl7Error(100, detail, segment=first or None, reject=True)
     sep = body[3:4]
     if not sep or sep in "\r\n":
         raise Hl7Error(102, "MSH-1 (field separator) is missing: the MSH segment ends right after 'MSH'",
@@ -675,9 +688,6 @@ class _Original:
     charset: str = ""
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
 def _clean(raw: str, limit: int = 200) -> str:
     """Echoed text must not carry segment breaks or MLLP block characters, whatever the sender put there."""
     return _CONTROL.sub("", raw)[:limit]
@@ -717,19 +727,19 @@ def _event_code(raw: str) -> str:
 
 def _salvage(raw: str) -> _Original:
     """Best effort on a message ``parse`` refused: echo what can still be read, with the usual separators."""
-    body = raw.lstrip("\ufeff \t\r\n\x00")
-    if not body.startswith("MSH") or len(body) < 5:
+    line = re.split(r"[\r\n]", raw.lstrip("\ufeff \t\r\n\x00"), maxsplit=1)[0]
+    if not line.startswith("MSH") or len(line) < 5:
         return _Original()
-    line = re.split(r"[\r\n]", body, maxsplit=1)[0]
     sep, rest = line[3], line[4:]
-    if sep not in rest and "|" in rest:  # a wrong MSH-1 before an otherwise '|'-separated segment
-        sep = "|"
-    if sep in "^~\\&":
+    if (sep not in rest or sep.isalnum() or not sep.isprintable()) and "|" in rest:
+        sep = "|"  # a wrong MSH-1 before an otherwise '|'-separated segment
+    if sep in "^~\\&" or sep.isalnum() or sep.isspace() or not sep.isprintable():
         return _Original()
     fields = ["MSH", sep, *rest.split(sep)]  # fields[2] is whatever MSH-2 was
 
-    def at(n: int) -> str:
-        return _clean(fields[n], 100) if n < len(fields) else ""
+    def at(n: int) -> str:  # a value holding '|' would shift the ACK's own fields: drop it
+        value = _clean(fields[n], 100) if n < len(fields) else ""
+        return "" if "|" in value else value
 
     def first(n: int) -> str:
         return re.split(r"[\^~\\&]", at(n), maxsplit=1)[0].strip()
@@ -809,6 +819,7 @@ def _err(error: Hl7Error | None, number: int, message: str, seps: Separators, mo
             location += [str(rep or 1), str(comp)] + ([str(sub)] if sub else [])
     elif error is not None and error.segment:
         location = [error.segment, "1"]
+    location = [escape(_clean(part, 20), seps) for part in location]  # an Hl7Error may be built by hand
     if not modern:  # ERR-1 (ELD): segment^sequence^field^code&text&HL70357
         eld = [*[*location, "", "", ""][:3], s.join((str(number), escape(condition, seps), "HL70357"))]
         return ["ERR", c.join(eld)]

@@ -130,9 +130,11 @@ class FrameDecoder:
                 start = data.find(START_BLOCK, pos)
                 end = n if start < 0 else start
                 buf += view[pos:end]
-                if len(buf) > self.max_size:
-                    self._garbage(out)
-                    buf = self._buf
+                while len(buf) > self.max_size:  # cut long garbage at fixed sizes, whatever the chunking
+                    piece = bytes(buf[:self.max_size + 1])
+                    del buf[:self.max_size + 1]
+                    if piece.strip(_BLANK):
+                        out.append(Frame(piece, False, "bytes outside a frame", piece))
                 if start < 0:
                     break
                 self._garbage(out)
