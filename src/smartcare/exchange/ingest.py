@@ -37,10 +37,11 @@ class Inspected:
 def inspect(kind: str, raw: bytes) -> Inspected:
     """Parse just enough to route, dedupe and acknowledge; a problem becomes ``error``, never an exception."""
     if kind == "hl7v2":
+        text = mllp.decode_text(raw)
         try:
-            msg = hl7v2.parse_and_check(mllp.decode_text(raw))
+            msg = hl7v2.parse_and_check(text)
         except hl7v2.Hl7Error as exc:
-            return Inspected(error=str(exc), hl7_error=exc)
+            return Inspected(error=str(exc), hl7_error=exc, facility_code=_sender_of_broken(text))
         return Inspected(message_type=f"{msg.message_type}^{msg.trigger_event}", control_id=msg.control_id,
                          facility_code=_first_component(msg.sending_facility), hl7=msg)
     if kind == "cda":
@@ -66,6 +67,14 @@ def inspect(kind: str, raw: bytes) -> Inspected:
         row = json.loads(raw)
         return Inspected(message_type=row.get("record_type", "patient"), control_id=row.get("control_id"))
     raise ValueError(f"unknown message kind {kind!r}")
+
+
+def _sender_of_broken(text: str) -> str | None:
+    """MSH-4 of a message that failed its checks, when the header is still readable (for monitoring)."""
+    try:
+        return _first_component(hl7v2.parse(text).sending_facility)
+    except (hl7v2.Hl7Error, ValueError, IndexError):
+        return None
 
 
 def _first_component(value: str | None) -> str | None:

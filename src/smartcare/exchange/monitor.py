@@ -79,12 +79,11 @@ def alerts(session: Session, *, now: datetime | None = None, lookback_days: int 
         silent_for = (now - r["last_at"]).total_seconds() / 60
         if silent_for > r["silent_minutes"]:
             found.append({"kind": "silent", "facility_code": r["facility_code"], "facility_name": r["facility_name"],
-                          "message": f"no message for {silent_for:.0f} min (threshold {r['silent_minutes']} min)"})
+                          "message": f"已 {silent_for:.0f} 分钟没有消息（阈值 {r['silent_minutes']} 分钟）"})
         rate = r["hour_failed"] / r["hour_n"] if r["hour_n"] else 0.0
         if r["hour_n"] and rate > r["max_error_rate"]:
             found.append({"kind": "error_rate", "facility_code": r["facility_code"], "facility_name": r["facility_name"],
-                          "message": f"{rate:.0%} of {r['hour_n']} messages failed in the last hour "
-                                     f"(limit {r['max_error_rate']:.0%})"})
+                          "message": f"近一小时 {r['hour_n']} 条消息中 {rate:.0%} 失败（上限 {r['max_error_rate']:.0%}）"})
     return found
 
 

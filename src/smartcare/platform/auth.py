@@ -240,3 +240,14 @@ class ClientKeyCache:
             key = load_client_key(session, client_id)
         self._keys[client_id] = (time.monotonic(), key)
         return key
+
+
+def rotate_api_client_secret(session: Session, *, client_id: str, actor: str = "system") -> str:
+    """Issue a new secret for an existing client (the old one stops working at once)."""
+    client = session.scalar(select(ApiClient).where(ApiClient.client_id == client_id))
+    if client is None:
+        raise Unauthorized("unknown API client", field="client_id")
+    secret = secrets.token_urlsafe(32)
+    client.secret_sealed = seal(secret.encode(), purpose=_SECRET_PURPOSE, aad=client_id.encode())
+    audit.record(session, actor=actor, action="api_client.rotate", target=f"client:{client_id}")
+    return secret

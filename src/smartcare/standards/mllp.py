@@ -70,7 +70,9 @@ class FrameDecoder:
     """Incremental MLLP decoder for one connection: ``feed`` each chunk read, ``close`` at end of stream.
 
     Whitespace between frames (a stray CR or LF after <FS><CR>, common in the field) is ignored;
-    any other byte outside a frame is reported, once per run, as "bytes outside a frame".
+    other bytes outside a frame are reported as "bytes outside a frame", one bad frame per run up
+    to the next start block (a run longer than ``max_size`` in pieces of ``max_size + 1`` bytes).
+    The frames returned never depend on how the stream was chunked.
     """
 
     def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:

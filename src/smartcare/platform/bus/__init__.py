@@ -122,8 +122,12 @@ def publish(session: Session, topic: str, payload: dict[str, Any], *, message_id
     return postgres.publish(session, topic, payload, message_id=message_id or uuid.uuid4())
 
 
-def sync_subscriptions(consumers: Iterable[Consumer] | None = None) -> None:
-    """Make the transport's subscriptions say what the code says; idempotent, commits its own work."""
+def sync_subscriptions(consumers: Iterable[Consumer] | None = None, *, session: Session | None = None) -> None:
+    """Make the transport's subscriptions say what the code says (idempotent).
+
+    PostgreSQL subscriptions are rows: written in ``session`` when given (it commits), otherwise in
+    a transaction of their own. JetStream's stream and durable consumers are created at once.
+    """
     consumers = list(consumers if consumers is not None else registry.consumers.values())
     if transport() == "nats":
         from smartcare.platform.bus import nats
@@ -133,8 +137,11 @@ def sync_subscriptions(consumers: Iterable[Consumer] | None = None) -> None:
     from smartcare.platform.bus import postgres
     from smartcare.platform.db import session_scope
 
-    with session_scope() as session:
+    if session is not None:
         postgres.sync_subscriptions(session, consumers)
+        return
+    with session_scope() as own:
+        postgres.sync_subscriptions(own, consumers)
 
 
 def make_worker(consumers: dict[str, Consumer] | None = None, **options: Any):

@@ -60,11 +60,13 @@ import uuid
 from collections.abc import Coroutine, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import nats
 import psycopg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -144,11 +146,21 @@ async def _on_error(exc: Exception) -> None:
     log.warning("NATS: %s", exc)
 
 
-async def connect(*, timeout: float = 2.0, reconnect_attempts: int = 1) -> Client:
+async def _on_error_quietly(exc: Exception) -> None:
+    log.debug("NATS: %s", exc)
+
+
+async def connect(*, timeout: float = 2.0, reconnect_attempts: int = 1, quiet: bool = False) -> Client:
     """Connect, failing after ``reconnect_attempts`` more tries (nats-py's 0 would mean forever)."""
-    return await nats.connect(servers=servers(), name="smartcare-bus", connect_timeout=timeout,
-                              max_reconnect_attempts=max(reconnect_attempts, 1), reconnect_time_wait=0.5,
-                              error_cb=_on_error)
+    urls = servers()
+    try:
+        return await nats.connect(servers=urls, name="smartcare-bus", connect_timeout=timeout,
+                                  max_reconnect_attempts=max(reconnect_attempts, 1), reconnect_time_wait=0.5,
+                                  error_cb=_on_error_quietly if quiet else _on_error)
+    except (NoServersError, OSError, asyncio.TimeoutError) as exc:
+        where = ", ".join(f"{urlsplit(u).hostname}:{urlsplit(u).port or 4222}" for u in urls)  # no credentials
+        raise ConnectionError(f"cannot reach NATS at {where} ({type(exc).__name__}); start nats-server with "
+                              "JetStream (-js), or set SMARTCARE_BUS_URL=postgres") from exc
 
 
 async def ensure(nc: Client, consumers: Iterable[Consumer]) -> None:
@@ -525,9 +537,9 @@ def health() -> str | None:
 
     async def check() -> str | None:
         try:
-            nc = await connect(timeout=1.0)
+            nc = await connect(timeout=1.0, quiet=True)
         except Exception as exc:
-            return f"NATS unreachable ({type(exc).__name__})"
+            return f"NATS unreachable ({type(exc.__cause__ or exc).__name__})"
         try:
             await nc.jsm().stream_info(STREAM)
             return None
