@@ -14,8 +14,10 @@ from smartcare.platform.db import session_scope
 def _insert(s, facility: str, at: datetime, state: str, n: int) -> None:
     s.execute(text(
         "INSERT INTO exchange.message (received_at, channel_id, sender, facility_code, connector, kind, message_type, "
-        "control_id, state, raw, size, processed_at) SELECT :at, 'hl7v2', :f, :f, 'mllp', 'hl7v2', 'ADT^A04', "
-        ":f || '-' || :state || g, :state, '\\x00', 1, :at + interval '20 milliseconds' FROM generate_series(1, :n) g"),
+        "control_id, state, raw, size, processed_at) SELECT CAST(:at AS timestamptz), 'hl7v2', CAST(:f AS varchar), "
+        "CAST(:f AS varchar), 'mllp', 'hl7v2', 'ADT^A04', CAST(:f AS varchar) || '-' || CAST(:state AS varchar) || g, "
+        "CAST(:state AS varchar), '\\x00', 1, CAST(:at AS timestamptz) + interval '20 milliseconds' "
+        "FROM generate_series(1, :n) g"),
         {"at": at, "f": facility, "state": state, "n": n})
 
 
