@@ -183,6 +183,37 @@ def test_the_same_message_id_twice_is_one_effect(transport):
         assert _count("bus_effect_dup", message_id) == 1
 
 
+@pytest.mark.parametrize("transport", ["nats"], indirect=True)  # on PostgreSQL the outbox is the only way in
+def test_nats_consumer_adopts_a_message_the_outbox_does_not_have(transport):
+    """Published to the stream by other means (or pruned from the outbox): handled once all the same."""
+    import asyncio
+
+    import nats as nats_client
+
+    from smartcare.platform.bus import nats
+
+    _effect_table("bus_effect_foreign")
+    consumer = transport.consumer("test.foreign", (transport.topic("foreign"),), _increment("bus_effect_foreign"))
+    message_id = uuid.uuid4()
+
+    async def publish_directly():
+        nc = await nats_client.connect(NATS_URL)
+        try:
+            await nc.jetstream().publish(nats.subject(transport.topic("foreign")), b'{"k": 1}', stream=nats.STREAM,
+                                         headers={"Nats-Msg-Id": str(message_id)})
+        finally:
+            await nc.close()
+
+    asyncio.run(publish_directly())
+    assert bus.drain({consumer.name: consumer}) == 1
+    assert _count("bus_effect_foreign", message_id) == 1
+    assert _delivery(message_id, consumer.name)[0] == "done"
+    with session_scope() as s:
+        adopted = s.execute(text("SELECT topic, payload, relayed_at IS NOT NULL FROM platform.bus_message "
+                                 "WHERE message_id = :m"), {"m": message_id}).one()
+    assert tuple(adopted) == (transport.topic("foreign"), {"k": 1}, True)  # never relayed back
+
+
 def test_failing_consumer_retries_with_backoff_then_dead_letters_and_replays(transport):
     _effect_table("bus_effect_fail")
     _effect_table("bus_effect_bystander")

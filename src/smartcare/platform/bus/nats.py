@@ -447,6 +447,7 @@ class Worker:
                 await self._pause(5)
                 continue
             try:
+                await ensure(nc, ())  # the stream, even before the first consumer: the relay needs it
                 js = nc.jetstream()
                 async with asyncio.TaskGroup() as tasks:  # one failing loop stops the others: we start over
                     tasks.create_task(self._outbox(nc, js))

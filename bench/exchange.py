@@ -1,0 +1,185 @@
+"""Benchmark: the exchange hub's ack-after-commit ingest, over MLLP and HTTP, against the naive limit.
+
+One `smartcare serve` process (API + MLLP, on this machine's PostgreSQL or the embedded one) receives;
+this process sends from N concurrent senders, each waiting for its ACK before the next message
+(like an interface engine). Printed, measured in the same run:
+
+- the hub over MLLP and over HTTP (HMAC-signed): msgs/s, p50/p99 ACK latency;
+- the naive limit: N concurrent connections each doing a single-row INSERT + COMMIT per message
+  straight into PostgreSQL (no parsing, no HTTP, no MLLP) — what "ack after commit" costs if every
+  message pays its own commit;
+- peak RSS of the server and of this process.
+
+    python bench/exchange.py            # 32 senders, 20,000 messages per mode
+    python bench/exchange.py --quick    # 16 senders, 3,000 messages per mode (well under a minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx  # noqa: E402
+import psycopg  # noqa: E402
+from _common import peak_rss_mib, scratch_database  # noqa: E402
+
+from smartcare.platform import auth  # noqa: E402
+from smartcare.platform.db import session_scope  # noqa: E402
+from smartcare.synth.messages import adt  # noqa: E402
+
+FACILITY = "500103H001"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def person(i: int) -> dict:
+    return {"id": i, "name": "张三丰", "sex": "1", "birth_date": date(1980, 1, 1), "id_number": "11010519491231002X",
+            "phone": "13800000000", "address": "重庆市渝中区解放碑1号"}
+
+
+def summary(name: str, latencies: list[float], seconds: float) -> dict:
+    ordered = sorted(latencies)
+    return {"name": name, "n": len(ordered), "rate": len(ordered) / seconds,
+            "p50": ordered[len(ordered) // 2] * 1000, "p99": ordered[int(len(ordered) * 0.99) - 1] * 1000}
+
+
+async def mllp_senders(port: int, senders: int, per_sender: int, tag: str) -> dict:
+    async def one(k: int) -> list[float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        lat = []
+        for i in range(per_sender):
+            payload = adt(FACILITY, f"{tag}-{k}-{i}", person(i)).encode()
+            start = time.perf_counter()
+            writer.write(b"\x0b" + payload + b"\x1c\x0d")
+            await writer.drain()
+            ack = await reader.readuntil(b"\x1c\x0d")
+            lat.append(time.perf_counter() - start)
+            assert b"MSA|AA" in ack, ack[:200]
+        writer.close()
+        return lat
+
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one(k) for k in range(senders)))
+    return summary("hub over MLLP", [x for r in results for x in r], time.perf_counter() - start)
+
+
+async def http_senders(base: str, clients: list[tuple[str, str]], per_sender: int, tag: str) -> dict:
+    path = "/api/v1/exchange/hl7v2"
+
+    async def one(k: int, client_id: str, secret: str, http: httpx.AsyncClient) -> list[float]:
+        lat = []
+        for i in range(per_sender):
+            body = adt(FACILITY, f"{tag}-{k}-{i}", person(i)).encode()
+            start = time.perf_counter()
+            headers = auth.sign_request(client_id=client_id, secret=secret, method="POST", path=path, body=body)
+            r = await http.post(base + path, content=body, headers={**headers, "Content-Type": "text/plain"})
+            lat.append(time.perf_counter() - start)
+            assert r.status_code == 200, r.text[:300]
+        return lat
+
+    limits = httpx.Limits(max_connections=len(clients), max_keepalive_connections=len(clients))
+    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one(k, c, s, http) for k, (c, s) in enumerate(clients)))
+        return summary("hub over HTTP (signed)", [x for r in results for x in r], time.perf_counter() - start)
+
+
+async def naive(dsn: str, senders: int, per_sender: int) -> dict:
+    """The naive limit: one INSERT + COMMIT per message per connection, nothing else."""
+    setup = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    await setup.execute("CREATE TABLE IF NOT EXISTS bench_naive (id bigserial PRIMARY KEY, control_id text, raw bytea, "
+                        "received_at timestamptz DEFAULT now())")
+    await setup.close()
+    payload = adt(FACILITY, "naive", person(1)).encode()
+
+    async def one(k: int) -> list[float]:
+        conn = await psycopg.AsyncConnection.connect(dsn)
+        lat = []
+        for i in range(per_sender):
+            start = time.perf_counter()
+            await conn.execute("INSERT INTO bench_naive (control_id, raw) VALUES (%s, %s)", (f"n-{k}-{i}", payload))
+            await conn.commit()
+            lat.append(time.perf_counter() - start)
+        await conn.close()
+        return lat
+
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one(k) for k in range(senders)))
+    return summary("naive: INSERT + COMMIT per message", [x for r in results for x in r], time.perf_counter() - start)
+
+
+def server_peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--senders", type=int)
+    parser.add_argument("--messages", type=int, help="messages per mode")
+    args = parser.parse_args()
+    senders = args.senders or (16 if args.quick else 32)
+    total = args.messages or (3000 if args.quick else 20000)
+    per_sender = total // senders
+
+    with scratch_database() as url:
+        dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with session_scope() as s:
+            clients = [(f"bench-{k}", auth.create_api_client(s, client_id=f"bench-{k}", name="bench", facility_code=FACILITY))
+                       for k in range(senders)]
+        http_port, mllp_port = free_port(), free_port()
+        env = {**os.environ, "DATABASE_URL": url.replace("postgresql+psycopg://", "postgresql://", 1),
+               "SMARTCARE_PORT": str(http_port), "SMARTCARE_MLLP_PORT": str(mllp_port), "SMARTCARE_LOG_LEVEL": "WARNING",
+               "SMARTCARE_RATE_PER_SECOND": "100000", "SMARTCARE_RATE_BURST": "100000"}
+        server = subprocess.Popen([sys.executable, "-m", "smartcare.cli", "serve"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"server did not start: {server.stderr.read().decode()[-2000:]}")
+                time.sleep(0.2)
+            asyncio.run(mllp_senders(mllp_port, 4, 50, "warm"))  # warm-up: connections, caches, JIT-free paths
+            results = [
+                asyncio.run(naive(dsn, senders, per_sender)),
+                asyncio.run(mllp_senders(mllp_port, senders, per_sender, "m")),
+                asyncio.run(http_senders(f"http://127.0.0.1:{http_port}", clients, per_sender, "h")),
+            ]
+            server_rss = server_peak_rss_mib(server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+
+    base = results[0]["rate"]
+    print(f"exchange ingest, ack after commit: {senders} concurrent senders, {per_sender * senders:,} messages per mode "
+          f"(HL7 v2 ADT^A04, {len(adt(FACILITY, 'x', person(1))):,} bytes)")
+    print(f"  {'mode':<38}{'msgs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'× naive':>9}")
+    for r in results:
+        print(f"  {r['name']:<38}{r['rate']:>10,.0f}{r['p50']:>9.1f}{r['p99']:>9.1f}{r['rate'] / base:>9.2f}")
+    print(f"  peak RSS: server {server_rss:.0f} MiB, load generator {peak_rss_mib():.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
