@@ -57,31 +57,67 @@ class NewBadFrame:
     raw: bytes
 
 
-_NONCE_INSERT = """
-INSERT INTO platform.request_nonce (client_id, nonce)
-SELECT * FROM unnest(%s::varchar[], %s::varchar[]) ON CONFLICT DO NOTHING RETURNING client_id, nonce
-"""
-_KEY_INSERT = """
-INSERT INTO exchange.message_key (sender, control_id, message_id, received_at)
-SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[], %s::timestamptz[])
-ON CONFLICT DO NOTHING RETURNING message_id
+# One statement stores a whole batch: nonces (replays), dedupe keys, messages and the router's NOTIFY.
+# In autocommit mode it is its own transaction, so a batch costs one round trip and one WAL flush.
+# Rows come back tagged: 'n' = (position, new id) of every non-replayed input, 'k' = ids whose dedupe
+# key was new, 'e' = the earlier message of a key seen before.
+_STORE_BATCH = """
+WITH input AS (
+    SELECT * FROM unnest(%(sender)s::varchar[], %(control)s::varchar[], %(state)s::varchar[], %(nclient)s::varchar[],
+                         %(nonce)s::varchar[], %(channel)s::varchar[], %(facility)s::varchar[], %(connector)s::varchar[],
+                         %(kind)s::varchar[], %(mtype)s::varchar[], %(error)s::text[], %(raw)s::bytea[], %(ctype)s::varchar[])
+        WITH ORDINALITY AS u(sender, control_id, state, nclient, nonce, channel_id, facility_code, connector, kind,
+                              message_type, error, raw, content_type, pos)
+),
+nonce_first AS (
+    SELECT DISTINCT ON (nclient, nonce) pos, nclient, nonce FROM input WHERE nonce IS NOT NULL ORDER BY nclient, nonce, pos
+),
+fresh_nonce AS (
+    INSERT INTO platform.request_nonce (client_id, nonce) SELECT nclient, nonce FROM nonce_first
+    ON CONFLICT DO NOTHING RETURNING client_id, nonce
+),
+numbered AS MATERIALIZED (
+    SELECT i.*, nextval('exchange.message_id_seq') AS id FROM input i
+    WHERE i.nonce IS NULL OR i.pos IN (SELECT nf.pos FROM nonce_first nf JOIN fresh_nonce f
+                                       ON f.client_id = nf.nclient AND f.nonce = nf.nonce)
+),
+key_first AS MATERIALIZED (
+    SELECT DISTINCT ON (sender, control_id) id, sender, control_id FROM numbered
+    WHERE control_id IS NOT NULL AND state <> 'failed' ORDER BY sender, control_id, pos
+),
+new_key AS (
+    INSERT INTO exchange.message_key (sender, control_id, message_id, received_at)
+    SELECT sender, control_id, id, now() FROM key_first ON CONFLICT DO NOTHING RETURNING message_id
+),
+to_store AS MATERIALIZED (
+    SELECT n.* FROM numbered n
+    WHERE n.control_id IS NULL OR n.state = 'failed' OR n.id IN (SELECT message_id FROM new_key)
+),
+stored AS (
+    INSERT INTO exchange.message (id, received_at, channel_id, sender, facility_code, connector, kind, message_type,
+                                  control_id, state, error, raw, size, content_type, processed_at)
+    SELECT id, now(), channel_id, sender, facility_code, connector, kind, message_type, control_id, state, error, raw,
+           length(raw), content_type, CASE WHEN state = 'accepted' THEN NULL ELSE now() END
+    FROM to_store RETURNING id
+),
+woken AS (
+    SELECT pg_notify('smartcare_exchange', '') FROM (SELECT 1 FROM to_store WHERE state = 'accepted' LIMIT 1) any_new
+)
+SELECT 'n' AS tag, pos, id, NULL::varchar AS sender, NULL::varchar AS control_id, NULL::timestamptz AS at,
+       NULL::varchar AS state, now() AS now FROM numbered
+UNION ALL SELECT 'k', NULL, message_id, NULL, NULL, NULL, NULL, NULL FROM new_key
+UNION ALL SELECT 'e', NULL, k.message_id, k.sender, k.control_id, k.received_at, coalesce(m.state, 'accepted'), NULL
+    FROM key_first kf JOIN exchange.message_key k USING (sender, control_id)
+    LEFT JOIN exchange.message m ON m.received_at = k.received_at AND m.id = k.message_id
+    WHERE kf.id NOT IN (SELECT message_id FROM new_key)
+UNION ALL SELECT 's', count(*), NULL, NULL, NULL, NULL, NULL, NULL FROM stored
+UNION ALL SELECT 'w', count(*), NULL, NULL, NULL, NULL, NULL, NULL FROM woken
 """
 _KEY_LOOKUP = """
 SELECT k.sender, k.control_id, k.message_id, k.received_at, coalesce(m.state, 'accepted')
 FROM unnest(%s::varchar[], %s::varchar[]) AS q(sender, control_id)
 JOIN exchange.message_key k USING (sender, control_id)
 LEFT JOIN exchange.message m ON m.received_at = k.received_at AND m.id = k.message_id
-"""
-_MESSAGE_INSERT = """
-INSERT INTO exchange.message (id, received_at, channel_id, sender, facility_code, connector, kind, message_type,
-                              control_id, state, error, raw, size, content_type, processed_at)
-SELECT u.id, u.received_at, u.channel_id, u.sender, u.facility_code, u.connector, u.kind, u.message_type, u.control_id,
-       u.state, u.error, u.raw, length(u.raw), u.content_type,
-       CASE WHEN u.state = 'accepted' THEN NULL ELSE u.received_at END
-FROM unnest(%s::bigint[], %s::timestamptz[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[],
-            %s::varchar[], %s::varchar[], %s::varchar[], %s::text[], %s::bytea[], %s::varchar[])
-     AS u(id, received_at, channel_id, sender, facility_code, connector, kind, message_type, control_id, state, error, raw,
-          content_type)
 """
 
 
@@ -127,7 +163,7 @@ class GroupCommitter:
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(self.dsn)
+            self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
         return self._conn
 
     async def _run(self) -> None:
@@ -152,82 +188,67 @@ class GroupCommitter:
 
     async def _write(self, items: list) -> list:
         conn = await self._connection()
-        msg_at = [i for i, item in enumerate(items) if isinstance(item, NewMessage)]
-        messages: list[NewMessage] = [items[i] for i in msg_at]
         results: list = [None] * len(items)
-        async with conn.transaction():
-            cur = conn.cursor()
-            now = (await (await cur.execute("SELECT now()")).fetchone())[0]
-            if messages:
-                replayed = await self._replays(cur, messages)
-                kept = [i for i in range(len(messages)) if i not in replayed]
-                stored = iter(await self._write_messages(cur, [messages[i] for i in kept], now) if kept else ())
-                for i, pos in enumerate(msg_at):
-                    results[pos] = Stored(0, now, "replay", False) if i in replayed else next(stored)
-            for pos, item in enumerate(items):
-                if isinstance(item, NewBadFrame):
-                    row = await (await cur.execute(
-                        "INSERT INTO exchange.bad_frame (connector, peer, problem, raw, size) VALUES (%s, %s, %s, %s, %s) "
-                        "RETURNING id", (item.connector, item.peer, item.problem, item.raw, len(item.raw)))).fetchone()
-                    results[pos] = row[0]
+        msg_at = [i for i, item in enumerate(items) if isinstance(item, NewMessage)]
+        if msg_at:
+            for pos, result in zip(msg_at, await self._store_messages(conn, [items[i] for i in msg_at]), strict=True):
+                results[pos] = result
+        for pos, item in enumerate(items):
+            if isinstance(item, NewBadFrame):
+                row = await (await conn.execute(
+                    "INSERT INTO exchange.bad_frame (connector, peer, problem, raw, size) VALUES (%s, %s, %s, %s, %s) "
+                    "RETURNING id", (item.connector, item.peer, item.problem, item.raw, len(item.raw)))).fetchone()
+                results[pos] = row[0]
         self.batches += 1
-        self.messages += len(messages)
+        self.messages += len(msg_at)
         return results
 
     @staticmethod
-    async def _replays(cur, messages: list[NewMessage]) -> set[int]:
-        """Record the nonces of signed requests; a nonce seen before, or twice in this batch, is a replay."""
-        signed = [(i, m.nonce) for i, m in enumerate(messages) if m.nonce]
-        if not signed:
-            return set()
-        rows = await (await cur.execute(_NONCE_INSERT, ([n[0] for _, n in signed], [n[1] for _, n in signed]))).fetchall()
-        fresh = {tuple(r) for r in rows}
-        replayed, claimed = set(), set()
-        for i, nonce in signed:
-            if nonce in fresh and nonce not in claimed:
-                claimed.add(nonce)
-            else:
-                replayed.add(i)
-        return replayed
-
-    @staticmethod
-    async def _write_messages(cur, messages: list[NewMessage], now: datetime) -> list[Stored]:
-        ids = [r[0] for r in await (await cur.execute(
-            "SELECT nextval('exchange.message_id_seq') FROM generate_series(1, %s)", (len(messages),))).fetchall()]
-        keys = [(m.sender, m.control_id) if m.control_id and m.state != "failed" else None for m in messages]
-        first_of: dict[tuple[str, str], int] = {}
-        for i, key in enumerate(keys):
-            if key is not None:
-                first_of.setdefault(key, i)
-        firsts = sorted(first_of.values())
-        inserted: set[int] = set()
-        if firsts:
-            rows = await (await cur.execute(_KEY_INSERT, (
-                [messages[i].sender for i in firsts], [messages[i].control_id for i in firsts],
-                [ids[i] for i in firsts], [now] * len(firsts)))).fetchall()
-            inserted = {r[0] for r in rows}
+    async def _store_messages(conn: psycopg.AsyncConnection, messages: list[NewMessage]) -> list[Stored]:
+        params = {
+            "sender": [m.sender for m in messages], "control": [m.control_id for m in messages],
+            "state": [m.state for m in messages], "nclient": [m.nonce[0] if m.nonce else None for m in messages],
+            "nonce": [m.nonce[1] if m.nonce else None for m in messages], "channel": [m.channel_id for m in messages],
+            "facility": [m.facility_code for m in messages], "connector": [m.connector for m in messages],
+            "kind": [m.kind for m in messages], "mtype": [m.message_type for m in messages],
+            "error": [m.error for m in messages], "raw": [m.raw for m in messages],
+            "ctype": [m.content_type for m in messages],
+        }
+        rows = await (await conn.execute(_STORE_BATCH, params)).fetchall()
+        ids: dict[int, int] = {}
+        new_keys: set[int] = set()
         earlier: dict[tuple[str, str], Stored] = {}
-        seen_before = [i for i in firsts if ids[i] not in inserted]
-        if seen_before:
-            for sender, control_id, mid, at, state in await (await cur.execute(_KEY_LOOKUP, (
-                    [messages[i].sender for i in seen_before], [messages[i].control_id for i in seen_before]))).fetchall():
+        now = None
+        for tag, pos, mid, sender, control_id, at, state, stamp in rows:
+            if tag == "n":
+                ids[pos - 1], now = mid, stamp
+            elif tag == "k":
+                new_keys.add(mid)
+            elif tag == "e":
                 earlier[(sender, control_id)] = Stored(mid, at, state, True)
         results: list[Stored] = []
-        new: list[int] = []
-        for i, (m, key) in enumerate(zip(messages, keys, strict=True)):
-            if key is None or i == first_of[key] and ids[i] in inserted:
-                new.append(i)
+        first_of: dict[tuple[str, str], int] = {}
+        unresolved = []
+        for i, m in enumerate(messages):
+            if i not in ids:
+                results.append(Stored(0, now, "replay", False))
+                continue
+            key = (m.sender, m.control_id) if m.control_id and m.state != "failed" else None
+            if key is None:
                 results.append(Stored(ids[i], now, m.state, False))
-            elif key in earlier:  # sent before, in an earlier batch
+                continue
+            first = first_of.setdefault(key, i)
+            if ids[first] in new_keys:
+                results.append(Stored(ids[first], now, messages[first].state, first != i))
+            elif key in earlier:
                 results.append(earlier[key])
-            else:  # a repeat inside this batch
-                j = first_of[key]
-                results.append(Stored(ids[j], now, messages[j].state, True))
-        if new:
-            columns = zip(*[(ids[i], now, m.channel_id, m.sender, m.facility_code, m.connector, m.kind, m.message_type,
-                             m.control_id, m.state, m.error, m.raw, m.content_type)
-                            for i, m in ((i, messages[i]) for i in new)], strict=True)
-            await cur.execute(_MESSAGE_INSERT, [list(c) for c in columns])
-            if any(messages[i].state == "accepted" for i in new):
-                await cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+            else:  # taken by another process after this statement's snapshot: look it up now
+                results.append(None)
+                unresolved.append((i, key))
+        if unresolved:
+            keys = list({k for _, k in unresolved})
+            found = {(s_, c): Stored(mid, at, st, True) for s_, c, mid, at, st in await (await conn.execute(
+                _KEY_LOOKUP, ([k[0] for k in keys], [k[1] for k in keys]))).fetchall()}
+            for i, key in unresolved:
+                results[i] = found[key]
         return results

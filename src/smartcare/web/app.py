@@ -62,6 +62,32 @@ async def _smartcare_error(request: Request, exc: SmartCareError) -> Response:
     return JSONResponse(status_code=exc.status, content=exc.to_dict())
 
 
+class RequestMetrics:
+    """Counts and times every HTTP request by route template (a plain ASGI middleware: no per-request task)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.HTTP_REQUESTS.labels(scope["method"], route, status).inc()
+            metrics.HTTP_SECONDS.labels(scope["method"], route).observe(time.perf_counter() - start)
+
+
 def create_app(*, mllp_port: int | None = None) -> FastAPI:
     """The whole HTTP application. With ``mllp_port`` (0: any free port) it also listens for MLLP."""
 
@@ -90,15 +116,7 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
     app.add_exception_handler(SmartCareError, _smartcare_error)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        metrics.HTTP_REQUESTS.labels(request.method, name, response.status_code).inc()
-        metrics.HTTP_SECONDS.labels(request.method, name).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(RequestMetrics)
 
     @app.get("/health", tags=["operations"])
     def health() -> dict:
