@@ -58,13 +58,16 @@ def summary(name: str, latencies: list[float], seconds: float) -> dict:
 
 
 async def mllp_senders(port: int, senders: int, per_sender: int, tag: str) -> dict:
+    # Messages are built before the clock starts: the load generator shares the machine with the server.
+    frames = [[b"\x0b" + adt(FACILITY, f"{tag}-{k}-{i}", person(i)).encode() + b"\x1c\x0d" for i in range(per_sender)]
+              for k in range(senders)]
+
     async def one(k: int) -> list[float]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         lat = []
-        for i in range(per_sender):
-            payload = adt(FACILITY, f"{tag}-{k}-{i}", person(i)).encode()
+        for frame in frames[k]:
             start = time.perf_counter()
-            writer.write(b"\x0b" + payload + b"\x1c\x0d")
+            writer.write(frame)
             await writer.drain()
             ack = await reader.readuntil(b"\x1c\x0d")
             lat.append(time.perf_counter() - start)
@@ -110,21 +113,29 @@ async def http_senders(base: str, clients: list[tuple[str, str]], per_sender: in
     path = "/api/v1/exchange/hl7v2"
     host, port = base.removeprefix("http://").split(":")
 
-    async def one(k: int, client_id: str, secret: str) -> list[float]:
-        http = KeepAliveHttp(host, int(port))
-        lat = []
+    # Built and signed before the clock starts (signatures stay valid for the 300 s window).
+    requests = []
+    for k, (client_id, secret) in enumerate(clients):
+        mine = []
         for i in range(per_sender):
             body = adt(FACILITY, f"{tag}-{k}-{i}", person(i)).encode()
-            start = time.perf_counter()
             headers = auth.sign_request(client_id=client_id, secret=secret, method="POST", path=path, body=body)
-            status, answer = await http.post(path, body, {**headers, "Content-Type": "text/plain"})
+            mine.append((body, {**headers, "Content-Type": "text/plain"}))
+        requests.append(mine)
+
+    async def one(k: int) -> list[float]:
+        http = KeepAliveHttp(host, int(port))
+        lat = []
+        for body, headers in requests[k]:
+            start = time.perf_counter()
+            status, answer = await http.post(path, body, headers)
             lat.append(time.perf_counter() - start)
             assert status == 200, answer[:300]
         http.close()
         return lat
 
     start = time.perf_counter()
-    results = await asyncio.gather(*(one(k, c, s) for k, (c, s) in enumerate(clients)))
+    results = await asyncio.gather(*(one(k) for k in range(len(clients))))
     return summary("hub over HTTP (signed)", [x for r in results for x in r], time.perf_counter() - start)
 
 

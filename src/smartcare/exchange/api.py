@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from smartcare.exchange import batch, channels, monitor, service
 from smartcare.exchange.ingest import Hub, Receipt
-from smartcare.exchange.mllp_server import ack_code
+from smartcare.exchange.mllp_server import ack_code, ack_control_id
 from smartcare.platform import auth, metrics
 from smartcare.platform.auth import Principal, Role
 from smartcare.platform.errors import SmartCareError
@@ -81,7 +81,7 @@ async def _receive(request: Request, kind: str) -> tuple[Receipt, bytes]:
                                 nonce=(key.client_id, signed.nonce))
     if receipt.status == "replay":
         raise auth.replay_error()
-    metrics.EXCHANGE_ACK_SECONDS.labels("http").observe(time.perf_counter() - started)
+    metrics.child(metrics.EXCHANGE_ACK_SECONDS, "http").observe(time.perf_counter() - started)
     return receipt, body
 
 
@@ -105,7 +105,7 @@ async def receive_hl7v2(request: Request) -> Response:
     code = ack_code(receipt)
     seen = receipt.inspected
     ack = hl7v2.build_ack(seen.hl7 or body.decode("utf-8", "replace"), code=code, error=seen.hl7_error,
-                          text=None if code == "AA" else receipt.reason or seen.error)
+                          control_id=ack_control_id(receipt), text=None if code == "AA" else receipt.reason or seen.error)
     return Response(ack, status_code={"AA": 200, "AE": 422, "AR": 400}[code], media_type="application/hl7-v2; charset=utf-8",
                     headers={"X-SmartCare-Message-Id": str(receipt.message_id or ""), "X-SmartCare-Status": receipt.status})
 

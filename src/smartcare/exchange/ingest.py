@@ -105,6 +105,8 @@ class Hub:
         self.channels = channels or ChannelCache()
         self.client_keys = ClientKeyCache()
         self.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
+        self._decided_for: list | None = None
+        self._decisions: dict[tuple, tuple[ChannelConfig, bool] | None] = {}
 
     async def close(self) -> None:
         await self.committer.close()
@@ -125,7 +127,10 @@ class Hub:
         gives status ``replay`` and stores nothing."""
         seen = inspected or inspect(kind, raw)
         facility = facility_code
-        candidates = [(c, on) for c, on in await self.channel_configs() if c.source == kind and connector in c.connectors]
+        configs = await self.channel_configs()
+        if configs is not self._decided_for:  # channels reloaded: forget earlier decisions
+            self._decided_for, self._decisions = configs, {}
+        candidates = [(c, on) for c, on in configs if c.source == kind and connector in c.connectors]
         if not candidates:
             return self._count(Receipt("refused", reason=f"no channel takes {kind} over {connector}", inspected=seen), kind)
         if seen.error:
@@ -133,8 +138,13 @@ class Hub:
             stored = await self._store(channel, seen, "failed", connector, kind, raw, sender, facility, content_type, nonce)
             status = "replay" if stored.state == "replay" else "failed"
             return self._count(Receipt(status, channel.id, stored.message_id, seen.error, seen), kind)
-        chosen = next(((c, on) for c, on in candidates
-                       if c.takes(kind=kind, connector=connector, facility=facility, message_type=seen.message_type)), None)
+        decision_key = (kind, connector, facility, seen.message_type)
+        chosen = self._decisions.get(decision_key, False)
+        if chosen is False:  # the same sender sends the same few types all day: decide once per reload
+            chosen = next(((c, on) for c, on in candidates
+                           if c.takes(kind=kind, connector=connector, facility=facility, message_type=seen.message_type)), None)
+            if len(self._decisions) < 100_000:
+                self._decisions[decision_key] = chosen
         if chosen is None:
             sender_ok = any(fnmatch.fnmatchcase(facility or "", s) for c, _ in candidates for s in c.senders)
             reason = (f"message type {seen.message_type} is not accepted by any {kind} channel" if sender_ok
@@ -158,6 +168,6 @@ class Hub:
 
     @staticmethod
     def _count(receipt: Receipt, kind: str) -> Receipt:
-        metrics.EXCHANGE_RECEIVED.labels(kind=kind, status=receipt.status).inc()
+        metrics.child(metrics.EXCHANGE_RECEIVED, kind, receipt.status).inc()
         return receipt
 

@@ -54,6 +54,11 @@ class FacilityCache:
             return frozenset(registry.facility_codes(session))
 
 
+def ack_control_id(receipt: Receipt) -> str | None:
+    """The ACK's own control id names the stored message, so both sides can find it later."""
+    return f"SC{receipt.message_id}" if receipt.message_id else None
+
+
 def ack_code(receipt: Receipt) -> str:
     if receipt.ok:
         return "AA"
@@ -93,7 +98,7 @@ class MllpServer:
                     ack = await (self._message(frame.payload, cert_cn) if frame.ok else self._bad_frame(frame, peer))
                     writer.write(mllp.frame(ack.encode("utf-8")))
                     await writer.drain()
-                    metrics.EXCHANGE_ACK_SECONDS.labels("mllp").observe(time.perf_counter() - started)
+                    metrics.child(metrics.EXCHANGE_ACK_SECONDS, "mllp").observe(time.perf_counter() - started)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -127,5 +132,5 @@ class MllpServer:
             log.error("MLLP message could not be stored: %s", exc)
             return hl7v2.build_ack(original, code="AE", text="temporarily unable to store the message; send it again")
         code = ack_code(receipt)
-        return hl7v2.build_ack(original, code=code, error=seen.hl7_error,
+        return hl7v2.build_ack(original, code=code, error=seen.hl7_error, control_id=ack_control_id(receipt),
                                text=None if code == "AA" else receipt.reason or seen.error)
