@@ -29,8 +29,9 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## bench: every benchmark in its quick mode (figures beside their baselines; full runs: drop --quick)
 bench: $(VENV)/.installed-dev
-	$(BIN)/python bench/synth.py --quick
+	for script in bench/synth.py bench/hl7parse.py bench/exchange.py; do $(BIN)/python $$script --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache
