@@ -129,3 +129,17 @@ def test_operator_views_mask_and_audit(client, hospital, residents):
     with session_scope() as s:
         assert s.execute(text("SELECT count(*) FROM platform.audit_log WHERE action = 'exchange.raw.view' AND target = :t"),
                          {"t": f"message:{mid}"}).scalar() == 1
+
+
+def test_batch_ndjson_reports_bad_lines(client, hospital, residents):
+    batch = f"J{uuid.uuid4().hex[:6]}"
+    r = residents[14]
+    lines = [dumps({"source_id": f"{batch}-1", "name": r["name"], "id_number": r["id_number"], "sex": r["sex"],
+                    "birth_date": r["birth_date"].isoformat()}).decode(),
+             '{"source_id": "broken", "name": ',
+             dumps({"source_id": f"{batch}-3", "name": "赵六", "sex": "2"}).decode()]
+    resp = signed_post(client, hospital, "/api/v1/exchange/batch", "\n".join(lines).encode(), "application/x-ndjson")
+    results = resp.json()["results"]
+    assert [x["status"] for x in results] == ["accepted", "rejected", "rejected"]
+    assert "line 2: not valid JSON" in results[1]["error"]
+    assert results[2]["field"] == "birth_date"
