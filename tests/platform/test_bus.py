@@ -69,6 +69,9 @@ def transport(request, database_url):
     try:
         yield t
     finally:
+        # Unsubscribe, or a later NATS relay would make durables for these rows (as it should).
+        with session_scope() as s:
+            s.execute(text("DELETE FROM platform.bus_subscription WHERE consumer = ANY(:c)"), {"c": t.created})
         if request.param == "nats" and t.created:
             from smartcare.platform.bus import nats
 
@@ -212,6 +215,32 @@ def test_nats_consumer_adopts_a_message_the_outbox_does_not_have(transport):
         adopted = s.execute(text("SELECT topic, payload, relayed_at IS NOT NULL FROM platform.bus_message "
                                  "WHERE message_id = :m"), {"m": message_id}).one()
     assert tuple(adopted) == (transport.topic("foreign"), {"k": 1}, True)  # never relayed back
+
+
+@pytest.mark.parametrize("transport", ["nats"], indirect=True)  # on PostgreSQL the rows are the whole story
+def test_nats_relay_gives_a_subscription_its_durable_before_publishing(transport):
+    """A consumer subscribed only by its rows (as an exchange destination is, inside the channel's
+    transaction) gets what is published after, even when the relay runs before any worker knows it."""
+    from smartcare.platform.bus import nats, postgres
+
+    _effect_table("bus_effect_rows")
+    narrow = Consumer(f"test.rows.nats_{transport.suffix}", (transport.topic("rows.a.*"),), _increment("bus_effect_rows"))
+    transport.created.append(narrow.name)
+    with session_scope() as s:
+        postgres.sync_subscriptions(s, [narrow])
+        first = bus.publish(s, transport.topic("rows.a.one"), {})
+    assert nats.drain({}) == 0  # relays, handles nothing: no worker runs the consumer yet
+    assert bus.drain({narrow.name: narrow}) == 1
+    assert _count("bus_effect_rows", first) == 1
+
+    # The subscription widens; the relay widens the durable's filter before it publishes.
+    wide = Consumer(narrow.name, (*narrow.topics, transport.topic("rows.b.*")), narrow.handler)
+    with session_scope() as s:
+        postgres.sync_subscriptions(s, [wide])
+        second = bus.publish(s, transport.topic("rows.b.two"), {})
+    assert nats.drain({}) == 0
+    assert bus.drain({wide.name: wide}) == 1
+    assert _count("bus_effect_rows", second) == 1
 
 
 def test_failing_consumer_retries_with_backoff_then_dead_letters_and_replays(transport):

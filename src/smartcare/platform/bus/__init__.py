@@ -125,14 +125,14 @@ def publish(session: Session, topic: str, payload: dict[str, Any], *, message_id
 def sync_subscriptions(consumers: Iterable[Consumer] | None = None, *, session: Session | None = None) -> None:
     """Make the transport's subscriptions say what the code says (idempotent).
 
-    PostgreSQL subscriptions are rows: written in ``session`` when given (it commits), otherwise in
-    a transaction of their own. JetStream's stream and durable consumers are created at once.
+    The subscription rows are written in ``session`` when given (the caller commits), otherwise in
+    a transaction of their own; with NATS the JetStream stream and durables are also created at once.
     """
     consumers = list(consumers if consumers is not None else registry.consumers.values())
     if transport() == "nats":
         from smartcare.platform.bus import nats
 
-        nats.sync_subscriptions(consumers)
+        nats.sync_subscriptions(consumers, session=session)
         return
     from smartcare.platform.bus import postgres
     from smartcare.platform.db import session_scope

@@ -18,9 +18,15 @@ Subjects
     narrowest subject that covers all of its patterns (their common literal prefix + ``>``), and
     the worker checks ``Consumer.matches`` and acks what does not match. The server does the coarse
     cut, the client the exact one: no pattern can be mistranslated, and a consumer whose patterns
-    share no prefix still works (it reads ``smartcare.>``). A consumer's durable is created with
-    ``DeliverPolicy.NEW``: like a PostgreSQL subscription it gets the events published after it
-    subscribed, not the stream's history.
+    share no prefix still works (it reads ``smartcare.>``).
+
+Subscribing
+    ``platform.bus_subscription`` stays the record of who listens to what, written as on
+    PostgreSQL (by ``migrate``, worker start, or in a transaction like an exchange destination's).
+    Durables are created with ``DeliverPolicy.NEW`` — like a PostgreSQL subscription they get what
+    is published after they subscribed, not the stream's history — so the relay, before it
+    publishes a batch, reads the subscription rows (after the batch, so it sees every subscription
+    committed before those events) and creates or widens the durables they need.
 
 Consuming
     One durable pull consumer per ``Consumer.name`` ('.' becomes '-': NATS names have no dots),
@@ -91,6 +97,8 @@ PUBLISHED_AT = "Smartcare-Published-At"
 _FETCH_SECONDS = 1.0
 #: How long ``drain`` waits on an empty consumer before it calls it drained.
 _DRAIN_IDLE_SECONDS = 0.1
+#: ack_wait of a durable the relay creates from a subscription row, until a worker sets the consumer's own.
+_DEFAULT_ACK_WAIT = Consumer.backoff_seconds
 
 T = TypeVar("T")
 
@@ -171,13 +179,46 @@ async def ensure(nc: Client, consumers: Iterable[Consumer]) -> None:
     except NotFoundError:
         await jsm.add_stream(StreamConfig(name=STREAM, subjects=[PREFIX + ">"], storage=StorageType.FILE))
     for c in consumers:
-        # Creating an existing durable with the same config is a no-op; a changed ack_wait or
-        # filter is an update (nats-server >= 2.9).
-        await jsm.add_consumer(STREAM, ConsumerConfig(
-            durable_name=durable_name(c.name), description=f"SmartCare bus consumer {c.name}",
-            deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT, ack_wait=c.backoff_seconds,
-            max_deliver=-1, filter_subject=filter_subject(c.topics),
-        ))
+        await _durable(nc, c.name, c.topics, ack_wait=c.backoff_seconds)
+
+
+async def _durable(nc: Client, name: str, patterns: Iterable[str], *, ack_wait: float | None = None) -> None:
+    """Create or update one durable. Without ``ack_wait`` an existing durable keeps its own and is
+    only touched when its filter no longer covers ``patterns``."""
+    jsm = nc.jsm()
+    wanted = filter_subject(patterns)
+    if ack_wait is None:
+        try:
+            current = (await jsm.consumer_info(STREAM, durable_name(name))).config
+        except NotFoundError:
+            ack_wait = _DEFAULT_ACK_WAIT
+        else:
+            if current.filter_subject == wanted:
+                return
+            ack_wait = current.ack_wait or _DEFAULT_ACK_WAIT
+    # Creating an existing durable with the same config is a no-op; a changed ack_wait or filter
+    # is an update (nats-server >= 2.9).
+    await jsm.add_consumer(STREAM, ConsumerConfig(
+        durable_name=durable_name(name), description=f"SmartCare bus consumer {name}",
+        deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait,
+        max_deliver=-1, filter_subject=wanted,
+    ))
+
+
+def _subscriptions(session: Session) -> dict[str, tuple[str, ...]]:
+    """The subscription rows (the transport-neutral record of who listens to what), as fnmatch patterns."""
+    found: dict[str, list[str]] = {}
+    for name, like in session.execute(text("SELECT consumer, topic_pattern FROM platform.bus_subscription")):
+        found.setdefault(name, []).append(_unlike(like))
+    return {name: tuple(sorted(patterns)) for name, patterns in found.items()}
+
+
+def _unlike(like: str) -> str:
+    """Undo ``postgres._like``: ``%`` was ``*``, backslash escapes a literal character."""
+    out, chars = [], iter(like)
+    for ch in chars:
+        out.append(next(chars, "") if ch == "\\" else "*" if ch == "%" else ch)
+    return "".join(out)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -190,9 +231,18 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-def sync_subscriptions(consumers: Iterable[Consumer]) -> None:
-    """Make JetStream say what the code says (run by ``migrate`` and at worker start)."""
+def sync_subscriptions(consumers: Iterable[Consumer], *, session: Session | None = None) -> None:
+    """Make the subscription rows and JetStream's durables say what the code says (idempotent).
+
+    The rows are what the relay follows (so a consumer subscribed in a transaction, like an exchange
+    destination, gets its durable before anything published after it is relayed); the durables are
+    also created at once, with the consumer's own ack_wait.
+    """
     consumers = list(consumers)
+    if session is not None:
+        postgres.sync_subscriptions(session, consumers)
+    else:
+        _sync_rows(consumers)
 
     async def main() -> None:
         nc = await connect()
@@ -202,6 +252,11 @@ def sync_subscriptions(consumers: Iterable[Consumer]) -> None:
             await nc.close()
 
     _run(main())
+
+
+def _sync_rows(consumers: Iterable[Consumer]) -> None:
+    with session_scope() as session:
+        postgres.sync_subscriptions(session, consumers)
 
 
 def delete_consumers(names: Iterable[str]) -> None:
@@ -236,18 +291,23 @@ def publish(session: Session, topic: str, payload: dict, *, message_id: uuid.UUI
     return message_id
 
 
-async def relay(js: JetStreamContext, *, batch: int = 500) -> int:
-    """Hand every committed, unrelayed outbox row to JetStream; returns how many were relayed."""
+async def relay(nc: Client, *, known: dict[str, tuple[str, ...]] | None = None, batch: int = 500) -> int:
+    """Hand every committed, unrelayed outbox row to JetStream; returns how many were relayed.
+
+    ``known`` remembers which subscriptions already have a durable that covers them; a caller that
+    relays repeatedly passes the same dict so that only new or changed subscriptions cost a request.
+    """
     loop = asyncio.get_running_loop()
+    known = {} if known is None else known
     total = 0
     while True:
-        n = await asyncio.to_thread(_relay_batch, js, loop, batch)
+        n = await asyncio.to_thread(_relay_batch, nc, loop, batch, known)
         total += n
         if n < batch:
             return total
 
 
-def _relay_batch(js: JetStreamContext, loop: asyncio.AbstractEventLoop, batch: int) -> int:
+def _relay_batch(nc: Client, loop: asyncio.AbstractEventLoop, batch: int, known: dict[str, tuple[str, ...]]) -> int:
     with session_scope() as s:
         rows = s.execute(
             text("SELECT id, message_id, topic, payload, published_at FROM platform.bus_message "
@@ -255,11 +315,26 @@ def _relay_batch(js: JetStreamContext, loop: asyncio.AbstractEventLoop, batch: i
         ).all()
         if not rows:
             return 0
+        # Read after the rows, so every subscription committed before them is seen: JetStream only
+        # gives a durable what arrives after it exists, so each one is made ready before publishing.
+        subscriptions = _subscriptions(s)
+        asyncio.run_coroutine_threadsafe(_follow_and_publish(nc, subscriptions, known, rows), loop).result()
         # Marked relayed only once JetStream has stored every one of them.
-        asyncio.run_coroutine_threadsafe(_publish_rows(js, rows), loop).result()
         s.execute(text("UPDATE platform.bus_message SET relayed_at = now() WHERE id = ANY(:ids)"),
                   {"ids": [r.id for r in rows]})
     return len(rows)
+
+
+async def _follow_and_publish(nc: Client, subscriptions: dict[str, tuple[str, ...]],
+                              known: dict[str, tuple[str, ...]], rows) -> None:
+    for name, patterns in subscriptions.items():
+        if known.get(name) != patterns:
+            try:
+                await _durable(nc, name, patterns)
+            except ValueError as exc:  # a row no consumer could have written today; it must not stop the relay
+                log.error("bus subscription %r cannot become a JetStream durable (%s); it receives nothing", name, exc)
+            known[name] = patterns
+    await _publish_rows(nc.jetstream(), rows)
 
 
 async def _publish_rows(js: JetStreamContext, rows) -> None:
@@ -400,9 +475,10 @@ async def _drain(consumers: dict[str, Consumer], timeout: float, batch: int) -> 
         js = nc.jetstream()
         await ensure(nc, consumers.values())
         subs = {name: await js.pull_subscribe_bind(durable_name(name), STREAM) for name in consumers}
+        known: dict[str, tuple[str, ...]] = {}
         total = 0
         while True:
-            relayed = await relay(js)
+            relayed = await relay(nc, known=known)
             handled = await asyncio.to_thread(_replays, consumers, batch)
             handled += sum(await asyncio.gather(*(
                 _fetch_and_process(consumers[name], sub, batch=batch, wait=_DRAIN_IDLE_SECONDS)
@@ -450,7 +526,7 @@ class Worker:
                 await ensure(nc, ())  # the stream, even before the first consumer: the relay needs it
                 js = nc.jetstream()
                 async with asyncio.TaskGroup() as tasks:  # one failing loop stops the others: we start over
-                    tasks.create_task(self._outbox(nc, js))
+                    tasks.create_task(self._outbox(nc))
                     await self._supervise(nc, js, tasks)
             except Exception as exc:
                 log.warning("bus worker stopped its NATS session (%s); starting over in 5 s", exc)
@@ -475,6 +551,7 @@ class Worker:
             changed = [c for c in current.values()
                        if shapes.get(c.name) != (c.topics, c.backoff_seconds) or c.name not in loops]
             if changed:
+                await asyncio.to_thread(_sync_rows, changed)  # as the PostgreSQL worker does at start
                 await ensure(nc, changed)
                 for c in changed:
                     shapes[c.name] = (c.topics, c.backoff_seconds)
@@ -499,8 +576,9 @@ class Worker:
             if not nc.is_closed:
                 await sub.unsubscribe()
 
-    async def _outbox(self, nc: Client, js: JetStreamContext) -> None:
+    async def _outbox(self, nc: Client) -> None:
         dsn = database_url().replace("postgresql+psycopg://", "postgresql://", 1)
+        known: dict[str, tuple[str, ...]] = {}
         while self._running(nc):
             try:
                 async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listen:
@@ -509,7 +587,7 @@ class Worker:
                     while self._running(nc):
                         if woken or time.monotonic() - last_run >= self.poll_seconds:
                             try:
-                                await relay(js)
+                                await relay(nc, known=known)
                                 await asyncio.to_thread(_replays, dict(self.consumers), self.batch)
                             except Exception as exc:  # NATS or a handler's database hiccup: next round retries
                                 log.warning("bus relay failed (%s); retrying", exc)
