@@ -6,6 +6,7 @@ embedded PostgreSQL started once for the session. Nothing is mocked: tests talk 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
@@ -97,6 +98,46 @@ def client(app):
 
     with TestClient(app) as c:
         yield c
+
+
+NATS_URL = "nats://127.0.0.1:4222"
+
+
+def nats_listening() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 4222), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def bus_url(name: str):
+    """Point ``SMARTCARE_BUS_URL`` at one transport (this process and the workers it starts), then put it back."""
+    from smartcare.platform.settings import get_settings
+
+    previous = os.environ.get("SMARTCARE_BUS_URL")
+    os.environ["SMARTCARE_BUS_URL"] = NATS_URL if name == "nats" else "postgres"
+    get_settings.cache_clear()
+    try:
+        yield name
+    finally:
+        if previous is None:
+            os.environ.pop("SMARTCARE_BUS_URL", None)
+        else:
+            os.environ["SMARTCARE_BUS_URL"] = previous
+        get_settings.cache_clear()
+
+
+@pytest.fixture(params=["postgres", "nats"])
+def bus_transport(request, database_url):
+    """Run the test once on the PostgreSQL bus and once on NATS JetStream (which CI must have running)."""
+    if request.param == "nats" and not nats_listening():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("CI needs NATS with JetStream on 127.0.0.1:4222 (nats-server -js); .ci/run starts it")
+        pytest.skip("no NATS server on 127.0.0.1:4222 (start nats-server -js to run the NATS half)")
+    with bus_url(request.param):
+        yield request.param
 
 
 def free_port() -> int:

@@ -310,6 +310,19 @@ def channels_start(channel_id: str) -> None:
     _set_channel(channel_id, True)
 
 
+@channels_app.command("delete")
+def channels_delete(channel_id: str, yes: bool = typer.Option(False, "--yes", help="do not ask")) -> None:
+    """Retire a channel (its last configuration is kept in the audit log)."""
+    from smartcare.exchange import channels
+    from smartcare.platform.db import session_scope
+
+    if not yes and not typer.confirm(f"delete channel {channel_id}?"):
+        raise typer.Exit(1)
+    with session_scope() as session:
+        channels.delete(session, channel_id, actor="cli")
+    console.print(f"{channel_id}: deleted")
+
+
 def _set_channel(channel_id: str, enabled: bool) -> None:
     from smartcare.exchange import channels
     from smartcare.platform.db import session_scope

@@ -57,7 +57,7 @@ def _work_until(condition, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def test_failing_destination_dead_letters_without_blocking_and_rerun_delivers(client, hospital, residents, receiver):
+def test_failing_destination_dead_letters_without_blocking_and_rerun_delivers(bus_transport, client, hospital, residents, receiver):
     cid = f"wh-{uuid.uuid4().hex[:6]}"
     config = channels.ChannelConfig(
         id=cid, name="update notifications", source="hl7v2", connectors=["http"], priority=10, senders=[hospital[0]],
@@ -92,10 +92,10 @@ def test_failing_destination_dead_letters_without_blocking_and_rerun_delivers(cl
     assert len(receiver.requests) == 4 and dead() == []
     assert len({event_id for event_id, _ in receiver.requests}) == 1  # the same event each time: receivers can dedupe
     with session_scope() as s:
-        channels.set_enabled(s, cid, False, actor="test")
+        channels.delete(s, cid, actor="test")
 
 
-def test_rerun_of_a_message_delivers_it_again(client, hospital, residents):
+def test_rerun_of_a_message_delivers_it_again(bus_transport, client, hospital, residents):
     r = signed_post(client, hospital, "/api/v1/exchange/hl7v2",
                     adt(hospital[0], f"X{uuid.uuid4().hex[:10]}", residents[9]).encode(), "text/plain")
     mid = int(r.headers["X-SmartCare-Message-Id"])

@@ -14,7 +14,7 @@ from tests.exchange.conftest import CR, FS, VT, adt, events_for, message_row, ml
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "hl7v2-samples"
 
 
-def test_adt_gets_aa_and_becomes_a_patient_event(live_server, hospital, residents):
+def test_adt_gets_aa_and_becomes_a_patient_event(bus_transport, live_server, hospital, residents):
     facility = hospital[0]
     resident = residents[0]
     control = f"T{uuid.uuid4().hex[:12]}"
@@ -42,7 +42,7 @@ def message_id_of(control_id: str) -> int:
         return s.execute(text("SELECT id FROM exchange.message WHERE control_id = :c"), {"c": control_id}).scalar_one()
 
 
-def test_same_control_id_twice_is_one_effect(live_server, hospital, residents):
+def test_same_control_id_twice_is_one_effect(bus_transport, live_server, hospital, residents):
     control = f"D{uuid.uuid4().hex[:12]}"
     message = adt(hospital[0], control, residents[1]).encode()
     acks = mllp_exchange(live_server.mllp_port, [message, message])

@@ -10,7 +10,6 @@ stream outlives it.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -26,17 +25,7 @@ from smartcare.platform import bus
 from smartcare.platform.bus import Consumer, Message
 from smartcare.platform.db import session_scope
 from smartcare.platform.settings import get_settings
-
-NATS_URL = "nats://127.0.0.1:4222"
-
-
-def _nats_listening() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 4222), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
+from tests.conftest import NATS_URL
 
 @dataclass
 class Transport:
@@ -55,32 +44,17 @@ class Transport:
         return f"t{self.suffix}.{rest}"
 
 
-@pytest.fixture(params=["postgres", "nats"])
-def transport(request, database_url):
-    """Point ``SMARTCARE_BUS_URL`` at one transport for the test, and put it back afterwards."""
-    if request.param == "nats" and not _nats_listening():
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("CI needs NATS with JetStream on 127.0.0.1:4222 (nats-server -js); .ci/run starts it")
-        pytest.skip("no NATS server on 127.0.0.1:4222 (start nats-server -js to run the NATS half)")
-    previous = os.environ.get("SMARTCARE_BUS_URL")
-    os.environ["SMARTCARE_BUS_URL"] = NATS_URL if request.param == "nats" else "postgres"
-    get_settings.cache_clear()
-    t = Transport(request.param)
+@pytest.fixture
+def transport(bus_transport):
+    """The transport under test, with names unique to the test; NATS consumers are removed afterwards."""
+    t = Transport(bus_transport)
     try:
         yield t
     finally:
-        # Unsubscribe, or a later NATS relay would make durables for these rows (as it should).
-        with session_scope() as s:
-            s.execute(text("DELETE FROM platform.bus_subscription WHERE consumer = ANY(:c)"), {"c": t.created})
-        if request.param == "nats" and t.created:
+        if bus_transport == "nats" and t.created:
             from smartcare.platform.bus import nats
 
             nats.delete_consumers(t.created)
-        if previous is None:
-            os.environ.pop("SMARTCARE_BUS_URL", None)
-        else:
-            os.environ["SMARTCARE_BUS_URL"] = previous
-        get_settings.cache_clear()
 
 
 def _effect_table(name: str) -> None:
@@ -186,7 +160,7 @@ def test_the_same_message_id_twice_is_one_effect(transport):
         assert _count("bus_effect_dup", message_id) == 1
 
 
-@pytest.mark.parametrize("transport", ["nats"], indirect=True)  # on PostgreSQL the outbox is the only way in
+@pytest.mark.parametrize("bus_transport", ["nats"], indirect=True)  # on PostgreSQL the outbox is the only way in
 def test_nats_consumer_adopts_a_message_the_outbox_does_not_have(transport):
     """Published to the stream by other means (or pruned from the outbox): handled once all the same."""
     import asyncio
@@ -217,7 +191,7 @@ def test_nats_consumer_adopts_a_message_the_outbox_does_not_have(transport):
     assert tuple(adopted) == (transport.topic("foreign"), {"k": 1}, True)  # never relayed back
 
 
-@pytest.mark.parametrize("transport", ["nats"], indirect=True)  # on PostgreSQL the rows are the whole story
+@pytest.mark.parametrize("bus_transport", ["nats"], indirect=True)  # on PostgreSQL the rows are the whole story
 def test_nats_relay_gives_a_subscription_its_durable_before_publishing(transport):
     """A consumer subscribed only by its rows (as an exchange destination is, inside the channel's
     transaction) gets what is published after, even when the relay runs before any worker knows it."""

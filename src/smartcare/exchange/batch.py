@@ -67,6 +67,9 @@ async def receive(hub: Hub, body: bytes, *, content_type: str, sender: str, faci
     if len(rows) > MAX_ROWS:
         return [{"row": 0, "status": "rejected", "error": f"{len(rows):,} rows: at most {MAX_ROWS:,} per file"}]
 
+    first_row: dict[str, int] = {}
+    await hub.channel_configs()  # load once, so the rows below reach the store in file order
+
     async def one(n: int, row: dict) -> dict:
         if "__error__" in row:
             return {"row": n, "status": "rejected", "error": row["__error__"]}
@@ -76,6 +79,9 @@ async def receive(hub: Hub, body: bytes, *, content_type: str, sender: str, faci
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
             return {"row": n, "status": "rejected", "field": field, "error": mask_text(f"{field}: {first['msg']}")}
+        earlier = first_row.setdefault(record.source_id, n)
+        if earlier != n:  # the same record twice in one file: the first one counts
+            return {"row": n, "status": "duplicate", "of_row": earlier}
         raw = json.dumps({**record.model_dump(mode="json"), "record_type": "patient"}, ensure_ascii=False).encode()
         receipt = await hub.receive(connector="batch", kind="batch", raw=raw, sender=sender, facility_code=facility_code,
                                     content_type="application/json",

@@ -197,6 +197,19 @@ def set_enabled(session: Session, channel_id: str, enabled: bool, *, actor: str)
     return channel
 
 
+def delete(session: Session, channel_id: str, *, actor: str) -> None:
+    """Retire a channel: it takes no more messages and its destinations unsubscribe. Stored messages stay;
+    the configuration of its last version is kept in the audit log so it can be imported again."""
+    from smartcare.exchange import destinations
+
+    channel = get(session, channel_id)
+    config = ChannelConfig.model_validate(channel.config)
+    destinations.sync(session, config.model_copy(update={"destinations": []}))
+    audit.record(session, actor=actor, action="channel.delete", target=f"channel:{channel_id}",
+                 detail={"version": channel.version, "yaml": to_yaml([config])})
+    session.delete(channel)
+
+
 def ensure_defaults(session: Session) -> None:
     for config in DEFAULT_CHANNELS:
         if session.get(Channel, config.id) is None:

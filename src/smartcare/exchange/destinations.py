@@ -16,8 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from smartcare.exchange.channels import ChannelConfig, Destination, list_all
+from smartcare.platform import bus
 from smartcare.platform.bus import Consumer, Message
-from smartcare.platform.bus import postgres as pg_bus
 
 
 def _word(name: str) -> str:
@@ -91,4 +91,4 @@ def sync(session: Session, config: ChannelConfig) -> None:
     current = consumers_for(config)
     session.execute(text("DELETE FROM platform.bus_subscription WHERE starts_with(consumer, :prefix) AND NOT (consumer = ANY(:keep))"),
                     {"prefix": consumer_prefix(config.id), "keep": list(current)})
-    pg_bus.sync_subscriptions(session, current.values())
+    bus.sync_subscriptions(current.values(), session=session)

@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 _EVENT_NAMESPACE = uuid.UUID("5c0a7d1e-2b1f-4c55-9a52-8f3e6b1d0e11")
 
 
-def event_id(message_id: int, rerun: int, index: int) -> uuid.UUID:
-    return uuid.uuid5(_EVENT_NAMESPACE, f"{message_id}:{rerun}:{index}")
+def event_id(message_id: int, received_at, rerun: int, index: int) -> uuid.UUID:
+    """Stable for one stored message (a router that dies and retries publishes the same ids), and
+    different for another database whose sequence happens to hand out the same message id."""
+    return uuid.uuid5(_EVENT_NAMESPACE, f"{message_id}:{received_at.isoformat()}:{rerun}:{index}")
 
 
 def route_once(limit: int = 200) -> int:
@@ -56,7 +58,7 @@ def route_once(limit: int = 200) -> int:
             for i, (topic, data) in enumerate(events):
                 bus.publish(session, destinations.topic(row.channel_id, topic),
                             {"topic": topic, "data": config.transform.apply(data), "source": source},
-                            message_id=event_id(row.id, row.reruns, i))
+                            message_id=event_id(row.id, row.received_at, row.reruns, i))
                 expected += sum(1 for d in config.destinations if d.wants(topic))
             session.execute(text(
                 "UPDATE exchange.message SET state = CASE WHEN :n > 0 THEN 'routed' ELSE 'delivered' END, "
