@@ -10,6 +10,7 @@ import threading
 from smartcare.exchange import destinations, service as exchange
 from smartcare.exchange.router import Router
 from smartcare.platform import auth, bus
+from smartcare.platform.bus import postgres as bus_postgres
 from smartcare.platform.db import session_scope
 
 log = logging.getLogger(__name__)
@@ -21,10 +22,12 @@ def all_consumers() -> dict[str, bus.Consumer]:
 
 
 def housekeeping() -> None:
-    """Cheap, idempotent upkeep: tomorrow's partitions exist, old nonces go, expired messages are pruned."""
+    """Cheap, idempotent upkeep: tomorrow's partitions exist; old nonces, finished bus events and expired
+    messages go."""
     with session_scope() as session:
         exchange.ensure_partitions(session)
         auth.purge_nonces(session)
+        bus_postgres.purge(session)
     with session_scope() as session:
         exchange.prune(session)
 

@@ -317,3 +317,29 @@ def test_names_that_cannot_travel_on_both_transports_are_refused(database_url):
         bus.publish(s, "lab results.created", {})
     with session_scope() as s, pytest.raises(ValueError, match="topic"):
         bus.publish(s, "lab.*", {})
+
+
+def test_purge_forgets_finished_events_but_keeps_dead_letters(database_url):
+    from datetime import timedelta
+
+    from smartcare.platform.bus import postgres
+
+    _effect_table("bus_effect_purge")
+    suffix = uuid.uuid4().hex[:8]
+
+    def fail(session, message):
+        raise RuntimeError("always")
+
+    ok = Consumer(f"test.purge_ok_{suffix}", (f"p{suffix}.ok",), _increment("bus_effect_purge"))
+    bad = Consumer(f"test.purge_bad_{suffix}", (f"p{suffix}.bad",), fail, max_attempts=1)
+    bus.sync_subscriptions([ok, bad])
+    with session_scope() as s:
+        done_id = bus.publish(s, f"p{suffix}.ok", {})
+        dead_id = bus.publish(s, f"p{suffix}.bad", {})
+    postgres.run_once({ok.name: ok, bad.name: bad})
+    with session_scope() as s:
+        assert postgres.purge(s, older_than=timedelta(0)) >= 1
+        left = {r for (r,) in s.execute(text("SELECT message_id FROM platform.bus_message WHERE message_id IN (:a, :b)"),
+                                        {"a": done_id, "b": dead_id})}
+    assert left == {dead_id}
+    assert _count("bus_effect_purge", done_id) == 1

@@ -89,6 +89,9 @@ from smartcare.platform.settings import get_settings
 log = logging.getLogger(__name__)
 
 STREAM = "SMARTCARE"
+#: The stream forgets messages after a week (the outbox keeps them a day longer, see ``postgres.purge``),
+#: so neither grows without bound; a consumer down for longer than that is an outage to replay from the outbox.
+STREAM_MAX_AGE_SECONDS = 7 * 24 * 3600.0
 PREFIX = "smartcare."
 #: NOTIFY channel that wakes the relay (new outbox rows) and the replay poll (replayed deliveries).
 RELAY_CHANNEL = "smartcare_bus_relay"
@@ -175,9 +178,13 @@ async def ensure(nc: Client, consumers: Iterable[Consumer]) -> None:
     """Create the stream and one durable per consumer, or bring them in line with the code (idempotent)."""
     jsm = nc.jsm()
     try:
-        await jsm.stream_info(STREAM)
+        info = await jsm.stream_info(STREAM)
+        if not info.config.max_age or abs(info.config.max_age - STREAM_MAX_AGE_SECONDS) > 1:
+            info.config.max_age = STREAM_MAX_AGE_SECONDS
+            await jsm.update_stream(info.config)
     except NotFoundError:
-        await jsm.add_stream(StreamConfig(name=STREAM, subjects=[PREFIX + ">"], storage=StorageType.FILE))
+        await jsm.add_stream(StreamConfig(name=STREAM, subjects=[PREFIX + ">"], storage=StorageType.FILE,
+                                          max_age=STREAM_MAX_AGE_SECONDS))
     for c in consumers:
         await _durable(nc, c.name, c.topics, ack_wait=c.backoff_seconds)
 

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import traceback
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from smartcare.platform import metrics
 from smartcare.platform.bus import Consumer, Message, registry
-from smartcare.platform.db import database_url, session_factory, session_scope
+from smartcare.platform.db import session_factory, session_scope
+from smartcare.platform.loops import listen_and_drain
 
 log = logging.getLogger(__name__)
 
@@ -139,22 +138,8 @@ class Worker:
     def run(self) -> None:
         with session_scope() as s:
             sync_subscriptions(s, self.consumers.values())
-        dsn = database_url().replace("postgresql+psycopg://", "postgresql://", 1)
-        while not self.stopping.is_set():
-            try:
-                with psycopg.connect(dsn, autocommit=True) as listen:
-                    listen.execute(f"LISTEN {CHANNEL}")
-                    woken, last_run = True, 0.0
-                    while not self.stopping.is_set():
-                        if woken or time.monotonic() - last_run >= self.poll_seconds:
-                            while run_once(self.consumers, batch=self.batch) and not self.stopping.is_set():
-                                pass
-                            last_run = time.monotonic()
-                        # short waits so that stop() is honoured within half a second
-                        woken = any(True for _ in listen.notifies(timeout=0.5, stop_after=1))
-            except psycopg.OperationalError as exc:
-                log.warning("bus worker lost its database connection (%s); retrying in 5 s", exc)
-                self.stopping.wait(5)
+        listen_and_drain(CHANNEL, lambda: run_once(self.consumers, batch=self.batch), stopping=self.stopping,
+                         poll_seconds=self.poll_seconds)
 
 
 def dead_letters(session: Session, *, limit: int = 100) -> list[dict]:
@@ -171,3 +156,12 @@ def replay(session: Session, delivery_id: int) -> bool:
     return bool(session.execute(
         text("UPDATE platform.bus_delivery SET state = 'pending', attempts = 0, available_at = now(), last_error = NULL "
              "WHERE id = :id AND state = 'dead'"), {"id": delivery_id}).rowcount)
+
+
+def purge(session: Session, *, older_than: timedelta = timedelta(days=8)) -> int:
+    """Forget events every consumer has finished with (dead letters stay until replayed) and that the
+    relay has handed on; the outbox must not grow until the disk is full."""
+    return session.execute(text(
+        "DELETE FROM platform.bus_message m WHERE m.published_at < now() - CAST(:age AS interval) "
+        "AND m.relayed_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM platform.bus_delivery d "
+        "WHERE d.message_id = m.id AND d.state <> 'done')"), {"age": f"{older_than.total_seconds()} seconds"}).rowcount
