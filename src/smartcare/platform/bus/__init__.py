@@ -14,6 +14,7 @@ and ``replay`` read and act the same way whichever transport delivered.
 from __future__ import annotations
 
 import fnmatch
+import threading
 import re
 import time
 import uuid
@@ -85,6 +86,22 @@ class ConsumerRegistry:
 
 #: The platform's consumers; capabilities register theirs at import time with ``@consumer``.
 registry = ConsumerRegistry()
+
+
+class BaseWorker:
+    """What both transports' workers share: the consumers they run (replaceable while running), and stop()."""
+
+    def __init__(self, consumers: dict[str, Consumer] | None = None, *, poll_seconds: float = 2.0, batch: int = 100):
+        self.consumers = consumers if consumers is not None else registry.consumers
+        self.poll_seconds = poll_seconds
+        self.batch = batch
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        raise NotImplementedError
 
 
 def consumer(name: str, *topics: str, **options: Any) -> Callable[[Handler], Handler]:

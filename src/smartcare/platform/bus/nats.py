@@ -59,7 +59,6 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import threading
 import time
 import traceback
 import uuid
@@ -81,7 +80,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from smartcare.platform import metrics
-from smartcare.platform.bus import Consumer, Message, postgres, registry
+from smartcare.platform.bus import BaseWorker, Consumer, Message, postgres, registry
 from smartcare.platform.db import database_url, session_factory, session_scope
 from smartcare.platform.errors import ConfigurationError
 from smartcare.platform.settings import get_settings
@@ -499,7 +498,7 @@ async def _drain(consumers: dict[str, Consumer], timeout: float, batch: int) -> 
         await nc.close()
 
 
-class Worker:
+class Worker(BaseWorker):
     """Relays the outbox and runs consumers until stopped.
 
     The relay wakes on NOTIFY (polling every ``poll_seconds`` as a fallback, which is also when
@@ -507,15 +506,6 @@ class Worker:
     message is handled as soon as JetStream has it. ``consumers`` may be replaced while running (the
     exchange's destinations come and go): new consumers get their durable and a loop within a second.
     """
-
-    def __init__(self, consumers: dict[str, Consumer] | None = None, *, poll_seconds: float = 2.0, batch: int = 100):
-        self.consumers = consumers if consumers is not None else registry.consumers
-        self.poll_seconds = poll_seconds
-        self.batch = batch
-        self.stopping = threading.Event()
-
-    def stop(self) -> None:
-        self.stopping.set()
 
     def run(self) -> None:
         asyncio.run(self._main())

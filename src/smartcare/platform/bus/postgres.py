@@ -10,7 +10,6 @@ wakes idle workers at once; polling is only the fallback.
 from __future__ import annotations
 
 import logging
-import threading
 import traceback
 import uuid
 from collections.abc import Iterable
@@ -21,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from smartcare.platform import metrics
-from smartcare.platform.bus import Consumer, Message, registry
+from smartcare.platform.bus import BaseWorker, Consumer, Message, registry
 from smartcare.platform.db import session_factory, session_scope
 from smartcare.platform.loops import listen_and_drain
 
@@ -123,17 +122,8 @@ def run_once(consumers: dict[str, Consumer] | None = None, *, batch: int = 100) 
     return len(leased)
 
 
-class Worker:
+class Worker(BaseWorker):
     """Runs consumers until stopped; wakes on NOTIFY, polls every ``poll_seconds`` as a fallback."""
-
-    def __init__(self, consumers: dict[str, Consumer] | None = None, *, poll_seconds: float = 2.0, batch: int = 100):
-        self.consumers = consumers if consumers is not None else registry.consumers
-        self.poll_seconds = poll_seconds
-        self.batch = batch
-        self.stopping = threading.Event()
-
-    def stop(self) -> None:
-        self.stopping.set()
 
     def run(self) -> None:
         with session_scope() as s:
