@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from smartcare.registry import service as registry
+
 DEFAULT_SILENT_MINUTES = 60
 DEFAULT_MAX_ERROR_RATE = 0.05
 
@@ -38,17 +40,17 @@ def throughput(session: Session, *, minutes: int = 15, now: datetime | None = No
 def per_facility(session: Session, *, window_minutes: int = 60, now: datetime | None = None) -> list[dict]:
     now = now or datetime.now(UTC)
     rows = session.execute(text(
-        "SELECT m.facility_code, f.name AS facility_name, count(*) AS messages, "
+        "SELECT m.facility_code, count(*) AS messages, "
         "count(*) FILTER (WHERE m.state = 'failed') AS failed, max(m.received_at) AS last_at, "
         "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM m.processed_at - m.received_at)) "
         "   FILTER (WHERE m.processed_at IS NOT NULL AND m.state <> 'failed') AS route_p50, "
         "percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM m.processed_at - m.received_at)) "
         "   FILTER (WHERE m.processed_at IS NOT NULL AND m.state <> 'failed') AS route_p95, "
         "count(*) FILTER (WHERE m.state = 'accepted') AS waiting "
-        "FROM exchange.message m LEFT JOIN registry.facility f ON f.code = m.facility_code "
-        "WHERE m.received_at >= :start GROUP BY 1, 2 ORDER BY messages DESC"),
+        "FROM exchange.message m WHERE m.received_at >= :start GROUP BY 1 ORDER BY messages DESC"),
         {"start": now - timedelta(minutes=window_minutes)}).mappings().all()
-    return [{**r, "messages_per_minute": round(r["messages"] / window_minutes, 2),
+    names = registry.facility_names(session, (r["facility_code"] for r in rows))
+    return [{**r, "facility_name": names.get(r["facility_code"]), "messages_per_minute": round(r["messages"] / window_minutes, 2),
              "error_rate": round(r["failed"] / r["messages"], 4) if r["messages"] else 0.0} for r in rows]
 
 
@@ -69,13 +71,15 @@ def alerts(session: Session, *, now: datetime | None = None, lookback_days: int 
         "  count(*) FILTER (WHERE received_at >= :hour) AS hour_n, "
         "  count(*) FILTER (WHERE received_at >= :hour AND state = 'failed') AS hour_failed "
         "  FROM exchange.message WHERE received_at >= :since AND facility_code IS NOT NULL GROUP BY facility_code) "
-        "SELECT r.*, f.name AS facility_name, coalesce(p.silent_minutes, :silent) AS silent_minutes, "
+        "SELECT r.*, coalesce(p.silent_minutes, :silent) AS silent_minutes, "
         "coalesce(p.max_error_rate, :rate) AS max_error_rate FROM recent r "
-        "LEFT JOIN exchange.sender_policy p USING (facility_code) LEFT JOIN registry.facility f ON f.code = r.facility_code"),
+        "LEFT JOIN exchange.sender_policy p USING (facility_code)"),
         {"hour": now - timedelta(hours=1), "since": now - timedelta(days=lookback_days),
          "silent": DEFAULT_SILENT_MINUTES, "rate": DEFAULT_MAX_ERROR_RATE}).mappings().all()
+    names = registry.facility_names(session, (r["facility_code"] for r in rows))
     found = []
-    for r in rows:
+    for row in rows:
+        r = {**row, "facility_name": names.get(row["facility_code"])}
         silent_for = (now - r["last_at"]).total_seconds() / 60
         if silent_for > r["silent_minutes"]:
             found.append({"kind": "silent", "facility_code": r["facility_code"], "facility_name": r["facility_name"],

@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
-from sqlalchemy import text
-
 from smartcare.platform import auth
 from smartcare.platform.db import session_scope
-from smartcare.platform.models import ApiClient
+from smartcare.platform.errors import Unauthorized
+from smartcare.registry import service as registry
 from smartcare.standards import mllp
 from smartcare.synth import messages
+from smartcare.synth import service as synth
 
 
 @dataclass
@@ -51,21 +51,19 @@ class Tally:
 def prepare(hospitals: int, residents: int, seed: int) -> tuple[list[SimHospital], list[dict]]:
     """Pick hospitals and residents from the database and give each hospital a signing secret."""
     with session_scope() as session:
-        rows = session.execute(text(
-            "SELECT code, name FROM registry.facility WHERE kind IN ('general_hospital', 'tcm_hospital', "
-            "'specialty_hospital', 'maternal_child_hospital') ORDER BY level DESC, code LIMIT :n"), {"n": hospitals}).all()
-        if not rows:
+        found = registry.hospitals(session, limit=hospitals)
+        if not found:
             raise RuntimeError("no hospitals in the registry: run `smartcare seed` first")
         sims = []
-        for code, name in rows:
-            client_id = f"sim-{code}"
-            exists = session.query(ApiClient.id).filter_by(client_id=client_id).first()
-            secret = (auth.rotate_api_client_secret(session, client_id=client_id, actor="simulator") if exists else
-                      auth.create_api_client(session, client_id=client_id, name=f"{name}（模拟）", facility_code=code, actor="simulator"))
-            sims.append(SimHospital(code, name, client_id, secret))
-        people = [dict(r) for r in session.execute(text(
-            "SELECT id, name, sex, birth_date, id_number, phone, address FROM synth.resident "
-            "ORDER BY md5(id::text || :seed) LIMIT :n"), {"seed": str(seed), "n": residents}).mappings()]
+        for facility in found:
+            client_id = f"sim-{facility.code}"
+            try:
+                secret = auth.rotate_api_client_secret(session, client_id=client_id, actor="simulator")
+            except Unauthorized:  # first run: the client does not exist yet
+                secret = auth.create_api_client(session, client_id=client_id, name=f"{facility.name}（模拟）",
+                                                facility_code=facility.code, actor="simulator")
+            sims.append(SimHospital(facility.code, facility.name, client_id, secret))
+        people = synth.random_residents(session, limit=residents, seed=seed)
     return sims, people
 
 

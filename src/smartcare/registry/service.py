@@ -235,3 +235,16 @@ def is_empty(session: Session) -> bool:
 
 def facility_codes(session: Session) -> list[str]:
     return list(session.scalars(select(Facility.code)))
+
+
+def facility_names(session: Session, codes: Iterable[str]) -> dict[str, str]:
+    wanted = [c for c in set(codes) if c]
+    if not wanted:
+        return {}
+    return dict(session.execute(select(Facility.code, Facility.name).where(Facility.code.in_(wanted))).all())
+
+
+def hospitals(session: Session, *, limit: int) -> list[Facility]:
+    """The largest hospitals first (level, then code): the ones that send the most traffic."""
+    return list(session.scalars(select(Facility).where(Facility.kind.in_(HOSPITAL_KINDS))
+                                .order_by(Facility.level.desc(), Facility.code).limit(limit)))

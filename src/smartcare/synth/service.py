@@ -104,3 +104,10 @@ def last_run(session: Session) -> SeedRun | None:
 
 def sample_residents(session: Session, *, limit: int = 10, offset: int = 0) -> list[Resident]:
     return list(session.scalars(select(Resident).order_by(Resident.id).offset(offset).limit(limit)))
+
+
+def random_residents(session: Session, *, limit: int, seed: int) -> list[dict]:
+    """A reproducible sample of residents as plain dicts (for simulators and benchmarks)."""
+    rows = session.execute(select(Resident).order_by(func.md5(func.concat(Resident.id, str(seed)))).limit(limit)).scalars()
+    return [{"id": r.id, "name": r.name, "sex": r.sex, "birth_date": r.birth_date, "id_number": r.id_number,
+             "phone": r.phone, "address": r.address} for r in rows]
