@@ -45,3 +45,14 @@ def test_unknown_scale(database_url):
 def test_audit_verify_ok(seeded):
     r = _run("audit", "verify")
     assert r.returncode == 0 and "intact" in r.stdout
+
+
+def test_busy_port_is_one_clear_line(database_url):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = _run("serve", "--no-mllp", env={"SMARTCARE_PORT": str(port)})
+    assert r.returncode == 2 and f"HTTP port 127.0.0.1:{port} is already in use" in r.stderr and "SMARTCARE_PORT" in r.stderr

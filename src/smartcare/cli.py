@@ -115,6 +115,21 @@ def _ensure_demo_users() -> None:
                                  facility_code=facility)
 
 
+def _port_free(host: str, port: int, what: str, variable: str) -> None:
+    """Fail early with one clear line instead of a traceback from the server's start-up."""
+    import socket
+
+    from smartcare.platform.errors import ConfigurationError
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise ConfigurationError(f"{what} port {host}:{port} is already in use",
+                                     hint=f"stop the program using it, or set {variable}") from None
+
+
 def _serve(host: str, port: int, *, mllp: bool = True) -> None:
     import uvicorn
 
@@ -122,6 +137,9 @@ def _serve(host: str, port: int, *, mllp: bool = True) -> None:
 
     settings = get_settings()
     mllp_port = settings.mllp_port if mllp and settings.mllp_port > 0 else None
+    _port_free(host, port, "HTTP", "SMARTCARE_PORT")
+    if mllp_port:
+        _port_free(settings.mllp_host, mllp_port, "MLLP", "SMARTCARE_MLLP_PORT (0 turns MLLP off)")
     uvicorn.run(create_app(mllp_port=mllp_port), host=host, port=port, log_config=None, access_log=True)
 
 
@@ -134,6 +152,9 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
     _setup_logging()
     settings = get_settings()
     host, port = host or settings.host, port or settings.port
+    _port_free(host, port, "HTTP", "SMARTCARE_PORT")  # before anything starts: fail fast and clearly
+    if settings.mllp_port > 0:
+        _port_free(settings.mllp_host, settings.mllp_port, "MLLP", "SMARTCARE_MLLP_PORT (0 turns MLLP off)")
     where = "DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.home}/pgdata"
     with console.status(f"starting the database ({where}) …"):
         database_url()
