@@ -106,7 +106,8 @@ class Simulator:
                 ok = await self._mllp(h, (text_.replace("|P|2.5|", "|P||") if broken else text_).encode())
             elif roll < 0.85:
                 text_ = messages.adt(h.code, control, person, trigger="A04")
-                ok = await self._http(h, "/api/v1/exchange/hl7v2", (text_[:-40] if broken else text_).encode(), "text/plain")
+                body = text_.replace(f"|{control}|", "||", 1) if broken else text_  # no control id: AE
+                ok = await self._http(h, "/api/v1/exchange/hl7v2", body.encode(), "text/plain")
             elif roll < 0.95:
                 doc = b"<ClinicalDocument/>" if broken else messages.cda_document(person, h.code, h.name)
                 ok = await self._http(h, "/api/v1/exchange/cda", doc, "application/xml")

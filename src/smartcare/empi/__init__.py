@@ -1,0 +1,1 @@
+"""Master patient index: source identities (visit cards), persons, links, matching, review, merge."""
