@@ -10,7 +10,13 @@ import pytest
 
 from smartcare.platform.idcard import is_valid, upgrade_15_to_18
 from smartcare.synth import visitcards
-from smartcare.synth.region import AS_OF, Resident, facilities, load_districts, residents
+from smartcare.synth.region import (
+    AS_OF,
+    Resident,
+    facilities,
+    load_districts,
+    residents,
+)
 from smartcare.synth.visitcards import (
     ERROR_CODES,
     ERROR_RATES,

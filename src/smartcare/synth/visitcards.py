@@ -550,7 +550,7 @@ def visit_cards(
     recent: list[tuple[str, str]] = []  # (district, address) of the last residents, for address_old
     family: dict[int, tuple[str, str, str]] = {}  # current family: id → (name, id number, phone)
     family_id: int | None = None
-    guardians: dict[int, tuple[str, str, str]] = {}
+    guardians: dict[int, tuple[str, str, str]] = {}  # every guardian of a minor, for late twins
 
     for r in residents:
         if r.family_id != family_id:
@@ -577,11 +577,9 @@ def visit_cards(
         for _ in range(n_cards):
             # ---- where
             for _attempt in range(8):
-                u = rnd()
                 pool = None
                 if district_pools is not None:
-                    where = bisect(_WHERE_CW, u * 0.999999)
-                    for k in (where, 1, 3):
+                    for k in (bisect(_WHERE_CW, rnd()), 1, 3):  # wanted kind, then fallbacks
                         pool = district_pools[k]
                         if pool is not None:
                             break
