@@ -62,9 +62,12 @@ def main() -> None:
     print(f"synthetic region, seed {args.seed}, {population:,} residents (+ {report.counts['facilities']:,} facilities, "
           f"{report.counts['departments']:,} departments, {report.counts['practitioners']:,} practitioners)")
     print(f"  generate only (pure Python)        {gen.seconds:8.2f} s   {population / gen.seconds:>10,.0f} residents/s")
-    print(f"  seed pipeline (generate + COPY)    {pipeline.seconds:8.2f} s   {population / residents_s:>10,.0f} residents/s into PostgreSQL")
+    print(f"  residents step (generate + COPY)   {residents_s:8.2f} s   {population / residents_s:>10,.0f} residents/s into PostgreSQL")
     print(f"  baseline: raw COPY of same rows    {baseline.seconds:8.2f} s   {population / baseline.seconds:>10,.0f} rows/s ({len(data) / 2**20:.0f} MiB)")
     print(f"  pipeline / raw COPY                {residents_s / baseline.seconds:8.2f} x")
+    cards = report.counts["visit_cards"]
+    print(f"  visit cards with errors + truth    {report.seconds['visit_cards']:8.2f} s   {cards / report.seconds['visit_cards']:>10,.0f} cards/s "
+          f"({cards:,} cards, {report.counts['twins']:,} twins added)")
     print(f"  peak RSS                           {peak_rss_mib():8.0f} MiB")
 
 

@@ -87,8 +87,7 @@ def _seed(scale: str, seed: int) -> None:
         report = synth.seed(session, scale=scale, seed=seed, progress=update)
     table = Table("step", "rows", "seconds", title=f"synthetic region · scale {scale} · seed {seed}")
     for name, seconds in report.seconds.items():
-        rows = ", ".join(f"{k} {v:,}" for k, v in report.counts.items() if k in (name, *(("facilities", "departments", "practitioners") if name == "registry" else ())))
-        table.add_row(name, rows, f"{seconds:.1f}")
+        table.add_row(name, ", ".join(f"{k} {v:,}" for k, v in report.step_counts[name].items()), f"{seconds:.1f}")
     table.add_row("total", "", f"{report.total_seconds:.1f}")
     console.print(table)
 

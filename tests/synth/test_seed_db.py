@@ -9,7 +9,9 @@ from smartcare.platform.db import session_scope
 
 
 def test_loaded_region_counts(seeded):
-    assert seeded.counts["facilities"] == 1141 and seeded.counts["residents"] == 20_000
+    assert seeded.counts["facilities"] == 1141
+    assert seeded.counts["residents"] == 20_000 + seeded.counts["twins"] and seeded.counts["twins"] > 0
+    assert seeded.counts["visit_cards"] > 20_000 * 2
     with session_scope() as s:
         assert s.execute(text("SELECT count(*) FROM registry.district")).scalar() == 38
         assert s.execute(text("SELECT count(DISTINCT district_code) FROM synth.resident")).scalar() == 38
@@ -21,7 +23,7 @@ def test_loaded_region_counts(seeded):
 def test_every_resident_id_number_is_valid_and_consistent(seeded):
     with session_scope() as s:
         rows = s.execute(text("SELECT id_number, sex, birth_date, district_code FROM synth.resident")).all()
-    assert len(rows) == 20_000
+    assert len(rows) == seeded.counts["residents"]
     for number, sex, birth, district in rows:
         parsed = idcard.parse(number)
         assert (parsed.sex, parsed.birth_date, parsed.region_code) == (sex, birth, district)
@@ -54,3 +56,15 @@ def test_seeding_twice_is_refused(seeded):
 
     with pytest.raises(Conflict, match="already holds a region"), session_scope() as s:
         service.seed(s, scale="small", seed=1)
+
+
+def test_visit_cards_and_their_truth_are_loaded_apart(seeded):
+    with session_scope() as s:
+        cards, truths, residents_without_card = s.execute(text(
+            "SELECT (SELECT count(*) FROM synth.visit_card), (SELECT count(*) FROM synth.visit_card_truth), "
+            "(SELECT count(*) FROM synth.resident r WHERE NOT EXISTS "
+            " (SELECT 1 FROM synth.visit_card_truth t WHERE t.resident_id = r.id))")).one()
+        with_errors = s.execute(text("SELECT count(*) FROM synth.visit_card_truth WHERE cardinality(errors) > 0")).scalar()
+    assert cards == truths == seeded.counts["visit_cards"]
+    assert residents_without_card == 0
+    assert 0.15 < with_errors / cards < 0.25

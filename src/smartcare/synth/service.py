@@ -18,12 +18,13 @@ from smartcare.platform import audit
 from smartcare.platform.db import copy_rows
 from smartcare.platform.errors import Conflict, InvalidInput
 from smartcare.registry import service as registry
-from smartcare.synth import region
-from smartcare.synth.models import Resident, SeedRun
+from smartcare.synth import region, visitcards
+from smartcare.synth.models import Resident, SeedRun, VisitCard
 
 #: ``progress(step, done, total)`` — the CLI draws a bar from it.
 Progress = Callable[[str, int, int], None]
 
+CARDS_PER_RESIDENT = 2.5
 RESIDENT_COLUMNS = ("id", "name", "sex", "birth_date", "id_number", "phone", "district_code", "address",
                     "ethnicity", "family_id", "guardian_id")
 
@@ -34,6 +35,8 @@ class SeedReport:
     scale: str
     counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: what each step loaded, e.g. {"residents": {"residents": 20000, "twins": 50}}
+    step_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def total_seconds(self) -> float:
@@ -69,7 +72,8 @@ def seed(session: Session, *, scale: str = "small", seed: int = 2026, progress: 
         start = time.perf_counter()
         result = work()
         report.seconds[name] = time.perf_counter() - start
-        report.counts.update(result if isinstance(result, dict) else {name: result})
+        report.step_counts[name] = result if isinstance(result, dict) else {name: result}
+        report.counts.update(report.step_counts[name])
 
     def load_registry() -> dict[str, int]:
         facilities = region.facilities(seed, districts)
@@ -82,12 +86,37 @@ def seed(session: Session, *, scale: str = "small", seed: int = 2026, progress: 
             practitioners=(region.as_row(p) for p in practitioners),
         )
 
-    def load_residents() -> int:
-        rows = (region.as_row(r) for r in region.residents(seed, population, districts))
-        return copy_rows(session, "synth.resident", RESIDENT_COLUMNS, _counted(rows, "residents", population, progress))
+    people: list[region.Resident] = []
+
+    def load_residents() -> dict[str, int]:
+        def kept(rows):  # streamed into COPY, and kept for the visit cards (twins need everyone; ~200 B each)
+            for r in rows:
+                people.append(r)
+                yield region.as_row(r)
+
+        generated = _counted(region.residents(seed, population, districts), "residents", population, progress)
+        n = copy_rows(session, "synth.resident", RESIDENT_COLUMNS, kept(generated))
+        extra = list(visitcards.twins(seed, people))
+        n += copy_rows(session, "synth.resident", RESIDENT_COLUMNS, kept(extra))
+        return {"residents": n, "twins": len(extra)}
+
+    def load_visit_cards() -> int:
+        facilities = region.facilities(seed, districts)
+        truths: list[tuple] = []
+        expected = int(len(people) * CARDS_PER_RESIDENT)
+
+        def cards():
+            for card, truth in visitcards.visit_cards(seed, people, facilities, cards_per_resident=CARDS_PER_RESIDENT):
+                truths.append((truth.card_id, truth.resident_id, list(truth.errors)))
+                yield visitcards.as_row(card)
+
+        n = copy_rows(session, "synth.visit_card", visitcards.VisitCard.COLUMNS, _counted(cards(), "visit cards", expected, progress))
+        copy_rows(session, "synth.visit_card_truth", ("card_id", "resident_id", "errors"), truths)
+        return n
 
     step("registry", load_registry)
     step("residents", load_residents)
+    step("visit_cards", load_visit_cards)
     session.add(SeedRun(seed=seed, scale=scale, residents=report.counts["residents"], seconds=report.total_seconds))
     audit.record(session, actor=actor, action="synth.seed", target=f"region:seed={seed}",
                  detail={"scale": scale, **report.counts})
@@ -96,6 +125,10 @@ def seed(session: Session, *, scale: str = "small", seed: int = 2026, progress: 
 
 def resident_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Resident)) or 0
+
+
+def visit_card_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(VisitCard)) or 0
 
 
 def last_run(session: Session) -> SeedRun | None:

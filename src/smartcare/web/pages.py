@@ -85,7 +85,8 @@ def logout():
 def admin_home(request: Request, session: Session = Depends(db), who: auth.Principal = Depends(require(*CONSOLE_ROLES))):
     counts = registry.counts(session)
     return templates.TemplateResponse(request, "admin/home.html", {
-        "who": who, "counts": counts, "residents": synth.resident_count(session), "seed_run": synth.last_run(session)})
+        "who": who, "counts": counts, "residents": synth.resident_count(session),
+        "visit_cards": synth.visit_card_count(session), "seed_run": synth.last_run(session)})
 
 
 @router.get("/admin/registry", response_class=HTMLResponse)
