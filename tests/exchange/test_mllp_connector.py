@@ -94,3 +94,16 @@ def test_every_real_sample_gets_the_expected_ack(live_server):
         else:
             assert code in ("AE", "AR"), (row["file"], ack)
             assert "ERR" in ack, row["file"]
+
+
+def test_an_odd_message_does_not_fail_its_neighbours(live_server, hospital, residents):
+    """Over-long fields and NUL bytes are made storable; concurrent good messages still get AA."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    long_sender = "X" * 300
+    odd = adt(long_sender, "C" * 250 + "\x00", residents[20]).encode()
+    goods = [adt(hospital[0], f"N{uuid.uuid4().hex[:10]}", residents[21 + i]).encode() for i in range(8)]
+    with ThreadPoolExecutor(9) as pool:
+        acks = list(pool.map(lambda p: mllp_exchange(live_server.mllp_port, [p])[0], [odd, *goods]))
+    assert all(msa(a)[1] == "AA" for a in acks[1:]), acks
+    assert msa(acks[0])[1] in ("AA", "AE", "AR")

@@ -27,7 +27,7 @@ from smartcare.platform.auth import Principal, Role
 from smartcare.platform.errors import SmartCareError
 from smartcare.platform.settings import get_settings
 from smartcare.standards import hl7v2
-from smartcare.web.deps import db, require, signed_client
+from smartcare.web.deps import db, require
 
 router = APIRouter(prefix="/api/v1/exchange", tags=["exchange"])
 
@@ -46,13 +46,18 @@ class RateLimited(SmartCareError):
 
 
 async def _body(request: Request) -> bytes:
+    """The body, read with a hard limit (a chunked upload without Content-Length is cut off too)."""
     limit = get_settings().max_payload_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"payload of {int(declared):,} bytes is over the limit of {limit:,} bytes")
-    body = await request.body()
-    if len(body) > limit:
-        raise PayloadTooLarge(f"payload of {len(body):,} bytes is over the limit of {limit:,} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"payload is over the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     if not body.strip():
         raise SmartCareError("the request body is empty", field="body")
     return body
@@ -126,13 +131,14 @@ async def receive_fhir(request: Request) -> JSONResponse:
 
 @router.post("/batch", openapi_extra={"requestBody": {"content": {
     "text/csv": {"schema": {"type": "string"}}, "application/x-ndjson": {"schema": {"type": "string"}}}}})
-async def receive_batch(request: Request, who: Principal = Depends(signed_client)) -> JSONResponse:
+async def receive_batch(request: Request) -> JSONResponse:
     """Many patient records in one CSV or NDJSON file; the answer has one result per row."""
     body = await _body(request)
+    key, signed = await _signed(request, body)
     hub: Hub = request.app.state.hub
-    client_id = who.username.removeprefix("client:")
+    await asyncio.to_thread(auth.claim_nonce, key.client_id, signed.nonce)  # one upload, one commit for its nonce
     results = await batch.receive(hub, body, content_type=request.headers.get("content-type", ""),
-                                  sender=client_id, facility_code=who.facility_code)
+                                  sender=key.client_id, facility_code=key.facility_code)
     summary = {s: sum(1 for r in results if r["status"] == s) for s in ("accepted", "duplicate", "rejected")}
     return JSONResponse(status_code=200, content={"rows": len(results), **summary, "results": results})
 
@@ -169,7 +175,10 @@ def message_raw(message_id: int, reason: str | None = Query(None, max_length=200
                 who: Principal = Depends(require(*RAW_VIEWERS))) -> Response:
     """The payload as received (personal data): only for permitted roles, and every view is audited."""
     m = service.view_raw(session, message_id, actor=who.username, reason=reason)
-    return Response(bytes(m.raw), media_type=m.content_type or "application/octet-stream")
+    # Never the sender's Content-Type: a payload must not become a page that runs in the console's origin.
+    return Response(bytes(m.raw), media_type="application/octet-stream", headers={
+        "X-Content-Type-Options": "nosniff", "Content-Disposition": f'attachment; filename="message-{m.id}.bin"',
+        "X-SmartCare-Content-Type": (m.content_type or "")[:100]})
 
 
 class RerunIn(BaseModel):

@@ -71,6 +71,8 @@ async def receive(hub: Hub, body: bytes, *, content_type: str, sender: str, faci
     await hub.channel_configs()  # load once, so the rows below reach the store in file order
 
     async def one(n: int, row: dict) -> dict:
+        if not isinstance(row, dict):
+            return {"row": n, "status": "rejected", "error": f"line {n}: not a JSON object"}
         if "__error__" in row:
             return {"row": n, "status": "rejected", "error": row["__error__"]}
         try:

@@ -37,11 +37,13 @@ def topic(channel_id: str, canonical_topic: str) -> str:
 
 
 def _mark_delivered(session: Session, source: dict) -> None:
-    """Count one more finished delivery; the message is ``delivered`` when all of them are."""
+    """Count one more finished delivery of the message's current run (a late delivery of an earlier run,
+    after a re-run, does not count); the message is ``delivered`` when all of them are."""
     session.execute(text(
         "UPDATE exchange.message SET delivered = delivered + 1, "
         "state = CASE WHEN delivered + 1 >= expected_deliveries THEN 'delivered' ELSE state END "
-        "WHERE received_at = CAST(:at AS timestamptz) AND id = :id"), {"at": source["received_at"], "id": source["message_id"]})
+        "WHERE received_at = CAST(:at AS timestamptz) AND id = :id AND state = 'routed' AND reruns = :run"),
+        {"at": source["received_at"], "id": source["message_id"], "run": source.get("run", 0)})
 
 
 def _handler(channel_id: str, destination: Destination):

@@ -20,6 +20,7 @@ from smartcare.exchange.store import CHANNEL
 from smartcare.platform import bus, metrics
 from smartcare.platform.db import session_scope
 from smartcare.platform.loops import listen_and_drain
+from smartcare.platform.masking import mask_text
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,29 @@ def event_id(message_id: int, received_at, rerun: int, index: int) -> uuid.UUID:
     """Stable for one stored message (a router that dies and retries publishes the same ids), and
     different for another database whose sequence happens to hand out the same message id."""
     return uuid.uuid5(_EVENT_NAMESPACE, f"{message_id}:{received_at.isoformat()}:{rerun}:{index}")
+
+
+def _clean(value):
+    """PostgreSQL text and jsonb cannot hold NUL: a hospital's stray 0x00 must not stop routing."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _publish(session, config: ChannelConfig, row, source: dict) -> tuple[int, list[str]]:
+    """Publish one message's events; returns how many deliveries to expect and the topics."""
+    events = canonical.events(row.kind, bytes(row.raw))
+    expected = 0
+    for i, (topic, data) in enumerate(events):
+        bus.publish(session, destinations.topic(row.channel_id, topic),
+                    {"topic": topic, "data": _clean(config.transform.apply(data)), "source": source},
+                    message_id=event_id(row.id, row.received_at, row.reruns, i))
+        expected += sum(1 for d in config.destinations if d.wants(topic))
+    return expected, [t for t, _ in events]
 
 
 def route_once(limit: int = 200) -> int:
@@ -44,26 +68,23 @@ def route_once(limit: int = 200) -> int:
             {"channels": list(configs), "n": limit}).all()
         for row in rows:
             config = configs[row.channel_id]
-            source = {"message_id": row.id, "received_at": row.received_at.isoformat(), "channel": row.channel_id,
-                      "sender": row.sender, "facility_code": row.facility_code, "message_type": row.message_type}
-            try:
-                events = canonical.events(row.kind, bytes(row.raw))
-            except Exception as exc:  # one bad message must not hold up the batch
+            source = {"message_id": row.id, "received_at": row.received_at.isoformat(), "run": row.reruns,
+                      "channel": row.channel_id, "sender": row.sender, "facility_code": row.facility_code,
+                      "message_type": row.message_type}
+            try:  # one bad message must not hold up the batch: each is routed under its own savepoint
+                with session.begin_nested():
+                    expected, topics = _publish(session, config, row, source)
+            except Exception as exc:
                 session.execute(text("UPDATE exchange.message SET state = 'failed', error = :e, processed_at = now() "
                                      "WHERE received_at = :at AND id = :id"),
-                                {"e": f"cannot map to canonical events: {exc}"[:2000], "at": row.received_at, "id": row.id})
+                                {"e": mask_text(f"cannot route to canonical events: {type(exc).__name__}: {exc}")[:2000],
+                                 "at": row.received_at, "id": row.id})
                 metrics.EXCHANGE_ROUTED.labels(channel=row.channel_id, outcome="failed").inc()
                 continue
-            expected = 0
-            for i, (topic, data) in enumerate(events):
-                bus.publish(session, destinations.topic(row.channel_id, topic),
-                            {"topic": topic, "data": config.transform.apply(data), "source": source},
-                            message_id=event_id(row.id, row.received_at, row.reruns, i))
-                expected += sum(1 for d in config.destinations if d.wants(topic))
             session.execute(text(
                 "UPDATE exchange.message SET state = CASE WHEN :n > 0 THEN 'routed' ELSE 'delivered' END, "
                 "events = :topics, expected_deliveries = :n, processed_at = now() WHERE received_at = :at AND id = :id"),
-                {"n": expected, "topics": [t for t, _ in events], "at": row.received_at, "id": row.id})
+                {"n": expected, "topics": topics, "at": row.received_at, "id": row.id})
             metrics.EXCHANGE_ROUTED.labels(channel=row.channel_id, outcome="routed").inc()
         return len(rows)
 

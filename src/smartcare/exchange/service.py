@@ -94,7 +94,9 @@ def rerun(session: Session, flt: MessageFilter | None = None, *, message_ids: li
     """Route messages again under fresh event ids (so destinations receive them again), by id or by filter."""
     if not message_ids and (flt is None or flt == MessageFilter()):
         raise InvalidInput("say which messages to re-run: ids or at least one filter", field="filter")
-    stmt = select(StoredMessage.received_at, StoredMessage.id).where(StoredMessage.state != "accepted")
+    # Filtered messages were kept out of routing on purpose: re-run them only when asked for by state.
+    excluded = ["accepted"] + ([] if flt and flt.state == "filtered" else ["filtered"])
+    stmt = select(StoredMessage.received_at, StoredMessage.id).where(StoredMessage.state.not_in(excluded))
     stmt = flt.apply(stmt) if flt else stmt
     if message_ids:
         stmt = stmt.where(StoredMessage.id.in_(message_ids))

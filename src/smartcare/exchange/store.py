@@ -10,6 +10,8 @@ arrivals share one WAL flush instead of paying one each, which is what makes ack
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +41,30 @@ class NewMessage:
     #: (client id, nonce) of a signed HTTP request: recorded in the same transaction as the message,
     #: so a replayed request is refused atomically (state ``replay``) without a separate commit.
     nonce: tuple[str, str] | None = None
+
+
+_LIMITS = {"channel_id": 64, "sender": 100, "facility_code": 32, "connector": 16, "kind": 16, "message_type": 64,
+           "content_type": 100}
+
+
+def _text(value: str | None, limit: int | None = None) -> str | None:
+    if value is None:
+        return None
+    value = value.replace("\x00", "")
+    return value[:limit] if limit else value
+
+
+def fit(m: NewMessage) -> NewMessage:
+    """Make a message's metadata storable whatever the sender put in it (NUL bytes, over-long fields),
+    so one odd message can never fail the batch it shares with other hospitals'. An over-long
+    control id is replaced by its SHA-256, which still dedupes exact repeats."""
+    control = _text(m.control_id)
+    if control is not None and len(control) > 200:
+        control = "sha256:" + hashlib.sha256(control.encode()).hexdigest()
+    changes = {name: _text(getattr(m, name), limit) for name, limit in _LIMITS.items()}
+    changes["control_id"] = control
+    changes["error"] = _text(m.error, 4000)
+    return dataclasses.replace(m, **changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +150,10 @@ LEFT JOIN exchange.message m ON m.received_at = k.received_at AND m.id = k.messa
 class GroupCommitter:
     """One writer, many waiters. ``submit`` returns once the message is committed (or raises)."""
 
-    def __init__(self, dsn: str | None = None, *, max_batch: int = 500):
+    def __init__(self, dsn: str | None = None, *, max_batch: int = 500, max_batch_bytes: int = 64 * 1024 * 1024):
         self.dsn = dsn or database_url().replace("postgresql+psycopg://", "postgresql://", 1)
         self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self._conn: psycopg.AsyncConnection | None = None
@@ -134,7 +161,7 @@ class GroupCommitter:
         self.messages = 0
 
     async def start(self) -> None:
-        if self._task is None:
+        if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="exchange-group-commit")
 
     async def close(self) -> None:
@@ -152,7 +179,7 @@ class GroupCommitter:
     async def submit(self, message: NewMessage) -> Stored:
         await self.start()
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((message, future))
+        self._queue.put_nowait((fit(message), future))
         return await future
 
     async def submit_bad_frame(self, frame: NewBadFrame) -> int:
@@ -163,28 +190,49 @@ class GroupCommitter:
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            # A statement timeout and TCP keepalives: a dead database connection fails the batch
+            # (senders get AE and resend) instead of hanging every connector.
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, options="-c statement_timeout=30000", keepalives=1, keepalives_idle=30)
         return self._conn
 
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
+            size = len(getattr(batch[0][0], "raw", b""))
+            while len(batch) < self.max_batch and size < self.max_batch_bytes and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+                size += len(getattr(batch[-1][0], "raw", b""))
             try:
                 results = await self._write([item for item, _ in batch])
-            except Exception as exc:  # the whole batch failed: nobody gets an ACK, everyone may retry
-                log.error("message store write failed for %d message(s): %s", len(batch), exc)
-                if self._conn is not None:
-                    await self._conn.close()
-                    self._conn = None
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+            except Exception as exc:
+                # Something in the batch was refused: store the messages one by one, so that only the
+                # bad one fails and the other hospitals' messages still get their ACK.
+                log.warning("message store batch of %d failed (%s); storing one by one", len(batch), type(exc).__name__)
+                await self._reset()
+                for item, future in batch:
+                    try:
+                        result = (await self._write([item]))[0]
+                    except Exception as one_exc:
+                        await self._reset()
+                        if not future.done():
+                            future.set_exception(one_exc)
+                    else:
+                        if not future.done():
+                            future.set_result(result)
                 continue
             for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
                     future.set_result(result)
+
+    async def _reset(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
 
     async def _write(self, items: list) -> list:
         conn = await self._connection()
@@ -193,12 +241,16 @@ class GroupCommitter:
         if msg_at:
             for pos, result in zip(msg_at, await self._store_messages(conn, [items[i] for i in msg_at]), strict=True):
                 results[pos] = result
-        for pos, item in enumerate(items):
+        for pos, item in enumerate(items):  # after the messages are committed: a failure here is the frame's alone
             if isinstance(item, NewBadFrame):
-                row = await (await conn.execute(
-                    "INSERT INTO exchange.bad_frame (connector, peer, problem, raw, size) VALUES (%s, %s, %s, %s, %s) "
-                    "RETURNING id", (item.connector, item.peer, item.problem, item.raw, len(item.raw)))).fetchone()
-                results[pos] = row[0]
+                try:
+                    row = await (await conn.execute(
+                        "INSERT INTO exchange.bad_frame (connector, peer, problem, raw, size) VALUES (%s, %s, %s, %s, %s) "
+                        "RETURNING id", (item.connector, _text(item.peer, 100), _text(item.problem), item.raw,
+                                         len(item.raw)))).fetchone()
+                    results[pos] = row[0]
+                except Exception as exc:
+                    results[pos] = exc
         self.batches += 1
         self.messages += len(msg_at)
         return results

@@ -191,7 +191,7 @@ def load_client_key(session: Session, client_id: str) -> ClientKey:
 
 def check_signature(key: ClientKey, signed: SignedRequest, *, method: str, path: str, body: bytes) -> None:
     expected = hmac_sha256_hex(key.secret, canonical_request(method, path, signed.timestamp, signed.nonce, body))
-    if not secrets.compare_digest(expected, signed.signature.lower()):
+    if not secrets.compare_digest(expected.encode(), signed.signature.lower().encode("utf-8", "replace")):
         raise Unauthorized("signature does not match the request (method, path, timestamp, nonce and body are signed)",
                            field=HEADER_SIGNATURE)
 
@@ -208,13 +208,18 @@ def verify_signed_request(session: Session, *, method: str, path: str, headers: 
     signed = read_signature_headers(headers, now=now)
     key = load_client_key(session, signed.client_id)
     check_signature(key, signed, method=method, path=path, body=body)
+    claim_nonce(signed.client_id, signed.nonce)
+    return key.principal
+
+
+def claim_nonce(client_id: str, nonce: str) -> None:
+    """Record a nonce in its own committed transaction; a nonce seen before means a replay."""
     with session_factory()() as nonce_session, nonce_session.begin():
         fresh = nonce_session.execute(
             text("INSERT INTO platform.request_nonce (client_id, nonce) VALUES (:c, :n) "
-                 "ON CONFLICT DO NOTHING RETURNING 1"), {"c": signed.client_id, "n": signed.nonce}).scalar()
+                 "ON CONFLICT DO NOTHING RETURNING 1"), {"c": client_id, "n": nonce}).scalar()
     if not fresh:
         raise replay_error()
-    return key.principal
 
 
 def purge_nonces(session: Session) -> int:
@@ -243,7 +248,8 @@ class ClientKeyCache:
 
 
 def rotate_api_client_secret(session: Session, *, client_id: str, actor: str = "system") -> str:
-    """Issue a new secret for an existing client (the old one stops working at once)."""
+    """Issue a new secret for an existing client. The old one is refused as soon as each node's key
+    cache expires (``ClientKeyCache.ttl``, a minute)."""
     client = session.scalar(select(ApiClient).where(ApiClient.client_id == client_id))
     if client is None:
         raise Unauthorized("unknown API client", field="client_id")

@@ -36,3 +36,6 @@ def listen_and_drain(channel: str, drain: Callable[[], int], *, stopping: thread
         except psycopg.OperationalError as exc:
             log.warning("%s loop lost its database connection (%s); retrying in 5 s", channel, exc)
             stopping.wait(5)
+        except Exception:  # a background loop must outlive any one bad batch or database hiccup
+            log.exception("%s loop failed; retrying in 5 s", channel)
+            stopping.wait(5)
