@@ -143,3 +143,14 @@ def test_batch_ndjson_reports_bad_lines(client, hospital, residents):
     assert [x["status"] for x in results] == ["accepted", "rejected", "rejected"]
     assert "line 2: not valid JSON" in results[1]["error"]
     assert results[2]["field"] == "birth_date"
+
+
+def test_a_corrected_resource_is_not_a_duplicate(client, hospital):
+    pid = f"c{uuid.uuid4().hex[:8]}"
+    patient = {"resourceType": "Patient", "id": pid, "name": [{"text": "王芳"}], "gender": "female", "birthDate": "1990-05-01"}
+    first = signed_post(client, hospital, "/api/v1/exchange/fhir", dumps(patient), "application/fhir+json")
+    again = signed_post(client, hospital, "/api/v1/exchange/fhir", dumps(patient), "application/fhir+json")
+    fixed = signed_post(client, hospital, "/api/v1/exchange/fhir", dumps({**patient, "birthDate": "1990-05-02"}),
+                        "application/fhir+json")
+    assert (first.status_code, again.status_code, fixed.status_code) == (202, 200, 202)
+    assert again.json()["message_id"] == first.json()["message_id"] != fixed.json()["message_id"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import io
 import json
 from datetime import date
@@ -85,9 +86,11 @@ async def receive(hub: Hub, body: bytes, *, content_type: str, sender: str, faci
         if earlier != n:  # the same record twice in one file: the first one counts
             return {"row": n, "status": "duplicate", "of_row": earlier}
         raw = json.dumps({**record.model_dump(mode="json"), "record_type": "patient"}, ensure_ascii=False).encode()
+        # The record id plus its content: re-uploading the same file is a duplicate, a corrected record is not.
+        control = f"{record.source_id}/{hashlib.sha256(raw).hexdigest()[:16]}"
         receipt = await hub.receive(connector="batch", kind="batch", raw=raw, sender=sender, facility_code=facility_code,
                                     content_type="application/json",
-                                    inspected=Inspected(message_type="patient", control_id=record.source_id))
+                                    inspected=Inspected(message_type="patient", control_id=control))
         result = {"row": n, "status": "accepted" if receipt.status in ("accepted", "filtered") else receipt.status,
                   "message_id": receipt.message_id}
         if not receipt.ok:

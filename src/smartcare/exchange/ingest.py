@@ -59,9 +59,10 @@ def inspect(kind: str, raw: bytes) -> Inspected:
         except (fhir.FhirError, ValueError) as exc:
             return Inspected(error=str(exc))
         version = (body.get("meta") or {}).get("versionId")
-        control = body.get("id") and f"{body.get('resourceType')}/{body['id']}" + (f"/_history/{version}" if version else "")
-        return Inspected(message_type=body.get("resourceType"),
-                         control_id=control or f"sha256:{hashlib.sha256(raw).hexdigest()}",
+        digest = hashlib.sha256(raw).hexdigest()[:16]
+        # Without a version, a corrected resource must not look like a repeat: the content is part of the key.
+        control = body.get("id") and f"{body.get('resourceType')}/{body['id']}/" + (f"_history/{version}" if version else digest)
+        return Inspected(message_type=body.get("resourceType"), control_id=control or f"sha256:{digest}",
                          error=None if events else "no resource to map")
     if kind == "batch":
         row = json.loads(raw)

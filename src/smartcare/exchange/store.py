@@ -67,6 +67,11 @@ def fit(m: NewMessage) -> NewMessage:
     return dataclasses.replace(m, **changes)
 
 
+def dedupe_key(m: NewMessage) -> str | None:
+    """Failed messages are never deduplicated: the corrected resend must get through."""
+    return f"{m.kind}:{m.control_id}" if m.control_id and m.state != "failed" else None
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     message_id: int
@@ -85,14 +90,16 @@ class NewBadFrame:
 
 # One statement stores a whole batch: nonces (replays), dedupe keys, messages and the router's NOTIFY.
 # In autocommit mode it is its own transaction, so a batch costs one round trip and one WAL flush.
-# Rows come back tagged: 'n' = (position, new id) of every non-replayed input, 'k' = ids whose dedupe
+# The dedupe key (``message_key.control_id``) is "<kind>:<control id>", so an HL7 control id and a batch
+# record id that happen to be equal never collide. Rows come back tagged: 'n' = (position, new id) of every non-replayed input, 'k' = ids whose dedupe
 # key was new, 'e' = the earlier message of a key seen before.
 _STORE_BATCH = """
 WITH input AS (
-    SELECT * FROM unnest(%(sender)s::varchar[], %(control)s::varchar[], %(state)s::varchar[], %(nclient)s::varchar[],
+    SELECT * FROM unnest(%(sender)s::varchar[], %(dkey)s::varchar[], %(control)s::varchar[], %(state)s::varchar[],
+                         %(nclient)s::varchar[],
                          %(nonce)s::varchar[], %(channel)s::varchar[], %(facility)s::varchar[], %(connector)s::varchar[],
                          %(kind)s::varchar[], %(mtype)s::varchar[], %(error)s::text[], %(raw)s::bytea[], %(ctype)s::varchar[])
-        WITH ORDINALITY AS u(sender, control_id, state, nclient, nonce, channel_id, facility_code, connector, kind,
+        WITH ORDINALITY AS u(sender, dkey, control_id, state, nclient, nonce, channel_id, facility_code, connector, kind,
                               message_type, error, raw, content_type, pos)
 ),
 nonce_first AS (
@@ -108,16 +115,16 @@ numbered AS MATERIALIZED (
                                        ON f.client_id = nf.nclient AND f.nonce = nf.nonce)
 ),
 key_first AS MATERIALIZED (
-    SELECT DISTINCT ON (sender, control_id) id, sender, control_id FROM numbered
-    WHERE control_id IS NOT NULL AND state <> 'failed' ORDER BY sender, control_id, pos
+    SELECT DISTINCT ON (sender, dkey) id, sender, dkey FROM numbered
+    WHERE dkey IS NOT NULL ORDER BY sender, dkey, pos
 ),
 new_key AS (
     INSERT INTO exchange.message_key (sender, control_id, message_id, received_at)
-    SELECT sender, control_id, id, now() FROM key_first ON CONFLICT DO NOTHING RETURNING message_id
+    SELECT sender, dkey, id, now() FROM key_first ON CONFLICT DO NOTHING RETURNING message_id
 ),
 to_store AS MATERIALIZED (
     SELECT n.* FROM numbered n
-    WHERE n.control_id IS NULL OR n.state = 'failed' OR n.id IN (SELECT message_id FROM new_key)
+    WHERE n.dkey IS NULL OR n.id IN (SELECT message_id FROM new_key)
 ),
 stored AS (
     INSERT INTO exchange.message (id, received_at, channel_id, sender, facility_code, connector, kind, message_type,
@@ -133,7 +140,7 @@ SELECT 'n' AS tag, pos, id, NULL::varchar AS sender, NULL::varchar AS control_id
        NULL::varchar AS state, now() AS now FROM numbered
 UNION ALL SELECT 'k', NULL, message_id, NULL, NULL, NULL, NULL, NULL FROM new_key
 UNION ALL SELECT 'e', NULL, k.message_id, k.sender, k.control_id, k.received_at, coalesce(m.state, 'accepted'), NULL
-    FROM key_first kf JOIN exchange.message_key k USING (sender, control_id)
+    FROM key_first kf JOIN exchange.message_key k ON k.sender = kf.sender AND k.control_id = kf.dkey
     LEFT JOIN exchange.message m ON m.received_at = k.received_at AND m.id = k.message_id
     WHERE kf.id NOT IN (SELECT message_id FROM new_key)
 UNION ALL SELECT 's', count(*), NULL, NULL, NULL, NULL, NULL, NULL FROM stored
@@ -258,7 +265,8 @@ class GroupCommitter:
     @staticmethod
     async def _store_messages(conn: psycopg.AsyncConnection, messages: list[NewMessage]) -> list[Stored]:
         params = {
-            "sender": [m.sender for m in messages], "control": [m.control_id for m in messages],
+            "sender": [m.sender for m in messages], "dkey": [dedupe_key(m) for m in messages],
+            "control": [m.control_id for m in messages],
             "state": [m.state for m in messages], "nclient": [m.nonce[0] if m.nonce else None for m in messages],
             "nonce": [m.nonce[1] if m.nonce else None for m in messages], "channel": [m.channel_id for m in messages],
             "facility": [m.facility_code for m in messages], "connector": [m.connector for m in messages],
@@ -285,7 +293,7 @@ class GroupCommitter:
             if i not in ids:
                 results.append(Stored(0, now, "replay", False))
                 continue
-            key = (m.sender, m.control_id) if m.control_id and m.state != "failed" else None
+            key = (m.sender, dedupe_key(m)) if dedupe_key(m) else None
             if key is None:
                 results.append(Stored(ids[i], now, m.state, False))
                 continue
