@@ -23,13 +23,13 @@ def all_consumers() -> dict[str, bus.Consumer]:
 
 def housekeeping() -> None:
     """Cheap, idempotent upkeep: tomorrow's partitions exist; old nonces, finished bus events and expired
-    messages go."""
-    with session_scope() as session:
-        exchange.ensure_partitions(session)
-        auth.purge_nonces(session)
-        bus_postgres.purge(session)
-    with session_scope() as session:
-        exchange.prune(session)
+    messages go. Each task in its own transaction, so one failing does not stop the others."""
+    for task in (exchange.ensure_partitions, auth.purge_nonces, bus_postgres.purge, exchange.prune):
+        try:
+            with session_scope() as session:
+                task(session)
+        except Exception:
+            log.exception("housekeeping task %s failed; the others went on", task.__name__)
 
 
 class Workers:
@@ -44,9 +44,9 @@ class Workers:
         while not self.stopping.wait(self.housekeeping_seconds):
             try:
                 self.bus_worker.consumers = all_consumers()  # channels may have gained or lost destinations
-                housekeeping()
             except Exception:
-                log.exception("housekeeping failed; trying again next round")
+                log.exception("could not reload the consumers; trying again next round")
+            housekeeping()
 
     def start(self) -> None:
         for name, target in (("bus-worker", self.bus_worker.run), ("exchange-router", self.router.run),

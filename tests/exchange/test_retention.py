@@ -40,3 +40,17 @@ def test_prune_drops_old_partitions_and_frees_disk(database_url):
     assert f"message_{today:%Y%m%d}" in names_after  # today's partition is kept
     assert before - after >= 2000 * 4096, (before, after)  # random bytes: no compression to hide behind
     assert keys_left == 0
+
+
+def test_messages_stranded_in_the_default_partition_are_moved_into_their_day(database_url):
+    day = datetime.now(UTC).date() + timedelta(days=30)  # beyond the partitions created ahead
+    at = datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=3)
+    with session_scope() as s:
+        s.execute(text("INSERT INTO exchange.message (received_at, channel_id, sender, connector, kind, state, raw, size) "
+                       "VALUES (:at, 'hl7v2', 'stranded', 'mllp', 'hl7v2', 'delivered', '\\x00', 1)"), {"at": at})
+    with session_scope() as s:
+        created = service.ensure_partitions(s, start=day, days_ahead=0)
+    with session_scope() as s:
+        assert f"message_{day:%Y%m%d}" in created
+        where = s.execute(text("SELECT tableoid::regclass::text FROM exchange.message WHERE sender = 'stranded'")).scalar()
+    assert where == f"exchange.message_{day:%Y%m%d}"

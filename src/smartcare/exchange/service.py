@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from smartcare.exchange import destinations
@@ -134,18 +135,35 @@ def _partition_name(day: date) -> str:
 
 
 def ensure_partitions(session: Session, *, days_ahead: int = 7, start: date | None = None) -> list[str]:
-    """Create the day partitions from ``start`` (default today) up to ``days_ahead`` ahead; idempotent."""
-    first = start or datetime.now(UTC).date()
+    """Create the day partitions from ``start`` (default today) up to ``days_ahead`` ahead; idempotent.
+
+    If messages of a missing day already sit in the DEFAULT partition (housekeeping was down), they are
+    moved into the new partition, which PostgreSQL would otherwise refuse to create.
+    """
+    today = datetime.now(UTC).date()
+    first = start or today
+    last = max(first, today) + timedelta(days=days_ahead)
     created = []
-    for offset in range((datetime.now(UTC).date() - first).days + days_ahead + 1):
+    for offset in range((last - first).days + 1):
         day = first + timedelta(days=offset)
         name = _partition_name(day)
-        exists = session.scalar(text("SELECT to_regclass(:n)"), {"n": f"exchange.{name}"})
-        if not exists:
-            session.execute(text(
-                f"CREATE TABLE exchange.{name} PARTITION OF exchange.message "
-                f"FOR VALUES FROM ('{day.isoformat()} 00:00:00+00') TO ('{(day + timedelta(days=1)).isoformat()} 00:00:00+00')"))
-            created.append(name)
+        if session.scalar(text("SELECT to_regclass(:n)"), {"n": f"exchange.{name}"}):
+            continue
+        low, high = f"{day.isoformat()} 00:00:00+00", f"{(day + timedelta(days=1)).isoformat()} 00:00:00+00"
+        with session.begin_nested():
+            stranded = session.scalar(text("SELECT count(*) FROM exchange.message_default WHERE received_at >= :a "
+                                           "AND received_at < :b"), {"a": low, "b": high})
+            if stranded:
+                session.execute(text(f"CREATE TABLE exchange.{name} (LIKE exchange.message INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"))
+                session.execute(text(f"WITH moved AS (DELETE FROM exchange.message_default WHERE received_at >= :a "
+                                     f"AND received_at < :b RETURNING *) INSERT INTO exchange.{name} SELECT * FROM moved"),
+                                {"a": low, "b": high})
+                session.execute(text(f"ALTER TABLE exchange.message ATTACH PARTITION exchange.{name} "
+                                     f"FOR VALUES FROM ('{low}') TO ('{high}')"))
+            else:
+                session.execute(text(f"CREATE TABLE exchange.{name} PARTITION OF exchange.message "
+                                     f"FOR VALUES FROM ('{low}') TO ('{high}')"))
+        created.append(name)
     return created
 
 
@@ -163,27 +181,42 @@ def store_size(session: Session) -> int:
 
 def prune(session: Session, *, today: date | None = None, actor: str = "system") -> dict:
     """Drop day partitions older than the longest channel retention (the disk space comes back at
-    once); inside the kept window, delete messages of channels whose own retention is shorter."""
+    once); inside the kept window, delete messages of channels whose own retention is shorter.
+
+    A partition that still holds messages never routed (``accepted``) is kept and reported: retention
+    must not silently discard what nobody has processed. Each drop waits at most 2 s for its lock, so
+    ingest is never stalled behind retention; what could not be dropped is tried again next round.
+    """
     today = today or datetime.now(UTC).date()
     configs = [ChannelConfig.model_validate(c.config) for c in list_all(session)]
     keep_days = max((c.retention_days for c in configs), default=30)
     cutoff = today - timedelta(days=keep_days)
-    dropped = []
+    dropped, kept_unrouted, busy = [], [], []
     for p in partitions(session):
         name = p["name"]
-        if name.startswith("message_2") and date(int(name[8:12]), int(name[12:14]), int(name[14:16])) < cutoff:
-            session.execute(text(f"DROP TABLE exchange.{name}"))
+        if not name.startswith("message_2") or date(int(name[8:12]), int(name[12:14]), int(name[14:16])) >= cutoff:
+            continue
+        if session.scalar(text(f"SELECT EXISTS (SELECT 1 FROM exchange.{name} WHERE state = 'accepted')")):
+            kept_unrouted.append(name)
+            continue
+        try:
+            with session.begin_nested():
+                session.execute(text("SET LOCAL lock_timeout = '2s'"))
+                session.execute(text(f"DROP TABLE exchange.{name}"))
             dropped.append(name)
+        except OperationalError:
+            busy.append(name)
     deleted = 0
     for c in configs:
         if c.retention_days < keep_days:
-            deleted += session.execute(text("DELETE FROM exchange.message WHERE channel_id = :c AND received_at < :t"),
+            deleted += session.execute(text("DELETE FROM exchange.message WHERE channel_id = :c AND received_at < :t "
+                                            "AND state <> 'accepted'"),
                                        {"c": c.id, "t": today - timedelta(days=c.retention_days)}).rowcount
     horizon = datetime.combine(cutoff, datetime.min.time(), UTC)
     keys = session.execute(text("DELETE FROM exchange.message_key WHERE received_at < :t"), {"t": horizon}).rowcount
     frames = session.execute(text("DELETE FROM exchange.bad_frame WHERE received_at < :t"), {"t": horizon}).rowcount
-    result = {"dropped_partitions": dropped, "deleted_messages": deleted, "deleted_keys": keys, "deleted_bad_frames": frames,
-              "kept_days": keep_days}
+    result = {"dropped_partitions": dropped, "kept_unrouted": kept_unrouted, "busy": busy, "deleted_messages": deleted,
+              "deleted_keys": keys, "deleted_bad_frames": frames, "kept_days": keep_days}
     audit.record(session, actor=actor, action="exchange.prune", target="exchange.message",
                  detail={k: (len(v) if isinstance(v, list) else v) for k, v in result.items()})
     return result
