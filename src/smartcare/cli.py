@@ -207,9 +207,11 @@ def worker(poll_seconds: float = typer.Option(2.0, help="fallback poll interval 
         while workers.alive():
             time.sleep(1)
     except KeyboardInterrupt:
-        pass
-    finally:
         workers.stop()
+        return
+    workers.stop()
+    err.print("[red]error:[/] a worker thread stopped unexpectedly — see the log above; the process exits so it can be restarted")
+    raise typer.Exit(1)
 
 
 @audit_app.command("verify")

@@ -52,3 +52,21 @@ def test_resident_h5(client, seeded):
     _login(client, "resident", "smartcare-demo", mobile="true", next="/h5")
     page = client.get("/h5").text
     assert "我的电子健康卡" in page and 'name="viewport"' in page
+
+
+def test_console_actions_need_the_console_page(client, seeded):
+    """A cross-site form cannot set HX-Request: console POSTs without it are refused (CSRF)."""
+    _login(client, "admin", "smartcare-admin")
+    forged = client.post("/admin/exchange/dead-letters/rerun")
+    assert forged.status_code == 403
+    real = client.post("/admin/exchange/dead-letters/rerun", headers={"HX-Request": "true"})
+    assert real.status_code == 200 and "重新投递" in real.text
+
+
+def test_exchange_console_pages_render(client, seeded):
+    _login(client, "admin", "smartcare-admin")
+    for path in ("/admin/exchange", "/admin/exchange/messages", "/admin/exchange/dead-letters",
+                 "/admin/exchange/channels", "/admin/exchange/channels/hl7v2"):
+        r = client.get(path)
+        assert r.status_code == 200, path
+    assert "版本历史" in client.get("/admin/exchange/channels/hl7v2").text

@@ -95,7 +95,8 @@ class MllpServer:
             while data := await reader.read(1 << 16):
                 for frame in decoder.feed(data):
                     started = time.perf_counter()
-                    ack = await (self._message(frame.payload, cert_cn) if frame.ok else self._bad_frame(frame, peer))
+                    ack = await (self._message(frame.payload, cert_cn, cert_cn or host) if frame.ok
+                                 else self._bad_frame(frame, peer))
                     writer.write(mllp.frame(ack.encode("utf-8")))
                     await writer.drain()
                     metrics.child(metrics.EXCHANGE_ACK_SECONDS, "mllp").observe(time.perf_counter() - started)
@@ -113,19 +114,19 @@ class MllpServer:
             where = ""
         return hl7v2.build_ack(frame.payload.decode("latin-1"), code="AR", text=f"bad MLLP frame: {frame.problem}{where}")
 
-    async def _message(self, payload: bytes, cert_cn: str | None) -> str:
+    async def _message(self, payload: bytes, cert_cn: str | None, peer_key: str) -> str:
+        """``peer_key`` (certificate name or peer host) is what the rate limit counts: MSH-4 is the sender's to choose."""
         seen = inspect("hl7v2", payload)
         original = seen.hl7 or payload.decode("latin-1")
         sending = seen.facility_code  # MSH-4: MLLP has no login, the message says who sent it
-        if seen.error is None:
-            if cert_cn is not None and cert_cn != sending:
-                return hl7v2.build_ack(original, code="AR", text="the client certificate does not belong to the sending facility (MSH-4)")
-            wait = self.limiter.check(sending or "?")
-            if wait:
-                await asyncio.sleep(wait)  # MLLP has no "429": slow the sender down instead
-        # Only registered facilities are counted as hospitals in monitoring; channels decide who may send.
-        facility = sending if await self.facilities.known(sending) else None
+        if cert_cn is not None and cert_cn != sending:  # broken messages too: nobody may send in another's name
+            return hl7v2.build_ack(original, code="AR", text="the client certificate does not belong to the sending facility (MSH-4)")
+        wait = self.limiter.check(peer_key)
+        if wait:
+            await asyncio.sleep(wait)  # MLLP has no "429": slow the sender down instead
         try:
+            # Only registered facilities are counted as hospitals in monitoring; channels decide who may send.
+            facility = sending if await self.facilities.known(sending) else None
             receipt = await self.hub.receive(connector="mllp", kind="hl7v2", raw=payload, sender=f"mllp:{sending or '?'}",
                                              facility_code=facility, inspected=seen)
         except Exception as exc:

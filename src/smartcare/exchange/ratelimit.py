@@ -28,12 +28,15 @@ class TokenBucket:
 
 
 class RateLimiter:
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, burst
+    def __init__(self, rate: float, burst: int, *, max_clients: int = 10_000):
+        self.rate, self.burst, self.max_clients = rate, burst, max_clients
         self._buckets: dict[str, TokenBucket] = {}
 
     def check(self, client: str) -> float:
         bucket = self._buckets.get(client)
         if bucket is None:
+            if len(self._buckets) >= self.max_clients:  # a full bucket is the same as a forgotten one
+                now = time.monotonic()
+                self._buckets = {k: b for k, b in self._buckets.items() if b.tokens + (now - b.stamp) * b.rate < b.burst}
             bucket = self._buckets[client] = TokenBucket(self.rate, self.burst)
         return bucket.take()

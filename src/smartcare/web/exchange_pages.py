@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from html import escape
+
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse
@@ -10,10 +12,19 @@ from sqlalchemy.orm import Session
 from smartcare.exchange import channels, monitor, service
 from smartcare.platform import auth
 from smartcare.platform.auth import Role
+from smartcare.platform.errors import Forbidden
 from smartcare.web.deps import db, require
 from smartcare.web.pages import CONSOLE_ROLES, templates
 
+def same_site_action(request: Request) -> None:
+    """Console actions are sent by htmx with ``HX-Request``; a form posted from another site cannot set
+    that header, so this stops cross-site request forgery on top of the SameSite cookie."""
+    if request.headers.get("HX-Request") != "true":
+        raise Forbidden("console actions must come from the console page", hint="reload the page and try again")
+
+
 router = APIRouter(prefix="/admin/exchange", include_in_schema=False)
+action = Depends(same_site_action)
 
 
 @router.get("", response_class=HTMLResponse)
@@ -40,7 +51,7 @@ def message(request: Request, message_id: int, session: Session = Depends(db),
         "can_rerun": who.has(Role.ADMIN)})
 
 
-@router.post("/messages/{message_id}/rerun", response_class=HTMLResponse)
+@router.post("/messages/{message_id}/rerun", response_class=HTMLResponse, dependencies=[action])
 def rerun_message(request: Request, message_id: int, session: Session = Depends(db),
                   who: auth.Principal = Depends(require(Role.ADMIN))):
     n = service.rerun(session, message_ids=[message_id], actor=who.username)
@@ -54,7 +65,7 @@ def dead_letters(request: Request, channel: str | None = Query(None), session: S
         "who": who, "letters": service.dead_letters(session, channel_id=channel or None), "channel": channel or ""})
 
 
-@router.post("/dead-letters/rerun", response_class=HTMLResponse)
+@router.post("/dead-letters/rerun", response_class=HTMLResponse, dependencies=[action])
 def rerun_dead_letters(request: Request, channel: str | None = Query(None), session: Session = Depends(db),
                        who: auth.Principal = Depends(require(Role.ADMIN))):
     n = service.rerun_dead_letters(session, actor=who.username, channel_id=channel or None)
@@ -76,13 +87,13 @@ def channel_page(request: Request, channel_id: str, session: Session = Depends(d
         "versions": channels.versions(session, channel_id), "can_change": who.has(Role.ADMIN)})
 
 
-@router.post("/channels/{channel_id}/{action}", response_class=HTMLResponse)
-def channel_action(request: Request, channel_id: str, action: str, version: int | None = Query(None),
+@router.post("/channels/{channel_id}/{verb}", response_class=HTMLResponse, dependencies=[action])
+def channel_action(request: Request, channel_id: str, verb: str, version: int | None = Query(None),
                    session: Session = Depends(db), who: auth.Principal = Depends(require(Role.ADMIN))):
-    if action in ("stop", "start"):
-        channels.set_enabled(session, channel_id, action == "start", actor=who.username)
-        return HTMLResponse(f'<p class="notice">通道 {channel_id} 已{"启动" if action == "start" else "停止"}。</p>')
-    if action == "rollback" and version:
+    if verb in ("stop", "start"):
+        channels.set_enabled(session, channel_id, verb == "start", actor=who.username)
+        return HTMLResponse(f'<p class="notice">通道 {escape(channel_id)} 已{"启动" if verb == "start" else "停止"}。</p>')
+    if verb == "rollback" and version:
         c = channels.rollback(session, channel_id, version=version, actor=who.username)
         return HTMLResponse(f'<p class="notice">已回滚到 v{version}（新版本 v{c.version}）。</p>')
     return HTMLResponse('<p class="error">未知操作</p>', status_code=400)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from smartcare.platform import auth
 from smartcare.platform.auth import Role
 from smartcare.platform.errors import Unauthorized
-from smartcare.platform.masking import mask_name
+from smartcare.platform.masking import mask_name, mask_text
 from smartcare.platform.money import format_yuan
 from smartcare.platform.settings import get_settings
 from smartcare.registry import service as registry
@@ -23,6 +23,7 @@ from smartcare.web.deps import SESSION_COOKIE, db, optional_principal, require
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters["yuan"] = format_yuan
 templates.env.filters["mask_name"] = mask_name
+templates.env.filters["mask"] = mask_text
 templates.env.globals["LEVEL_NAMES"] = registry.LEVEL_NAMES
 templates.env.globals["FACILITY_KINDS"] = registry.FACILITY_KINDS
 

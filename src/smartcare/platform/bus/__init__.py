@@ -88,6 +88,15 @@ class ConsumerRegistry:
 registry = ConsumerRegistry()
 
 
+def describe_error(exc: BaseException) -> str:
+    """What a dead letter remembers of a failure: the type and first line, personal data masked
+    (a driver's full text can quote SQL parameters and event payloads)."""
+    from smartcare.platform.masking import mask_text
+
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return mask_text(f"{type(exc).__name__}: {first}")[:2000]
+
+
 class BaseWorker:
     """What both transports' workers share: the consumers they run (replaceable while running), and stop()."""
 

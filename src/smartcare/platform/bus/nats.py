@@ -60,7 +60,6 @@ import concurrent.futures
 import json
 import logging
 import time
-import traceback
 import uuid
 from collections.abc import Coroutine, Iterable
 from datetime import datetime
@@ -80,7 +79,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from smartcare.platform import metrics
-from smartcare.platform.bus import BaseWorker, Consumer, Message, postgres, registry
+from smartcare.platform.bus import BaseWorker, Consumer, Message, describe_error, postgres, registry
 from smartcare.platform.db import database_url, session_factory, session_scope
 from smartcare.platform.errors import ConfigurationError
 from smartcare.platform.settings import get_settings
@@ -400,7 +399,7 @@ def _handle(consumer: Consumer, message: Message) -> str:
         return "done"
     except Exception as exc:
         session.rollback()
-        error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
+        error = describe_error(exc)
         dead = message.attempt >= consumer.max_attempts
         if dead:
             try:

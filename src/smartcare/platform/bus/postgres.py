@@ -10,7 +10,6 @@ wakes idle workers at once; polling is only the fallback.
 from __future__ import annotations
 
 import logging
-import traceback
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from smartcare.platform import metrics
-from smartcare.platform.bus import BaseWorker, Consumer, Message, registry
+from smartcare.platform.bus import BaseWorker, Consumer, Message, describe_error, registry
 from smartcare.platform.db import session_factory, session_scope
 from smartcare.platform.loops import listen_and_drain
 
@@ -99,7 +98,7 @@ def _handle(consumer: Consumer, delivery_id: int, attempt: int) -> bool:
     except Exception as exc:
         session.rollback()
         dead = attempt >= consumer.max_attempts
-        error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
+        error = describe_error(exc)
         with session_scope() as s:
             s.execute(text("UPDATE platform.bus_delivery SET last_error = :e, state = CASE WHEN :dead THEN 'dead' ELSE state END "
                            "WHERE id = :id AND state = 'pending'"), {"e": error, "dead": dead, "id": delivery_id})
