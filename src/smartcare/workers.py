@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from smartcare.exchange import destinations, service as exchange
 from smartcare.exchange.router import Router
@@ -33,20 +34,24 @@ def housekeeping() -> None:
 
 
 class Workers:
-    def __init__(self, *, poll_seconds: float = 2.0, housekeeping_seconds: float = 300.0):
+    def __init__(self, *, poll_seconds: float = 2.0, housekeeping_seconds: float = 300.0, reload_seconds: float = 10.0):
         self.bus_worker = bus.make_worker(all_consumers(), poll_seconds=poll_seconds)
         self.router = Router(poll_seconds=poll_seconds)
         self.housekeeping_seconds = housekeeping_seconds
+        self.reload_seconds = reload_seconds
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
 
     def _upkeep(self) -> None:
-        while not self.stopping.wait(self.housekeeping_seconds):
-            try:
-                self.bus_worker.consumers = all_consumers()  # channels may have gained or lost destinations
+        last_housekeeping = time.monotonic()
+        while not self.stopping.wait(self.reload_seconds):
+            try:  # channels may have gained or lost destinations, or changed a webhook's URL
+                self.bus_worker.consumers = all_consumers()
             except Exception:
                 log.exception("could not reload the consumers; trying again next round")
-            housekeeping()
+            if time.monotonic() - last_housekeeping >= self.housekeeping_seconds:
+                housekeeping()
+                last_housekeeping = time.monotonic()
 
     def start(self) -> None:
         for name, target in (("bus-worker", self.bus_worker.run), ("exchange-router", self.router.run),
