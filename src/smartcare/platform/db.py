@@ -21,7 +21,7 @@ from smartcare.platform.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-SCHEMAS = ("platform", "registry", "synth", "exchange")
+SCHEMAS = ("platform", "registry", "synth", "exchange", "empi")
 EMBEDDED_DATABASE = "smartcare"
 
 _NAMING = {

@@ -7,6 +7,7 @@ MODEL_MODULES = (
     "smartcare.registry.models",
     "smartcare.synth.models",
     "smartcare.exchange.models",
+    "smartcare.empi.models",
 )
 
 
