@@ -13,11 +13,13 @@ from smartcare.exchange.router import Router
 from smartcare.platform import auth, bus
 from smartcare.platform.bus import postgres as bus_postgres
 from smartcare.platform.db import session_scope
+from smartcare.platform.models_registry import import_consumers
 
 log = logging.getLogger(__name__)
 
 
 def all_consumers() -> dict[str, bus.Consumer]:
+    import_consumers()
     with session_scope() as session:
         return {**bus.registry.consumers, **destinations.all_consumers(session)}
 

@@ -28,6 +28,9 @@ def upgrade() -> None:
     from smartcare.registry import service as registry_service
 
     from smartcare.exchange import channels, service as exchange
+    from smartcare.platform.models_registry import import_consumers
+
+    import_consumers()
 
     command.upgrade(alembic_config(), "head")
     with session_scope() as session:

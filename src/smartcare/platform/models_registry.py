@@ -11,6 +11,17 @@ MODEL_MODULES = (
 )
 
 
+#: Modules whose bus consumers must be registered before subscriptions are synced or workers start.
+CONSUMER_MODULES = (
+    "smartcare.empi.events",
+)
+
+
+def import_consumers() -> None:
+    for name in CONSUMER_MODULES:
+        importlib.import_module(name)
+
+
 def import_all() -> None:
     for name in MODEL_MODULES:
         importlib.import_module(name)
