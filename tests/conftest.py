@@ -86,6 +86,33 @@ def seeded(database_url):
 
 
 @pytest.fixture(scope="session")
+def hospital(seeded):
+    """A seeded general hospital with a signed API client of its own: (facility code, client id, secret)."""
+    from sqlalchemy import text
+
+    from smartcare.platform import auth
+    from smartcare.platform.db import session_scope
+
+    with session_scope() as s:
+        code = s.execute(text("SELECT code FROM registry.facility WHERE kind = 'general_hospital' AND level = 3 "
+                              "ORDER BY code LIMIT 1")).scalar()
+        client_id = f"his-{uuid.uuid4().hex[:8]}"
+        secret = auth.create_api_client(s, client_id=client_id, name="HIS", facility_code=code)
+    return code, client_id, secret
+
+
+@pytest.fixture(scope="session")
+def residents(seeded):
+    from sqlalchemy import text
+
+    from smartcare.platform.db import session_scope
+
+    with session_scope() as s:
+        return [dict(r) for r in s.execute(text(
+            "SELECT id, name, sex, birth_date, id_number, phone, address FROM synth.resident ORDER BY id LIMIT 500")).mappings()]
+
+
+@pytest.fixture(scope="session")
 def app(database_url):
     from smartcare.web.app import create_app
 

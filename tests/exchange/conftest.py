@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-import uuid
-import pytest
 from sqlalchemy import text
 
 from smartcare.platform import auth
@@ -15,24 +13,6 @@ from smartcare.platform.db import session_scope
 from smartcare.synth.messages import adt  # noqa: F401  (re-exported for the tests)
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
-
-
-@pytest.fixture(scope="session")
-def hospital(seeded):
-    """A seeded general hospital with a signed API client of its own: (facility code, client id, secret)."""
-    with session_scope() as s:
-        code = s.execute(text("SELECT code FROM registry.facility WHERE kind = 'general_hospital' AND level = 3 "
-                              "ORDER BY code LIMIT 1")).scalar()
-        client_id = f"his-{uuid.uuid4().hex[:8]}"
-        secret = auth.create_api_client(s, client_id=client_id, name="HIS", facility_code=code)
-    return code, client_id, secret
-
-
-@pytest.fixture(scope="session")
-def residents(seeded):
-    with session_scope() as s:
-        return [dict(r) for r in s.execute(text(
-            "SELECT id, name, sex, birth_date, id_number, phone, address FROM synth.resident ORDER BY id LIMIT 500")).mappings()]
 
 
 def mllp_exchange(port: int, payloads: list[bytes], *, framed: bool = False, timeout: float = 20.0) -> list[str]:

@@ -19,6 +19,7 @@ import smartcare
 from smartcare.platform import auth, metrics
 from smartcare.platform.db import session_factory
 from smartcare.platform.errors import SmartCareError, Unauthorized
+from smartcare.empi.api import router as empi_router
 from smartcare.exchange.api import router as exchange_router
 from smartcare.exchange.ingest import Hub
 from smartcare.exchange.mllp_server import MllpServer, tls_context
@@ -159,6 +160,7 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
 
     app.include_router(registry_router)
     app.include_router(exchange_router)
+    app.include_router(empi_router)
     app.include_router(pages.router)
     app.include_router(exchange_pages.router)
     return app

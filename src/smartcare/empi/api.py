@@ -1,0 +1,78 @@
+"""Master patient index HTTP API (PIX/PDQ-like): register a visit card and get its EMPI id at once,
+cross-reference a person's cards, look a patient up by a hospital's old card number, merge, unmerge."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Body, Depends, Query
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from smartcare.empi import matching, service
+from smartcare.empi.models import Link, Person, SourceIdentity
+from smartcare.empi.schemas import CardOut, PersonOut, SourceIn, masked_golden
+from smartcare.platform import audit
+from smartcare.platform.auth import Principal, Role
+from smartcare.platform.errors import Forbidden, NotFound
+from smartcare.web.deps import db, require, signed_client
+
+router = APIRouter(prefix="/api/v1/empi", tags=["empi"])
+READERS = (Role.ADMIN, Role.AUDITOR, Role.DOCTOR, Role.HOSPITAL_STAFF)
+
+
+def _person_out(session: Session, person: Person, who: Principal) -> PersonOut:
+    person, cards = service.xref(session, person.empi_id)
+    audit.record(session, actor=who.username, action="empi.person.read", target=f"person:{person.id}")
+    golden = person.golden if who.has(Role.ADMIN) else masked_golden(person.golden)
+    return PersonOut(empi_id=person.empi_id, state=person.state, golden=golden,
+                     cards=[CardOut(facility_code=c.facility_code, card_no=c.card_no) for c in cards])
+
+
+@router.post("/sources", response_model=PersonOut, status_code=201)
+def register(data: SourceIn, session: Session = Depends(db), who: Principal = Depends(signed_client)):
+    """A hospital system registers a visit card (HMAC-signed) and gets the regional EMPI id in the answer."""
+    if not who.facility_code:
+        raise Forbidden("this API client belongs to no facility", field="client")
+    source = service.register_source(session, facility_code=who.facility_code, card_no=data.card_no,
+                                     record=data.model_dump(exclude={"card_no"}), actor=who.username)
+    person = matching.prelink(session, source, actor=who.username)
+    return _person_out(session, person, who)
+
+
+@router.get("/persons/{empi_id}", response_model=PersonOut)
+def person(empi_id: str, session: Session = Depends(db), who: Principal = Depends(require(*READERS))):
+    """A person's golden record (masked unless you are an administrator) and every linked visit card."""
+    found, _ = service.xref(session, empi_id)
+    return _person_out(session, found, who)
+
+
+@router.get("/lookup", response_model=PersonOut)
+def lookup(facility: str = Query(..., max_length=32), card_no: str = Query(..., max_length=64),
+           session: Session = Depends(db), who: Principal = Depends(require(*READERS))):
+    """Find the person behind a hospital's own (old) visit card number."""
+    person_id = session.scalar(select(Link.person_id).join(SourceIdentity, SourceIdentity.id == Link.source_id)
+                               .where(SourceIdentity.facility_code == facility, SourceIdentity.card_no == card_no))
+    if person_id is None:
+        raise NotFound(f"no visit card {card_no!r} at {facility}", field="card_no")
+    return _person_out(session, session.get(Person, person_id), who)
+
+
+def _person_id(session: Session, empi_id: str) -> int:
+    found = session.scalar(select(Person.id).where(Person.empi_id == empi_id))
+    if found is None:
+        raise NotFound(f"no person {empi_id}", field="empi_id")
+    return found
+
+
+@router.post("/persons/{empi_id}/merge")
+def merge(empi_id: str, other: str = Body(..., embed=True, description="EMPI id of the person folded into this one"),
+          reason: str = Body("", embed=True), session: Session = Depends(db), who: Principal = Depends(require(Role.ADMIN))):
+    entry = service.merge(session, survivor_id=_person_id(session, empi_id), merged_id=_person_id(session, other),
+                          actor=who.username, reason=reason)
+    return {"merge": entry.id, "survivor": empi_id, "merged": other}
+
+
+@router.post("/merges/{merge_id}/unmerge")
+def unmerge(merge_id: int, reason: str = Body("", embed=True), session: Session = Depends(db),
+            who: Principal = Depends(require(Role.ADMIN))):
+    restored = service.unmerge(session, merge_history_id=merge_id, actor=who.username, reason=reason)
+    return {"restored": restored.empi_id}
