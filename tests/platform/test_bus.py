@@ -343,3 +343,37 @@ def test_purge_forgets_finished_events_but_keeps_dead_letters(database_url):
                                         {"a": done_id, "b": dead_id})}
     assert left == {dead_id}
     assert _count("bus_effect_purge", done_id) == 1
+
+
+def test_a_slow_consumer_does_not_hold_up_another(database_url):
+    """Each consumer has its own thread in the PostgreSQL worker: a handler stuck for seconds (a webhook
+    timing out) does not delay the others."""
+    from smartcare.platform.bus import postgres
+
+    _effect_table("bus_effect_slow")
+    suffix = uuid.uuid4().hex[:8]
+    release = threading.Event()
+
+    def stuck(session, message):
+        release.wait(10)
+
+    slow = Consumer(f"test.slow_{suffix}", (f"s{suffix}.slow",), stuck)
+    fast = Consumer(f"test.fast_{suffix}", (f"s{suffix}.fast",), _increment("bus_effect_slow"))
+    bus.sync_subscriptions([slow, fast])
+    worker = postgres.Worker({slow.name: slow, fast.name: fast}, poll_seconds=30)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        with session_scope() as s:
+            bus.publish(s, f"s{suffix}.slow", {})
+        time.sleep(0.5)  # the slow one is now stuck in its handler
+        with session_scope() as s:
+            fast_id = bus.publish(s, f"s{suffix}.fast", {})
+        deadline = time.monotonic() + 5
+        while _count("bus_effect_slow", fast_id) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _count("bus_effect_slow", fast_id) == 1 and not release.is_set()
+    finally:
+        release.set()
+        worker.stop()
+        thread.join(timeout=15)

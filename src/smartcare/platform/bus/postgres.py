@@ -10,6 +10,8 @@ wakes idle workers at once; polling is only the fallback.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -122,13 +124,56 @@ def run_once(consumers: dict[str, Consumer] | None = None, *, batch: int = 100) 
 
 
 class Worker(BaseWorker):
-    """Runs consumers until stopped; wakes on NOTIFY, polls every ``poll_seconds`` as a fallback."""
+    """Runs each consumer in a thread of its own, so a slow one (a webhook that times out) never holds
+    up the others; each wakes on NOTIFY and polls every ``poll_seconds`` as a fallback. ``consumers``
+    may be replaced while running: new consumers get a thread, removed ones stop."""
 
     def run(self) -> None:
         with session_scope() as s:
             sync_subscriptions(s, self.consumers.values())
-        listen_and_drain(CHANNEL, lambda: run_once(self.consumers, batch=self.batch), stopping=self.stopping,
-                         poll_seconds=self.poll_seconds)
+        running: dict[str, tuple[threading.Thread, threading.Event]] = {}
+        while not self.stopping.is_set():
+            current = self.consumers
+            for name in list(running):
+                thread, stop = running[name]
+                if name not in current or not thread.is_alive():
+                    stop.set()
+                    del running[name]
+            for name in current:
+                if name not in running:
+                    stop = threading.Event()
+                    thread = threading.Thread(target=self._serve, args=(name, stop), name=f"bus:{name}", daemon=True)
+                    thread.start()
+                    running[name] = (thread, stop)
+            self.stopping.wait(1.0)
+        for thread, stop in running.values():
+            stop.set()
+        for thread, _ in running.values():
+            thread.join(timeout=10)
+
+    def _serve(self, name: str, stop: threading.Event) -> None:
+        def drain() -> int:
+            consumer = self.consumers.get(name)
+            return run_once({name: consumer}, batch=self.batch) if consumer is not None else 0
+
+        both = _Either(stop, self.stopping)
+        listen_and_drain(CHANNEL, drain, stopping=both, poll_seconds=self.poll_seconds)
+
+
+class _Either:
+    """Set when either event is: a consumer's thread stops with the worker or on its own."""
+
+    def __init__(self, a: threading.Event, b: threading.Event):
+        self.a, self.b = a, b
+
+    def is_set(self) -> bool:
+        return self.a.is_set() or self.b.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.is_set() and time.monotonic() < deadline:
+            self.a.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+        return self.is_set()
 
 
 def dead_letters(session: Session, *, limit: int = 100) -> list[dict]:
