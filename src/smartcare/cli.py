@@ -57,7 +57,7 @@ def _progress() -> tuple[Progress, Callable[[str, int, int], None]]:
     def update(step: str, done: int, total: int) -> None:
         if step not in tasks:
             tasks[step] = bar.add_task(step, total=total)
-        bar.update(tasks[step], completed=done)
+        bar.update(tasks[step], completed=done, total=total)
 
     return bar, update
 

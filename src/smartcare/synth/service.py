@@ -49,9 +49,9 @@ def _counted(rows: Iterable, step: str, total: int, progress: Progress | None, e
         yield row
         done += 1
         if progress and done % every == 0:
-            progress(step, done, total)
+            progress(step, done, max(total, done))  # ``total`` may be an estimate (visit cards)
     if progress:
-        progress(step, done, total)
+        progress(step, done, done)
 
 
 def seed(session: Session, *, scale: str = "small", seed: int = 2026, progress: Progress | None = None,
