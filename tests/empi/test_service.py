@@ -103,3 +103,16 @@ def test_normalised_form_and_repairs_are_kept_beside_the_record(people):
         assert source.recorded["name"] == "張 偉" and source.norm["name"] == "张伟"
         assert {r["code"] for r in source.norm["repairs"]} >= {"traditional_to_simplified", "country_code_removed"}
         assert source.norm["phone"] == "13900001111"
+
+
+def test_merge_then_relink_in_one_transaction_sees_the_moved_links(people):
+    a, b, c, _ = people
+    with session_scope() as s:
+        p1 = service.link(s, source_id=a, method="rule:new", actor="test")
+        p2 = service.link(s, source_id=c, method="rule:new", actor="test")
+        service.merge(s, survivor_id=p1.id, merged_id=p2.id, actor="test")
+        # c now belongs to p1: moving it to a new person must record p1 as where it came from
+        own = service.unlink(s, source_id=c, actor="test", reason="split")
+        assert _person_of(s, c) == own.id
+        last = service.history(s, own.id)[-1]
+        assert last.action == "unlink" and last.other_person_id == p1.id

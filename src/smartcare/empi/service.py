@@ -145,6 +145,7 @@ def merge(session: Session, *, survivor_id: int, merged_id: int, actor: str, rea
     moved = [lk.source_id for lk in session.scalars(select(Link).where(Link.person_id == merged.id).with_for_update())]
     session.execute(text("UPDATE empi.link SET person_id = :s, linked_at = now() WHERE person_id = :m"),
                     {"s": survivor.id, "m": merged.id})
+    session.expire_all()  # links loaded before the bulk UPDATE must not be read stale later in this transaction
     merged.state, merged.merged_into, merged.updated_at = "merged", survivor.id, datetime.now(UTC)
     session.flush()
     entry = _record(session, action="merge", person_id=survivor.id, other_person_id=merged.id, actor=actor,
@@ -166,6 +167,7 @@ def unmerge(session: Session, *, merge_history_id: int, actor: str, reason: str 
     if back:
         session.execute(text("UPDATE empi.link SET person_id = :m, linked_at = now() WHERE source_id = ANY(:ids)"),
                         {"m": merged.id, "ids": back})
+        session.expire_all()
     merged.state, merged.merged_into, merged.updated_at = "active", None, datetime.now(UTC)
     session.flush()
     _record(session, action="unmerge", person_id=merged.id, other_person_id=entry.person_id, actor=actor,
