@@ -24,7 +24,7 @@ from smartcare.exchange.ingest import Hub, Receipt
 from smartcare.exchange.mllp_server import ack_code, ack_control_id
 from smartcare.platform import auth, metrics
 from smartcare.platform.auth import Principal, Role
-from smartcare.platform.errors import SmartCareError
+from smartcare.platform.errors import PayloadTooLarge, RateLimited, SmartCareError
 from smartcare.platform.settings import get_settings
 from smartcare.standards import hl7v2
 from smartcare.web.deps import db, require
@@ -33,16 +33,6 @@ router = APIRouter(prefix="/api/v1/exchange", tags=["exchange"])
 
 OPERATORS = (Role.ADMIN, Role.AUDITOR)
 RAW_VIEWERS = (Role.ADMIN, Role.AUDITOR)
-
-
-class PayloadTooLarge(SmartCareError):
-    status = 413
-    code = "payload_too_large"
-
-
-class RateLimited(SmartCareError):
-    status = 429
-    code = "rate_limited"
 
 
 async def _body(request: Request) -> bytes:

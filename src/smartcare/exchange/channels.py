@@ -235,6 +235,3 @@ class ChannelCache:
 
     def current(self) -> list[tuple[ChannelConfig, bool]]:
         return self._channels
-
-    def invalidate(self) -> None:
-        self._loaded = float("-inf")

@@ -79,13 +79,13 @@ def route_once(limit: int = 200) -> int:
                                      "WHERE received_at = :at AND id = :id"),
                                 {"e": mask_text(f"cannot route to canonical events: {type(exc).__name__}: {exc}")[:2000],
                                  "at": row.received_at, "id": row.id})
-                metrics.EXCHANGE_ROUTED.labels(channel=row.channel_id, outcome="failed").inc()
+                metrics.child(metrics.EXCHANGE_ROUTED, row.channel_id, "failed").inc()
                 continue
             session.execute(text(
                 "UPDATE exchange.message SET state = CASE WHEN :n > 0 THEN 'routed' ELSE 'delivered' END, "
                 "events = :topics, expected_deliveries = :n, processed_at = now() WHERE received_at = :at AND id = :id"),
                 {"n": expected, "topics": topics, "at": row.received_at, "id": row.id})
-            metrics.EXCHANGE_ROUTED.labels(channel=row.channel_id, outcome="routed").inc()
+            metrics.child(metrics.EXCHANGE_ROUTED, row.channel_id, "routed").inc()
         return len(rows)
 
 

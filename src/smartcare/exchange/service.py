@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -220,7 +220,3 @@ def prune(session: Session, *, today: date | None = None, actor: str = "system")
     audit.record(session, actor=actor, action="exchange.prune", target="exchange.message",
                  detail={k: (len(v) if isinstance(v, list) else v) for k, v in result.items()})
     return result
-
-
-def count_messages(session: Session, flt: MessageFilter) -> int:
-    return session.scalar(flt.apply(select(func.count()).select_from(StoredMessage))) or 0

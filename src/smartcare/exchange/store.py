@@ -164,8 +164,6 @@ class GroupCommitter:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self._conn: psycopg.AsyncConnection | None = None
-        self.batches = 0
-        self.messages = 0
 
     async def start(self) -> None:
         if self._task is None or self._task.done():
@@ -258,8 +256,6 @@ class GroupCommitter:
                     results[pos] = row[0]
                 except Exception as exc:
                     results[pos] = exc
-        self.batches += 1
-        self.messages += len(msg_at)
         return results
 
     @staticmethod

@@ -49,6 +49,16 @@ class Forbidden(SmartCareError):
     code = "forbidden"
 
 
+class PayloadTooLarge(SmartCareError):
+    status = 413
+    code = "payload_too_large"
+
+
+class RateLimited(SmartCareError):
+    status = 429
+    code = "rate_limited"
+
+
 class ConfigurationError(SmartCareError):
     status = 500
     code = "configuration"

@@ -66,18 +66,22 @@ def list_value_sets(session: Session) -> list[ValueSet]:
     return list(session.scalars(select(ValueSet).order_by(ValueSet.id)))
 
 
-def get_value_set(session: Session, value_set_id: str) -> tuple[ValueSet, list[Concept]]:
+def _value_set(session: Session, value_set_id: str) -> ValueSet:
     vs = session.get(ValueSet, value_set_id)
     if vs is None:
         raise NotFound(f"no value set {value_set_id!r}", field="value_set", hint="GET /api/v1/registry/value-sets lists them")
+    return vs
+
+
+def get_value_set(session: Session, value_set_id: str) -> tuple[ValueSet, list[Concept]]:
+    vs = _value_set(session, value_set_id)
     concepts = list(session.scalars(select(Concept).where(Concept.value_set_id == value_set_id).order_by(Concept.code)))
     return vs, concepts
 
 
 def check_code(session: Session, *, value_set: str, code: str) -> CodeCheck:
     """Is ``code`` in ``value_set``? The answer carries its display name or says why not."""
-    if session.get(ValueSet, value_set) is None:
-        raise NotFound(f"no value set {value_set!r}", field="value_set")
+    _value_set(session, value_set)
     display = session.scalar(select(Concept.display).where(Concept.value_set_id == value_set, Concept.code == code))
     if display is None:
         return CodeCheck(value_set, code, False, message=f"code {code!r} is not in value set {value_set!r}")

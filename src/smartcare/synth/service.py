@@ -135,10 +135,6 @@ def last_run(session: Session) -> SeedRun | None:
     return session.scalar(select(SeedRun).order_by(SeedRun.id.desc()).limit(1))
 
 
-def sample_residents(session: Session, *, limit: int = 10, offset: int = 0) -> list[Resident]:
-    return list(session.scalars(select(Resident).order_by(Resident.id).offset(offset).limit(limit)))
-
-
 def random_residents(session: Session, *, limit: int, seed: int) -> list[dict]:
     """A reproducible sample of residents as plain dicts (for simulators and benchmarks)."""
     rows = session.execute(select(Resident).order_by(func.md5(func.concat(Resident.id, str(seed)))).limit(limit)).scalars()

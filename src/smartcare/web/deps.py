@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 
 from fastapi import Depends, Request
@@ -53,4 +54,6 @@ async def signed_client(request: Request, session: Session = Depends(db)) -> aut
     """A hospital system's request, verified by its HMAC signature (see ``platform.auth``)."""
     body = await request.body()
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return auth.verify_signed_request(session, method=request.method, path=path, headers=dict(request.headers), body=body)
+    # the key lookup and the nonce commit are database work: off the event loop that MLLP shares
+    return await asyncio.to_thread(auth.verify_signed_request, session, method=request.method, path=path,
+                                   headers=dict(request.headers), body=body)
