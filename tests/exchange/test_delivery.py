@@ -85,6 +85,10 @@ def test_failing_destination_dead_letters_without_blocking_and_rerun_delivers(bu
     # the other destination was not held up by the failing one
     assert [e["topic"] for e in events_for(mid)] == ["patient.updated"]
     assert message_row(mid)["state"] == "routed"
+    shown = client.get(f"/api/v1/exchange/messages/{mid}", headers=headers).json()["deliveries"]
+    mine = {(d["consumer"].rsplit(".", 1)[1], d["state"]) for d in shown if d["consumer"].startswith("exchange.")}
+    assert mine == {("hook", "dead"), ("event_log", "done")}
+    assert ("empi.intake", "done") in {(d["consumer"], d["state"]) for d in shown}  # the index took the patient too
 
     rerun = client.post("/api/v1/exchange/dead-letters/rerun", params={"channel": cid}, headers=headers)
     assert rerun.json() == {"rerun": 1}

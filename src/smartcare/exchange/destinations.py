@@ -91,6 +91,5 @@ def all_consumers(session: Session) -> dict[str, Consumer]:
 def sync(session: Session, config: ChannelConfig) -> None:
     """Subscriptions follow the channel: new destinations subscribe, removed ones stop receiving."""
     current = consumers_for(config)
-    session.execute(text("DELETE FROM platform.bus_subscription WHERE starts_with(consumer, :prefix) AND NOT (consumer = ANY(:keep))"),
-                    {"prefix": consumer_prefix(config.id), "keep": list(current)})
+    bus.unsubscribe_others(session, consumer_prefix(config.id), list(current))
     bus.sync_subscriptions(current.values(), session=session)

@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from smartcare.exchange import destinations
+from smartcare.platform import bus
 from smartcare.registry import service as registry
 
 DEFAULT_SILENT_MINUTES = 60
@@ -56,10 +58,7 @@ def per_facility(session: Session, *, window_minutes: int = 60, now: datetime | 
 
 def queue_depth(session: Session) -> dict:
     waiting = session.scalar(text("SELECT count(*) FROM exchange.message WHERE state = 'accepted'")) or 0
-    pending = session.execute(text(
-        "SELECT consumer, count(*) FILTER (WHERE state = 'pending') AS pending, count(*) FILTER (WHERE state = 'dead') AS dead "
-        "FROM platform.bus_delivery WHERE starts_with(consumer, 'exchange.') AND state <> 'done' GROUP BY consumer")).mappings().all()
-    return {"to_route": waiting, "destinations": {r["consumer"]: {"pending": r["pending"], "dead": r["dead"]} for r in pending}}
+    return {"to_route": waiting, "destinations": bus.backlog(session, destinations.consumer_prefix())}
 
 
 def alerts(session: Session, *, now: datetime | None = None, lookback_days: int = 7) -> list[dict]:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from smartcare.exchange import destinations
 from smartcare.exchange.channels import ChannelConfig, list_all
 from smartcare.exchange.models import BadFrame, StoredMessage
+from smartcare.exchange.router import event_id
 from smartcare.platform import audit, bus
 from smartcare.platform.errors import InvalidInput, NotFound
 from smartcare.platform.masking import mask_text
@@ -62,12 +63,10 @@ def get_message(session: Session, message_id: int) -> StoredMessage:
 
 
 def deliveries(session: Session, message_id: int) -> list[dict]:
-    """Per-destination delivery state of a message's events (PostgreSQL bus bookkeeping)."""
-    rows = session.execute(text(
-        "SELECT d.id, d.consumer, d.state, d.attempts, d.last_error, m.topic, d.done_at FROM platform.bus_delivery d "
-        "JOIN platform.bus_message m ON m.id = d.message_id "
-        "WHERE m.payload -> 'source' ->> 'message_id' = :mid ORDER BY d.id"), {"mid": str(message_id)}).mappings().all()
-    return [dict(r) for r in rows]
+    """Per-destination delivery state of the events of a message's current run (looked up by their ids)."""
+    m = get_message(session, message_id)
+    ids = [event_id(m.id, m.received_at, m.reruns, i) for i in range(len(m.events or []))]
+    return bus.deliveries(session, ids) if ids else []
 
 
 def view_raw(session: Session, message_id: int, *, actor: str, reason: str | None = None) -> StoredMessage:

@@ -219,6 +219,28 @@ def replay(session: Session, delivery_id: int) -> bool:
     return postgres.replay(session, delivery_id)
 
 
+def deliveries(session: Session, message_ids: list[uuid.UUID]) -> list[dict]:
+    """Per-consumer delivery state of the given events (the PostgreSQL bookkeeping both transports keep;
+    under NATS only dead and replayed deliveries appear)."""
+    from smartcare.platform.bus import postgres
+
+    return postgres.deliveries(session, message_ids)
+
+
+def backlog(session: Session, consumer_prefix: str) -> dict[str, dict[str, int]]:
+    """Pending and dead deliveries per consumer under ``consumer_prefix`` (same caveat as ``deliveries``)."""
+    from smartcare.platform.bus import postgres
+
+    return postgres.backlog(session, consumer_prefix)
+
+
+def unsubscribe_others(session: Session, consumer_prefix: str, keep: list[str]) -> None:
+    """Consumers under ``consumer_prefix`` that are not in ``keep`` stop receiving new events."""
+    from smartcare.platform.bus import postgres
+
+    postgres.unsubscribe_others(session, consumer_prefix, keep)
+
+
 def health() -> str | None:
     """None when the bus can take and deliver events, else a short reason (for ``/ready``)."""
     from smartcare.platform.db import session_factory

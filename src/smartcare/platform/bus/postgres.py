@@ -199,3 +199,27 @@ def purge(session: Session, *, older_than: timedelta = timedelta(days=8)) -> int
         "DELETE FROM platform.bus_message m WHERE m.published_at < now() - CAST(:age AS interval) "
         "AND m.relayed_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM platform.bus_delivery d "
         "WHERE d.message_id = m.id AND d.state <> 'done')"), {"age": f"{older_than.total_seconds()} seconds"}).rowcount
+
+
+def deliveries(session: Session, message_ids: list[uuid.UUID]) -> list[dict]:
+    """Per-consumer delivery state of the given events (both transports record it here)."""
+    rows = session.execute(text(
+        "SELECT d.id, d.consumer, d.state, d.attempts, d.last_error, m.topic, d.done_at FROM platform.bus_delivery d "
+        "JOIN platform.bus_message m ON m.id = d.message_id WHERE m.message_id = ANY(:ids) ORDER BY d.id"),
+        {"ids": message_ids}).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def backlog(session: Session, consumer_prefix: str) -> dict[str, dict[str, int]]:
+    """Pending and dead deliveries per consumer whose name starts with ``consumer_prefix``."""
+    rows = session.execute(text(
+        "SELECT consumer, count(*) FILTER (WHERE state = 'pending') AS pending, count(*) FILTER (WHERE state = 'dead') AS dead "
+        "FROM platform.bus_delivery WHERE starts_with(consumer, :p) AND state <> 'done' GROUP BY consumer"),
+        {"p": consumer_prefix}).mappings().all()
+    return {r["consumer"]: {"pending": r["pending"], "dead": r["dead"]} for r in rows}
+
+
+def unsubscribe_others(session: Session, consumer_prefix: str, keep: list[str]) -> None:
+    """Drop the subscriptions of consumers under ``consumer_prefix`` that are not in ``keep``."""
+    session.execute(text("DELETE FROM platform.bus_subscription WHERE starts_with(consumer, :p) AND NOT (consumer = ANY(:keep))"),
+                    {"p": consumer_prefix, "keep": keep})
