@@ -127,6 +127,21 @@ def client(app):
         yield c
 
 
+#: ``shared/`` sits beside the repository (read-only reference material: samples, schemas).
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def shared(*parts: str) -> Path:
+    """A path inside ``shared/``. Missing: the test fails under CI and is skipped, saying why, elsewhere."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        problem = f"{path} not found: shared/ must sit beside the repository"
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return path
+
+
 NATS_URL = "nats://127.0.0.1:4222"
 
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import csv
-import os
 import uuid
-from pathlib import Path
 
-import pytest
-
+from tests.conftest import SHARED, shared
 from tests.exchange.conftest import CR, FS, VT, adt, events_for, message_row, mllp_exchange, msa, settle
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "hl7v2-samples"
+SAMPLES = SHARED / "hl7v2-samples"
 
 
 def test_adt_gets_aa_and_becomes_a_patient_event(bus_transport, live_server, hospital, residents):
@@ -74,11 +71,7 @@ def test_malformed_frame_gets_ar_and_its_bytes_are_kept(live_server, client, hos
 
 
 def _manifest() -> list[dict]:
-    if not (SAMPLES / "MANIFEST.tsv").exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"HL7 v2 samples not found at {SAMPLES}")
-        pytest.skip("HL7 v2 samples not found")
-    with open(SAMPLES / "MANIFEST.tsv", newline="") as f:
+    with open(shared("hl7v2-samples", "MANIFEST.tsv"), newline="") as f:
         return list(csv.DictReader(f, delimiter="\t"))
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from lxml import etree
 
+from tests.conftest import SHARED, shared
 from smartcare.platform.idcard import make
 from smartcare.standards.cda import (
     CHINA_TZ,
@@ -30,7 +29,7 @@ from smartcare.standards.cda import (
 )
 from smartcare.standards.xml import XmlError, parse_xml
 
-XSD_DIR = Path(__file__).resolve().parents[3] / "shared" / "standards" / "wst500-xsd"
+XSD_DIR = SHARED / "standards" / "wst500-xsd"
 
 ID_NUMBER = make("500103", date(1985, 3, 7), 12, "2")  # 重庆市渝中区, a woman born 1985-03-07
 DOC_ID = uuid.UUID("6f1c9a52-0d3e-4b8a-9c55-2f7e1d0a4b11").hex
@@ -78,11 +77,7 @@ def c0034() -> bytes:
 
 
 def schema(type_code: str) -> etree.XMLSchema:
-    if not XSD_DIR.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"WS/T 500 schemas not found at {XSD_DIR}; CI must check out shared/standards")
-        pytest.skip(f"WS/T 500 schemas not found at {XSD_DIR}")
-    return etree.XMLSchema(etree.parse(str(XSD_DIR / f"{type_code}.xsd")))
+    return etree.XMLSchema(etree.parse(str(shared("standards", "wst500-xsd", f"{type_code}.xsd"))))
 
 
 def without(xml: bytes, xpath: str) -> bytes:

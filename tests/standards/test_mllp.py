@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import random
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import SHARED, shared
 from smartcare.standards import hl7v2, mllp
 from smartcare.standards.mllp import Frame, FrameDecoder, decode_text, frame, sniff_charset
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "hl7v2-samples"
+SAMPLES = SHARED / "hl7v2-samples"
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\r"
 MSG_A = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\rPID|1||42\r"
@@ -78,11 +77,7 @@ def test_frame_split_anywhere() -> None:
 
 
 def test_random_chunks_of_real_samples() -> None:
-    if not SAMPLES.is_dir():
-        problem = f"HL7 v2 samples not found at {SAMPLES}"
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
+    shared("hl7v2-samples")
     payloads = [p.read_bytes() for p in sorted(SAMPLES.glob("*.hl7"))]
     assert len(payloads) == 40
     stream = b"".join(frame(p) for p in payloads)
@@ -272,11 +267,7 @@ def test_sniff_charset(payload: bytes, charset: str | None) -> None:
 
 
 def test_real_samples_with_mislabelled_charsets() -> None:
-    if not SAMPLES.is_dir():
-        problem = f"HL7 v2 samples not found at {SAMPLES}"
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
+    shared("hl7v2-samples")
     dutch = hl7v2.parse(decode_text((SAMPLES / "node-hl7-client__ADT_A08__1.hl7").read_bytes()))
     assert dutch.charset == "8859/1"
     assert dutch.value("PID-5.1.1").startswith("van Testpatiënt")

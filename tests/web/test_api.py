@@ -51,13 +51,12 @@ def test_value_set_lookup_and_validation(client, database_url):
 
 
 def test_wst500_document_types_match_the_shared_schemas(client, database_url):
-    from pathlib import Path
+    from tests.conftest import shared
 
-    xsd_dir = Path(__file__).resolve().parents[2].parent / "shared" / "standards" / "wst500-xsd"
+    xsd_dir = shared("standards", "wst500-xsd")
     codes = {c["code"] for c in client.get("/api/v1/registry/value-sets/wst500-document-type").json()["concepts"]}
     assert len(codes) == 53
-    if xsd_dir.exists():
-        assert codes == {p.stem for p in xsd_dir.glob("C*.xsd")}
+    assert codes == {p.stem for p in xsd_dir.glob("C*.xsd")}
 
 
 def test_malformed_json_gets_400_and_changes_nothing(client, seeded):
