@@ -21,7 +21,8 @@ def peak_rss_mib() -> float:
 @contextlib.contextmanager
 def scratch_database() -> Iterator[str]:
     """A new, migrated database on the configured server (DATABASE_URL or the embedded one), dropped afterwards."""
-    from smartcare.platform import db, migrate
+    from smartcare.bootstrap import prepare_database
+    from smartcare.platform import db
     from smartcare.platform.settings import get_settings
 
     server = make_url(db.database_url())
@@ -33,7 +34,7 @@ def scratch_database() -> Iterator[str]:
     get_settings.cache_clear()
     db.reset_caches()
     try:
-        migrate.upgrade()
+        prepare_database()
         yield os.environ["DATABASE_URL"]
     finally:
         db.reset_caches()

@@ -68,6 +68,7 @@ def main() -> None:
     cards = report.counts["visit_cards"]
     print(f"  visit cards with errors + truth    {report.seconds['visit_cards']:8.2f} s   {cards / report.seconds['visit_cards']:>10,.0f} cards/s "
           f"({cards:,} cards, {report.counts['twins']:,} twins added)")
+    print(f"  whole seed pipeline                {pipeline.seconds:8.2f} s")
     print(f"  peak RSS                           {peak_rss_mib():8.0f} MiB")
 
 

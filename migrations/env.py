@@ -3,10 +3,10 @@
 from alembic import context
 from sqlalchemy import create_engine, text
 
-from smartcare.platform import models_registry
+from smartcare import bootstrap
 from smartcare.platform.db import SCHEMAS, Base, database_url
 
-models_registry.import_all()
+bootstrap.import_models()
 target_metadata = Base.metadata
 
 

@@ -36,7 +36,8 @@ def _server_url() -> str:
 @pytest.fixture(scope="session")
 def database_url():
     """A new database on the server, migrated to head; dropped after the session."""
-    from smartcare.platform import db, migrate
+    from smartcare.bootstrap import prepare_database
+    from smartcare.platform import db
     from smartcare.platform.settings import get_settings
 
     server = make_url(_server_url())
@@ -49,7 +50,7 @@ def database_url():
     os.environ["DATABASE_URL"] = url
     get_settings.cache_clear()
     db.reset_caches()
-    migrate.upgrade()
+    prepare_database()
     yield url
     db.reset_caches()
     with admin.connect() as conn:

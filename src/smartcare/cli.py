@@ -71,10 +71,10 @@ def version() -> None:
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema and load reference data (districts, value sets)."""
-    from smartcare.platform import migrate as migrations
+    from smartcare.bootstrap import prepare_database
 
     _setup_logging()
-    migrations.upgrade()
+    prepare_database()
     console.print("[green]database is up to date[/]")
 
 
@@ -158,9 +158,9 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
     with console.status(f"starting the database ({where}) …"):
         database_url()
     with console.status("applying migrations …"):
-        from smartcare.platform import migrate as migrations
+        from smartcare.bootstrap import prepare_database
 
-        migrations.upgrade()
+        prepare_database()
     with session_scope() as session:
         empty = synth.resident_count(session) == 0
     if empty:

@@ -13,7 +13,7 @@ from smartcare.exchange.router import Router
 from smartcare.platform import auth, bus
 from smartcare.platform.bus import postgres as bus_postgres
 from smartcare.platform.db import session_scope
-from smartcare.platform.models_registry import import_consumers
+from smartcare.bootstrap import import_consumers
 
 log = logging.getLogger(__name__)
 

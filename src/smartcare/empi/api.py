@@ -4,15 +4,14 @@ cross-reference a person's cards, look a patient up by a hospital's old card num
 from __future__ import annotations
 
 from fastapi import APIRouter, Body, Depends, Query
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from smartcare.empi import matching, service
-from smartcare.empi.models import Link, Person, SourceIdentity
+from smartcare.empi.models import Person
 from smartcare.empi.schemas import CardOut, PersonOut, SourceIn, masked_golden
 from smartcare.platform import audit
 from smartcare.platform.auth import Principal, Role
-from smartcare.platform.errors import Forbidden, NotFound
+from smartcare.platform.errors import Forbidden
 from smartcare.web.deps import db, require, signed_client
 
 router = APIRouter(prefix="/api/v1/empi", tags=["empi"])
@@ -49,24 +48,14 @@ def person(empi_id: str, session: Session = Depends(db), who: Principal = Depend
 def lookup(facility: str = Query(..., max_length=32), card_no: str = Query(..., max_length=64),
            session: Session = Depends(db), who: Principal = Depends(require(*READERS))):
     """Find the person behind a hospital's own (old) visit card number."""
-    person_id = session.scalar(select(Link.person_id).join(SourceIdentity, SourceIdentity.id == Link.source_id)
-                               .where(SourceIdentity.facility_code == facility, SourceIdentity.card_no == card_no))
-    if person_id is None:
-        raise NotFound(f"no visit card {card_no!r} at {facility}", field="card_no")
-    return _person_out(session, session.get(Person, person_id), who)
-
-
-def _person_id(session: Session, empi_id: str) -> int:
-    found = session.scalar(select(Person.id).where(Person.empi_id == empi_id))
-    if found is None:
-        raise NotFound(f"no person {empi_id}", field="empi_id")
-    return found
+    return _person_out(session, service.person_by_card(session, facility_code=facility, card_no=card_no), who)
 
 
 @router.post("/persons/{empi_id}/merge")
 def merge(empi_id: str, other: str = Body(..., embed=True, description="EMPI id of the person folded into this one"),
           reason: str = Body("", embed=True), session: Session = Depends(db), who: Principal = Depends(require(Role.ADMIN))):
-    entry = service.merge(session, survivor_id=_person_id(session, empi_id), merged_id=_person_id(session, other),
+    entry = service.merge(session, survivor_id=service.person_id_of(session, empi_id),
+                          merged_id=service.person_id_of(session, other),
                           actor=who.username, reason=reason)
     return {"merge": entry.id, "survivor": empi_id, "merged": other}
 

@@ -214,6 +214,22 @@ def xref(session: Session, empi_id: str) -> tuple[Person, list[SourceIdentity]]:
     return person, sources
 
 
+def person_by_card(session: Session, *, facility_code: str, card_no: str) -> Person:
+    """The person behind a hospital's own (old) visit card number."""
+    person_id = session.scalar(select(Link.person_id).join(SourceIdentity, SourceIdentity.id == Link.source_id)
+                               .where(SourceIdentity.facility_code == facility_code, SourceIdentity.card_no == card_no))
+    if person_id is None:
+        raise NotFound(f"no visit card {card_no!r} at {facility_code}", field="card_no")
+    return session.get(Person, person_id)
+
+
+def person_id_of(session: Session, empi_id: str) -> int:
+    found = session.scalar(select(Person.id).where(Person.empi_id == empi_id))
+    if found is None:
+        raise NotFound(f"no person {empi_id}", field="empi_id")
+    return found
+
+
 def history(session: Session, person_id: int) -> list[History]:
     return list(session.scalars(select(History).where((History.person_id == person_id) | (History.other_person_id == person_id))
                                 .order_by(History.id)))

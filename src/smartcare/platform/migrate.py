@@ -1,4 +1,4 @@
-"""Apply Alembic migrations, then the reference data and bus subscriptions that the code defines."""
+"""Alembic migrations: where they are and how to apply them."""
 
 from __future__ import annotations
 
@@ -21,21 +21,6 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade() -> None:
-    """Bring the schema to the newest revision and load what every fresh database needs."""
-    from smartcare.platform import bus
-    from smartcare.platform.db import session_scope
-    from smartcare.registry import service as registry_service
-
-    from smartcare.exchange import channels, service as exchange
-    from smartcare.platform.models_registry import import_consumers
-
-    import_consumers()
-
+def upgrade_schema() -> None:
+    """Bring the schema to the newest Alembic revision (data the code defines: ``smartcare.bootstrap``)."""
     command.upgrade(alembic_config(), "head")
-    with session_scope() as session:
-        registry_service.load_reference_data(session)
-        channels.ensure_defaults(session)
-        exchange.ensure_partitions(session)
-    # PostgreSQL subscription rows, or the JetStream stream and durables when SMARTCARE_BUS_URL names NATS.
-    bus.sync_subscriptions(bus.registry.consumers.values())
