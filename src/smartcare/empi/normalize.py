@@ -95,6 +95,8 @@ class Normalized:
     district_code: str | None
     repairs: tuple[Repair, ...]
     conflicts: tuple[str, ...]
+    # "张三之子", "李四之女", "王芳婴": a newborn registered under a parent's name; not the child's name.
+    placeholder_name: bool = False
 
     def __repr__(self) -> str:
         # Keep names, numbers, birth dates and addresses out of tracebacks, logs and test output.
@@ -158,6 +160,8 @@ _HAS_SPACE: Final = re.compile(r"\s")
 # longer name (阿不都 热合曼) separates its parts.
 _LONGEST_HAN_NAME: Final = 4
 MIDDLE_DOT: Final = "·"
+# A newborn registered before it has a name: "<parent>之子/之女/之婴", "<parent>婴", "新生儿", "男婴".
+_PLACEHOLDER_NAME: Final = re.compile("之[子女婴儿]$|^..{1,3}[男女]?婴儿?$|^(新生儿|[男女]婴)$")
 
 
 def _nfkc(value: str) -> str:
@@ -634,4 +638,5 @@ def normalize(record: Mapping[str, Any], *, today: date | None = None) -> Normal
         district_code=district_code,
         repairs=tuple(repairs),
         conflicts=tuple(conflicts),
+        placeholder_name=bool(_PLACEHOLDER_NAME.search(name.name)),
     )
