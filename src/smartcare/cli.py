@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -27,6 +28,8 @@ channels_app = typer.Typer(help="Exchange channels: configuration as YAML, versi
 exchange_app = typer.Typer(help="The exchange hub's message store: re-runs, dead letters, retention.", no_args_is_help=True)
 app.add_typer(channels_app, name="channels")
 app.add_typer(exchange_app, name="exchange")
+empi_app = typer.Typer(help="The master patient index: migration of visit cards, matching.", no_args_is_help=True)
+app.add_typer(empi_app, name="empi")
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -398,6 +401,44 @@ def exchange_prune() -> None:
         after = service.store_size(session)
     console.print(f"dropped {len(result['dropped_partitions'])} partition(s), deleted {result['deleted_messages']} message(s); "
                   f"store {before / 2**20:.1f} MiB → {after / 2**20:.1f} MiB")
+
+
+@empi_app.command("migrate")
+def empi_migrate(source: Path = typer.Argument(..., help="CSV with facility_code, card_no and the config's columns"),
+                 config: Path = typer.Option(None, help="field config YAML (default: the built-in Chinese one)"),
+                 dry_run: bool = typer.Option(False, "--dry-run", help="profile, train, link and report; commit nothing"),
+                 report: Path = typer.Option(None, help="where to write the HTML report (default empi-migration-<run>.html)"),
+                 chunk: int = typer.Option(20_000, help="persons committed per transaction"),
+                 retrain: bool = typer.Option(False, help="train a new model even if the index has one")) -> None:
+    """Migrate hospitals' visit cards into the index: profile → train → link → commit → review. Resumable:
+    run the same command again after a crash and it continues where it stopped."""
+    from smartcare.empi import migration
+    from smartcare.empi import report as report_module
+    from smartcare.empi.fields import default_config, load_config
+    from smartcare.platform.db import session_factory
+
+    _setup_logging()
+    options = migration.Options(path=source, config=load_config(config) if config else default_config(),
+                                dry_run=dry_run, actor="cli", chunk=chunk, retrain=retrain)
+    bar = Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console)
+    tasks: dict[str, int] = {}
+
+    def progress(task: str, advance: int, total: int | None) -> None:
+        if task not in tasks:
+            tasks[task] = bar.add_task(task, total=total)
+        elif total is not None:
+            bar.update(tasks[task], total=total)
+        bar.advance(tasks[task], advance)
+
+    with session_factory()() as session, bar:
+        run = migration.run_migration(session, options, progress)
+        path = report_module.write(session, run, options.config, report or Path(f"empi-migration-{run.id}.html"))
+    seconds = sum(v for v in (run.stats.get("seconds") or {}).values() if v)
+    link = run.stats.get("link") or {}
+    console.print(f"run {run.id}: {run.stats['profile']['staged']:,} cards, {link.get('persons_new', 0):,} new persons, "
+                  f"{(run.stats.get('review') or {}).get('queued', 0):,} to review"
+                  f"{' (dry run: nothing committed)' if dry_run else ''}; {seconds:.1f} s; report {path}")
 
 
 simulate_app = typer.Typer(help="Simulated traffic for demos and benchmarks.", no_args_is_help=True)

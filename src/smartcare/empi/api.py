@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from smartcare.empi import matching, service
 from smartcare.empi.models import Person
-from smartcare.empi.schemas import CardOut, PersonOut, SourceIn, masked_golden
+from smartcare.empi.schemas import CandidateOut, CardOut, PersonOut, QueryIn, RegisterOut, SourceIn, masked_golden
 from smartcare.platform import audit
 from smartcare.platform.auth import Principal, Role
 from smartcare.platform.errors import Forbidden
@@ -26,15 +26,34 @@ def _person_out(session: Session, person: Person, who: Principal) -> PersonOut:
                      cards=[CardOut(facility_code=c.facility_code, card_no=c.card_no) for c in cards])
 
 
-@router.post("/sources", response_model=PersonOut, status_code=201)
+@router.post("/sources", response_model=RegisterOut, status_code=201)
 def register(data: SourceIn, session: Session = Depends(db), who: Principal = Depends(signed_client)):
     """A hospital system registers a visit card (HMAC-signed) and gets the regional EMPI id in the answer."""
     if not who.facility_code:
         raise Forbidden("this API client belongs to no facility", field="client")
     source = service.register_source(session, facility_code=who.facility_code, card_no=data.card_no,
                                      record=data.model_dump(exclude={"card_no"}), actor=who.username)
-    person = matching.prelink(session, source, actor=who.username)
-    return _person_out(session, person, who)
+    decision = matching.match(session, source, actor=who.username)
+    out = _person_out(session, decision.person, who)
+    return RegisterOut(**out.model_dump(), outcome=decision.outcome, weight=decision.weight, method=decision.method)
+
+
+@router.post("/query", response_model=list[CandidateOut])
+def query(data: QueryIn, session: Session = Depends(db), who: Principal = Depends(require(*READERS))):
+    """Ranked candidate persons for some demographics (PDQ-like), each with its match weight and why."""
+    ranked = matching.query(session, data.model_dump(exclude={"limit"}), limit=data.limit)
+    audit.record(session, actor=who.username, action="empi.query", target="empi",
+                 detail={"candidates": len(ranked)})
+    out = []
+    for r in ranked:
+        person = session.get(Person, r.person_id)
+        golden = person.golden if who.has(Role.ADMIN) else masked_golden(person.golden)
+        terms = [{"comparison": t.comparison, "level": t.level, "weight": round(t.weight, 3)} for t in r.score.terms] \
+            if r.score else []
+        out.append(CandidateOut(empi_id=person.empi_id, weight=None if r.score is None else round(r.weight, 3),
+                                probability=None if r.score is None else r.score.probability, rule=r.rule,
+                                golden=golden, terms=terms))
+    return out
 
 
 @router.get("/persons/{empi_id}", response_model=PersonOut)

@@ -1,5 +1,5 @@
 """Bus consumers of the master patient index: hospitals' patient events, from any exchange channel,
-become source identities and are pre-linked at once."""
+become source identities and are matched at once."""
 
 from __future__ import annotations
 
@@ -23,4 +23,4 @@ def intake(session: Session, message: Message) -> None:
     record = {k: data.get(k) for k in ("name", "id_number", "sex", "birth_date", "phone", "address")}
     registered = service.register_source(session, facility_code=facility, card_no=str(card_no), record=record,
                                          trust=DEFAULT_TRUST, actor="empi.intake")
-    matching.prelink(session, registered, actor="empi.intake")
+    matching.match(session, registered, actor="empi.intake")

@@ -139,7 +139,9 @@ def _p_true(arg: str) -> tuple[str, Test]:
 
 
 def _p_either_false(arg: str) -> tuple[str, Test]:
-    return f'(NOT "{arg}_l" OR NOT "{arg}_r")', lambda a, b: not a.get(arg) or not b.get(arg)
+    # A missing value counts as false in both renderings (SQL's NOT NULL would be unknown).
+    return (f'(NOT COALESCE("{arg}_l", FALSE) OR NOT COALESCE("{arg}_r", FALSE))',
+            lambda a, b: not a.get(arg) or not b.get(arg))
 
 
 def _p_cross(arg: list[str]) -> tuple[str, Test]:
@@ -197,6 +199,10 @@ PREDICATES: dict[str, Callable[[Any], tuple[str, Test]]] = {
 def compile_predicate(spec: Mapping[str, Any], where: str) -> tuple[str, Test]:
     """A level's ``when`` (or the level itself): one predicate, or ``all``/``any`` of several, or ``not``."""
     keys = [k for k in spec if k in PREDICATES or k in ("all", "any", "not")]
+    unknown = sorted(str(k) for k in spec if k not in keys)
+    if unknown:  # a misspelt key, or an unquoted comma in a YAML flow mapping, must not pass silently
+        raise InvalidInput(f"{where}: unknown keys {unknown}; a level has label, tf, neutral and one of "
+                           f"{sorted(PREDICATES) + ['all', 'any', 'not']}", field=where)
     if len(keys) != 1:
         raise InvalidInput(f"{where}: give exactly one of {sorted(PREDICATES) + ['all', 'any', 'not']}, "
                            f"not {sorted(spec)}", field=where)
@@ -207,7 +213,9 @@ def compile_predicate(spec: Mapping[str, Any], where: str) -> tuple[str, Test]:
                         [compile_predicate(p, f"{where}.{key}[{i}]") for i, p in enumerate(arg)])
     if key == "not":
         sql, test = compile_predicate(arg, f"{where}.not")
-        return f"NOT {sql}", lambda a, b: not test(a, b)
+        # A predicate on a missing value is false in Python but unknown (NULL) in SQL: only
+        # NOT tells the two apart, so it treats unknown as false as Python does.
+        return f"NOT COALESCE({sql}, FALSE)", lambda a, b: not test(a, b)
     try:
         return PREDICATES[key](arg)
     except (KeyError, TypeError, ValueError) as exc:

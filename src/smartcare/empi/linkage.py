@@ -26,6 +26,9 @@ from smartcare.empi.fields import FieldConfig, Features
 from smartcare.empi.scoring import Model
 
 log = logging.getLogger(__name__)
+# Splink warns at length about levels the data never reaches (e.g. "last 8 digits" of a phone); the
+# model gives such a level weight 0 (scoring.Model.level_weight), and the report shows it untrained.
+logging.getLogger("splink").setLevel(logging.ERROR)
 
 _BOOL_FEATURES = {"id_valid", "id_consistent"}
 
@@ -94,6 +97,19 @@ def train(config: FieldConfig, table: pa.Table, *, max_pairs: float = 2e6, seed:
     return Model.from_splink(config, linker.misc.save_model_to_json())
 
 
+def rule_pairs(config: FieldConfig, table: pa.Table) -> list[tuple[int, int]]:
+    """Pairs (smaller uid first) that satisfy one of the config's deterministic rules."""
+    import duckdb
+
+    if not config.deterministic:
+        return []
+    con = duckdb.connect()
+    con.register("records", table)
+    sql = " UNION ".join(f"SELECT l.unique_id AS a, r.unique_id AS b FROM records l JOIN records r ON {rule.sql} "
+                         f"AND l.unique_id < r.unique_id" for rule in config.deterministic)
+    return [(a, b) for a, b in con.execute(sql).fetchall()]
+
+
 @dataclass(frozen=True)
 class Pairs:
     """Scored pairs (``unique_id_l`` < ``unique_id_r``) at or above the review weight."""
@@ -114,7 +130,7 @@ def predict(config: FieldConfig, model: Model, table: pa.Table, *, threads: int 
     """Every pair sharing a blocking key, scored by ``model``; those at or above ``review_weight`` kept."""
     linker = _linker(config, table, model, threads=threads)
     result = linker.inference.predict(threshold_match_weight=config.review_weight)
-    out = linker._db_api._con.execute(
+    out = linker._db_api._con.sql(
         f"SELECT unique_id_l, unique_id_r, match_weight FROM {result.physical_name}").to_arrow_table()
     return Pairs(out)
 

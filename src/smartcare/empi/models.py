@@ -1,4 +1,4 @@
-"""Tables of the master patient index (schema ``empi``); DDL in migration 0005."""
+"""Tables of the master patient index (schema ``empi``); DDL in migrations 0005 and 0006."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class SourceIdentity(Base):
     card_no: Mapped[str] = mapped_column(String(64))
     recorded: Mapped[dict] = mapped_column(JSONB)
     norm: Mapped[dict] = mapped_column(JSONB)
+    features: Mapped[dict] = mapped_column(JSONB, default=dict)  # what the field config compares
     trust: Mapped[int] = mapped_column(SmallInteger)
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -74,3 +75,54 @@ class History(Base):
     method: Mapped[str | None] = mapped_column(String(64))
     actor: Mapped[str] = mapped_column(String(100))
     detail: Mapped[dict] = mapped_column(JSONB, default=dict)
+
+
+class Model(Base):
+    """A trained Fellegi–Sunter model (``scoring.Model`` as JSON); the newest one of a config is used."""
+
+    __tablename__ = "model"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    config_name: Mapped[str] = mapped_column(String(100))
+    params: Mapped[dict] = mapped_column(JSONB)
+    records: Mapped[int]
+    trained_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    trained_by: Mapped[str] = mapped_column(String(100))
+
+
+class Review(Base):
+    """A possible match (weight between the review and link thresholds) waiting for a person."""
+
+    __tablename__ = "review"
+    __table_args__ = (UniqueConstraint("source_id", "other_source_id"), {"schema": SCHEMA})
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey(f"{SCHEMA}.source_identity.id"))
+    other_source_id: Mapped[int] = mapped_column(ForeignKey(f"{SCHEMA}.source_identity.id"))
+    weight: Mapped[float] = mapped_column(Float)
+    terms: Mapped[list] = mapped_column(JSONB)
+    state: Mapped[str] = mapped_column(String(12), default="open")
+    origin: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    decided_by: Mapped[str | None] = mapped_column(String(100))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class MigrationRun(Base):
+    """One ``smartcare empi migrate`` of one file: its last completed stage and what it found."""
+
+    __tablename__ = "migration_run"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    source_name: Mapped[str]
+    checksum: Mapped[str] = mapped_column(String(64))
+    config_name: Mapped[str] = mapped_column(String(100))
+    dry_run: Mapped[bool]
+    stage: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(12))
+    stats: Mapped[dict] = mapped_column(JSONB, default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_by: Mapped[str] = mapped_column(String(100))

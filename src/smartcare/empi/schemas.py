@@ -22,6 +22,19 @@ class SourceIn(BaseModel):
     address: str | None = Field(None, max_length=300)
 
 
+class QueryIn(BaseModel):
+    """Demographics to search by (PDQ); any may be missing."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    name: str | None = Field(None, max_length=60)
+    id_number: str | None = Field(None, max_length=24)
+    sex: str | None = Field(None, max_length=8)
+    birth_date: date | None = None
+    phone: str | None = Field(None, max_length=30)
+    address: str | None = Field(None, max_length=300)
+    limit: int = Field(10, ge=1, le=50)
+
+
 class CardOut(BaseModel):
     facility_code: str
     card_no: str
@@ -32,6 +45,21 @@ class PersonOut(BaseModel):
     state: str
     golden: dict
     cards: list[CardOut]
+
+
+class RegisterOut(PersonOut):
+    outcome: str = Field(description="link (to an existing person), review (own person, a possible match queued) or new")
+    weight: float | None = None
+    method: str
+
+
+class CandidateOut(BaseModel):
+    empi_id: str
+    weight: float | None = Field(description="match weight (log2 Bayes factor); null when linked by rule without a model")
+    probability: float | None
+    rule: bool
+    golden: dict
+    terms: list[dict]
 
 
 def masked_golden(golden: dict) -> dict:

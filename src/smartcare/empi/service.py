@@ -33,7 +33,7 @@ def _json(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date | datetime) else value
 
 
-def _norm_dict(record: Mapping[str, Any]) -> dict:
+def norm_dict(record: Mapping[str, Any]) -> dict:
     n = normalize(record)
     data = {k: _json(v) for k, v in asdict(n).items() if k not in ("repairs", "pinyin")}
     data["pinyin"] = list(n.pinyin)
@@ -50,7 +50,7 @@ def register_source(session: Session, *, facility_code: str, card_no: str, recor
     recorded = {k: _json(v) for k, v in record.items() if k in ("name", "id_number", "sex", "birth_date", "phone", "address")}
     source = session.scalar(select(SourceIdentity).where(SourceIdentity.facility_code == facility_code,
                                                          SourceIdentity.card_no == card_no))
-    norm = _norm_dict(record)
+    norm = norm_dict(record)
     when = recorded_at or datetime.now(UTC)
     if source is None:
         source = SourceIdentity(facility_code=facility_code, card_no=card_no, recorded=recorded, norm=norm, trust=trust,
@@ -177,26 +177,33 @@ def unmerge(session: Session, *, merge_history_id: int, actor: str, reason: str 
     return merged
 
 
-def recompute_golden(session: Session, person_id: int) -> dict:
-    """Survivorship per field: among the linked sources that have a value, a valid ID number first, then
-    the most trusted source, then the most recent, then the most complete record."""
-    person = session.get(Person, person_id)
-    sources = list(session.scalars(select(SourceIdentity).join(Link, Link.source_id == SourceIdentity.id)
-                                   .where(Link.person_id == person_id)))
+def golden_of(sources: list[tuple[dict, int, datetime]]) -> dict:
+    """Survivorship per field over (norm, trust, recorded_at) of a person's sources: among those with
+    a value, a valid ID number first, then the most trusted source, then the most recent, then the
+    most complete record."""
     golden: dict[str, Any] = {}
     for name in GOLDEN_FIELDS:
         best = None
-        for s in sources:
-            value = s.norm.get(name)
+        for norm, trust, recorded_at in sources:
+            value = norm.get(name)
             if value in (None, "") or (name == "sex" and value in ("0", "9")):
                 continue
-            completeness = sum(1 for f in GOLDEN_FIELDS if s.norm.get(f) not in (None, ""))
-            rank = (bool(s.norm.get("id_valid")) if name == "id_number" else True, s.trust, s.recorded_at, completeness)
+            completeness = sum(1 for f in GOLDEN_FIELDS if norm.get(f) not in (None, ""))
+            rank = (bool(norm.get("id_valid")) if name == "id_number" else True, trust, recorded_at, completeness)
             if best is None or rank > best[0]:
-                best = (rank, value, s.id)
+                best = (rank, value)
         if best is not None:
             golden[name] = best[1]
     golden["sources"] = len(sources)
+    return golden
+
+
+def recompute_golden(session: Session, person_id: int) -> dict:
+    """The person's golden record from its linked sources (``golden_of``), stored."""
+    person = session.get(Person, person_id)
+    sources = list(session.scalars(select(SourceIdentity).join(Link, Link.source_id == SourceIdentity.id)
+                                   .where(Link.person_id == person_id)))
+    golden = golden_of([(s.norm, s.trust, s.recorded_at) for s in sources])
     person.golden, person.updated_at = golden, datetime.now(UTC)
     session.flush()
     return golden

@@ -713,3 +713,21 @@ def _misdate(born: date, code: str, rnd: Any, as_of: int) -> date | None:
     if code == "birth_missing":
         return None
     raise AssertionError(code)  # pragma: no cover
+
+
+CSV_COLUMNS = ("facility_code", "card_no", "name", "id_number", "sex", "birth_date", "phone", "address", "registered_at")
+
+
+def write_csv(path: Any, cards: Iterable[VisitCard]) -> int:
+    """Cards as the CSV ``smartcare empi migrate`` reads (what a hospital's export would look like)."""
+    import csv
+
+    n = 0
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(CSV_COLUMNS)
+        for c in cards:
+            out.writerow([c.facility_code, c.card_no, c.name, c.id_number or "", c.sex, c.birth_date or "",
+                          c.phone or "", c.address or "", c.registered_at])
+            n += 1
+    return n
