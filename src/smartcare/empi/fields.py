@@ -59,6 +59,13 @@ def _date(value: Any) -> str | None:
     return None
 
 
+def _swap_month_day(iso: str | None) -> str | None:
+    if not iso:
+        return None
+    d = date.fromisoformat(iso)
+    return d.replace(month=d.day, day=d.month).isoformat() if d.day <= 12 and d.day != d.month else None
+
+
 def _ascii_fold(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
 
@@ -74,6 +81,8 @@ STEPS: dict[str, Callable[[Any], Any]] = {
     "collapse_spaces": lambda v: " ".join(str(v).split()) or None,
     "date": _date,
     "year": lambda v: (_date(v) or "")[:4] or None,
+    "ordinal": lambda v: date.fromisoformat(d).toordinal() if (d := _date(v)) else None,  # for within: {max: 1}
+    "swap_month_day": lambda v: _swap_month_day(_date(v)),  # for cross: [dob, dob_swapped]
     "first_token": lambda v: (str(v).split() or [None])[0],
     "last_token": lambda v: (str(v).split() or [None])[-1],
     "last8": lambda v: str(v)[-8:] if len(str(v)) >= 8 else None,

@@ -40,7 +40,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from smartcare.empi import linkage, matching, service
-from smartcare.empi.fields import FieldConfig, default_config
+from smartcare.empi.fields import FieldConfig
 from smartcare.empi.models import MigrationRun
 from smartcare.platform import audit
 from smartcare.platform.db import copy_rows
