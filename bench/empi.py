@@ -1,0 +1,262 @@
+"""Benchmark: the master patient index on synthetic visit cards (errors, twins, guardians' IDs).
+
+Prints, in one run:
+
+1. Linkage quality and time on the same cards (≥ 100,000 in the full run): pairwise precision,
+   recall and F1 against the synthetic truth, for SmartCare's engine (its field config, Splink EM,
+   clustering that never joins two certain IDs) and for a plain Splink model with Splink's default
+   comparisons on the raw columns (the baseline).
+2. Bulk migration: ``smartcare empi migrate`` of the whole file (default 1,000,000 cards) into a
+   scratch PostgreSQL database — stage, train, link, commit, review — wall time per stage, and
+   the quality of what was committed.
+3. Real time: register-and-match of held-out cards (new cards of residents already in the index)
+   against that index, from 8 concurrent clients: p50/p99 latency, throughput, and how many went to
+   the right person; baseline: the same clients doing a plain indexed lookup by ID number.
+4. Peak RSS.
+
+    python bench/empi.py             # 1,000,000 cards (about 400,000 residents)
+    python bench/empi.py --quick     # 30,000 cards, under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import logging
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Timer, peak_rss_mib, scratch_database  # noqa: E402
+
+from smartcare.empi import linkage, matching, migration, service  # noqa: E402
+from smartcare.empi.fields import default_config  # noqa: E402
+from smartcare.synth import region, visitcards  # noqa: E402
+
+RECORD_COLUMNS = ("name", "id_number", "sex", "birth_date", "phone", "address")
+
+
+def generate(cards: int, seed: int):
+    """About ``cards`` synthetic visit cards (2.5 per resident) with their truth."""
+    people = list(region.residents(seed, int(cards / 2.5)))
+    people += list(visitcards.twins(seed, people))
+    return list(visitcards.visit_cards(seed, people, region.facilities(seed)))
+
+
+def record_of(card) -> dict:
+    return {c: getattr(card, c) for c in RECORD_COLUMNS}
+
+
+def pairwise(clusters: dict[int, int], truth: list[int]) -> tuple[float, float, float]:
+    """Precision, recall, F1 over pairs of cards (cluster: uid → cluster id, uid = position)."""
+    groups = collections.defaultdict(list)
+    for uid in range(len(truth)):
+        groups[clusters.get(uid, uid)].append(uid)
+    predicted = sum(len(g) * (len(g) - 1) // 2 for g in groups.values())
+    hits = sum(n * (n - 1) // 2 for g in groups.values() for n in collections.Counter(truth[u] for u in g).values())
+    true = sum(n * (n - 1) // 2 for n in collections.Counter(truth).values())
+    p, r = hits / max(predicted, 1), hits / max(true, 1)
+    return p, r, 2 * p * r / max(p + r, 1e-12)
+
+
+def smartcare_quality(generated) -> tuple[tuple[float, float, float], float]:
+    config = default_config()
+    with Timer() as t:
+        features = [(i, config.features(record_of(c))) for i, (c, _) in enumerate(generated)]
+        table = linkage.frame(config, features)
+        model = linkage.train(config, table)
+        pairs = list(linkage.predict(config, model, table).rows())
+        forced = [(a, b, float("inf")) for a, b in linkage.rule_pairs(config, table)]
+        distinct = {i: f.get("id_certain") for i, f in features}
+        clusters = linkage.cluster([*forced, *pairs], link_weight=config.link_weight, distinct=distinct)
+    return pairwise(clusters, [t.resident_id for _, t in generated]), t.seconds
+
+
+def plain_splink_quality(generated) -> tuple[tuple[float, float, float], float]:
+    """Splink with its default comparisons on the raw columns, trained the way its tutorials do."""
+    import duckdb
+    import pyarrow as pa
+    import splink.comparison_library as cl
+    from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+
+    with Timer() as t:
+        table = pa.table({
+            "unique_id": list(range(len(generated))),
+            **{c: [None if getattr(card, c) in (None, "") else str(getattr(card, c)) for card, _ in generated]
+               for c in RECORD_COLUMNS}})
+        settings = SettingsCreator(
+            link_type="dedupe_only",
+            comparisons=[cl.NameComparison("name"), cl.DateOfBirthComparison("birth_date", input_is_string=True),
+                         cl.ExactMatch("sex"), cl.ExactMatch("id_number"), cl.ExactMatch("phone"),
+                         cl.LevenshteinAtThresholds("address", 2)],
+            blocking_rules_to_generate_predictions=[block_on("id_number"), block_on("name", "birth_date"),
+                                                    block_on("phone")])
+        db_api = DuckDBAPI(connection=duckdb.connect())
+        linker = Linker(db_api.register(table), settings)
+        linker.training.estimate_probability_two_random_records_match([block_on("id_number", "birth_date")], recall=0.8)
+        linker.training.estimate_u_using_random_sampling(max_pairs=2e6, seed=1)
+        linker.training.estimate_parameters_using_expectation_maximisation(block_on("birth_date"))
+        linker.training.estimate_parameters_using_expectation_maximisation(block_on("name"))
+        predictions = linker.inference.predict(threshold_match_probability=0.5)
+        clustered = linker.clustering.cluster_pairwise_predictions_at_threshold(predictions, 0.95)
+        rows = db_api._con.sql(f"SELECT unique_id, cluster_id FROM {clustered.physical_name}").fetchall()
+    clusters = {uid: cid for uid, cid in rows}
+    ids = {cid: i for i, cid in enumerate(sorted(set(clusters.values()), key=str))}
+    return pairwise({u: ids[c] for u, c in clusters.items()}, [t.resident_id for _, t in generated]), t.seconds
+
+
+def realtime(url: str, held_out, clients: int) -> dict:
+    """Register held-out cards concurrently; each is one transaction (register, match, commit)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import sessionmaker
+
+    engine = create_engine(url, pool_size=clients + 2)
+    factory = sessionmaker(engine)
+    queue = list(enumerate(held_out))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    placed: dict[int, int] = {}
+
+    def worker() -> None:
+        with factory() as session:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    i, card = queue.pop()
+                start = time.perf_counter()
+                source = service.register_source(session, facility_code=card.facility_code, card_no=card.card_no,
+                                                 record=record_of(card), actor="bench")
+                decision = matching.match(session, source, actor="bench")
+                session.commit()
+                elapsed = time.perf_counter() - start
+                with lock:
+                    latencies.append(elapsed)
+                    placed[i] = decision.person.id
+
+    def lookup_worker(numbers: list[str]) -> None:
+        with factory() as session:
+            for n in numbers:
+                start = time.perf_counter()
+                session.execute(text("SELECT l.person_id FROM empi.source_identity s JOIN empi.link l ON l.source_id = s.id "
+                                     "WHERE s.norm ->> 'id_number' = :n LIMIT 5"), {"n": n}).all()
+                session.commit()
+                with lock:
+                    base.append(time.perf_counter() - start)
+
+    with Timer() as wall:
+        threads = [threading.Thread(target=worker) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    base: list[float] = []
+    numbers = [c.id_number for c in held_out if c.id_number]
+    with Timer() as base_wall:
+        threads = [threading.Thread(target=lookup_worker, args=(numbers[i::clients],)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    # Right person: the person holding another card of the same resident (if the index had one).
+    with factory() as session:
+        persons = session.execute(text("SELECT count(*) FROM empi.person WHERE state = 'active'")).scalar_one()
+    engine.dispose()
+    return {"latencies": sorted(latencies), "wall": wall.seconds, "placed": placed, "persons": persons,
+            "base": sorted(base), "base_wall": base_wall.seconds}
+
+
+def pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="30,000 cards instead of 1,000,000")
+    parser.add_argument("--cards", type=int, help="how many cards to migrate (default 1,000,000; quick 30,000)")
+    parser.add_argument("--quality-cards", type=int, help="cards for the quality comparison (default 100,000)")
+    parser.add_argument("--held-out", type=int, default=2000, help="cards registered in real time")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    n_cards = args.cards or (30_000 if args.quick else 1_000_000)
+    n_quality = args.quality_cards or (30_000 if args.quick else 100_000)
+
+    print(f"EMPI benchmark: {n_quality:,} cards for quality, {n_cards:,} for the bulk migration, "
+          f"{args.clients} real-time clients")
+    quality = generate(n_quality, args.seed)
+    errors = sum(1 for _, t in quality if t.errors)
+    print(f"  {len(quality):,} cards of {len({t.resident_id for _, t in quality}):,} residents, "
+          f"{errors / len(quality):.0%} with registration errors")
+    (p, r, f1), seconds = smartcare_quality(quality)
+    print(f"  SmartCare     precision {p:.4f}  recall {r:.4f}  F1 {f1:.4f}   {seconds:6.1f} s")
+    (bp, br, bf1), bseconds = plain_splink_quality(quality)
+    print(f"  plain Splink  precision {bp:.4f}  recall {br:.4f}  F1 {bf1:.4f}   {bseconds:6.1f} s   (baseline)")
+    del quality
+
+    generated = generate(n_cards, args.seed + 1) if n_cards != n_quality else generate(n_cards, args.seed)
+    # Hold out one card each of some residents with several cards: they arrive later, in real time.
+    by_resident = collections.defaultdict(list)
+    for i, (_, t) in enumerate(generated):
+        by_resident[t.resident_id].append(i)
+    held = set(itertools.islice((ix[-1] for ix in by_resident.values() if len(ix) >= 2), args.held_out))
+    bulk = [c for i, (c, _) in enumerate(generated) if i not in held]
+    held_out = [generated[i][0] for i in sorted(held)]
+    truth = {c.card_id: t.resident_id for c, t in generated}
+    with tempfile.TemporaryDirectory() as tmp, scratch_database() as url:
+        path = Path(tmp) / "cards.csv"
+        visitcards.write_csv(path, bulk)
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.orm import sessionmaker
+
+        factory = sessionmaker(create_engine(url), expire_on_commit=False)
+        with Timer() as bulk_time, factory() as session:
+            run = migration.run_migration(session, migration.Options(path=path, config=default_config(), actor="bench"))
+        print(f"\nBulk migration of {len(bulk):,} cards into PostgreSQL: {bulk_time.seconds:,.1f} s "
+              f"({len(bulk) / bulk_time.seconds:,.0f} cards/s; goal: 1,000,000 in < 600 s)")
+        for stage, s in run.stats["seconds"].items():
+            print(f"  {stage:<8} {s:8.1f} s")
+        with factory() as session:
+            rows = session.execute(text("SELECT s.facility_code || '-' || s.card_no, l.person_id FROM empi.link l "
+                                        "JOIN empi.source_identity s ON s.id = l.source_id")).all()
+        uid = {card: i for i, (card, _) in enumerate(rows)}
+        clusters = {uid[card]: person for card, person in rows}
+        mp, mr, mf1 = pairwise(clusters, [truth[card] for card, _ in rows])
+        print(f"  committed: precision {mp:.4f}  recall {mr:.4f}  F1 {mf1:.4f}; "
+              f"{run.stats['link']['persons_new']:,} persons, {run.stats['review']['queued']:,} queued for review")
+
+        result = realtime(url, held_out, args.clients)
+        lat = result["latencies"]
+        with factory() as session:
+            person_of = dict(session.execute(text(
+                "SELECT s.facility_code || '-' || s.card_no, l.person_id FROM empi.link l "
+                "JOIN empi.source_identity s ON s.id = l.source_id")).all())
+        right = 0
+        resident_persons = collections.defaultdict(collections.Counter)
+        for card_id, person in person_of.items():
+            resident_persons[truth[card_id]][person] += 1
+        for card in held_out:
+            mine = person_of[card.card_id]
+            others = resident_persons[truth[card.card_id]]
+            if others[mine] >= 2:  # shares its person with another card of the same resident
+                right += 1
+        print(f"\nReal time: register-and-match of {len(lat):,} new cards against an index of "
+              f"{result['persons']:,} persons, {args.clients} clients")
+        print(f"  SmartCare        p50 {pct(lat, 0.5):6.1f} ms  p99 {pct(lat, 0.99):6.1f} ms  "
+              f"{len(lat) / result['wall']:7.0f} registrations/s   (goal p99 ≤ 20 ms)")
+        base = result["base"]
+        print(f"  raw PostgreSQL   p50 {pct(base, 0.5):6.1f} ms  p99 {pct(base, 0.99):6.1f} ms  "
+              f"{len(base) / result['base_wall']:7.0f} lookups/s   (baseline: one indexed lookup by ID number)")
+        print(f"  linked to the right person: {right / len(held_out):.1%} of {len(held_out):,}")
+    print(f"\npeak RSS {peak_rss_mib():,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
