@@ -24,7 +24,6 @@ import argparse
 import collections
 import itertools
 import logging
-import statistics
 import sys
 import tempfile
 import threading

@@ -30,6 +30,7 @@ from smartcare.empi.fields import FieldConfig, default_config
 from smartcare.empi.models import Link, Model, Person, Review, SourceIdentity
 from smartcare.empi.scoring import Model as ScoringModel
 from smartcare.empi.scoring import Score
+from smartcare.platform.db import copy_rows
 
 CANDIDATES_PER_KEY = 50
 # A plain table (no ORM class needed): (key hash, source id).
@@ -109,11 +110,8 @@ def save_model(session: Session, *, model: ScoringModel, records: int, term_freq
     session.flush()
     for feature, freqs in term_frequencies.items():
         session.execute(text("DELETE FROM empi.term_frequency WHERE feature = :f"), {"f": feature})
-        rows = [(feature, str(v), f) for v, f in freqs.items()]
-        with session.connection().connection.cursor() as cur:
-            with cur.copy("COPY empi.term_frequency (feature, value, frequency) FROM STDIN") as copy:
-                for r in rows:
-                    copy.write_row(r)
+        copy_rows(session, "empi.term_frequency", ("feature", "value", "frequency"),
+                  ((feature, str(v), f) for v, f in freqs.items()))
     return row.id
 
 
