@@ -25,16 +25,12 @@ import pyarrow as pa
 from smartcare.empi.fields import FieldConfig, Features
 from smartcare.empi.scoring import Model
 
-log = logging.getLogger(__name__)
 # Splink warns at length about levels the data never reaches (e.g. "last 8 digits" of a phone); the
 # model gives such a level weight 0 (scoring.Model.level_weight), and the report shows it untrained.
 logging.getLogger("splink").setLevel(logging.ERROR)
 
-_BOOL_FEATURES = {"id_valid", "id_consistent"}
-
-
 def frame(config: FieldConfig, records: Iterable[tuple[int, Features]]) -> pa.Table:
-    """(unique id, features) rows as an Arrow table Splink can register; columns typed from the values."""
+    """(unique id, features) rows as an Arrow table Splink can register; Arrow types each column from its values."""
     ids: list[int] = []
     columns: dict[str, list[Any]] = {name: [] for name in config.feature_names}
     for uid, features in records:
