@@ -4,10 +4,8 @@ and the index read back as a partition of card ids to compare with the truth."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -69,8 +67,3 @@ def pairwise(groups: set[frozenset[str]], truth: dict[str, int]) -> tuple[float,
     predicted, true = pairs(groups), pairs(by_resident.values())
     hits = len(predicted & true)
     return hits / max(len(predicted), 1), hits / max(len(true), 1)
-
-
-def read_truth(path: Path) -> dict[str, int]:
-    with path.open() as f:
-        return {row[0]: int(row[1]) for row in csv.reader(f)}

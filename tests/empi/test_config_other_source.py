@@ -27,6 +27,8 @@ features:
   last_name: {from: last_name, steps: [ascii, letters]}
   dob: {from: dob, steps: [strip, date]}
   dob_year: {from: dob, steps: [year]}
+  dob_day: {from: dob, steps: [ordinal]}
+  dob_swapped: {from: dob, steps: [swap_month_day]}
   zip: {from: zip, steps: [digits]}
   email: {from: email, steps: [strip, lower]}
 
@@ -47,14 +49,12 @@ comparisons:
       - {label: similar, jaro_winkler: {col: last_name, min: 0.88}}
       - {label: first and last name swapped, cross: [first_name, last_name]}
       - {label: different, else: true}
-  # No step yields a day number or a month/day-swapped date, so date errors are string edits:
-  # one digit off is a day off by one within a decade, two are most month/day swaps.
   - name: dob
     levels:
       - {label: missing, missing: dob}
       - {label: exact, exact: dob}
-      - {label: one digit off, edit: {col: dob, max: 1}}
-      - {label: two digits off, edit: {col: dob, max: 2}}
+      - {label: one day off, within: {col: dob_day, max: 1}}
+      - {label: month and day swapped, cross: [dob, dob_swapped]}
       - {label: same year, exact: dob_year}
       - {label: different, else: true}
   - name: zip

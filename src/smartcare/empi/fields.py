@@ -12,7 +12,8 @@ English names, no ID number at all — is linked by writing a config. A config h
 - ``blocking``: lists of features that must be equal for two records to be compared at all (bulk
   linkage and the real-time candidate search both use them);
 - ``training``: deterministic rules and their expected recall (for the prior), EM blocking rules;
-- ``thresholds``: match weights at or above ``link`` link, at or above ``review`` go to review.
+- ``thresholds``: match weights at or above ``link`` link, at or above ``review`` go to review;
+- ``distinct`` (optional): a feature whose two different values never belong to one person.
 
 Each predicate has two renderings that must agree: SQL for Splink (training and bulk linkage on
 DuckDB) and a Python function (real-time scoring). ``tests/empi/test_scoring.py`` checks that the
@@ -34,7 +35,7 @@ from typing import Any
 import yaml
 from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 
-from smartcare.empi.normalize import normalize
+from smartcare.empi.normalize import Normalized, normalize
 from smartcare.platform.errors import InvalidInput
 
 Features = dict[str, Any]
@@ -91,9 +92,9 @@ STEPS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def chinese_features(record: Mapping[str, Any]) -> Features:
-    """The features of a Chinese visit card, from ``normalize``: what the Chinese config compares."""
-    n = normalize(record)
+def chinese_features(record: Mapping[str, Any], normalized: Normalized | None = None) -> Features:
+    """The features of a Chinese visit card, from ``normalize`` (or its result, when the caller has it)."""
+    n = normalized or normalize(record)
     birth = n.birth_date
     named = not n.placeholder_name  # "张三之子" is the parent's name, not evidence about the child's
     return {
@@ -119,7 +120,7 @@ def chinese_features(record: Mapping[str, Any]) -> Features:
     }
 
 
-NORMALISERS: dict[str, Callable[[Mapping[str, Any]], Features]] = {"chinese": chinese_features}
+NORMALISERS: dict[str, Callable[[Mapping[str, Any], Normalized | None], Features]] = {"chinese": chinese_features}
 
 # --- predicates --------------------------------------------------------------------------------
 # Each maps its YAML argument to (SQL for Splink, Python test). SQL names a feature f as f_l / f_r.
@@ -287,11 +288,15 @@ class FieldConfig:
     em_blocking: tuple[Rule, ...]
     link_weight: float
     review_weight: float
+    # A feature two different values of which never belong to one person (a certain ID number):
+    # clustering and real-time linking refuse to join them, however strong the other evidence.
+    distinct: str | None = None
     source: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
-    def features(self, record: Mapping[str, Any]) -> Features:
-        """A source record (column → value) as the features this config compares."""
-        out: Features = dict(NORMALISERS[self.normaliser](record)) if self.normaliser else {}
+    def features(self, record: Mapping[str, Any], normalized: Normalized | None = None) -> Features:
+        """A source record (column → value) as the features this config compares; ``normalized`` is the
+        record's ``normalize`` result when the caller already has it (it is the costly part)."""
+        out: Features = dict(NORMALISERS[self.normaliser](record, normalized)) if self.normaliser else {}
         for name, (column, steps) in self.recipes.items():
             value = record.get(column)
             for step in steps:
@@ -391,11 +396,13 @@ def parse_config(data: Mapping[str, Any], *, origin: str = "config") -> FieldCon
         em_blocking=_rules(training.get("em_blocking"), "training.em_blocking"),
         link_weight=float(thresholds.get("link", 8.0)),
         review_weight=float(thresholds.get("review", 0.0)),
+        distinct=data.get("distinct"),
         source=data,
     )
     known = set(config.feature_names)
     used = {f for rule in (*config.blocking, *config.deterministic, *config.em_blocking) for f in rule.features}
     used |= {lv.tf for c in config.comparisons for lv in c.levels if lv.tf}
+    used |= {config.distinct} if config.distinct else set()
     missing = sorted(used - known)
     if missing:
         raise InvalidInput(f"{origin}: rules name features that are not defined: {missing}", field="features")

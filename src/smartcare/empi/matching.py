@@ -12,8 +12,9 @@ The steps, each a function that can be called and inspected on its own:
 
 Without a trained model yet (a new region), only the config's deterministic rules link (same
 valid ID, birth date and name sound for Chinese cards) — cautious, precision first. A person whose
-cards carry a different certain ID (valid, agreeing with its birth date) is never linked to: twins
-and a child registered with a parent's ID stay apart, as in bulk clustering.
+cards carry another value of the config's ``distinct`` feature (for Chinese cards a certain ID:
+valid and agreeing with its birth date) is never linked to: twins and a child registered with a
+parent's ID stay apart, as in bulk clustering.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ CANDIDATES_PER_KEY = 50
 # A plain table (no ORM class needed): (key hash, source id).
 BlockingKeyTable = Table("blocking_key", MetaData(schema="empi"), Column("key", BigInteger), Column("source_id", BigInteger))
 RULE = "rule"
-DISTINCT_FEATURE = "id_certain"
 
 
 def key_hash(key: str) -> int:
@@ -167,15 +167,15 @@ def rank(session: Session, features: dict[str, Any], found: list[Candidate], con
     return sorted(best.values(), key=lambda r: -r.weight)
 
 
-def _conflicts(session: Session, person_id: int, features: dict[str, Any]) -> bool:
-    """The person holds a card with a different certain ID than this card's."""
-    mine = features.get(DISTINCT_FEATURE)
+def _conflicts(session: Session, person_id: int, features: dict[str, Any], config: FieldConfig) -> bool:
+    """The person holds a card with another value of the config's ``distinct`` feature (a certain ID)."""
+    mine = features.get(config.distinct) if config.distinct else None
     if mine is None:
         return False
     return bool(session.scalar(
         select(func.count()).select_from(SourceIdentity).join(Link, Link.source_id == SourceIdentity.id)
-        .where(Link.person_id == person_id, SourceIdentity.features[DISTINCT_FEATURE].astext.is_not(None),
-               SourceIdentity.features[DISTINCT_FEATURE].astext != mine)))
+        .where(Link.person_id == person_id, SourceIdentity.features[config.distinct].astext.is_not(None),
+               SourceIdentity.features[config.distinct].astext != mine)))
 
 
 def match(session: Session, source: SourceIdentity, *, actor: str = "empi",
@@ -194,7 +194,7 @@ def match(session: Session, source: SourceIdentity, *, actor: str = "empi",
         linkable = top.rule or (model is not None and top.weight >= config.link_weight)
         if not linkable:
             break
-        if _conflicts(session, top.person_id, source.features):
+        if _conflicts(session, top.person_id, source.features, config):
             continue
         method = RULE if top.rule else f"model:{model_id}"
         weight = top.weight if top.score is not None else None

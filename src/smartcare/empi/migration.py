@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 from smartcare.empi import linkage, matching, service
 from smartcare.empi.fields import FieldConfig
 from smartcare.empi.models import MigrationRun
+from smartcare.empi.normalize import normalize
 from smartcare.platform import audit
 from smartcare.platform.db import copy_rows
 from smartcare.platform.errors import InvalidInput
@@ -165,8 +166,9 @@ def stage(session: Session, run: MigrationRun, options: Options, progress: Progr
             continue
         seen.add(key)
         recorded = {c: (row.get(c) or None) for c in options.config.columns}
-        norm = service.norm_dict(recorded) if options.config.normaliser == "chinese" else {}
-        features = {k: v for k, v in options.config.features(recorded).items() if v is not None}
+        normalized = normalize(recorded) if options.config.normaliser == "chinese" else None
+        norm = service.norm_dict(recorded, normalized) if normalized else {}
+        features = {k: v for k, v in options.config.features(recorded, normalized).items() if v is not None}
         by_facility[key[0]] += 1
         for c in options.config.columns:
             if recorded.get(c):
@@ -247,8 +249,8 @@ def link(session: Session, run: MigrationRun, options: Options, progress: Progre
     # Deterministic rules first: a pair that satisfies one links whatever its score.
     rule_pairs = linkage.rule_pairs(config, table)
     forced = [(a, b, float("inf")) for a, b in rule_pairs]
-    distinct = dict(zip(table.column("unique_id").to_pylist(),
-                        table.column("id_certain").to_pylist(), strict=True)) if "id_certain" in table.column_names else {}
+    distinct = dict(zip(table.column("unique_id").to_pylist(), table.column(config.distinct).to_pylist(),
+                        strict=True)) if config.distinct else {}
     clusters = linkage.cluster([*forced, *pairs], link_weight=config.link_weight, distinct=distinct)
     progress("link", 1, 3)
     best_link: dict[int, tuple[float, str]] = {}

@@ -37,7 +37,7 @@ class Score:
 
     @property
     def probability(self) -> float:
-        return 1.0 / (1.0 + 2.0 ** (-self.weight))
+        return weight_to_probability(self.weight)
 
 
 def weight_to_probability(weight: float) -> float:

@@ -22,7 +22,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from smartcare.empi.models import History, Link, Person, SourceIdentity
-from smartcare.empi.normalize import normalize
+from smartcare.empi.normalize import Normalized, normalize
 from smartcare.platform import audit
 from smartcare.platform.errors import Conflict, InvalidInput, NotFound
 
@@ -33,8 +33,9 @@ def _json(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date | datetime) else value
 
 
-def norm_dict(record: Mapping[str, Any]) -> dict:
-    n = normalize(record)
+def norm_dict(record: Mapping[str, Any], normalized: Normalized | None = None) -> dict:
+    """The normalised form as stored beside the recorded one (JSON), with its repairs and conflicts."""
+    n = normalized or normalize(record)
     data = {k: _json(v) for k, v in asdict(n).items() if k not in ("repairs", "pinyin")}
     data["pinyin"] = list(n.pinyin)
     data["repairs"] = [asdict(r) for r in n.repairs]

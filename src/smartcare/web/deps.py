@@ -57,3 +57,13 @@ async def signed_client(request: Request, session: Session = Depends(db)) -> aut
     # the key lookup and the nonce commit are database work: off the event loop that MLLP shares
     return await asyncio.to_thread(auth.verify_signed_request, session, method=request.method, path=path,
                                    headers=dict(request.headers), body=body)
+
+
+def same_site_action(request: Request) -> None:
+    """Console actions are sent by htmx with ``HX-Request``; a form posted from another site cannot set
+    that header, so this stops cross-site request forgery on top of the SameSite cookie."""
+    if request.headers.get("HX-Request") != "true":
+        raise Forbidden("console actions must come from the console page", hint="reload the page and try again")
+
+
+action = Depends(same_site_action)

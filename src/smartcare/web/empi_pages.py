@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from smartcare.empi import review
@@ -19,9 +18,8 @@ from smartcare.empi.scoring import weight_to_probability
 from smartcare.platform import audit, auth
 from smartcare.platform.auth import Role
 from smartcare.platform.errors import NotFound, SmartCareError
-from smartcare.registry.models import Facility
-from smartcare.web.deps import db, require
-from smartcare.web.exchange_pages import action
+from smartcare.registry import service as registry_service
+from smartcare.web.deps import action, db, require
 from smartcare.web.pages import CONSOLE_ROLES, templates
 
 router = APIRouter(prefix="/admin/empi", include_in_schema=False)
@@ -41,11 +39,6 @@ def _age(when: datetime) -> str:
     if minutes < 60:
         return f"{max(minutes, 0)} 分钟"
     return f"{minutes // 60} 小时" if minutes < 24 * 60 else f"{minutes // (24 * 60)} 天"
-
-
-def _facilities(session: Session, codes: set[str]) -> dict[str, str]:
-    rows = session.execute(select(Facility.code, Facility.name).where(Facility.code.in_(codes))) if codes else []
-    return {code: name for code, name in rows}
 
 
 def _shown(values: dict, full: bool) -> dict:
@@ -90,7 +83,7 @@ def _item_context(session: Session, item: review.Item, who: auth.Principal) -> d
     rows = [(key, label, cards[0]["norm"].get(key, ""), cards[1]["norm"].get(key, "")) for key, label in FIELDS]
     return {"item": item, "r": item.review, "cards": cards, "rows": rows, "fields": FIELDS,
             "wf": waterfall(item.review.terms), "probability": weight_to_probability(item.review.weight),
-            "facilities": _facilities(session, {a.facility_code, b.facility_code}), "age": _age(item.review.created_at),
+            "facilities": registry_service.facility_names(session, {a.facility_code, b.facility_code}), "age": _age(item.review.created_at),
             "can_decide": full and item.review.state in review.PENDING, "full": full}
 
 
@@ -98,7 +91,7 @@ def _item_context(session: Session, item: review.Item, who: auth.Principal) -> d
 def review_queue(request: Request, view: str = Query("pending", pattern="^(pending|decided)$"), page: int = Query(1, ge=1),
                  session: Session = Depends(db), who: auth.Principal = Depends(require(*CONSOLE_ROLES))):
     rows = review.queue(session, state=VIEWS[view], limit=PAGE + 1, offset=(page - 1) * PAGE)
-    facilities = _facilities(session, {s.facility_code for _, a, b in rows for s in (a, b)})
+    facilities = registry_service.facility_names(session, {s.facility_code for _, a, b in rows for s in (a, b)})
     items = [{"r": r, "a": a, "b": b, "probability": weight_to_probability(r.weight), "age": _age(r.created_at)}
              for r, a, b in rows[:PAGE]]
     return templates.TemplateResponse(request, "empi/review_list.html", {

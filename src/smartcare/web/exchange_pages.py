@@ -12,19 +12,10 @@ from sqlalchemy.orm import Session
 from smartcare.exchange import channels, monitor, service
 from smartcare.platform import auth
 from smartcare.platform.auth import Role
-from smartcare.platform.errors import Forbidden
-from smartcare.web.deps import db, require
+from smartcare.web.deps import action, db, require
 from smartcare.web.pages import CONSOLE_ROLES, templates
 
-def same_site_action(request: Request) -> None:
-    """Console actions are sent by htmx with ``HX-Request``; a form posted from another site cannot set
-    that header, so this stops cross-site request forgery on top of the SameSite cookie."""
-    if request.headers.get("HX-Request") != "true":
-        raise Forbidden("console actions must come from the console page", hint="reload the page and try again")
-
-
 router = APIRouter(prefix="/admin/exchange", include_in_schema=False)
-action = Depends(same_site_action)
 
 
 @router.get("", response_class=HTMLResponse)
