@@ -31,9 +31,8 @@ def register(data: SourceIn, session: Session = Depends(db), who: Principal = De
     """A hospital system registers a visit card (HMAC-signed) and gets the regional EMPI id in the answer."""
     if not who.facility_code:
         raise Forbidden("this API client belongs to no facility", field="client")
-    source = service.register_source(session, facility_code=who.facility_code, card_no=data.card_no,
-                                     record=data.model_dump(exclude={"card_no"}), actor=who.username)
-    decision = matching.match(session, source, actor=who.username)
+    decision = matching.register(session, facility_code=who.facility_code, card_no=data.card_no,
+                                 record=data.model_dump(exclude={"card_no"}), actor=who.username)
     out = _person_out(session, decision.person, who)
     return RegisterOut(**out.model_dump(), outcome=decision.outcome, weight=decision.weight, method=decision.method)
 

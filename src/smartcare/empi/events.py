@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from smartcare.empi import matching, service
+from smartcare.empi import matching
 from smartcare.platform.bus import Message, consumer
 
 # Hospitals trust levels for survivorship: a 三级 hospital's registration desk checks ID cards.
@@ -21,6 +21,5 @@ def intake(session: Session, message: Message) -> None:
     if not facility or not card_no:
         return  # nothing to identify the card by: the message stays in the exchange store for inspection
     record = {k: data.get(k) for k in ("name", "id_number", "sex", "birth_date", "phone", "address")}
-    registered = service.register_source(session, facility_code=facility, card_no=str(card_no), record=record,
-                                         trust=DEFAULT_TRUST, actor="empi.intake")
-    matching.match(session, registered, actor="empi.intake")
+    matching.register(session, facility_code=facility, card_no=str(card_no), record=record, trust=DEFAULT_TRUST,
+                      actor="empi.intake")

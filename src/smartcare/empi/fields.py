@@ -22,6 +22,7 @@ two give the same weight on every compared pair of a synthetic sample.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -232,6 +233,11 @@ def compile_predicate(spec: Mapping[str, Any], where: str) -> tuple[str, Test]:
         raise InvalidInput(f"{where}: bad argument for {key}: {exc}", field=where) from exc
 
 
+def key_hash(key: str) -> int:
+    """A blocking key as a signed 64-bit integer (``empi.blocking_key`` stores these, not the values)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+
+
 # --- the config --------------------------------------------------------------------------------
 
 
@@ -318,6 +324,10 @@ class FieldConfig:
 
     def blocking_keys(self, features: Features) -> list[str]:
         return [k for rule in self.blocking if (k := rule.key(features)) is not None]
+
+    def blocking_hashes(self, features: Features) -> list[int]:
+        """The blocking keys as the index stores them: sorted signed 64-bit hashes."""
+        return sorted({key_hash(k) for k in self.blocking_keys(features)})
 
     def splink_comparisons(self) -> list[dict[str, Any]]:
         """The comparisons as Splink settings (SQL levels; m/u filled in by training)."""

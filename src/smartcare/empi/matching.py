@@ -19,44 +19,21 @@ parent's ID stay apart, as in bulk clustering.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, MetaData, Table, delete, func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from smartcare.empi import service
 from smartcare.empi.fields import FieldConfig, default_config
-from smartcare.empi.models import Link, Model, Person, Review, SourceIdentity
+from smartcare.empi.models import Model, Review
 from smartcare.empi.scoring import Model as ScoringModel
 from smartcare.empi.scoring import Score
 from smartcare.platform.db import copy_rows
 
 CANDIDATES_PER_KEY = 50
-# A plain table (no ORM class needed): (key hash, source id).
-BlockingKeyTable = Table("blocking_key", MetaData(schema="empi"), Column("key", BigInteger), Column("source_id", BigInteger))
 RULE = "rule"
-
-
-def key_hash(key: str) -> int:
-    """A blocking key as a signed 64-bit integer (the index stores these, not the values)."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
-
-
-def index_source(session: Session, source: SourceIdentity, config: FieldConfig | None = None) -> None:
-    """Compute and store the card's features and blocking keys (replacing earlier ones)."""
-    config = config or default_config()
-    source.features = _jsonable(config.features(source.recorded))
-    session.flush()
-    session.execute(delete(BlockingKeyTable).where(BlockingKeyTable.c.source_id == source.id))
-    keys = sorted({key_hash(k) for k in config.blocking_keys(source.features)})
-    if keys:
-        session.execute(BlockingKeyTable.insert(), [{"key": k, "source_id": source.id} for k in keys])
-
-
-def _jsonable(features: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in features.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -64,25 +41,48 @@ class Candidate:
     source_id: int
     person_id: int
     features: dict[str, Any]
+    conflict: bool = False  # its person holds a card with another certain ID than the searched card
+
+
+@dataclass(frozen=True)
+class Found:
+    """What one candidate search returns: the candidate cards, and the term frequencies of the
+    searched card's values (for the TF adjustment of exact matches)."""
+
+    candidates: list[Candidate]
+    tf: dict[str, float]
+
+    def frequency(self, feature: str, value: Any) -> float | None:
+        return self.tf.get(f"{feature}={value}") if value is not None else None
 
 
 def candidates(session: Session, features: dict[str, Any], config: FieldConfig | None = None, *,
-               exclude: int = 0) -> list[Candidate]:
-    """Linked cards sharing at least one blocking key with ``features`` (index probes only)."""
+               exclude: int = 0) -> Found:
+    """Linked cards sharing at least one blocking key with ``features`` (index probes only), each with
+    whether its person holds another value of the config's ``distinct`` feature — one statement."""
     config = config or default_config()
-    keys = sorted({key_hash(k) for k in config.blocking_keys(features)})
+    keys = config.blocking_hashes(features)
     if not keys:
-        return []
+        return Found([], {})
+    wanted = [(f, str(features[f])) for f in config.tf_features if features.get(f) is not None]
+    mine = features.get(config.distinct) if config.distinct else None
     rows = session.execute(text(
         """
-        SELECT DISTINCT s.id, l.person_id, s.features
-          FROM unnest(CAST(:keys AS bigint[])) AS q(key)
-          CROSS JOIN LATERAL (SELECT b.source_id FROM empi.blocking_key b WHERE b.key = q.key
-                               AND b.source_id <> :me LIMIT :per_key) b
-          JOIN empi.source_identity s ON s.id = b.source_id
-          JOIN empi.link l ON l.source_id = s.id
-        """), {"keys": keys, "me": exclude, "per_key": CANDIDATES_PER_KEY})
-    return [Candidate(sid, pid, feats) for sid, pid, feats in rows]
+        WITH hit AS (
+            SELECT DISTINCT b.source_id FROM unnest(CAST(:keys AS bigint[])) AS q(key)
+             CROSS JOIN LATERAL (SELECT source_id FROM empi.blocking_key WHERE key = q.key AND source_id <> :me
+                                  LIMIT :per_key) b)
+        SELECT s.id, l.person_id, s.features,
+               CAST(:mine AS text) IS NOT NULL AND EXISTS (
+                   SELECT 1 FROM empi.link l2 JOIN empi.source_identity s2 ON s2.id = l2.source_id
+                    WHERE l2.person_id = l.person_id AND s2.features ->> CAST(:distinct AS text) <> :mine),
+               (SELECT jsonb_object_agg(feature || '=' || value, frequency) FROM empi.term_frequency
+                 WHERE (feature, value) IN (SELECT * FROM unnest(CAST(:tf_f AS text[]), CAST(:tf_v AS text[]))))
+          FROM hit JOIN empi.source_identity s ON s.id = hit.source_id JOIN empi.link l ON l.source_id = s.id
+        """), {"keys": keys, "me": exclude, "per_key": CANDIDATES_PER_KEY, "mine": mine, "distinct": config.distinct,
+               "tf_f": [w[0] for w in wanted], "tf_v": [w[1] for w in wanted]}).all()
+    tf = (rows[0][4] or {}) if rows else {}
+    return Found([Candidate(sid, pid, feats, conflict) for sid, pid, feats, conflict, _ in rows], tf)
 
 
 # --- the model in use ----------------------------------------------------------------------------
@@ -91,15 +91,14 @@ _MODELS: dict[int, ScoringModel] = {}
 
 
 def current_model(session: Session, config: FieldConfig | None = None) -> tuple[int, ScoringModel] | None:
-    """The newest trained model of the config, or None before the first training."""
+    """The newest trained model of the config, or None before the first training (parsed once per id)."""
     config = config or default_config()
-    row = session.execute(select(Model.id, Model.params).where(Model.config_name == config.name)
-                          .order_by(Model.id.desc()).limit(1)).first()
-    if row is None:
+    model_id = session.scalar(select(func.max(Model.id)).where(Model.config_name == config.name))
+    if model_id is None:
         return None
-    if row.id not in _MODELS:
-        _MODELS[row.id] = ScoringModel.from_json(row.params)
-    return row.id, _MODELS[row.id]
+    if model_id not in _MODELS:
+        _MODELS[model_id] = ScoringModel.from_json(session.scalar(select(Model.params).where(Model.id == model_id)))
+    return model_id, _MODELS[model_id]
 
 
 def save_model(session: Session, *, model: ScoringModel, records: int, term_frequencies: dict[str, dict[Any, float]],
@@ -115,18 +114,6 @@ def save_model(session: Session, *, model: ScoringModel, records: int, term_freq
     return row.id
 
 
-def _term_frequency(session: Session, config: FieldConfig, features: dict[str, Any]):
-    wanted = [(f, str(features[f])) for f in config.tf_features if features.get(f) is not None]
-    found: dict[tuple[str, str], float] = {}
-    if wanted:
-        rows = session.execute(text(
-            "SELECT feature, value, frequency FROM empi.term_frequency "
-            "WHERE (feature, value) IN (SELECT * FROM unnest(CAST(:f AS text[]), CAST(:v AS text[])))"),
-            {"f": [w[0] for w in wanted], "v": [w[1] for w in wanted]})
-        found = {(f, v): freq for f, v, freq in rows}
-    return lambda feature, value: found.get((feature, str(value))) if value is not None else None
-
-
 # --- scoring and deciding --------------------------------------------------------------------------
 
 
@@ -139,78 +126,73 @@ class Ranked:
     weight: float
     score: Score | None
     rule: bool = False
+    conflict: bool = False
 
 
 @dataclass
 class Decision:
     outcome: str  # "link", "review" (own person + review item) or "new"
-    person: Person
+    person: service.PersonRef
     weight: float | None
     method: str
     ranked: list[Ranked] = field(default_factory=list)
 
 
-def rank(session: Session, features: dict[str, Any], found: list[Candidate], config: FieldConfig,
-         model: ScoringModel | None) -> list[Ranked]:
+def rank(features: dict[str, Any], found: Found, config: FieldConfig, model: ScoringModel | None) -> list[Ranked]:
     """Candidates scored (or rule-checked without a model), best card per person, best person first."""
-    tf = _term_frequency(session, config, features) if model is not None else None
     best: dict[int, Ranked] = {}
-    for cand in found:
+    for cand in found.candidates:
         rule = any(r.key(features) is not None and r.key(features) == r.key(cand.features) for r in config.deterministic)
         if model is not None:
-            s = model.score(config, features, cand.features, tf)
-            ranked = Ranked(cand.person_id, cand.source_id, s.weight, s, rule)
+            s = model.score(config, features, cand.features, found.frequency)
+            ranked = Ranked(cand.person_id, cand.source_id, s.weight, s, rule, cand.conflict)
         else:
-            ranked = Ranked(cand.person_id, cand.source_id, float("inf") if rule else float("-inf"), None, rule)
+            ranked = Ranked(cand.person_id, cand.source_id, float("inf") if rule else float("-inf"), None, rule,
+                            cand.conflict)
         if cand.person_id not in best or ranked.weight > best[cand.person_id].weight:
             best[cand.person_id] = ranked
     return sorted(best.values(), key=lambda r: -r.weight)
 
 
-def _conflicts(session: Session, person_id: int, features: dict[str, Any], config: FieldConfig) -> bool:
-    """The person holds a card with another value of the config's ``distinct`` feature (a certain ID)."""
-    mine = features.get(config.distinct) if config.distinct else None
-    if mine is None:
-        return False
-    return bool(session.scalar(
-        select(func.count()).select_from(SourceIdentity).join(Link, Link.source_id == SourceIdentity.id)
-        .where(Link.person_id == person_id, SourceIdentity.features[config.distinct].astext.is_not(None),
-               SourceIdentity.features[config.distinct].astext != mine)))
-
-
-def match(session: Session, source: SourceIdentity, *, actor: str = "empi",
+def match(session: Session, source: service.Registered, *, actor: str = "empi",
           config: FieldConfig | None = None) -> Decision:
     """Index ``source``, find and score its candidates, and carry out the decision. Idempotent:
     a source that is already linked keeps its link."""
     config = config or default_config()
-    index_source(session, source, config)
-    current = session.get(Link, source.id)
-    if current is not None:
-        return Decision("link", session.get(Person, current.person_id), current.weight, current.method)
+    if source.person_id is not None:
+        return Decision("link", service.person_ref(session, source.person_id), None, "already linked")
     loaded = current_model(session, config)
     model_id, model = loaded if loaded else (None, None)
-    ranked = rank(session, source.features, candidates(session, source.features, config, exclude=source.id), config, model)
+    ranked = rank(source.features, candidates(session, source.features, config, exclude=source.id), config, model)
     for top in ranked:
         linkable = top.rule or (model is not None and top.weight >= config.link_weight)
         if not linkable:
             break
-        if _conflicts(session, top.person_id, source.features, config):
+        if top.conflict:
             continue
         method = RULE if top.rule else f"model:{model_id}"
         weight = top.weight if top.score is not None else None
         person = service.link(session, source_id=source.id, person_id=top.person_id, weight=weight, method=method,
                               actor=actor)
         return Decision("link", person, weight, method, ranked)
-    person = service.link(session, source_id=source.id, person_id=None, method="new", actor=actor)
     review = [r for r in ranked if r.score is not None and config.review_weight <= r.weight]
     if review:
         top = review[0]
-        session.add(Review(source_id=source.id, other_source_id=top.source_id, weight=top.weight,
-                           terms=[t.__dict__ for t in top.score.terms], origin="realtime"))
-        session.flush()
-        return Decision("review", person, top.weight, "new", ranked)
+        session.execute(insert(Review).values(source_id=source.id, other_source_id=top.source_id, weight=top.weight,
+                                              terms=[t.__dict__ for t in top.score.terms], origin="realtime"))
+    person = service.link(session, source_id=source.id, person_id=None, method="new", actor=actor)
+    if review:
+        return Decision("review", person, review[0].weight, "new", ranked)
     return Decision("new", person, None, "new", ranked)
 
+
+def register(session: Session, *, facility_code: str, card_no: str, record: dict[str, Any], actor: str,
+             trust: int = 1, config: FieldConfig | None = None) -> Decision:
+    """A hospital's card registered and matched at once: the real-time entry point (API, hub intake)."""
+    config = config or default_config()
+    source = service.register_source(session, facility_code=facility_code, card_no=card_no, record=record,
+                                     trust=trust, actor=actor, config=config)
+    return match(session, source, actor=actor, config=config)
 
 
 def query(session: Session, record: dict[str, Any], *, limit: int = 10,
@@ -220,4 +202,4 @@ def query(session: Session, record: dict[str, Any], *, limit: int = 10,
     features = config.features(record)
     loaded = current_model(session, config)
     model = loaded[1] if loaded else None
-    return rank(session, features, candidates(session, features, config), config, model)[:limit]
+    return rank(features, candidates(session, features, config), config, model)[:limit]

@@ -373,7 +373,7 @@ def _commit_chunk(session: Session, run: MigrationRun, config: FieldConfig, rows
             method = r.method if r.method != "new" else "migration:new"
             links.append((sid, pid, r.weight, method))
             history.append(("link", sid, pid, r.weight, method, actor, _json({"run": run.id, "row": r.row_no})))
-            keys.extend((k, sid) for k in {matching.key_hash(k) for k in config.blocking_keys(r.features)})
+            keys.extend((k, sid) for k in config.blocking_hashes(r.features))
     copy_rows(session, "empi.source_identity",
               ("id", "facility_code", "card_no", "recorded", "norm", "features", "trust", "recorded_at"), sources)
     copy_rows(session, "empi.link", ("source_id", "person_id", "weight", "method"), links)

@@ -13,14 +13,17 @@ carry out its decisions and the reviewers'.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
+from smartcare.empi.fields import FieldConfig, default_config
 from smartcare.empi.models import History, Link, Person, SourceIdentity
 from smartcare.empi.normalize import Normalized, normalize
 from smartcare.platform import audit
@@ -43,85 +46,156 @@ def norm_dict(record: Mapping[str, Any], normalized: Normalized | None = None) -
     return data
 
 
+@dataclass(frozen=True)
+class Registered:
+    """A source identity as registered: its id, its features (what matching compares) and its person
+    if it was already linked (a hospital re-sending a card it had sent before)."""
+
+    id: int
+    features: dict
+    person_id: int | None
+
+
+@dataclass(frozen=True)
+class PersonRef:
+    id: int
+    empi_id: str
+
+
 def register_source(session: Session, *, facility_code: str, card_no: str, record: Mapping[str, Any], trust: int = 1,
-                    recorded_at: datetime | None = None, actor: str = "system") -> SourceIdentity:
-    """Record (or update) a hospital's visit card; its normalised form is kept beside what was recorded."""
+                    recorded_at: datetime | None = None, actor: str = "system",
+                    config: FieldConfig | None = None) -> Registered:
+    """Record (or update) a hospital's visit card in one statement: what was recorded, its normalised
+    form, its features and its blocking keys (the inverted index of candidate search). A card already
+    linked gets its person's golden record refreshed."""
     if not facility_code or not card_no:
         raise InvalidInput("a source identity needs facility_code and card_no", field="card_no")
-    recorded = {k: _json(v) for k, v in record.items() if k in ("name", "id_number", "sex", "birth_date", "phone", "address")}
-    source = session.scalar(select(SourceIdentity).where(SourceIdentity.facility_code == facility_code,
-                                                         SourceIdentity.card_no == card_no))
-    norm = norm_dict(record)
-    when = recorded_at or datetime.now(UTC)
-    if source is None:
-        source = SourceIdentity(facility_code=facility_code, card_no=card_no, recorded=recorded, norm=norm, trust=trust,
-                                recorded_at=when)
-        session.add(source)
-    else:
-        source.recorded, source.norm, source.trust, source.recorded_at = recorded, norm, trust, when
-    session.flush()
-    linked = session.get(Link, source.id)
-    if linked is not None:
-        recompute_golden(session, linked.person_id)
-    return source
+    config = config or default_config()
+    recorded = {k: _json(v) for k, v in record.items() if k in config.columns}
+    normalized = normalize(record) if config.normaliser == "chinese" else None
+    norm = norm_dict(record, normalized) if normalized else {}
+    features = {k: v for k, v in config.features(record, normalized).items() if v is not None}
+    row = session.execute(text(
+        """WITH s AS (
+               INSERT INTO empi.source_identity AS s (facility_code, card_no, recorded, norm, features, trust, recorded_at)
+               VALUES (:f, :c, CAST(:recorded AS jsonb), CAST(:norm AS jsonb), CAST(:features AS jsonb), :trust, :at)
+               ON CONFLICT (facility_code, card_no) DO UPDATE
+                  SET recorded = EXCLUDED.recorded, norm = EXCLUDED.norm, features = EXCLUDED.features,
+                      trust = EXCLUDED.trust, recorded_at = EXCLUDED.recorded_at
+               RETURNING s.id),
+           stale AS (DELETE FROM empi.blocking_key b USING s WHERE b.source_id = s.id
+                        AND b.key <> ALL(CAST(:keys AS bigint[]))),
+           added AS (INSERT INTO empi.blocking_key (key, source_id)
+                     SELECT k, s.id FROM s, unnest(CAST(:keys AS bigint[])) AS k ON CONFLICT DO NOTHING)
+           SELECT s.id, (SELECT l.person_id FROM empi.link l WHERE l.source_id = s.id) FROM s"""),
+        {"f": facility_code, "c": card_no, "recorded": _dumps(recorded), "norm": _dumps(norm),
+         "features": _dumps(features), "trust": trust, "at": recorded_at or datetime.now(UTC),
+         "keys": config.blocking_hashes(features)}).one()
+    _expire(session, SourceIdentity, row[0])
+    if row[1] is not None:
+        recompute_golden(session, row[1])
+    return Registered(row[0], features, row[1])
 
 
-def _new_person(session: Session) -> Person:
-    number = session.execute(text("SELECT nextval('empi.person_number')")).scalar_one()
-    person = Person(empi_id=f"E{number:011d}", golden={}, state="active")
-    session.add(person)
-    session.flush()
-    return person
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _expire(session: Session, model: type, key: int) -> None:
+    """Plain SQL changed this row: an ORM copy of it in the session must be read again."""
+    loaded = session.identity_map.get(identity_key(model, key))
+    if loaded is not None:
+        session.expire(loaded)
+
+
+def _new_person(session: Session) -> PersonRef:
+    row = session.execute(text(
+        """INSERT INTO empi.person (empi_id, golden, state)
+           VALUES ('E' || lpad(nextval('empi.person_number')::text, 11, '0'), '{}', 'active') RETURNING id, empi_id""")).one()
+    return PersonRef(row[0], row[1])
 
 
 def _record(session: Session, *, action: str, person_id: int, actor: str, source_id: int | None = None,
             other_person_id: int | None = None, weight: float | None = None, method: str | None = None,
-            detail: dict | None = None) -> History:
-    entry = History(action=action, source_id=source_id, person_id=person_id, other_person_id=other_person_id,
-                    weight=weight, method=method, actor=actor, detail=detail or {})
-    session.add(entry)
-    session.flush()
+            detail: dict | None = None) -> int:
+    """One history row and its audit entry; call it last in a transaction (the audit lock is held to commit)."""
+    entry_id = session.execute(text(
+        """INSERT INTO empi.history (action, source_id, person_id, other_person_id, weight, method, actor, detail)
+           VALUES (:a, :s, :p, :o, :w, :m, :actor, CAST(:d AS jsonb)) RETURNING id"""),
+        {"a": action, "s": source_id, "p": person_id, "o": other_person_id, "w": weight, "m": method, "actor": actor,
+         "d": _dumps(detail or {})}).scalar_one()
+    _audit(session, action=action, person_id=person_id, actor=actor, source_id=source_id,
+           other_person_id=other_person_id, method=method, history_id=entry_id)
+    return entry_id
+
+
+def _audit(session: Session, *, action: str, person_id: int, actor: str, source_id: int | None,
+           other_person_id: int | None, method: str | None, history_id: int) -> None:
     audit.record(session, actor=actor, action=f"empi.{action}", target=f"person:{person_id}",
-                 detail={"source_id": source_id, "other_person_id": other_person_id, "method": method, "history": entry.id})
-    return entry
+                 detail={"source_id": source_id, "other_person_id": other_person_id, "method": method,
+                         "history": history_id})
 
 
-def active_person(session: Session, person_id: int) -> Person:
-    person = session.get(Person, person_id)
-    if person is None:
+def active_person(session: Session, person_id: int) -> PersonRef:
+    row = session.execute(text("SELECT empi_id, state FROM empi.person WHERE id = :p"), {"p": person_id}).first()
+    if row is None:
         raise NotFound(f"no person {person_id}", field="person_id")
-    if person.state != "active":
-        raise Conflict(f"person {person.empi_id} was merged into another", field="person_id",
+    if row[1] != "active":
+        raise Conflict(f"person {row[0]} was merged into another", field="person_id",
                        hint="use the person it was merged into, or unmerge first")
-    return person
+    return PersonRef(person_id, row[0])
+
+
+def person_ref(session: Session, person_id: int) -> PersonRef:
+    return PersonRef(person_id, session.scalar(text("SELECT empi_id FROM empi.person WHERE id = :p"), {"p": person_id}))
 
 
 def link(session: Session, *, source_id: int, person_id: int | None = None, weight: float | None = None,
-         method: str, actor: str, confirmed: bool = False) -> Person:
-    """Link a source to a person (a new person when ``person_id`` is None); moving it is a ``relink``."""
-    if session.get(SourceIdentity, source_id) is None:
+         method: str, actor: str, confirmed: bool = False) -> PersonRef:
+    """Link a source to a person (a new person when ``person_id`` is None); moving it is a ``relink``.
+
+    Every registration of a card comes through here, so it is six statements: check and lock; person,
+    link and history in one; the golden record (two); the audit entry, last (its lock is held to commit)."""
+    found = session.execute(text(
+        """SELECT l.person_id, p.empi_id, p.state FROM empi.source_identity s
+             LEFT JOIN empi.link l ON l.source_id = s.id LEFT JOIN empi.person p ON p.id = :p
+            WHERE s.id = :s FOR UPDATE OF s"""), {"s": source_id, "p": person_id}).first()
+    if found is None:
         raise NotFound(f"no source identity {source_id}", field="source_id")
-    person = _new_person(session) if person_id is None else active_person(session, person_id)
-    current = session.get(Link, source_id, with_for_update=True)
-    if current is not None and current.person_id == person.id:
-        return person
-    previous = current.person_id if current is not None else None
-    if current is None:
-        session.add(Link(source_id=source_id, person_id=person.id, weight=weight, method=method,
-                         confirmed_by=actor if confirmed else None))
-    else:
-        current.person_id, current.weight, current.method = person.id, weight, method
-        current.confirmed_by, current.linked_at = (actor if confirmed else None), datetime.now(UTC)
-    session.flush()
-    _record(session, action="relink" if previous else "link", source_id=source_id, person_id=person.id,
-            other_person_id=previous, weight=weight, method=method, actor=actor)
-    recompute_golden(session, person.id)
+    previous, empi_id, state = found
+    if person_id is not None:
+        if empi_id is None:
+            raise NotFound(f"no person {person_id}", field="person_id")
+        if state != "active":
+            raise Conflict(f"person {empi_id} was merged into another", field="person_id",
+                           hint="use the person it was merged into, or unmerge first")
+        if previous == person_id:
+            return PersonRef(person_id, empi_id)
+    target = ("INSERT INTO empi.person (empi_id, golden, state) VALUES "
+              "('E' || lpad(nextval('empi.person_number')::text, 11, '0'), '{}', 'active') RETURNING id, empi_id"
+              if person_id is None else "SELECT CAST(:p AS bigint) AS id, CAST(:e AS text) AS empi_id")
+    action = "relink" if previous else "link"
+    new_id, new_empi_id, history_id = session.execute(text(
+        f"""WITH p AS ({target}),
+                 l AS (INSERT INTO empi.link (source_id, person_id, weight, method, confirmed_by)
+                       SELECT :s, p.id, :w, :m, :c FROM p
+                       ON CONFLICT (source_id) DO UPDATE SET person_id = EXCLUDED.person_id, weight = EXCLUDED.weight,
+                          method = EXCLUDED.method, confirmed_by = EXCLUDED.confirmed_by, linked_at = now()),
+                 h AS (INSERT INTO empi.history (action, source_id, person_id, other_person_id, weight, method, actor)
+                       SELECT :action, :s, p.id, :prev, :w, :m, :actor FROM p RETURNING id)
+            SELECT p.id, p.empi_id, h.id FROM p, h"""),
+        {"s": source_id, "p": person_id, "e": empi_id, "w": weight, "m": method, "c": actor if confirmed else None,
+         "action": action, "prev": previous, "actor": actor}).one()
+    _expire(session, Link, source_id)
+    recompute_golden(session, new_id)
     if previous is not None:
         recompute_golden(session, previous)
-    return person
+    _audit(session, action=action, person_id=new_id, actor=actor, source_id=source_id, other_person_id=previous,
+           method=method, history_id=history_id)
+    return PersonRef(new_id, new_empi_id)
 
 
-def unlink(session: Session, *, source_id: int, actor: str, reason: str) -> Person:
+def unlink(session: Session, *, source_id: int, actor: str, reason: str) -> PersonRef:
     """Take a source away from its person; it gets a person of its own (every source stays linked)."""
     current = session.get(Link, source_id)
     if current is None:
@@ -131,10 +205,10 @@ def unlink(session: Session, *, source_id: int, actor: str, reason: str) -> Pers
     current.person_id, current.weight, current.method, current.confirmed_by = person.id, None, "unlink", actor
     current.linked_at = datetime.now(UTC)
     session.flush()
-    _record(session, action="unlink", source_id=source_id, person_id=person.id, other_person_id=old, method="unlink",
-            actor=actor, detail={"reason": reason})
     recompute_golden(session, person.id)
     recompute_golden(session, old)
+    _record(session, action="unlink", source_id=source_id, person_id=person.id, other_person_id=old, method="unlink",
+            actor=actor, detail={"reason": reason})
     return person
 
 
@@ -146,13 +220,13 @@ def merge(session: Session, *, survivor_id: int, merged_id: int, actor: str, rea
     moved = [lk.source_id for lk in session.scalars(select(Link).where(Link.person_id == merged.id).with_for_update())]
     session.execute(text("UPDATE empi.link SET person_id = :s, linked_at = now() WHERE person_id = :m"),
                     {"s": survivor.id, "m": merged.id})
-    session.expire_all()  # links loaded before the bulk UPDATE must not be read stale later in this transaction
-    merged.state, merged.merged_into, merged.updated_at = "merged", survivor.id, datetime.now(UTC)
-    session.flush()
-    entry = _record(session, action="merge", person_id=survivor.id, other_person_id=merged.id, actor=actor,
-                    detail={"moved_sources": moved, "reason": reason})
+    session.execute(text("UPDATE empi.person SET state = 'merged', merged_into = :s, updated_at = now() WHERE id = :m"),
+                    {"s": survivor.id, "m": merged.id})
+    session.expire_all()  # links and persons loaded before these UPDATEs must not be read stale later on
     recompute_golden(session, survivor.id)
-    return entry
+    entry_id = _record(session, action="merge", person_id=survivor.id, other_person_id=merged.id, actor=actor,
+                       detail={"moved_sources": moved, "reason": reason})
+    return session.get(History, entry_id)
 
 
 def unmerge(session: Session, *, merge_history_id: int, actor: str, reason: str = "") -> Person:
@@ -171,10 +245,10 @@ def unmerge(session: Session, *, merge_history_id: int, actor: str, reason: str 
         session.expire_all()
     merged.state, merged.merged_into, merged.updated_at = "active", None, datetime.now(UTC)
     session.flush()
-    _record(session, action="unmerge", person_id=merged.id, other_person_id=entry.person_id, actor=actor,
-            detail={"merge": merge_history_id, "moved_back": back, "reason": reason})
     recompute_golden(session, merged.id)
     recompute_golden(session, entry.person_id)
+    _record(session, action="unmerge", person_id=merged.id, other_person_id=entry.person_id, actor=actor,
+            detail={"merge": merge_history_id, "moved_back": back, "reason": reason})
     return merged
 
 
@@ -200,13 +274,14 @@ def golden_of(sources: list[tuple[dict, int, datetime]]) -> dict:
 
 
 def recompute_golden(session: Session, person_id: int) -> dict:
-    """The person's golden record from its linked sources (``golden_of``), stored."""
-    person = session.get(Person, person_id)
-    sources = list(session.scalars(select(SourceIdentity).join(Link, Link.source_id == SourceIdentity.id)
-                                   .where(Link.person_id == person_id)))
-    golden = golden_of([(s.norm, s.trust, s.recorded_at) for s in sources])
-    person.golden, person.updated_at = golden, datetime.now(UTC)
-    session.flush()
+    """The person's golden record from its linked sources (``golden_of``), stored (two statements)."""
+    rows = session.execute(text(
+        """SELECT s.norm, s.trust, s.recorded_at FROM empi.link l JOIN empi.source_identity s ON s.id = l.source_id
+            WHERE l.person_id = :p"""), {"p": person_id}).all()
+    golden = golden_of([tuple(r) for r in rows])
+    session.execute(text("UPDATE empi.person SET golden = CAST(:g AS jsonb), updated_at = now() WHERE id = :p"),
+                    {"g": _dumps(golden), "p": person_id})
+    _expire(session, Person, person_id)
     return golden
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from smartcare.platform.masking import mask_mapping
@@ -45,10 +45,14 @@ def _entry_hash(*, id: int, at: datetime, actor: str, action: str, target: str |
 
 
 def record(session: Session, *, actor: str, action: str, target: str | None = None, detail: dict | None = None) -> AuditLog:
-    """Append one entry in the caller's transaction. Personal data in ``detail`` is masked first."""
+    """Append one entry in the caller's transaction. Personal data in ``detail`` is masked first.
+
+    Three plain statements (lock; previous hash and next id; insert), no ORM flush: audited writes are
+    on hot paths (every EMPI link), and the lock is held from here to the caller's commit.
+    """
     session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
-    prev = session.execute(select(AuditLog.hash).order_by(AuditLog.id.desc()).limit(1)).scalar()
-    entry_id = session.execute(text("SELECT nextval('platform.audit_log_id_seq')")).scalar_one()
+    prev, entry_id = session.execute(text(
+        "SELECT (SELECT hash FROM platform.audit_log ORDER BY id DESC LIMIT 1), nextval('platform.audit_log_id_seq')")).one()
     at = datetime.now(UTC)
     clean = mask_mapping(detail or {})
     prev_hash = prev or GENESIS
@@ -56,8 +60,8 @@ def record(session: Session, *, actor: str, action: str, target: str | None = No
         id=entry_id, at=at, actor=actor, action=action, target=target, detail=clean, prev_hash=prev_hash,
         hash=_entry_hash(id=entry_id, at=at, actor=actor, action=action, target=target, detail=clean, prev_hash=prev_hash),
     )
-    session.add(entry)
-    session.flush()
+    session.execute(insert(AuditLog).values(id=entry.id, at=at, actor=actor, action=action, target=target, detail=clean,
+                                            prev_hash=prev_hash, hash=entry.hash))
     return entry
 
 
