@@ -19,10 +19,11 @@ parent's ID stay apart, as in bulk clustering.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
 from smartcare.empi import service
@@ -30,6 +31,7 @@ from smartcare.empi.fields import FieldConfig, default_config
 from smartcare.empi.models import Model, Review
 from smartcare.empi.scoring import Model as ScoringModel
 from smartcare.empi.scoring import Score
+from smartcare.platform.db import driver
 from smartcare.platform.db import copy_rows
 
 CANDIDATES_PER_KEY = 50
@@ -66,39 +68,44 @@ def candidates(session: Session, features: dict[str, Any], config: FieldConfig |
         return Found([], {})
     wanted = [(f, str(features[f])) for f in config.tf_features if features.get(f) is not None]
     mine = features.get(config.distinct) if config.distinct else None
-    rows = session.execute(text(
+    rows = driver(session).execute(
         """
         WITH hit AS (
-            SELECT DISTINCT b.source_id FROM unnest(CAST(:keys AS bigint[])) AS q(key)
-             CROSS JOIN LATERAL (SELECT source_id FROM empi.blocking_key WHERE key = q.key AND source_id <> :me
-                                  LIMIT :per_key) b)
+            SELECT DISTINCT b.source_id FROM unnest(CAST(%(keys)s AS bigint[])) AS q(key)
+             CROSS JOIN LATERAL (SELECT source_id FROM empi.blocking_key WHERE key = q.key AND source_id <> %(me)s
+                                  LIMIT %(per_key)s) b)
         SELECT s.id, l.person_id, s.features,
-               CAST(:mine AS text) IS NOT NULL AND EXISTS (
+               CAST(%(mine)s AS text) IS NOT NULL AND EXISTS (
                    SELECT 1 FROM empi.link l2 JOIN empi.source_identity s2 ON s2.id = l2.source_id
-                    WHERE l2.person_id = l.person_id AND s2.features ->> CAST(:distinct AS text) <> :mine),
+                    WHERE l2.person_id = l.person_id AND s2.features ->> CAST(%(distinct)s AS text) <> %(mine)s),
                (SELECT jsonb_object_agg(feature || '=' || value, frequency) FROM empi.term_frequency
-                 WHERE (feature, value) IN (SELECT * FROM unnest(CAST(:tf_f AS text[]), CAST(:tf_v AS text[]))))
+                 WHERE (feature, value) IN (SELECT * FROM unnest(CAST(%(tf_f)s AS text[]), CAST(%(tf_v)s AS text[]))))
           FROM hit JOIN empi.source_identity s ON s.id = hit.source_id JOIN empi.link l ON l.source_id = s.id
-        """), {"keys": keys, "me": exclude, "per_key": CANDIDATES_PER_KEY, "mine": mine, "distinct": config.distinct,
-               "tf_f": [w[0] for w in wanted], "tf_v": [w[1] for w in wanted]}).all()
+        """, {"keys": keys, "me": exclude, "per_key": CANDIDATES_PER_KEY, "mine": mine, "distinct": config.distinct,
+              "tf_f": [w[0] for w in wanted], "tf_v": [w[1] for w in wanted]}).fetchall()
     tf = (rows[0][4] or {}) if rows else {}
     return Found([Candidate(sid, pid, feats, conflict) for sid, pid, feats, conflict, _ in rows], tf)
 
 
 # --- the model in use ----------------------------------------------------------------------------
 
-_MODELS: dict[int, ScoringModel] = {}
+MODEL_CHECK_SECONDS = 5.0
+_CURRENT: dict[tuple[str, str], tuple[float, tuple[int, ScoringModel] | None]] = {}  # (database, config)
 
 
 def current_model(session: Session, config: FieldConfig | None = None) -> tuple[int, ScoringModel] | None:
-    """The newest trained model of the config, or None before the first training (parsed once per id)."""
+    """The newest trained model of the config, or None before the first training. Looked up at most
+    every ``MODEL_CHECK_SECONDS`` per process (a model trained elsewhere is used within that time)."""
     config = config or default_config()
-    model_id = session.scalar(select(func.max(Model.id)).where(Model.config_name == config.name))
-    if model_id is None:
-        return None
-    if model_id not in _MODELS:
-        _MODELS[model_id] = ScoringModel.from_json(session.scalar(select(Model.params).where(Model.id == model_id)))
-    return model_id, _MODELS[model_id]
+    where = (str(session.get_bind().url), config.name)
+    cached = _CURRENT.get(where)
+    if cached is not None and time.monotonic() - cached[0] < MODEL_CHECK_SECONDS:
+        return cached[1]
+    row = driver(session).execute("SELECT id, params FROM empi.model WHERE config_name = %s ORDER BY id DESC LIMIT 1",
+                                  (config.name,)).fetchone()
+    current = (row[0], ScoringModel.from_json(row[1])) if row else None
+    _CURRENT[where] = (time.monotonic(), current)
+    return current
 
 
 def save_model(session: Session, *, model: ScoringModel, records: int, term_frequencies: dict[str, dict[Any, float]],
@@ -107,6 +114,7 @@ def save_model(session: Session, *, model: ScoringModel, records: int, term_freq
     row = Model(config_name=model.config_name, params=model.as_json(), records=records, trained_by=actor)
     session.add(row)
     session.flush()
+    _CURRENT.pop((str(session.get_bind().url), model.config_name), None)
     for feature, freqs in term_frequencies.items():
         session.execute(text("DELETE FROM empi.term_frequency WHERE feature = :f"), {"f": feature})
         copy_rows(session, "empi.term_frequency", ("feature", "value", "frequency"),

@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
+from psycopg.types.json import Jsonb
 from sqlalchemy.orm.util import identity_key
 
 from smartcare.empi.fields import FieldConfig, default_config
 from smartcare.empi.models import History, Link, Person, SourceIdentity
 from smartcare.empi.normalize import Normalized, normalize
 from smartcare.platform import audit
+from smartcare.platform.db import driver
 from smartcare.platform.errors import Conflict, InvalidInput, NotFound
 
 GOLDEN_FIELDS = ("name", "id_number", "sex", "birth_date", "phone", "address", "district_code")
@@ -39,9 +41,9 @@ def _json(value: Any) -> Any:
 def norm_dict(record: Mapping[str, Any], normalized: Normalized | None = None) -> dict:
     """The normalised form as stored beside the recorded one (JSON), with its repairs and conflicts."""
     n = normalized or normalize(record)
-    data = {k: _json(v) for k, v in asdict(n).items() if k not in ("repairs", "pinyin")}
+    data = {f.name: _json(getattr(n, f.name)) for f in fields(n)}  # not asdict: it deep-copies, on a hot path
     data["pinyin"] = list(n.pinyin)
-    data["repairs"] = [asdict(r) for r in n.repairs]
+    data["repairs"] = [{"field": r.field, "code": r.code, "message": r.message} for r in n.repairs]
     data["conflicts"] = list(n.conflicts)
     return data
 
@@ -75,22 +77,22 @@ def register_source(session: Session, *, facility_code: str, card_no: str, recor
     normalized = normalize(record) if config.normaliser == "chinese" else None
     norm = norm_dict(record, normalized) if normalized else {}
     features = {k: v for k, v in config.features(record, normalized).items() if v is not None}
-    row = session.execute(text(
+    row = driver(session).execute(
         """WITH s AS (
                INSERT INTO empi.source_identity AS s (facility_code, card_no, recorded, norm, features, trust, recorded_at)
-               VALUES (:f, :c, CAST(:recorded AS jsonb), CAST(:norm AS jsonb), CAST(:features AS jsonb), :trust, :at)
+               VALUES (%(f)s, %(c)s, %(recorded)s, %(norm)s, %(features)s, %(trust)s, %(at)s)
                ON CONFLICT (facility_code, card_no) DO UPDATE
                   SET recorded = EXCLUDED.recorded, norm = EXCLUDED.norm, features = EXCLUDED.features,
                       trust = EXCLUDED.trust, recorded_at = EXCLUDED.recorded_at
                RETURNING s.id),
            stale AS (DELETE FROM empi.blocking_key b USING s WHERE b.source_id = s.id
-                        AND b.key <> ALL(CAST(:keys AS bigint[]))),
+                        AND b.key <> ALL(CAST(%(keys)s AS bigint[]))),
            added AS (INSERT INTO empi.blocking_key (key, source_id)
-                     SELECT k, s.id FROM s, unnest(CAST(:keys AS bigint[])) AS k ON CONFLICT DO NOTHING)
-           SELECT s.id, (SELECT l.person_id FROM empi.link l WHERE l.source_id = s.id) FROM s"""),
-        {"f": facility_code, "c": card_no, "recorded": _dumps(recorded), "norm": _dumps(norm),
-         "features": _dumps(features), "trust": trust, "at": recorded_at or datetime.now(UTC),
-         "keys": config.blocking_hashes(features)}).one()
+                     SELECT k, s.id FROM s, unnest(CAST(%(keys)s AS bigint[])) AS k ON CONFLICT DO NOTHING)
+           SELECT s.id, (SELECT l.person_id FROM empi.link l WHERE l.source_id = s.id) FROM s""",
+        {"f": facility_code, "c": card_no, "recorded": Jsonb(recorded), "norm": Jsonb(norm),
+         "features": Jsonb(features), "trust": trust, "at": recorded_at or datetime.now(UTC),
+         "keys": config.blocking_hashes(features)}).fetchone()
     _expire(session, SourceIdentity, row[0])
     if row[1] is not None:
         recompute_golden(session, row[1])
@@ -154,45 +156,56 @@ def link(session: Session, *, source_id: int, person_id: int | None = None, weig
          method: str, actor: str, confirmed: bool = False) -> PersonRef:
     """Link a source to a person (a new person when ``person_id`` is None); moving it is a ``relink``.
 
-    Every registration of a card comes through here, so it is six statements: check and lock; person,
-    link and history in one; the golden record (two); the audit entry, last (its lock is held to commit)."""
-    found = session.execute(text(
-        """SELECT l.person_id, p.empi_id, p.state FROM empi.source_identity s
-             LEFT JOIN empi.link l ON l.source_id = s.id LEFT JOIN empi.person p ON p.id = :p
-            WHERE s.id = :s FOR UPDATE OF s"""), {"s": source_id, "p": person_id}).first()
-    if found is None:
-        raise NotFound(f"no source identity {source_id}", field="source_id")
-    previous, empi_id, state = found
-    if person_id is not None:
-        if empi_id is None:
-            raise NotFound(f"no person {person_id}", field="person_id")
-        if state != "active":
-            raise Conflict(f"person {empi_id} was merged into another", field="person_id",
-                           hint="use the person it was merged into, or unmerge first")
-        if previous == person_id:
-            return PersonRef(person_id, empi_id)
+    Every registration of a card comes through here, so it costs three round trips on the driver: one
+    statement checks and locks, writes person, link and history and reads the person's other cards;
+    then the golden record with the audit entry's lock (pipelined); then the audit entry (its lock is
+    held to commit, so it comes last)."""
+    conn = driver(session)
     target = ("INSERT INTO empi.person (empi_id, golden, state) VALUES "
-              "('E' || lpad(nextval('empi.person_number')::text, 11, '0'), '{}', 'active') RETURNING id, empi_id"
-              if person_id is None else "SELECT CAST(:p AS bigint) AS id, CAST(:e AS text) AS empi_id")
-    action = "relink" if previous else "link"
-    new_id, new_empi_id, history_id = session.execute(text(
-        f"""WITH p AS ({target}),
+              "('E' || lpad(nextval('empi.person_number')::text, 11, '0'), '{}', 'active') "
+              "RETURNING id, empi_id, state"
+              if person_id is None else "SELECT id, empi_id, state FROM empi.person WHERE id = %(p)s")
+    row = conn.execute(
+        f"""WITH src AS (SELECT s.id, s.norm, s.trust, s.recorded_at,
+                                (SELECT person_id FROM empi.link WHERE source_id = s.id) AS previous
+                           FROM empi.source_identity s WHERE s.id = %(s)s FOR UPDATE),
+                 tgt AS ({target}),
+                 ok AS (SELECT src.id, tgt.id AS person_id, src.previous FROM src, tgt
+                         WHERE tgt.state = 'active' AND tgt.id IS DISTINCT FROM src.previous),
                  l AS (INSERT INTO empi.link (source_id, person_id, weight, method, confirmed_by)
-                       SELECT :s, p.id, :w, :m, :c FROM p
+                       SELECT ok.id, ok.person_id, %(w)s, %(m)s, %(c)s FROM ok
                        ON CONFLICT (source_id) DO UPDATE SET person_id = EXCLUDED.person_id, weight = EXCLUDED.weight,
                           method = EXCLUDED.method, confirmed_by = EXCLUDED.confirmed_by, linked_at = now()),
                  h AS (INSERT INTO empi.history (action, source_id, person_id, other_person_id, weight, method, actor)
-                       SELECT :action, :s, p.id, :prev, :w, :m, :actor FROM p RETURNING id)
-            SELECT p.id, p.empi_id, h.id FROM p, h"""),
-        {"s": source_id, "p": person_id, "e": empi_id, "w": weight, "m": method, "c": actor if confirmed else None,
-         "action": action, "prev": previous, "actor": actor}).one()
+                       SELECT CASE WHEN ok.previous IS NULL THEN 'link' ELSE 'relink' END, ok.id, ok.person_id,
+                              ok.previous, %(w)s, %(m)s, %(actor)s FROM ok RETURNING id)
+            SELECT src.previous, tgt.id, tgt.empi_id, tgt.state, (SELECT id FROM h),
+                   src.norm, src.trust, src.recorded_at,
+                   (SELECT coalesce(jsonb_agg(jsonb_build_array(o.norm, o.trust, o.recorded_at)), '[]')
+                      FROM empi.link ol JOIN empi.source_identity o ON o.id = ol.source_id
+                     WHERE ol.person_id = tgt.id AND ol.source_id <> src.id)
+              FROM src LEFT JOIN tgt ON true""",
+        {"s": source_id, "p": person_id, "w": weight, "m": method, "c": actor if confirmed else None,
+         "actor": actor}).fetchone()
+    if row is None:
+        raise NotFound(f"no source identity {source_id}", field="source_id")
+    previous, new_id, empi_id, state, history_id, norm, trust, recorded_at, others = row
+    if new_id is None:
+        raise NotFound(f"no person {person_id}", field="person_id")
+    if state != "active":
+        raise Conflict(f"person {empi_id} was merged into another", field="person_id",
+                       hint="use the person it was merged into, or unmerge first")
+    if history_id is None:  # already linked to this person: nothing was written
+        return PersonRef(new_id, empi_id)
     _expire(session, Link, source_id)
-    recompute_golden(session, new_id)
-    if previous is not None:
-        recompute_golden(session, previous)
-    _audit(session, action=action, person_id=new_id, actor=actor, source_id=source_id, other_person_id=previous,
-           method=method, history_id=history_id)
-    return PersonRef(new_id, new_empi_id)
+    sources = [(n, t, datetime.fromisoformat(at)) for n, t, at in others] + [(norm, trust, recorded_at)]
+    with conn.pipeline():
+        _store_golden(session, new_id, golden_of(sources))
+        if previous is not None:
+            recompute_golden(session, previous)
+        _audit(session, action="relink" if previous else "link", person_id=new_id, actor=actor, source_id=source_id,
+               other_person_id=previous, method=method, history_id=history_id)
+    return PersonRef(new_id, empi_id)
 
 
 def unlink(session: Session, *, source_id: int, actor: str, reason: str) -> PersonRef:
@@ -274,15 +287,19 @@ def golden_of(sources: list[tuple[dict, int, datetime]]) -> dict:
 
 
 def recompute_golden(session: Session, person_id: int) -> dict:
-    """The person's golden record from its linked sources (``golden_of``), stored (two statements)."""
-    rows = session.execute(text(
+    """The person's golden record from its linked sources (``golden_of``), stored."""
+    rows = driver(session).execute(
         """SELECT s.norm, s.trust, s.recorded_at FROM empi.link l JOIN empi.source_identity s ON s.id = l.source_id
-            WHERE l.person_id = :p"""), {"p": person_id}).all()
-    golden = golden_of([tuple(r) for r in rows])
-    session.execute(text("UPDATE empi.person SET golden = CAST(:g AS jsonb), updated_at = now() WHERE id = :p"),
-                    {"g": _dumps(golden), "p": person_id})
-    _expire(session, Person, person_id)
+            WHERE l.person_id = %s""", (person_id,)).fetchall()
+    golden = golden_of(rows)
+    _store_golden(session, person_id, golden)
     return golden
+
+
+def _store_golden(session: Session, person_id: int, golden: dict) -> None:
+    driver(session).execute("UPDATE empi.person SET golden = %s, updated_at = now() WHERE id = %s",
+                            (Jsonb(golden), person_id))
+    _expire(session, Person, person_id)
 
 
 def xref(session: Session, empi_id: str) -> tuple[Person, list[SourceIdentity]]:

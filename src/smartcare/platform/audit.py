@@ -16,9 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import insert, select, text
+from psycopg.types.json import Jsonb
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from smartcare.platform.db import driver
 from smartcare.platform.masking import mask_mapping
 from smartcare.platform.models import AuditLog
 
@@ -47,12 +49,15 @@ def _entry_hash(*, id: int, at: datetime, actor: str, action: str, target: str |
 def record(session: Session, *, actor: str, action: str, target: str | None = None, detail: dict | None = None) -> AuditLog:
     """Append one entry in the caller's transaction. Personal data in ``detail`` is masked first.
 
-    Three plain statements (lock; previous hash and next id; insert), no ORM flush: audited writes are
+    Three plain statements on the driver (lock; previous hash and next id; insert): audited writes are
     on hot paths (every EMPI link), and the lock is held from here to the caller's commit.
     """
-    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
-    prev, entry_id = session.execute(text(
-        "SELECT (SELECT hash FROM platform.audit_log ORDER BY id DESC LIMIT 1), nextval('platform.audit_log_id_seq')")).one()
+    conn = driver(session)
+    with conn.pipeline():  # one round trip; the SELECT starts (and takes its snapshot) after the lock is held
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        latest = conn.execute(
+            "SELECT (SELECT hash FROM platform.audit_log ORDER BY id DESC LIMIT 1), nextval('platform.audit_log_id_seq')")
+    prev, entry_id = latest.fetchone()
     at = datetime.now(UTC)
     clean = mask_mapping(detail or {})
     prev_hash = prev or GENESIS
@@ -60,8 +65,10 @@ def record(session: Session, *, actor: str, action: str, target: str | None = No
         id=entry_id, at=at, actor=actor, action=action, target=target, detail=clean, prev_hash=prev_hash,
         hash=_entry_hash(id=entry_id, at=at, actor=actor, action=action, target=target, detail=clean, prev_hash=prev_hash),
     )
-    session.execute(insert(AuditLog).values(id=entry.id, at=at, actor=actor, action=action, target=target, detail=clean,
-                                            prev_hash=prev_hash, hash=entry.hash))
+    conn.execute(
+        "INSERT INTO platform.audit_log (id, at, actor, action, target, detail, prev_hash, hash) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (entry_id, at, actor, action, target, Jsonb(clean), prev_hash, entry.hash))
     return entry
 
 

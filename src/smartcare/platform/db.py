@@ -105,6 +105,13 @@ def reset_caches() -> None:
         cached.cache_clear()
 
 
+def driver(session: Session):
+    """The session's psycopg connection, in the session's transaction, for hot paths where
+    SQLAlchemy's per-statement cost (~100 µs) matters; pending ORM changes are flushed first."""
+    session.flush()
+    return session.connection().connection.driver_connection
+
+
 def copy_rows(session: Session, table: str, columns: tuple[str, ...], rows) -> int:
     """Bulk-load ``rows`` (an iterable of tuples) with PostgreSQL COPY in the session's transaction."""
     raw = session.connection().connection.driver_connection
