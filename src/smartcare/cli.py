@@ -103,6 +103,21 @@ def seed(scale: str = typer.Option("small", help="small (20,000 residents) or ci
     _seed(scale, seed)
 
 
+def _demo_index(home: Path) -> None:
+    """The demo region's visit cards migrated into the master patient index, so that the index, its
+    review queue and PDQ search have something in them on the first start."""
+    from smartcare.empi.fields import default_config
+    from smartcare.platform.db import session_scope
+    from smartcare.synth import service as synth
+
+    home.mkdir(parents=True, exist_ok=True)
+    cards = home / "demo-visit-cards.csv"
+    with session_scope() as session:
+        n = synth.write_visit_cards_csv(session, cards)
+    console.print(f"migrating the demo region's {n:,} visit cards into the master patient index …")
+    _empi_migrate(cards, default_config(), report=home / "demo-empi-migration.html")
+
+
 def _ensure_demo_users() -> None:
     from sqlalchemy import select
 
@@ -169,6 +184,7 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
     if empty:
         console.print("empty database: generating the demo region (scale small) …")
         _seed("small", settings.demo_seed)
+        _demo_index(settings.home)
     _ensure_demo_users()
     from smartcare.workers import Workers
 
@@ -412,14 +428,20 @@ def empi_migrate(source: Path = typer.Argument(..., help="CSV with facility_code
                  retrain: bool = typer.Option(False, help="train a new model even if the index has one")) -> None:
     """Migrate hospitals' visit cards into the index: profile → train → link → commit → review. Resumable:
     run the same command again after a crash and it continues where it stopped."""
-    from smartcare.empi import migration
-    from smartcare.empi import report as report_module
     from smartcare.empi.fields import default_config, load_config
-    from smartcare.platform.db import session_factory
 
     _setup_logging()
-    options = migration.Options(path=source, config=load_config(config) if config else default_config(),
-                                dry_run=dry_run, actor="cli", chunk=chunk, retrain=retrain)
+    _empi_migrate(source, load_config(config) if config else default_config(), dry_run=dry_run, report=report,
+                  chunk=chunk, retrain=retrain)
+
+
+def _empi_migrate(source: Path, config, *, dry_run: bool = False, report: Path | None = None, chunk: int = 20_000,
+                  retrain: bool = False) -> None:
+    from smartcare.empi import migration
+    from smartcare.empi import report as report_module
+    from smartcare.platform.db import session_factory
+
+    options = migration.Options(path=source, config=config, dry_run=dry_run, actor="cli", chunk=chunk, retrain=retrain)
     bar = Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console)
     tasks: dict[str, int] = {}

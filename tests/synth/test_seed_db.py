@@ -68,3 +68,18 @@ def test_visit_cards_and_their_truth_are_loaded_apart(seeded):
     assert cards == truths == seeded.counts["visit_cards"]
     assert residents_without_card == 0
     assert 0.15 < with_errors / cards < 0.25
+
+
+def test_visit_cards_export_as_the_csv_the_migration_reads(seeded, tmp_path):
+    import csv
+
+    from smartcare.synth import service, visitcards
+
+    path = tmp_path / "cards.csv"
+    with session_scope() as s:
+        written = service.write_visit_cards_csv(s, path)
+        assert written == service.visit_card_count(s)
+    with path.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == written and tuple(rows[0]) == visitcards.CSV_COLUMNS
+    assert all(r["facility_code"] and r["card_no"] and r["name"] for r in rows)

@@ -2,13 +2,15 @@
 
 The steps, each a function that can be called and inspected on its own:
 
-1. ``index_source``: the card's features (``FieldConfig.features``) and its blocking keys, stored
-   in ``empi.blocking_key`` — an inverted index, so that
+1. ``service.register_source``: the card, its features (``FieldConfig.features``) and its blocking
+   keys, stored in ``empi.blocking_key`` — an inverted index, so that
 2. ``candidates`` finds every indexed card sharing a key with one index probe per key (no scans;
    at most ``CANDIDATES_PER_KEY`` per key, so a very common key cannot make a request slow);
-3. ``score``: each candidate scored with the trained model (``scoring.Model``), best per person;
-4. ``decide``: link to the best person at or above the link weight; between review and link, a
+3. ``rank``: each candidate scored with the trained model (``scoring.Model``), best per person;
+4. ``match``: link to the best person at or above the link weight; between review and link, a
    person of its own plus a review item for a human; below, a person of its own.
+
+``register`` runs them all for one card; it is the entry point of the API and the hub's intake.
 
 Without a trained model yet (a new region), only the config's deterministic rules link (same
 valid ID, birth date and name sound for Chinese cards) — cautious, precision first. A person whose
@@ -164,7 +166,7 @@ def rank(features: dict[str, Any], found: Found, config: FieldConfig, model: Sco
 
 def match(session: Session, source: service.Registered, *, actor: str = "empi",
           config: FieldConfig | None = None) -> Decision:
-    """Index ``source``, find and score its candidates, and carry out the decision. Idempotent:
+    """Find and score the candidates of a registered card and carry out the decision. Idempotent:
     a source that is already linked keeps its link."""
     config = config or default_config()
     if source.person_id is not None:

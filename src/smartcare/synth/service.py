@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from smartcare.platform import audit
-from smartcare.platform.db import copy_rows
+from smartcare.platform.db import copy_rows, driver
 from smartcare.platform.errors import Conflict, InvalidInput
 from smartcare.registry import service as registry
 from smartcare.synth import region, visitcards
@@ -129,6 +129,19 @@ def resident_count(session: Session) -> int:
 
 def visit_card_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(VisitCard)) or 0
+
+
+def write_visit_cards_csv(session: Session, path) -> int:
+    """The seeded visit cards as a hospital export (the CSV ``smartcare empi migrate`` reads)."""
+    columns = ", ".join(visitcards.CSV_COLUMNS)
+    raw = driver(session)
+    rows = 0
+    with open(path, "wb") as out, raw.cursor() as cur, \
+            cur.copy(f"COPY (SELECT {columns} FROM synth.visit_card ORDER BY card_id) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
+        for block in copy:
+            out.write(block)
+            rows += bytes(block).count(b"\n")
+    return rows - 1
 
 
 def last_run(session: Session) -> SeedRun | None:
