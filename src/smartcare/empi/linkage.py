@@ -74,7 +74,7 @@ def _linker(config: FieldConfig, table: pa.Table, model: Model | None = None, *,
         con.execute(f"SET threads = {int(threads)}")
     db_api = DuckDBAPI(connection=con)
     df = db_api.register(table, table_name="records")
-    return Linker(df, _settings(config, model), log_level=logging.WARNING)
+    return Linker(df, _settings(config, model), log_level=None)  # keep the level set above
 
 
 def _splink_rule(rule) -> dict[str, str]:
