@@ -216,11 +216,12 @@ def main() -> None:
     held = set(itertools.islice((ix[-1] for ix in by_resident.values() if len(ix) >= 2), args.held_out))
     held_out = [generated[i][0] for i in sorted(held)]
     truth = {c.card_id: t.resident_id for c, t in generated}
-    # The first file: the first n_cards cards (a resident's cards may straddle the two files); the
-    # second: the rest of the region, migrated into the same index until it holds ~1,000,000 persons.
-    first = [c for i, (c, _) in enumerate(generated[:n_cards]) if i not in held]
-    rest = [c for i, (c, _) in enumerate(generated[n_cards:], start=n_cards) if i not in held]
-    del generated, by_resident
+    # The first file: the first n_cards cards that are not held out (a resident's cards may straddle
+    # the two files); the second: the rest of the region, migrated into the same index until it holds
+    # ~1,000,000 persons.
+    kept = [c for i, (c, _) in enumerate(generated) if i not in held]
+    first, rest = kept[:n_cards], kept[n_cards:]
+    del generated, by_resident, kept
     with tempfile.TemporaryDirectory() as tmp, scratch_database() as url:
         from sqlalchemy import create_engine, text
         from sqlalchemy.orm import sessionmaker

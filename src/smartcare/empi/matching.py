@@ -45,7 +45,6 @@ class Candidate:
     source_id: int
     person_id: int
     features: dict[str, Any]
-    conflict: bool = False  # its person holds a card with another certain ID than the searched card
 
 
 @dataclass(frozen=True)
@@ -62,31 +61,32 @@ class Found:
 
 def candidates(session: Session, features: dict[str, Any], config: FieldConfig | None = None, *,
                exclude: int = 0) -> Found:
-    """Linked cards sharing at least one blocking key with ``features`` (index probes only), each with
-    whether its person holds another value of the config's ``distinct`` feature — one statement."""
-    config = config or default_config()
-    keys = config.blocking_hashes(features)
-    if not keys:
-        return Found([], {})
+    """Linked cards sharing at least one blocking key with ``features`` (index probes only), with the
+    term frequencies of the searched values — one statement."""
+    return _found(_search(session, features, config or default_config(), exclude))
+
+
+def _search(session: Session, features: dict[str, Any], config: FieldConfig, exclude: int):
+    """Send the candidate search; its rows are read by ``_found`` (so it can share a round trip)."""
     wanted = [(f, str(features[f])) for f in config.tf_features if features.get(f) is not None]
-    mine = features.get(config.distinct) if config.distinct else None
-    rows = driver(session).execute(
+    return driver(session).execute(
         """
         WITH hit AS (
             SELECT DISTINCT b.source_id FROM unnest(CAST(%(keys)s AS bigint[])) AS q(key)
              CROSS JOIN LATERAL (SELECT source_id FROM empi.blocking_key WHERE key = q.key AND source_id <> %(me)s
                                   LIMIT %(per_key)s) b)
         SELECT s.id, l.person_id, s.features,
-               CAST(%(mine)s AS text) IS NOT NULL AND EXISTS (
-                   SELECT 1 FROM empi.link l2 JOIN empi.source_identity s2 ON s2.id = l2.source_id
-                    WHERE l2.person_id = l.person_id AND s2.features ->> CAST(%(distinct)s AS text) <> %(mine)s),
                (SELECT jsonb_object_agg(feature || '=' || value, frequency) FROM empi.term_frequency
                  WHERE (feature, value) IN (SELECT * FROM unnest(CAST(%(tf_f)s AS text[]), CAST(%(tf_v)s AS text[]))))
           FROM hit JOIN empi.source_identity s ON s.id = hit.source_id JOIN empi.link l ON l.source_id = s.id
-        """, {"keys": keys, "me": exclude, "per_key": CANDIDATES_PER_KEY, "mine": mine, "distinct": config.distinct,
-              "tf_f": [w[0] for w in wanted], "tf_v": [w[1] for w in wanted]}).fetchall()
-    tf = (rows[0][4] or {}) if rows else {}
-    return Found([Candidate(sid, pid, feats, conflict) for sid, pid, feats, conflict, _ in rows], tf)
+        """, {"keys": config.blocking_hashes(features), "me": exclude, "per_key": CANDIDATES_PER_KEY,
+              "tf_f": [w[0] for w in wanted], "tf_v": [w[1] for w in wanted]})
+
+
+def _found(cursor) -> Found:
+    rows = cursor.fetchall()
+    tf = (rows[0][3] or {}) if rows else {}
+    return Found([Candidate(sid, pid, feats) for sid, pid, feats, _ in rows], tf)
 
 
 # --- the model in use ----------------------------------------------------------------------------
@@ -136,7 +136,6 @@ class Ranked:
     weight: float
     score: Score | None
     rule: bool = False
-    conflict: bool = False
 
 
 @dataclass
@@ -155,36 +154,37 @@ def rank(features: dict[str, Any], found: Found, config: FieldConfig, model: Sco
         rule = any(r.key(features) is not None and r.key(features) == r.key(cand.features) for r in config.deterministic)
         if model is not None:
             s = model.score(config, features, cand.features, found.frequency)
-            ranked = Ranked(cand.person_id, cand.source_id, s.weight, s, rule, cand.conflict)
+            ranked = Ranked(cand.person_id, cand.source_id, s.weight, s, rule)
         else:
-            ranked = Ranked(cand.person_id, cand.source_id, float("inf") if rule else float("-inf"), None, rule,
-                            cand.conflict)
+            ranked = Ranked(cand.person_id, cand.source_id, float("inf") if rule else float("-inf"), None, rule)
         if cand.person_id not in best or ranked.weight > best[cand.person_id].weight:
             best[cand.person_id] = ranked
     return sorted(best.values(), key=lambda r: -r.weight)
 
 
 def match(session: Session, source: service.Registered, *, actor: str = "empi",
-          config: FieldConfig | None = None) -> Decision:
-    """Find and score the candidates of a registered card and carry out the decision. Idempotent:
-    a source that is already linked keeps its link."""
+          config: FieldConfig | None = None, found: Found | None = None) -> Decision:
+    """Score the candidates of a registered card (``found``, or searched now) and carry out the
+    decision. Idempotent: a source that is already linked keeps its link."""
     config = config or default_config()
     if source.person_id is not None:
         return Decision("link", service.person_ref(session, source.person_id), None, "already linked")
     loaded = current_model(session, config)
     model_id, model = loaded if loaded else (None, None)
-    ranked = rank(source.features, candidates(session, source.features, config, exclude=source.id), config, model)
+    if found is None:
+        found = candidates(session, source.features, config, exclude=source.id)
+    ranked = rank(source.features, found, config, model)
+    mine = source.features.get(config.distinct) if config.distinct else None
     for top in ranked:
         linkable = top.rule or (model is not None and top.weight >= config.link_weight)
         if not linkable:
             break
-        if top.conflict:
-            continue
         method = RULE if top.rule else f"model:{model_id}"
         weight = top.weight if top.score is not None else None
         person = service.link(session, source_id=source.id, person_id=top.person_id, weight=weight, method=method,
-                              actor=actor)
-        return Decision("link", person, weight, method, ranked)
+                              actor=actor, unless_holding=(config.distinct, str(mine)) if mine is not None else None)
+        if person is not None:  # None: that person holds another certain ID (a twin, a guardian)
+            return Decision("link", person, weight, method, ranked)
     review = [r for r in ranked if r.score is not None and config.review_weight <= r.weight]
     if review:
         top = review[0]
@@ -198,11 +198,16 @@ def match(session: Session, source: service.Registered, *, actor: str = "empi",
 
 def register(session: Session, *, facility_code: str, card_no: str, record: dict[str, Any], actor: str,
              trust: int = 1, config: FieldConfig | None = None) -> Decision:
-    """A hospital's card registered and matched at once: the real-time entry point (API, hub intake)."""
+    """A hospital's card registered and matched at once: the real-time entry point (API, hub intake).
+    The candidate search and the registration share one round trip (pipelined; the search runs first,
+    so it does not see the card itself)."""
     config = config or default_config()
-    source = service.register_source(session, facility_code=facility_code, card_no=card_no, record=record,
-                                     trust=trust, actor=actor, config=config)
-    return match(session, source, actor=actor, config=config)
+    prepared = service.prepare_source(record, config)
+    with driver(session).pipeline():
+        searching = _search(session, prepared.features, config, exclude=0)
+        source = service.register_source(session, facility_code=facility_code, card_no=card_no, prepared=prepared,
+                                         trust=trust, actor=actor, config=config)
+    return match(session, source, actor=actor, config=config, found=_found(searching))
 
 
 def query(session: Session, record: dict[str, Any], *, limit: int = 10,

@@ -64,19 +64,35 @@ class PersonRef:
     empi_id: str
 
 
-def register_source(session: Session, *, facility_code: str, card_no: str, record: Mapping[str, Any], trust: int = 1,
-                    recorded_at: datetime | None = None, actor: str = "system",
-                    config: FieldConfig | None = None) -> Registered:
-    """Record (or update) a hospital's visit card in one statement: what was recorded, its normalised
-    form, its features and its blocking keys (the inverted index of candidate search). A card already
-    linked gets its person's golden record refreshed."""
-    if not facility_code or not card_no:
-        raise InvalidInput("a source identity needs facility_code and card_no", field="card_no")
+@dataclass(frozen=True)
+class Prepared:
+    """A card in the form it is stored and matched in, computed before any SQL (so matching can
+    search candidates in the same round trip as the registration)."""
+
+    recorded: dict
+    norm: dict
+    features: dict
+    keys: list[int]
+
+
+def prepare_source(record: Mapping[str, Any], config: FieldConfig | None = None) -> Prepared:
     config = config or default_config()
     recorded = {k: _json(v) for k, v in record.items() if k in config.columns}
     normalized = normalize(record) if config.normaliser == "chinese" else None
     norm = norm_dict(record, normalized) if normalized else {}
     features = {k: v for k, v in config.features(record, normalized).items() if v is not None}
+    return Prepared(recorded, norm, features, config.blocking_hashes(features))
+
+
+def register_source(session: Session, *, facility_code: str, card_no: str, record: Mapping[str, Any] | None = None,
+                    prepared: Prepared | None = None, trust: int = 1, recorded_at: datetime | None = None,
+                    actor: str = "system", config: FieldConfig | None = None) -> Registered:
+    """Record (or update) a hospital's visit card in one statement: what was recorded, its normalised
+    form, its features and its blocking keys (the inverted index of candidate search). A card already
+    linked gets its person's golden record refreshed. Give ``record``, or ``prepared`` from it."""
+    if not facility_code or not card_no:
+        raise InvalidInput("a source identity needs facility_code and card_no", field="card_no")
+    p = prepared or prepare_source(record or {}, config)
     row = driver(session).execute(
         """WITH s AS (
                INSERT INTO empi.source_identity AS s (facility_code, card_no, recorded, norm, features, trust, recorded_at)
@@ -90,13 +106,13 @@ def register_source(session: Session, *, facility_code: str, card_no: str, recor
            added AS (INSERT INTO empi.blocking_key (key, source_id)
                      SELECT k, s.id FROM s, unnest(CAST(%(keys)s AS bigint[])) AS k ON CONFLICT DO NOTHING)
            SELECT s.id, (SELECT l.person_id FROM empi.link l WHERE l.source_id = s.id) FROM s""",
-        {"f": facility_code, "c": card_no, "recorded": Jsonb(recorded), "norm": Jsonb(norm),
-         "features": Jsonb(features), "trust": trust, "at": recorded_at or datetime.now(UTC),
-         "keys": config.blocking_hashes(features)}).fetchone()
+        {"f": facility_code, "c": card_no, "recorded": Jsonb(p.recorded), "norm": Jsonb(p.norm),
+         "features": Jsonb(p.features), "trust": trust, "at": recorded_at or datetime.now(UTC),
+         "keys": p.keys}).fetchone()
     _expire(session, SourceIdentity, row[0])
     if row[1] is not None:
         recompute_golden(session, row[1])
-    return Registered(row[0], features, row[1])
+    return Registered(row[0], p.features, row[1])
 
 
 def _dumps(value: Any) -> str:
@@ -153,14 +169,20 @@ def person_ref(session: Session, person_id: int) -> PersonRef:
 
 
 def link(session: Session, *, source_id: int, person_id: int | None = None, weight: float | None = None,
-         method: str, actor: str, confirmed: bool = False) -> PersonRef:
+         method: str, actor: str, confirmed: bool = False,
+         unless_holding: tuple[str, str] | None = None) -> PersonRef | None:
     """Link a source to a person (a new person when ``person_id`` is None); moving it is a ``relink``.
 
     Every registration of a card comes through here, so it costs three round trips on the driver: one
     statement checks and locks, writes person, link and history and reads the person's other cards;
     then the golden record with the audit entry's lock (pipelined); then the audit entry (its lock is
-    held to commit, so it comes last)."""
+    held to commit, so it comes last).
+
+    ``unless_holding=(feature, value)``: write nothing and return None if the person holds a card whose
+    ``feature`` has another value (a different certain ID: twins, a guardian's ID) — checked in the same
+    statement, so matching needs no extra round trip."""
     conn = driver(session)
+    feature, value = unless_holding or (None, None)
     target = ("INSERT INTO empi.person (empi_id, golden, state) VALUES "
               "('E' || lpad(nextval('empi.person_number')::text, 11, '0'), '{}', 'active') "
               "RETURNING id, empi_id, state"
@@ -170,8 +192,12 @@ def link(session: Session, *, source_id: int, person_id: int | None = None, weig
                                 (SELECT person_id FROM empi.link WHERE source_id = s.id) AS previous
                            FROM empi.source_identity s WHERE s.id = %(s)s FOR UPDATE),
                  tgt AS ({target}),
+                 clash AS (SELECT EXISTS (SELECT 1 FROM empi.link cl JOIN empi.source_identity cs ON cs.id = cl.source_id
+                                           WHERE cl.person_id = (SELECT id FROM tgt)
+                                             AND cs.features ->> CAST(%(feature)s AS text) <> %(value)s) AS found),
                  ok AS (SELECT src.id, tgt.id AS person_id, src.previous FROM src, tgt
-                         WHERE tgt.state = 'active' AND tgt.id IS DISTINCT FROM src.previous),
+                         WHERE tgt.state = 'active' AND tgt.id IS DISTINCT FROM src.previous
+                           AND NOT (SELECT found FROM clash)),
                  l AS (INSERT INTO empi.link (source_id, person_id, weight, method, confirmed_by)
                        SELECT ok.id, ok.person_id, %(w)s, %(m)s, %(c)s FROM ok
                        ON CONFLICT (source_id) DO UPDATE SET person_id = EXCLUDED.person_id, weight = EXCLUDED.weight,
@@ -179,22 +205,24 @@ def link(session: Session, *, source_id: int, person_id: int | None = None, weig
                  h AS (INSERT INTO empi.history (action, source_id, person_id, other_person_id, weight, method, actor)
                        SELECT CASE WHEN ok.previous IS NULL THEN 'link' ELSE 'relink' END, ok.id, ok.person_id,
                               ok.previous, %(w)s, %(m)s, %(actor)s FROM ok RETURNING id)
-            SELECT src.previous, tgt.id, tgt.empi_id, tgt.state, (SELECT id FROM h),
+            SELECT src.previous, tgt.id, tgt.empi_id, tgt.state, (SELECT id FROM h), (SELECT found FROM clash),
                    src.norm, src.trust, src.recorded_at,
                    (SELECT coalesce(jsonb_agg(jsonb_build_array(o.norm, o.trust, o.recorded_at)), '[]')
                       FROM empi.link ol JOIN empi.source_identity o ON o.id = ol.source_id
                      WHERE ol.person_id = tgt.id AND ol.source_id <> src.id)
               FROM src LEFT JOIN tgt ON true""",
         {"s": source_id, "p": person_id, "w": weight, "m": method, "c": actor if confirmed else None,
-         "actor": actor}).fetchone()
+         "actor": actor, "feature": feature, "value": value}).fetchone()
     if row is None:
         raise NotFound(f"no source identity {source_id}", field="source_id")
-    previous, new_id, empi_id, state, history_id, norm, trust, recorded_at, others = row
+    previous, new_id, empi_id, state, history_id, clash, norm, trust, recorded_at, others = row
     if new_id is None:
         raise NotFound(f"no person {person_id}", field="person_id")
     if state != "active":
         raise Conflict(f"person {empi_id} was merged into another", field="person_id",
                        hint="use the person it was merged into, or unmerge first")
+    if clash:
+        return None
     if history_id is None:  # already linked to this person: nothing was written
         return PersonRef(new_id, empi_id)
     _expire(session, Link, source_id)
