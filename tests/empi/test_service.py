@@ -116,3 +116,23 @@ def test_merge_then_relink_in_one_transaction_sees_the_moved_links(people):
         assert _person_of(s, c) == own.id
         last = service.history(s, own.id)[-1]
         assert last.action == "unlink" and last.other_person_id == p1.id
+
+
+def test_link_refuses_a_person_holding_another_certain_id(database_url):
+    """``unless_holding``: a twin's card is not linked to the sibling's person, whatever matching scored."""
+    tag = uuid.uuid4().hex[:6]
+    born = date(2018, 6, 6)
+    first, second = (idcard.make("500103", born, n, "1") for n in (20, 21))
+    with session_scope() as s:
+        a = service.register_source(s, facility_code=f"U{tag}", card_no="1", record={
+            "name": "王浩宇", "id_number": first, "sex": "1", "birth_date": born.isoformat()})
+        b = service.register_source(s, facility_code=f"U{tag}", card_no="2", record={
+            "name": "王浩然", "id_number": second, "sex": "1", "birth_date": born.isoformat()})
+        twin = service.link(s, source_id=a.id, method="new", actor="test")
+        refused = service.link(s, source_id=b.id, person_id=twin.id, method="model:x", actor="test",
+                               unless_holding=("id_certain", b.features["id_certain"]))
+        assert refused is None
+        assert s.execute(text("SELECT count(*) FROM empi.link WHERE source_id = :b"), {"b": b.id}).scalar() == 0
+        same = service.link(s, source_id=b.id, person_id=twin.id, method="review", actor="test",
+                            unless_holding=("id_certain", first))  # the same certain ID: no clash
+        assert same is not None and same.id == twin.id

@@ -13,15 +13,14 @@ carry out its decisions and the reviewers'.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
+from psycopg.types.json import Jsonb
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
-from psycopg.types.json import Jsonb
 from sqlalchemy.orm.util import identity_key
 
 from smartcare.empi.fields import FieldConfig, default_config
@@ -115,10 +114,6 @@ def register_source(session: Session, *, facility_code: str, card_no: str, recor
     return Registered(row[0], p.features, row[1])
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
 def _expire(session: Session, model: type, key: int) -> None:
     """Plain SQL changed this row: an ORM copy of it in the session must be read again."""
     loaded = session.identity_map.get(identity_key(model, key))
@@ -127,9 +122,10 @@ def _expire(session: Session, model: type, key: int) -> None:
 
 
 def _new_person(session: Session) -> PersonRef:
-    row = session.execute(text(
+    row = driver(session).execute(
         """INSERT INTO empi.person (empi_id, golden, state)
-           VALUES ('E' || lpad(nextval('empi.person_number')::text, 11, '0'), '{}', 'active') RETURNING id, empi_id""")).one()
+           VALUES ('E' || lpad(nextval('empi.person_number')::text, 11, '0'), '{}', 'active') RETURNING id, empi_id"""
+    ).fetchone()
     return PersonRef(row[0], row[1])
 
 
@@ -137,11 +133,10 @@ def _record(session: Session, *, action: str, person_id: int, actor: str, source
             other_person_id: int | None = None, weight: float | None = None, method: str | None = None,
             detail: dict | None = None) -> int:
     """One history row and its audit entry; call it last in a transaction (the audit lock is held to commit)."""
-    entry_id = session.execute(text(
+    entry_id = driver(session).execute(
         """INSERT INTO empi.history (action, source_id, person_id, other_person_id, weight, method, actor, detail)
-           VALUES (:a, :s, :p, :o, :w, :m, :actor, CAST(:d AS jsonb)) RETURNING id"""),
-        {"a": action, "s": source_id, "p": person_id, "o": other_person_id, "w": weight, "m": method, "actor": actor,
-         "d": _dumps(detail or {})}).scalar_one()
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+        (action, source_id, person_id, other_person_id, weight, method, actor, Jsonb(detail or {}))).fetchone()[0]
     _audit(session, action=action, person_id=person_id, actor=actor, source_id=source_id,
            other_person_id=other_person_id, method=method, history_id=entry_id)
     return entry_id
@@ -155,7 +150,7 @@ def _audit(session: Session, *, action: str, person_id: int, actor: str, source_
 
 
 def active_person(session: Session, person_id: int) -> PersonRef:
-    row = session.execute(text("SELECT empi_id, state FROM empi.person WHERE id = :p"), {"p": person_id}).first()
+    row = driver(session).execute("SELECT empi_id, state FROM empi.person WHERE id = %s", (person_id,)).fetchone()
     if row is None:
         raise NotFound(f"no person {person_id}", field="person_id")
     if row[1] != "active":
@@ -165,7 +160,8 @@ def active_person(session: Session, person_id: int) -> PersonRef:
 
 
 def person_ref(session: Session, person_id: int) -> PersonRef:
-    return PersonRef(person_id, session.scalar(text("SELECT empi_id FROM empi.person WHERE id = :p"), {"p": person_id}))
+    return PersonRef(person_id, driver(session).execute("SELECT empi_id FROM empi.person WHERE id = %s",
+                                                        (person_id,)).fetchone()[0])
 
 
 def link(session: Session, *, source_id: int, person_id: int | None = None, weight: float | None = None,
