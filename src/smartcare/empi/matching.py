@@ -33,8 +33,7 @@ from smartcare.empi.fields import FieldConfig, default_config
 from smartcare.empi.models import Model, Review
 from smartcare.empi.scoring import Model as ScoringModel
 from smartcare.empi.scoring import Score
-from smartcare.platform.db import driver
-from smartcare.platform.db import copy_rows
+from smartcare.platform.db import copy_rows, driver
 
 CANDIDATES_PER_KEY = 50
 RULE = "rule"
