@@ -11,6 +11,7 @@ MODEL_MODULES = (
     "smartcare.synth.models",
     "smartcare.exchange.models",
     "smartcare.empi.models",
+    "smartcare.healthcard.models",
 )
 
 #: Modules whose bus consumers must be registered before subscriptions are synced or workers start.
@@ -31,9 +32,10 @@ def import_consumers() -> None:
 
 
 def prepare_database() -> None:
-    """Newest schema, reference data, default channels, the coming days' partitions, bus subscriptions.
-    Idempotent: ``smartcare migrate`` and every start run it."""
+    """Newest schema, reference data, default channels, the coming days' partitions, a health-card
+    issuer key, bus subscriptions. Idempotent: ``smartcare migrate`` and every start run it."""
     from smartcare.exchange import channels, service as exchange
+    from smartcare.healthcard import keys as healthcard_keys
     from smartcare.platform import bus, migrate
     from smartcare.platform.db import session_scope
     from smartcare.registry import service as registry
@@ -44,5 +46,6 @@ def prepare_database() -> None:
         registry.load_reference_data(session)
         channels.ensure_defaults(session)
         exchange.ensure_partitions(session)
+        healthcard_keys.ensure(session)
     # PostgreSQL subscription rows, or the JetStream stream and durables when SMARTCARE_BUS_URL names NATS.
     bus.sync_subscriptions(bus.registry.consumers.values())

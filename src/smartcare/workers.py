@@ -10,6 +10,7 @@ import time
 
 from smartcare.exchange import destinations, service as exchange
 from smartcare.exchange.router import Router
+from smartcare.healthcard import service as healthcard
 from smartcare.platform import auth, bus
 from smartcare.platform.bus import postgres as bus_postgres
 from smartcare.platform.db import session_scope
@@ -25,9 +26,9 @@ def all_consumers() -> dict[str, bus.Consumer]:
 
 
 def housekeeping() -> None:
-    """Cheap, idempotent upkeep: tomorrow's partitions exist; old nonces, finished bus events and expired
-    messages go. Each task in its own transaction, so one failing does not stop the others."""
-    for task in (exchange.ensure_partitions, auth.purge_nonces, bus_postgres.purge, exchange.prune):
+    """Cheap, idempotent upkeep: tomorrow's partitions exist; old nonces, finished bus events, expired
+    messages and spent health-card codes go. Each task in its own transaction, so one failing does not stop the others."""
+    for task in (exchange.ensure_partitions, auth.purge_nonces, bus_postgres.purge, exchange.prune, healthcard.purge):
         try:
             with session_scope() as session:
                 task(session)

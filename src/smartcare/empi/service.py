@@ -164,6 +164,40 @@ def person_ref(session: Session, person_id: int) -> PersonRef:
                                                         (person_id,)).fetchone()[0])
 
 
+_RESOLVE = """WITH RECURSIVE up (id, empi_id, merged_into, depth) AS (
+                  SELECT id, empi_id, merged_into, 0 FROM empi.person WHERE id = %(p)s
+                  UNION ALL
+                  SELECT p.id, p.empi_id, p.merged_into, up.depth + 1 FROM empi.person p JOIN up ON p.id = up.merged_into
+                  WHERE up.depth < 32)
+              SELECT id, empi_id FROM up ORDER BY depth DESC LIMIT 1"""
+
+
+def cards_at(session: Session, *, person_id: int, facility_code: str) -> tuple[PersonRef, list[str]]:
+    """The person a (possibly merged) person id stands for now, and the visit card numbers linked to
+    them at one facility. One statement: a hospital terminal asks this on every scan."""
+    rows = driver(session).execute(
+        f"""WITH now_is AS ({_RESOLVE})
+            SELECT n.id, n.empi_id, s.card_no FROM now_is n
+            LEFT JOIN empi.link l ON l.person_id = n.id
+            LEFT JOIN empi.source_identity s ON s.id = l.source_id AND s.facility_code = %(f)s
+            ORDER BY s.card_no""", {"p": person_id, "f": facility_code}).fetchall()
+    if not rows:
+        raise NotFound(f"no person {person_id}", field="person_id")
+    return PersonRef(rows[0][0], rows[0][1]), [r[2] for r in rows if r[2] is not None]
+
+
+def absorbed_ids(session: Session, person_id: int) -> list[int]:
+    """The person and every person merged into them (directly or through another merge): ids that
+    other capabilities may still hold for the same human being."""
+    rows = driver(session).execute(
+        """WITH RECURSIVE down (id, depth) AS (
+               SELECT %(p)s::bigint, 0
+               UNION ALL
+               SELECT p.id, down.depth + 1 FROM empi.person p JOIN down ON p.merged_into = down.id WHERE down.depth < 32)
+           SELECT id FROM down""", {"p": person_id}).fetchall()
+    return [r[0] for r in rows]
+
+
 def link(session: Session, *, source_id: int, person_id: int | None = None, weight: float | None = None,
          method: str, actor: str, confirmed: bool = False,
          unless_holding: tuple[str, str] | None = None) -> PersonRef | None:

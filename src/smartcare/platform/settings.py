@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     #: Per hospital client: sustained messages per second and burst.
     rate_per_second: float = 500.0
     rate_burst: int = 1000
+    #: Electronic health card: how long a dynamic code is valid, the issuing region (GB/T 2260 code,
+    #: carried by the health-card template) and the issuer named in the trust list.
+    healthcard_code_seconds: int = 60
+    healthcard_region: int = 500000
+    healthcard_issuer: str = "SmartCare regional health information centre"
 
     def resolved_secret_key(self) -> str:
         if self.secret_key:
