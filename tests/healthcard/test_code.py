@@ -31,7 +31,7 @@ def _code(kid: bytes, *, payments: int = 4, now: int | None = None, seconds: int
     now = int(time.time()) if now is None else now
     templates = [qr.Template(qr.App.HEALTH_CARD, 500000)]
     shapes = {"wechat": 134567890123456789, "alipay": 284567890123456789, "unionpay": 6234567890123456789,
-              "ecny": 9834567890123456789}
+              "ecny": 8834567890123456789}
     templates += [qr.Template(qr.PAYMENT_APPS[ch], token) for ch, token in list(shapes.items())[:payments]]
     return qr.Code(kid, os.urandom(qr.TOKEN_BYTES), now, now + seconds, os.urandom(qr.NONCE_BYTES), kind, tuple(templates))
 
@@ -47,7 +47,7 @@ def test_round_trip_and_qr_version_with_four_payment_templates(alg):
     decoded = qr.verify(text, qr.TrustList.from_json(published))
     assert decoded == original
     assert decoded.payments == {"wechat": 134567890123456789, "alipay": 284567890123456789,
-                                "unionpay": 6234567890123456789, "ecny": 9834567890123456789}
+                                "unionpay": 6234567890123456789, "ecny": 8834567890123456789}
 
 
 @pytest.mark.parametrize("alg", ALGS)

@@ -51,7 +51,7 @@ TRANSITIONS = {
     "revoke": (("active", "frozen", "lost"), "revoked"),
 }
 #: Payment tokens look like each channel's own payment code (prefix, digits); ecny is a sandbox shape.
-PAYMENT_TOKEN_SHAPES = {"wechat": ("13", 18), "alipay": ("28", 18), "unionpay": ("62", 19), "ecny": ("98", 19)}
+PAYMENT_TOKEN_SHAPES = {"wechat": ("13", 18), "alipay": ("28", 18), "unionpay": ("62", 19), "ecny": ("88", 19)}  # < 2^63: stored as bigint
 STATIC_CODE_DAYS = 5 * 365
 PIN_TRIES = 5
 OTP_SECONDS = 300
@@ -138,7 +138,8 @@ def _event(session: Session, card: Card, *, action: str, before: str | None, act
 
 
 def _new_card_no(session: Session) -> str:
-    return "HC" + f"{session.execute(text('SELECT nextval(\'healthcard.card_number\')')).scalar():016d}"
+    number = session.execute(text("SELECT nextval('healthcard.card_number')")).scalar()
+    return f"HC{number:016d}"
 
 
 def _pin_hash(pin: str | None) -> str | None:
@@ -444,7 +445,7 @@ def verify(session: Session, *, code_text: str, facility_code: str, step: str = 
 def _check_pin(session: Session, token: bytes, pin: str | None) -> None:
     if not pin:
         raise CodeRejected("pin_required", "a printed code needs the card PIN", hint="ask the patient to enter the PIN")
-    card = session.scalar(select(Card).where(Card.token == token).with_for_update())
+    card = session.scalar(select(Card).where(Card.token == token))  # no row lock: a failure is counted apart
     if card is None or card.pin_hash is None:
         raise CodeRejected("pin_wrong", "wrong PIN")
     if card.pin_failures >= PIN_TRIES:
@@ -455,7 +456,8 @@ def _check_pin(session: Session, token: bytes, pin: str | None) -> None:
         with session.bind.connect() as conn, conn.begin():  # counted even though the request fails
             conn.execute(update(Card).where(Card.id == card.id).values(pin_failures=Card.pin_failures + 1))
         raise CodeRejected("pin_wrong", "wrong PIN", hint=f"{PIN_TRIES - card.pin_failures - 1} tries left") from None
-    card.pin_failures = 0
+    if card.pin_failures:
+        card.pin_failures = 0
 
 
 def by_visit_card(session: Session, *, facility_code: str, card_no: str) -> tuple[Card, str]:

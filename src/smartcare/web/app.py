@@ -23,6 +23,7 @@ from smartcare.empi.api import router as empi_router
 from smartcare.exchange.api import router as exchange_router
 from smartcare.exchange.ingest import Hub
 from smartcare.exchange.mllp_server import MllpServer, tls_context
+from smartcare.healthcard import api as healthcard_api
 from smartcare.platform.settings import get_settings
 from smartcare.registry.api import router as registry_router
 from smartcare.web import empi_pages, exchange_pages, pages
@@ -161,6 +162,8 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
     app.include_router(registry_router)
     app.include_router(exchange_router)
     app.include_router(empi_router)
+    app.include_router(healthcard_api.router)
+    app.include_router(healthcard_api.public)
     app.include_router(pages.router)
     app.include_router(exchange_pages.router)
     app.include_router(empi_pages.router)

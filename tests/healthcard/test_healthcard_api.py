@@ -1,0 +1,241 @@
+"""The health card as its users meet it over HTTP: a resident registers and shows codes, a hospital
+terminal scans them and looks patients up by old visit cards, administrators rotate keys."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import date
+
+import segno
+from sqlalchemy import text
+
+from smartcare.healthcard import code as qr
+from smartcare.platform.db import session_scope
+from tests.exchange.conftest import admin_token
+from tests.healthcard.card_support import code, headers, issue, new_id_number, new_phone, resident, scan, signed
+
+
+def _register_visit_card(client, hospital, card_no: str, **person) -> dict:
+    r = signed(client, hospital, "POST", "/api/v1/empi/sources", {"card_no": card_no, **person})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_card_is_the_same_person_as_the_old_visit_card_and_a_scan_finds_it(client, hospital):
+    number, phone = new_id_number(date(1980, 3, 9)), new_phone()
+    old_card = f"V{uuid.uuid4().hex[:8]}"
+    registered = _register_visit_card(client, hospital, old_card, name="王建国", id_number=number, sex="1",
+                                      birth_date="1980-03-09", phone=phone)
+    who = resident(client)
+    made = issue(client, who, name="王建国", id_number=number, phone=phone)
+    assert made.status_code == 201, made.text
+    card = made.json()
+    assert card["empi_id"] == registered["empi_id"] and card["name_masked"] == "王**" and card["state"] == "active"
+
+    found = signed(client, hospital, "GET", "/api/v1/healthcard/lookup", params=f"card_no={old_card}")
+    assert found.status_code == 200, found.text
+    assert found.json()["empi_id"] == registered["empi_id"] and found.json()["card_no"] == card["card_no"]
+
+    scanned = scan(client, hospital, code(client, who, card["card_no"]), step="registration", channel="kiosk")
+    assert scanned.status_code == 200, scanned.text
+    got = scanned.json()
+    assert got["empi_id"] == registered["empi_id"] and got["visit_cards"] == [old_card]
+    assert got["name_masked"] == "王**" and got["kind"] == "dynamic" and got["payments"] == {}
+    assert number not in scanned.text and "王建国" not in scanned.text
+    missing = signed(client, hospital, "GET", "/api/v1/healthcard/lookup", params="card_no=nope")
+    assert missing.status_code == 404 and missing.json()["field"] == "card_no"
+
+
+def test_each_bad_code_gets_its_own_error(client, hospital):
+    who = resident(client)
+    card = issue(client, who, name="李娜", id_number=new_id_number(date(1990, 5, 1), "2")).json()
+    good = code(client, who, card["card_no"])
+
+    def refused(text_: str) -> str:
+        r = scan(client, hospital, text_)
+        assert r.status_code in (400, 422), r.text
+        return r.json()["error"]
+
+    tampered = good[:40] + ("A" if good[40] != "A" else "B") + good[41:]
+    assert refused(tampered) in ("code_forged", "code_malformed")
+    assert refused("EHC1:" + good[5:-3]) == "code_malformed"
+    assert scan(client, hospital, good).status_code == 200
+    assert refused(good) == "code_replayed"
+
+    from smartcare.healthcard import service
+    from smartcare.platform.settings import get_settings
+
+    with session_scope() as s:
+        c = service.get_card(s, card["card_no"])
+        old = service.dynamic_code(s, card=c, now=time.time() - get_settings().healthcard_code_seconds - 5).text
+    assert refused(old) == "code_expired"
+
+    fresh = code(client, who, card["card_no"])
+    admin = admin_token(client)
+    assert client.post(f"/api/v1/healthcard/cards/{card['card_no']}/revoke", json={"reason": "test"},
+                       headers=headers(who)).status_code == 403  # residents do not revoke
+    r = client.post(f"/api/v1/healthcard/cards/{card['card_no']}/revoke", json={"reason": "身份冒用"}, headers=admin)
+    assert r.status_code == 200 and r.json()["state"] == "revoked"
+    assert refused(fresh) == "card_revoked"
+
+
+def test_frozen_lost_and_reissued_cards(client, hospital):
+    who = resident(client)
+    card = issue(client, who, name="赵敏", id_number=new_id_number(date(1975, 12, 30), "2")).json()
+    no = card["card_no"]
+    before = code(client, who, no)
+    assert client.post(f"/api/v1/healthcard/cards/{no}/freeze", json={}, headers=headers(who)).json()["state"] == "frozen"
+    assert scan(client, hospital, before).json()["error"] == "card_frozen"
+    assert client.post(f"/api/v1/healthcard/cards/{no}/code", headers=headers(who)).status_code == 409
+    assert client.post(f"/api/v1/healthcard/cards/{no}/unfreeze", json={}, headers=headers(who)).json()["state"] == "active"
+    pending = code(client, who, no)
+    assert client.post(f"/api/v1/healthcard/cards/{no}/report_lost", json={"reason": "手机丢失"},
+                       headers=headers(who)).json()["state"] == "lost"
+    assert scan(client, hospital, pending).json()["error"] == "card_lost"
+    bad = client.post(f"/api/v1/healthcard/cards/{no}/unfreeze", json={}, headers=headers(who))
+    assert bad.status_code == 409 and "lost" in bad.json()["message"]
+    new = client.post(f"/api/v1/healthcard/cards/{no}/reissue", json={}, headers=headers(who)).json()
+    assert new["card_no"] != no and new["empi_id"] == card["empi_id"] and new["state"] == "active"
+    assert scan(client, hospital, pending).json()["error"] == "card_reissued"
+    assert scan(client, hospital, code(client, who, new["card_no"])).json()["empi_id"] == card["empi_id"]
+    mine = client.get("/api/v1/healthcard/cards", headers=headers(who)).json()
+    assert [c["card_no"] for c in mine] == [new["card_no"]]
+    with session_scope() as s:
+        trail = s.execute(text("SELECT action FROM healthcard.card_event e JOIN healthcard.card c ON c.id = e.card_id "
+                               "WHERE c.card_no = :n ORDER BY e.id"), {"n": no}).scalars().all()
+        audited = s.execute(text("SELECT action FROM platform.audit_log WHERE target = :t ORDER BY id"),
+                            {"t": f"card:{no}"}).scalars().all()
+    assert trail == ["issue", "freeze", "unfreeze", "report_lost", "reissue"]
+    assert audited == [f"healthcard.{a}" for a in trail]
+
+
+def test_one_card_per_person_guardians_and_one_time_codes(client):
+    number = new_id_number(date(1988, 1, 20))
+    first, second = resident(client), resident(client)
+    assert issue(client, first, name="周杰", id_number=number).status_code == 201
+    again = issue(client, second, name="周杰", id_number=number)
+    assert again.status_code == 409 and again.json()["field"] == "id_number"
+    assert issue(client, first, name="周杰", id_number=new_id_number(date(1990, 1, 1))).status_code == 409  # one own card
+
+    child = issue(client, first, name="周小杰", id_number=new_id_number(date(2019, 6, 1)), relation="guardian")
+    assert child.status_code == 201, child.text
+    adult = issue(client, first, name="周大杰", id_number=new_id_number(date(1960, 6, 1)), relation="guardian")
+    assert adult.status_code == 422 and adult.json()["field"] == "id_number"
+    held = client.get("/api/v1/healthcard/cards", headers=headers(first)).json()
+    assert [c["relation"] for c in held] == ["self", "guardian"]
+    # the other account cannot show the child's code
+    assert client.post(f"/api/v1/healthcard/cards/{child.json()['card_no']}/code", headers=headers(second)).status_code == 403
+
+    phone = new_phone()
+    assert client.post("/api/v1/healthcard/otp", json={"phone": phone}, headers=headers(second)).status_code == 202
+    assert client.post("/api/v1/healthcard/otp", json={"phone": phone}, headers=headers(second)).status_code == 409
+    wrong = client.post("/api/v1/healthcard/cards", headers=headers(second), json={
+        "name": "吴磊", "id_number": new_id_number(date(1999, 9, 9)), "phone": phone, "otp": "000000"})
+    assert wrong.status_code == 422 and wrong.json()["field"] == "otp"
+    bad_id = issue(client, second, name="吴磊", id_number="500103199909091234")
+    assert bad_id.status_code == 422 and bad_id.json()["field"] == "id_number" and "500103199909091234" not in bad_id.text
+    assert client.post("/api/v1/healthcard/otp", json={"phone": "12345"}, headers=headers(second)).status_code == 422
+
+
+def test_payment_channels_ride_in_the_code_and_are_redeemed_once(client, hospital):
+    who = resident(client)
+    card = issue(client, who, name="孙丽", id_number=new_id_number(date(1985, 7, 7), "2")).json()
+    for channel in ("wechat", "alipay", "unionpay", "ecny"):
+        r = client.post(f"/api/v1/healthcard/cards/{card['card_no']}/bindings", json={"channel": channel},
+                        headers=headers(who))
+        assert r.status_code == 201, r.text
+    assert client.post(f"/api/v1/healthcard/cards/{card['card_no']}/bindings", json={"channel": "wechat"},
+                       headers=headers(who)).status_code == 409
+    shown = code(client, who, card["card_no"])
+    symbol = segno.make_qr(shown, error="q", boost_error=False)
+    assert symbol.version <= 11 and symbol.mode == "alphanumeric"
+    scanned = scan(client, hospital, shown, step="payment").json()
+    payments = scanned["payments"]
+    assert set(payments) == {"wechat", "alipay", "unionpay", "ecny"}
+    assert payments["wechat"].startswith("13") and len(payments["wechat"]) == 18
+    assert payments["unionpay"].startswith("62") and len(payments["unionpay"]) == 19
+    redeem = {"channel": "alipay", "token": payments["alipay"]}
+    once = signed(client, hospital, "POST", "/api/v1/healthcard/payment-tokens/redeem", redeem)
+    assert once.status_code == 200 and once.json()["card_no"] == card["card_no"]
+    assert once.json()["agreement_no"].startswith("SBX-ALIPAY-")
+    twice = signed(client, hospital, "POST", "/api/v1/healthcard/payment-tokens/redeem", redeem)
+    assert twice.status_code == 422 and twice.json()["error"] == "payment_token_invalid"
+    assert client.delete(f"/api/v1/healthcard/cards/{card['card_no']}/bindings/wechat",
+                         headers=headers(who)).json()["channels"] == ["alipay", "ecny", "unionpay"]
+    assert "wechat" not in qr.parse(code(client, who, card["card_no"]))[3].payments
+
+
+def test_printed_static_code_needs_the_pin_and_is_not_single_use(client, hospital):
+    who = resident(client)
+    card = issue(client, who, name="钱伟", id_number=new_id_number(date(1950, 2, 2)), pin="246810").json()
+    printed = code(client, who, card["card_no"], kind="static")
+    parsed = qr.parse(printed)[3]
+    assert parsed.kind == qr.Kind.STATIC and parsed.payments == {}
+    assert parsed.expires_at - parsed.issued_at > 4 * 365 * 86400
+    assert scan(client, hospital, printed).json()["error"] == "pin_required"
+    wrong = scan(client, hospital, printed, pin="000000")
+    assert wrong.json()["error"] == "pin_wrong" and "4 tries left" in wrong.json()["hint"]
+    for _ in range(2):
+        ok = scan(client, hospital, printed, pin="246810")
+        assert ok.status_code == 200 and ok.json()["kind"] == "static"
+
+
+def test_trust_list_rotation_and_withdrawal(client, hospital):
+    who = resident(client)
+    card = issue(client, who, name="郑爽", id_number=new_id_number(date(1992, 4, 4), "2")).json()
+    before = code(client, who, card["card_no"])
+    admin = admin_token(client)
+    old_kid = qr.parse(before)[0].hex()
+    rotated = client.post("/api/v1/healthcard/keys/rotate", json={"alg": "SM2"}, headers=admin)
+    assert rotated.status_code == 201 and rotated.json()["alg"] == "SM2"
+    after = code(client, who, card["card_no"])
+    assert qr.parse(after)[0].hex() == rotated.json()["kid"]
+    published = client.get("/.well-known/jwks.json").json()
+    states = {k["kid"]: (k["status"], k["alg"]) for k in published["keys"]}
+    assert states[old_kid][0] == "retired" and states[rotated.json()["kid"]] == ("active", "SM2-SM3")
+    trust = qr.TrustList.from_json(published)
+    assert qr.verify(before, trust) and qr.verify(after, trust)  # offline, with the downloaded list only
+    assert scan(client, hospital, after).status_code == 200
+
+    from smartcare.healthcard import keys
+
+    with session_scope() as s:
+        keys.withdraw(s, kid=old_kid, actor="test", reason="rotation done")
+    assert scan(client, hospital, before).json()["error"] == "code_unknown_key"
+    assert old_kid not in {k["kid"] for k in client.get("/.well-known/jwks.json").json()["keys"]}
+    back = client.post("/api/v1/healthcard/keys/rotate", json={"alg": "Ed25519"}, headers=admin)
+    assert back.status_code == 201
+
+
+def test_card_use_reporting_and_statistics(client, hospital):
+    admin = admin_token(client)
+    start = client.get("/api/v1/healthcard/stats", headers=admin).json()
+    who = resident(client)
+    card = issue(client, who, name="冯涛", id_number=new_id_number(date(1970, 10, 10))).json()
+    assert scan(client, hospital, code(client, who, card["card_no"]), step="registration", channel="kiosk").status_code == 200
+    for step in ("consultation", "pharmacy"):
+        r = signed(client, hospital, "POST", "/api/v1/healthcard/uses",
+                   {"card_no": card["card_no"], "step": step, "channel": "workstation"})
+        assert r.status_code == 202, r.text
+    bad = signed(client, hospital, "POST", "/api/v1/healthcard/uses", {"card_no": card["card_no"], "step": "dance",
+                                                                       "channel": "window"})
+    assert bad.status_code == 422 and "step" in bad.json()["message"]
+    end = client.get("/api/v1/healthcard/stats", headers=admin).json()
+    assert end["issued"] == start["issued"] + 1 and end["issued_today"] == start["issued_today"] + 1
+    assert end["active_today"] == start["active_today"] + 1
+    assert end["uses_today"] == start["uses_today"] + 3
+    steps = dict(end["by_step"])
+    assert steps["pharmacy"] == dict(start["by_step"]).get("pharmacy", 0) + 1
+    assert dict(end["by_hospital"])[hospital[0]] >= 3
+    assert client.get("/api/v1/healthcard/stats", headers=headers(who)).status_code == 403
+
+
+def test_the_demo_sms_gateway_never_logs_the_phone_in_clear(client, caplog):
+    who = resident(client)
+    phone = new_phone()
+    with caplog.at_level(logging.WARNING):
+        assert client.post("/api/v1/healthcard/otp", json={"phone": phone}, headers=headers(who)).status_code == 202
+    assert any("demo SMS" in r.getMessage() for r in caplog.records)
+    assert phone not in caplog.text and phone[-4:] in caplog.text
