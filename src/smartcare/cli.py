@@ -30,6 +30,11 @@ app.add_typer(channels_app, name="channels")
 app.add_typer(exchange_app, name="exchange")
 empi_app = typer.Typer(help="The master patient index: migration of visit cards, matching.", no_args_is_help=True)
 app.add_typer(empi_app, name="empi")
+healthcard_app = typer.Typer(help="Electronic health cards: issuer keys, the trust list, offline verification.",
+                             no_args_is_help=True)
+healthcard_keys_app = typer.Typer(help="Issuer keys: list, rotate, withdraw.", no_args_is_help=True)
+healthcard_app.add_typer(healthcard_keys_app, name="keys")
+app.add_typer(healthcard_app, name="healthcard")
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -132,6 +137,25 @@ def _ensure_demo_users() -> None:
                                  facility_code=facility)
 
 
+def _demo_card() -> None:
+    """The demo resident holds a real-name card (a synthetic guardian's identity, so the index links it
+    to their visit cards) with WeChat Pay and Alipay bound, and their child's card."""
+    from smartcare.healthcard import service as healthcard
+    from smartcare.platform.db import session_scope
+    from smartcare.synth import service as synth
+
+    with session_scope() as session:
+        if healthcard.held_cards(session, "resident"):
+            return
+        adult, child = synth.demo_family(session)
+        card = healthcard.issue(session, holder="resident", relation="self", pin="123456", actor="demo", **adult)
+        for channel in ("wechat", "alipay"):
+            healthcard.bind_channel(session, card=card, channel=channel, actor="demo")
+        if child is not None:
+            healthcard.issue(session, holder="resident", relation="guardian", actor="demo",
+                             **{**child, "phone": adult["phone"]})
+
+
 def _port_free(host: str, port: int, what: str, variable: str) -> None:
     """Fail early with one clear line instead of a traceback from the server's start-up."""
     import socket
@@ -186,6 +210,7 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
         _seed("small", settings.demo_seed)
         _demo_index(settings.home)
     _ensure_demo_users()
+    _demo_card()
     from smartcare.workers import Workers
 
     workers = Workers()
@@ -461,6 +486,87 @@ def _empi_migrate(source: Path, config, *, dry_run: bool = False, report: Path |
     console.print(f"run {run.id}: {run.stats['profile']['staged']:,} cards, {link.get('persons_new', 0):,} new persons, "
                   f"{(run.stats.get('review') or {}).get('queued', 0):,} to review"
                   f"{' (dry run: nothing committed)' if dry_run else ''}; {seconds:.1f} s; report {path}")
+
+
+@healthcard_keys_app.command("list")
+def healthcard_keys_list() -> None:
+    """Every issuer key with its algorithm and state (active signs; retired still verifies; withdrawn neither)."""
+    from smartcare.healthcard import keys
+    from smartcare.platform.db import session_scope
+
+    table = Table("kid", "alg", "state", "created", "retired")
+    with session_scope() as session:
+        for k in keys.listing(session):
+            table.add_row(k.kid.hex(), k.alg, k.state, f"{k.created_at:%Y-%m-%d %H:%M}",
+                          f"{k.retired_at:%Y-%m-%d %H:%M}" if k.retired_at else "")
+    console.print(table)
+
+
+@healthcard_keys_app.command("rotate")
+def healthcard_keys_rotate(alg: str = typer.Option("Ed25519", help="Ed25519, or SM2 (national cryptography)")) -> None:
+    """Make a new signing key; the current one is retired (its codes keep verifying until it is withdrawn)."""
+    from smartcare.healthcard import keys
+    from smartcare.platform.db import session_scope
+
+    _setup_logging()
+    with session_scope() as session:
+        key = keys.create(session, alg=alg, actor="cli")
+        console.print(f"new active key {key.kid.hex()} ({key.alg}); publish the trust list again if terminals cache it")
+
+
+@healthcard_keys_app.command("withdraw")
+def healthcard_keys_withdraw(kid: str = typer.Argument(..., help="key id (hex)"),
+                             reason: str = typer.Option(..., help="why: compromised, or its codes have all expired")) -> None:
+    """Take a retired key out of the trust list: every code it signed fails from now on."""
+    from smartcare.healthcard import keys
+    from smartcare.platform.db import session_scope
+
+    _setup_logging()
+    with session_scope() as session:
+        keys.withdraw(session, kid=kid, actor="cli", reason=reason)
+    console.print(f"key {kid} withdrawn")
+
+
+@healthcard_app.command("trust-list")
+def healthcard_trust_list(out: Path = typer.Option(None, help="write to this file (default: print)")) -> None:
+    """The published key set (the same JSON as /.well-known/jwks.json), for terminals that verify offline."""
+    import json
+
+    from smartcare.healthcard import keys
+    from smartcare.platform.db import session_scope
+
+    with session_scope() as session:
+        document = json.dumps(keys.trust_list_document(session, issuer=get_settings().healthcard_issuer), indent=2)
+    if out:
+        out.write_text(document + "\n")
+        console.print(f"trust list written to {out}")
+    else:
+        print(document)
+
+
+@healthcard_app.command("verify")
+def healthcard_verify(code: str = typer.Argument(..., help="the scanned text (EHC1:…), or @file for a picture of the QR"),
+                      trust_list: Path = typer.Option(..., help="the trust list JSON (from `smartcare healthcard trust-list`)")) -> None:
+    """Verify a code offline, as a terminal without a connection does: format, key, signature, validity.
+    Needs no database. (Single use and revocation are checked online by the terminal API.)"""
+    from smartcare.healthcard import code as qr
+
+    if code.startswith("@"):
+        from smartcare.healthcard.render import read_picture
+
+        code = read_picture(Path(code[1:]).read_bytes())
+    try:
+        parsed = qr.verify(code, qr.TrustList.from_json(trust_list.read_text()))
+    except qr.CodeError as exc:
+        err.print(f"[red]refused[/red] {exc.code}: {exc.message}")
+        raise typer.Exit(1) from None
+    table = Table(show_header=False, title="valid code")
+    table.add_row("kind", parsed.kind.name.lower())
+    table.add_row("key", parsed.kid.hex())
+    table.add_row("issued / expires", f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(parsed.issued_at))} / "
+                                      f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(parsed.expires_at))}")
+    table.add_row("payment channels", ", ".join(parsed.payments) or "none")
+    console.print(table)
 
 
 simulate_app = typer.Typer(help="Simulated traffic for demos and benchmarks.", no_args_is_help=True)

@@ -131,3 +131,28 @@ def test_sm2_signatures_interoperate_with_an_independent_implementation():
     theirs = bytes.fromhex(other.sign_with_sm3(message))
     assert VerifyKey(SM2, public).verify(theirs, message)
     assert not VerifyKey(SM2, public).verify(theirs, message + b"x")
+
+
+def test_one_text_per_code_and_no_payment_templates_in_a_static_code():
+    kid, key, published = _issuer(ED25519)
+    trust = qr.TrustList.from_json(published)
+    raw = qr.base45.b45decode(qr.encode(_code(kid, payments=1), key)[len(qr.PREFIX):])
+    assert raw[0] == 0x83  # a list of three
+    longer = b"\x98\x03" + raw[1:]  # the same list with a non-shortest length: same content, another text
+    with pytest.raises(qr.CodeError) as err:
+        qr.verify(qr.PREFIX + qr.base45.b45encode(longer).decode(), trust)
+    assert err.value.code == "code_malformed"
+
+    now = int(time.time())
+    body = qr.cbor2.dumps([os.urandom(qr.TOKEN_BYTES), now, now + 60, os.urandom(qr.NONCE_BYTES), int(qr.Kind.STATIC),
+                           [[1, 500000], [11, 134567890123456789]]])
+    signature = key.sign(qr.PREFIX.encode() + kid + body)  # properly signed, but a static code may not pay
+    with pytest.raises(qr.CodeError) as err:
+        qr.verify(qr.PREFIX + qr.base45.b45encode(qr.cbor2.dumps([kid, body, signature])).decode(), trust)
+    assert err.value.code == "code_malformed" and "static" in err.value.message
+
+
+def test_a_trust_list_with_a_key_this_verifier_does_not_know_still_loads():
+    kid, key, published = _issuer(ED25519)
+    published["keys"].append({"kty": "RSA", "kid": "00112233", "n": "x", "e": "AQAB", "use": "sig"})
+    assert set(qr.TrustList.from_json(published).keys) == {kid}

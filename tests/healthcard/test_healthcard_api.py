@@ -239,3 +239,40 @@ def test_the_demo_sms_gateway_never_logs_the_phone_in_clear(client, caplog):
         assert client.post("/api/v1/healthcard/otp", json={"phone": phone}, headers=headers(who)).status_code == 202
     assert any("demo SMS" in r.getMessage() for r in caplog.records)
     assert phone not in caplog.text and phone[-4:] in caplog.text
+
+
+def test_reissue_spends_the_lost_phones_payment_tokens_and_keeps_the_pin_lock(client, hospital):
+    who = resident(client)
+    card = issue(client, who, name="韩雪", id_number=new_id_number(date(1995, 3, 3), "2"), pin="135790").json()
+    client.post(f"/api/v1/healthcard/cards/{card['card_no']}/bindings", json={"channel": "wechat"}, headers=headers(who))
+    on_lost_phone = qr.parse(code(client, who, card["card_no"]))[3].payments["wechat"]
+    printed = code(client, who, card["card_no"], kind="static")
+    for _ in range(2):
+        assert scan(client, hospital, printed, pin="000000").json()["error"] == "pin_wrong"
+    client.post(f"/api/v1/healthcard/cards/{card['card_no']}/freeze", json={}, headers=headers(who))
+    assert scan(client, hospital, printed, pin="135790").json()["error"] == "card_frozen"  # state before PIN
+    client.post(f"/api/v1/healthcard/cards/{card['card_no']}/report_lost", json={}, headers=headers(who))
+    new = client.post(f"/api/v1/healthcard/cards/{card['card_no']}/reissue", json={}, headers=headers(who)).json()
+    assert new["channels"] == ["wechat"]  # the binding moved to the new card
+    spent = signed(client, hospital, "POST", "/api/v1/healthcard/payment-tokens/redeem",
+                   {"channel": "wechat", "token": str(on_lost_phone)})
+    assert spent.status_code == 422 and spent.json()["error"] == "payment_token_invalid"
+    with session_scope() as s:
+        failures = s.execute(text("SELECT pin_failures FROM healthcard.card WHERE card_no = :n"),
+                             {"n": new["card_no"]}).scalar()
+    assert failures == 2
+
+
+def test_housekeeping_purges_spent_codes_and_old_sms(client, hospital):
+    from smartcare.healthcard import service
+
+    who = resident(client)
+    card = issue(client, who, name="邓超", id_number=new_id_number(date(1979, 2, 14))).json()
+    assert scan(client, hospital, code(client, who, card["card_no"])).status_code == 200
+    with session_scope() as s:
+        s.execute(text("UPDATE healthcard.used_nonce SET expires_at = now() - interval '2 days'"))
+        s.execute(text("UPDATE healthcard.otp SET expires_at = now() - interval '2 days'"))
+    with session_scope() as s:
+        assert service.purge(s) >= 2
+        assert s.execute(text("SELECT count(*) FROM healthcard.used_nonce WHERE expires_at < now() - interval '1 day'")).scalar() == 0
+        assert s.execute(text("SELECT count(*) FROM healthcard.otp WHERE expires_at < now() - interval '1 day'")).scalar() == 0

@@ -147,8 +147,7 @@ def report_use(data: UseIn, session: Session = Depends(db), who: Principal = Dep
 def redeem(data: RedeemIn, session: Session = Depends(db), who: Principal = Depends(signed_client)) -> dict:
     """A payment channel turns a one-time payment token into the payer's agreement (once, before expiry)."""
     found = service.redeem_payment_token(session, channel=data.channel, token=int(data.token))
-    return {"channel": found.channel, "agreement_no": found.agreement_no, "card_no": found.card_no,
-            "empi_id": found.empi_id}
+    return {"channel": found.channel, "agreement_no": found.agreement_no, "card_no": found.card_no}
 
 
 # ---- administrators -----------------------------------------------------------------------------------

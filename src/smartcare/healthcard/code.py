@@ -12,8 +12,8 @@ Layout (CBOR, RFC 8949)::
     signature = Sign(key[kid], "EHC1:" ‖ kid ‖ body)
 
 Why not COSE_Sign1 itself: its headers (alg, kid in a protected map, an unprotected map, a tag)
-cost ~12 bytes, and a code with four payment templates must fit a QR of version 11 at level Q (250
-alphanumeric characters). The signature still covers the prefix (so the version), the key id and the
+cost ~12 bytes, and a code with four payment templates must fit a QR of version 11 at level Q (at most
+259 alphanumeric characters; such a code has 245). The signature still covers the prefix (so the version), the key id and the
 body, and the algorithm is the one the trust list gives the key id (a code cannot choose it, which
 rules out algorithm-confusion attacks). The code carries no name, ID number or account number:
 the card token and the payment tokens are meaningless without the platform.
@@ -133,10 +133,20 @@ def parse(text: str) -> tuple[bytes, bytes, bytes, Code]:
             raise _malformed(f"format version {version!r} is not supported (this platform reads {PREFIX[:-1]})")
         raise _malformed(f"it does not start with {PREFIX!r}")
     try:
-        kid, body, signature = _strict_loads(base45.b45decode(text[len(PREFIX):]))
-        token, issued_at, expires_at, nonce, kind, templates = _strict_loads(body)
+        outer = base45.b45decode(text[len(PREFIX):])
+        envelope = _strict_loads(outer)
+        if type(envelope) is not list or len(envelope) != 3:
+            raise ValueError("not a list of key id, body and signature")
+        kid, body, signature = envelope
+        fields = _strict_loads(body)
+        if type(fields) is not list or len(fields) != 6 or type(fields[4]) is not int:
+            raise ValueError("the body is not a list of six fields")
+        token, issued_at, expires_at, nonce, kind, templates = fields
         parsed = Code(kid=kid, card_token=token, issued_at=issued_at, expires_at=expires_at, nonce=nonce,
                       kind=Kind(kind), templates=tuple(Template(aid, data) for aid, data in templates))
+        # one text per code: only the shortest (deterministic) CBOR encoding is accepted
+        if cbor2.dumps(envelope) != outer or cbor2.dumps(fields) != body:
+            raise ValueError("not in deterministic CBOR encoding")
     except (ValueError, TypeError, cbor2.CBORDecodeError) as exc:
         raise _malformed(f"{type(exc).__name__}: {exc}"[:200]) from None
     checks = ((isinstance(kid, bytes) and len(kid) == KID_BYTES, "key id"),
@@ -144,7 +154,8 @@ def parse(text: str) -> tuple[bytes, bytes, bytes, Code]:
               (isinstance(token, bytes) and len(token) == TOKEN_BYTES, "card token"),
               (isinstance(nonce, bytes) and len(nonce) == NONCE_BYTES, "nonce"),
               (all(type(v) is int for v in (issued_at, expires_at)), "validity"),
-              (all(type(t.aid) is int for t in parsed.templates), "templates"))
+              (all(type(t.aid) is int for t in parsed.templates), "templates"),
+              (parsed.kind == Kind.DYNAMIC or not parsed.payments, "static code with payment templates"))
     for ok, what in checks:
         if not ok:
             raise _malformed(f"bad {what}")
@@ -163,8 +174,12 @@ class TrustList:
         data = json.loads(document) if isinstance(document, str | bytes) else document
         keys = {}
         for entry in data.get("keys", []):
-            if entry.get("use", "sig") == "sig":
+            if entry.get("use", "sig") != "sig" or entry.get("status") == "withdrawn":
+                continue
+            try:
                 keys[bytes.fromhex(entry["kid"])] = VerifyKey.from_jwk(entry)
+            except (KeyError, ValueError):
+                continue  # a key of a kind this verifier does not know: codes signed by it are unknown_key
         return cls(keys)
 
     @staticmethod

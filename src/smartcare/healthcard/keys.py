@@ -54,7 +54,11 @@ def ensure(session: Session, *, alg: str = "Ed25519") -> None:
 
 
 def withdraw(session: Session, *, kid: str, actor: str, reason: str) -> IssuerKey:
-    key = session.scalar(select(IssuerKey).where(IssuerKey.kid == bytes.fromhex(kid)))
+    try:
+        wanted = bytes.fromhex(kid)
+    except ValueError:
+        raise InvalidInput(f"key id {kid!r} is not hexadecimal", field="kid") from None
+    key = session.scalar(select(IssuerKey).where(IssuerKey.kid == wanted))
     if key is None:
         raise NotFound(f"no issuer key {kid}", field="kid")
     if key.state == "active":

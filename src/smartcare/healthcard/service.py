@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
 from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from smartcare.empi import matching as empi_matching, service as empi
@@ -186,8 +187,12 @@ def issue(session: Session, *, holder: str, relation: str, name: str, id_number:
     card = Card(card_no=card_no, token=secrets.token_bytes(qr.TOKEN_BYTES), person_id=person.id, empi_id=person.empi_id,
                 name_masked=mask_name(name), phone_masked=mask_phone(phone), birth_date=number.birth_date,
                 pin_hash=_pin_hash(pin), state="active")
-    session.add(card)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(card)
+            session.flush()
+    except IntegrityError:  # the same person issued at the same moment elsewhere: the unique index decides
+        raise Conflict("this person already has an electronic health card", field="id_number") from None
     session.add(Holder(username=holder, card_id=card.id, relation=relation))
     _event(session, card, action="issue", before=None, actor=actor, reason=f"{relation}; EMPI {decision.outcome}")
     return card
@@ -244,13 +249,17 @@ def reissue(session: Session, *, card_no: str, actor: str, reason: str = "") -> 
     session.flush()
     new = Card(card_no=_new_card_no(session), token=secrets.token_bytes(qr.TOKEN_BYTES), person_id=old.person_id,
                empi_id=old.empi_id, name_masked=old.name_masked, phone_masked=old.phone_masked,
-               birth_date=old.birth_date, pin_hash=old.pin_hash, state="active", reissued_from=old.id)
+               birth_date=old.birth_date, pin_hash=old.pin_hash, pin_failures=old.pin_failures, state="active",
+               reissued_from=old.id)
     session.add(new)
     session.flush()
     for h in session.scalars(select(Holder).where(Holder.card_id == old.id)):
         session.add(Holder(username=h.username, card_id=new.id, relation=h.relation))
-    session.execute(update(PaymentBinding).where(PaymentBinding.card_id == old.id, PaymentBinding.state == "active")
-                    .values(card_id=new.id))
+    moved = session.execute(update(PaymentBinding).where(PaymentBinding.card_id == old.id, PaymentBinding.state == "active")
+                            .values(card_id=new.id).returning(PaymentBinding.id)).scalars().all()
+    if moved:  # the lost phone's last code must not pay through the bindings now on the new card
+        session.execute(text("UPDATE healthcard.payment_token SET expires_at = now() "
+                             "WHERE binding_id = ANY(:ids) AND redeemed_at IS NULL AND expires_at > now()"), {"ids": moved})
     _event(session, old, action="reissue", before="lost", actor=actor, reason=f"replaced by {new.card_no}. {reason}")
     _event(session, new, action="issue", before=None, actor=actor, reason=f"reissue of {old.card_no}")
     return new
@@ -306,7 +315,6 @@ class Redeemed:
     channel: str
     agreement_no: str
     card_no: str
-    empi_id: str
 
 
 def redeem_payment_token(session: Session, *, channel: str, token: int) -> Redeemed:
@@ -317,7 +325,7 @@ def redeem_payment_token(session: Session, *, channel: str, token: int) -> Redee
            FROM healthcard.payment_binding b JOIN healthcard.card c ON c.id = b.card_id
            WHERE t.channel = %s AND t.token = %s AND t.redeemed_at IS NULL AND t.expires_at > now()
              AND b.id = t.binding_id AND b.state = 'active' AND c.state = 'active'
-           RETURNING b.agreement_no, c.card_no, c.empi_id""", (channel, token)).fetchone()
+           RETURNING b.agreement_no, c.card_no""", (channel, token)).fetchone()
     if row is None:
         raise CodeRejected("payment_token_invalid", "payment token unknown, expired, already used or unbound",
                            hint="ask the patient to show a fresh code")
@@ -425,7 +433,7 @@ def verify(session: Session, *, code_text: str, facility_code: str, step: str = 
         raise CodeRejected(exc.code, exc.message) from None
     dynamic = code.kind == qr.Kind.DYNAMIC
     if not dynamic:
-        _check_pin(session, code.card_token, pin)
+        _check_pin(session, code.card_token, pin)  # refuses unknown and inactive cards first
     row = driver(session).execute(_ACCEPT, {
         "token": code.card_token, "nonce": code.nonce, "exp": code.expires_at, "dynamic": dynamic,
         "facility": facility_code, "step": step, "channel": channel}).fetchone()
@@ -433,8 +441,7 @@ def verify(session: Session, *, code_text: str, facility_code: str, step: str = 
         raise CodeRejected("card_unknown", "no card has this token")
     card_id, card_no, person_id, name_masked, state, fresh = row
     if state != "active":
-        raise CodeRejected(f"card_{state}", f"the card is {state}",
-                           hint="a reissued card has a new code" if state in ("lost", "reissued") else None)
+        raise _inactive(state)
     if dynamic and not fresh:
         raise CodeRejected("code_replayed", "this code was already used; ask for a fresh one")
     person, visit_cards = empi.cards_at(session, person_id=person_id, facility_code=facility_code)
@@ -442,12 +449,21 @@ def verify(session: Session, *, code_text: str, facility_code: str, step: str = 
                         expires_at=code.expires_at, visit_cards=visit_cards, payments=code.payments)
 
 
+def _inactive(state: str) -> CodeRejected:
+    return CodeRejected(f"card_{state}", f"the card is {state}",
+                        hint="a reissued card has a new code" if state in ("lost", "reissued") else None)
+
+
 def _check_pin(session: Session, token: bytes, pin: str | None) -> None:
+    card = session.scalar(select(Card).where(Card.token == token))  # no row lock: a failure is counted apart
+    if card is None:
+        raise CodeRejected("card_unknown", "no card has this token")
+    if card.state != "active":
+        raise _inactive(card.state)
+    if card.pin_hash is None:
+        raise CodeRejected("pin_wrong", "wrong PIN", hint="this card has no PIN: the resident sets one in the app")
     if not pin:
         raise CodeRejected("pin_required", "a printed code needs the card PIN", hint="ask the patient to enter the PIN")
-    card = session.scalar(select(Card).where(Card.token == token))  # no row lock: a failure is counted apart
-    if card is None or card.pin_hash is None:
-        raise CodeRejected("pin_wrong", "wrong PIN")
     if card.pin_failures >= PIN_TRIES:
         raise CodeRejected("pin_locked", "too many wrong PINs: the PIN is locked", hint="the resident resets it in the app")
     try:
@@ -483,11 +499,15 @@ def report_use(session: Session, *, card_no: str, facility_code: str, step: str,
 
 
 def purge(session: Session) -> int:
-    """Spent nonces and payment tokens are kept a day past expiry (a replay within it is refused with
-    ``code_replayed``; after it, ``code_expired`` refuses the code offline)."""
+    """Spent nonces, payment tokens and one-time SMS codes are kept a day past expiry (a replay within
+    it is refused with ``code_replayed``; after it, ``code_expired`` refuses the code offline); the demo
+    SMS outbox a week."""
     cutoff = datetime.now(UTC) - timedelta(days=1)
-    gone = session.execute(text("DELETE FROM healthcard.used_nonce WHERE expires_at < :c"), {"c": cutoff}).rowcount
-    return gone + session.execute(text("DELETE FROM healthcard.payment_token WHERE expires_at < :c"), {"c": cutoff}).rowcount
+    gone = 0
+    for table in ("used_nonce", "payment_token", "otp"):
+        gone += session.execute(text(f"DELETE FROM healthcard.{table} WHERE expires_at < :c"), {"c": cutoff}).rowcount
+    week = datetime.now(UTC) - timedelta(days=7)
+    return gone + session.execute(text("DELETE FROM healthcard.sms_outbox WHERE at < :c"), {"c": week}).rowcount
 
 
 # ---- statistics ---------------------------------------------------------------------------------

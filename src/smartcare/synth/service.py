@@ -153,3 +153,15 @@ def random_residents(session: Session, *, limit: int, seed: int) -> list[dict]:
     rows = session.execute(select(Resident).order_by(func.md5(func.concat(Resident.id, str(seed)))).limit(limit)).scalars()
     return [{"id": r.id, "name": r.name, "sex": r.sex, "birth_date": r.birth_date, "id_number": r.id_number,
              "phone": r.phone, "address": r.address} for r in rows]
+
+
+def demo_family(session: Session) -> tuple[dict, dict | None]:
+    """A synthetic guardian and one of their children (the demo resident's identity and family)."""
+    columns = (Resident.name, Resident.id_number, Resident.phone)
+    child = session.execute(select(Resident.guardian_id, *columns).where(Resident.guardian_id.is_not(None))
+                            .order_by(Resident.id).limit(1)).mappings().first()
+    if child is None:
+        adult = session.execute(select(*columns).order_by(Resident.id).limit(1)).mappings().one()
+        return dict(adult), None
+    adult = session.execute(select(*columns).where(Resident.id == child["guardian_id"])).mappings().one()
+    return dict(adult), {k: v for k, v in child.items() if k != "guardian_id"}

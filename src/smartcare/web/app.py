@@ -26,7 +26,7 @@ from smartcare.exchange.mllp_server import MllpServer, tls_context
 from smartcare.healthcard import api as healthcard_api
 from smartcare.platform.settings import get_settings
 from smartcare.registry.api import router as registry_router
-from smartcare.web import empi_pages, exchange_pages, pages
+from smartcare.web import empi_pages, exchange_pages, healthcard_pages, pages
 from smartcare.web.deps import db, principal
 
 STATIC = Path(__file__).parent / "static"
@@ -167,4 +167,5 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(exchange_pages.router)
     app.include_router(empi_pages.router)
+    app.include_router(healthcard_pages.router)
     return app

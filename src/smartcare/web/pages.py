@@ -129,8 +129,3 @@ def value_set_page(request: Request, value_set_id: str, session: Session = Depen
                    who: auth.Principal = Depends(require(*CONSOLE_ROLES))):
     vs, concepts = registry.get_value_set(session, value_set_id)
     return templates.TemplateResponse(request, "admin/value_set.html", {"who": who, "vs": vs, "concepts": concepts})
-
-
-@router.get("/h5", response_class=HTMLResponse)
-def h5_home(request: Request, who: auth.Principal = Depends(require(Role.RESIDENT))):
-    return templates.TemplateResponse(request, "h5/home.html", {"who": who})
