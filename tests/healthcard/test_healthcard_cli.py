@@ -50,3 +50,14 @@ def test_trust_list_and_offline_verification_of_text_and_picture(database_url, t
     assert not_hex.returncode != 0 and "not hexadecimal" in not_hex.stderr
     _run("keys", "rotate", "--alg", "Ed25519")
     keys.ring.forget()  # this process cached the keys another process changed
+
+
+def test_the_demo_resident_gets_a_card_and_a_childs_card_once(seeded):
+    from smartcare import cli
+
+    cli._demo_card()
+    cli._demo_card()
+    with session_scope() as s:
+        held = service.held_cards(s, "resident")
+        assert [r for _, r in held] == ["self", "guardian"]
+        assert [b.channel for b in service.bindings(s, held[0][0])] == ["alipay", "wechat"]
