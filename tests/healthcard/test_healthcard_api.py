@@ -276,3 +276,20 @@ def test_housekeeping_purges_spent_codes_and_old_sms(client, hospital):
         assert service.purge(s) >= 2
         assert s.execute(text("SELECT count(*) FROM healthcard.used_nonce WHERE expires_at < now() - interval '1 day'")).scalar() == 0
         assert s.execute(text("SELECT count(*) FROM healthcard.otp WHERE expires_at < now() - interval '1 day'")).scalar() == 0
+
+
+def test_a_signed_scan_request_cannot_be_replayed_even_when_the_code_was_refused(client, hospital):
+    import json
+
+    from smartcare.platform import auth
+
+    _, client_id, secret = hospital
+    raw = json.dumps({"code": "EHC1:NOTACODE"}).encode()
+    h = {**auth.sign_request(client_id=client_id, secret=secret, method="POST", path="/api/v1/healthcard/verify", body=raw),
+         "Content-Type": "application/json"}
+    first = client.post("/api/v1/healthcard/verify", content=raw, headers=h)
+    assert first.status_code == 422 and first.json()["error"] == "code_malformed"
+    again = client.post("/api/v1/healthcard/verify", content=raw, headers=h)
+    assert again.status_code == 401 and again.json()["field"] == "X-SmartCare-Nonce"
+    forged = {**h, "X-SmartCare-Signature": "0" * 64}
+    assert client.post("/api/v1/healthcard/verify", content=raw, headers=forged).status_code == 401

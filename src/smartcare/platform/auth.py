@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from smartcare.platform import audit
 from smartcare.platform.crypto import hmac_sha256_hex, seal, sha256_hex, unseal
-from smartcare.platform.db import session_factory
+from smartcare.platform.db import driver, session_factory
 from smartcare.platform.errors import Conflict, InvalidInput, Unauthorized
 from smartcare.platform.models import ApiClient, RequestNonce, UserAccount
 from smartcare.platform.settings import get_settings
@@ -215,9 +215,14 @@ def verify_signed_request(session: Session, *, method: str, path: str, headers: 
 def claim_nonce(client_id: str, nonce: str) -> None:
     """Record a nonce in its own committed transaction; a nonce seen before means a replay."""
     with session_factory()() as nonce_session, nonce_session.begin():
-        fresh = nonce_session.execute(
-            text("INSERT INTO platform.request_nonce (client_id, nonce) VALUES (:c, :n) "
-                 "ON CONFLICT DO NOTHING RETURNING 1"), {"c": client_id, "n": nonce}).scalar()
+        claim_nonce_in(nonce_session, client_id, nonce)
+
+
+def claim_nonce_in(session: Session, client_id: str, nonce: str) -> None:
+    """Record a nonce in the caller's transaction (one round trip on a hot path); the caller commits it
+    even when it refuses the request, or a refused request could be replayed."""
+    fresh = driver(session).execute("INSERT INTO platform.request_nonce (client_id, nonce) VALUES (%s, %s) "
+                                    "ON CONFLICT DO NOTHING RETURNING 1", (client_id, nonce)).fetchone()
     if not fresh:
         raise replay_error()
 
