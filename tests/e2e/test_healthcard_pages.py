@@ -21,7 +21,7 @@ from smartcare.platform import auth
 from smartcare.platform.db import session_scope
 from smartcare.platform.settings import get_settings
 from tests.e2e.conftest import login
-from tests.healthcard.card_support import new_id_number, new_phone
+from tests.healthcard.card_support import new_id_number, new_phone, person
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def _decode(png: bytes) -> str:
 
 @pytest.mark.browser
 def test_resident_applies_and_shows_a_qr_that_scans_and_refreshes(browser, live_server, short_codes):
-    username, phone = f"h5{uuid.uuid4().hex[:8]}", new_phone()
+    username, me = f"h5{uuid.uuid4().hex[:8]}", person()
     with session_scope() as s:
         auth.create_user(s, username=username, password="resident-pass", display_name="居民", roles=["resident"])
     page = browser.new_page(viewport={"width": 420, "height": 900}, device_scale_factor=2)
@@ -55,9 +55,19 @@ def test_resident_applies_and_shows_a_qr_that_scans_and_refreshes(browser, live_
     login(page, live_server.url, username, "resident-pass")
     assert page.url.endswith("/h5")
     page.click("#apply")
-    page.fill("#name", "何晓梅")
-    page.fill("#id_number", new_id_number(date(1983, 11, 2), "2"))
-    page.fill("#phone", phone)
+    page.fill("#name", me["name"])
+    page.fill("#id_number", me["id_number"])
+    page.fill("#phone", "13800000000")  # not the phone on the real-name records: refused on the form
+    page.click("#send-otp")
+    page.wait_for_selector("#otp-status.ok")
+    with session_scope() as s:
+        sms = s.execute(text("SELECT text FROM healthcard.sms_outbox ORDER BY id DESC LIMIT 1")).scalar()
+    page.fill("#otp", "".join(ch for ch in sms if ch.isdigit())[:6])
+    page.click("#apply-form button[type=submit]")
+    page.wait_for_selector("#apply-error")
+    assert "real-name records" in page.text_content("#apply-error")
+    page.fill("#id_number", me["id_number"])  # not echoed back
+    page.fill("#phone", me["phone"])
     page.click("#send-otp")
     page.wait_for_selector("#otp-status.ok")
     with session_scope() as s:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import date
 
 import segno
 from sqlalchemy import text
@@ -14,7 +13,7 @@ from sqlalchemy import text
 from smartcare.healthcard import code as qr
 from smartcare.platform.db import session_scope
 from tests.exchange.conftest import admin_token
-from tests.healthcard.card_support import code, headers, issue, new_id_number, new_phone, resident, scan, signed
+from tests.healthcard.card_support import child, code, headers, issue, new_phone, person, resident, scan, signed
 
 
 def _register_visit_card(client, hospital, card_no: str, **person) -> dict:
@@ -24,15 +23,16 @@ def _register_visit_card(client, hospital, card_no: str, **person) -> dict:
 
 
 def test_card_is_the_same_person_as_the_old_visit_card_and_a_scan_finds_it(client, hospital):
-    number, phone = new_id_number(date(1980, 3, 9)), new_phone()
+    me = person()
+    number, name = me["id_number"], me["name"]
     old_card = f"V{uuid.uuid4().hex[:8]}"
-    registered = _register_visit_card(client, hospital, old_card, name="王建国", id_number=number, sex="1",
-                                      birth_date="1980-03-09", phone=phone)
+    registered = _register_visit_card(client, hospital, old_card, name=name, id_number=number)
     who = resident(client)
-    made = issue(client, who, name="王建国", id_number=number, phone=phone)
+    made = issue(client, who, **me)
     assert made.status_code == 201, made.text
     card = made.json()
-    assert card["empi_id"] == registered["empi_id"] and card["name_masked"] == "王**" and card["state"] == "active"
+    masked = name[0] + "*" * (len(name) - 1)
+    assert card["empi_id"] == registered["empi_id"] and card["name_masked"] == masked and card["state"] == "active"
 
     found = signed(client, hospital, "GET", "/api/v1/healthcard/lookup", params=f"card_no={old_card}")
     assert found.status_code == 200, found.text
@@ -42,15 +42,15 @@ def test_card_is_the_same_person_as_the_old_visit_card_and_a_scan_finds_it(clien
     assert scanned.status_code == 200, scanned.text
     got = scanned.json()
     assert got["empi_id"] == registered["empi_id"] and got["visit_cards"] == [old_card]
-    assert got["name_masked"] == "王**" and got["kind"] == "dynamic" and got["payments"] == {}
-    assert number not in scanned.text and "王建国" not in scanned.text
+    assert got["name_masked"] == masked and got["kind"] == "dynamic" and got["payments"] == {}
+    assert number not in scanned.text and name not in scanned.text
     missing = signed(client, hospital, "GET", "/api/v1/healthcard/lookup", params="card_no=nope")
     assert missing.status_code == 404 and missing.json()["field"] == "card_no"
 
 
 def test_each_bad_code_gets_its_own_error(client, hospital):
     who = resident(client)
-    card = issue(client, who, name="李娜", id_number=new_id_number(date(1990, 5, 1), "2")).json()
+    card = issue(client, who, **person()).json()
     good = code(client, who, card["card_no"])
 
     def refused(text_: str) -> str:
@@ -83,7 +83,7 @@ def test_each_bad_code_gets_its_own_error(client, hospital):
 
 def test_frozen_lost_and_reissued_cards(client, hospital):
     who = resident(client)
-    card = issue(client, who, name="赵敏", id_number=new_id_number(date(1975, 12, 30), "2")).json()
+    card = issue(client, who, **person()).json()
     no = card["card_no"]
     before = code(client, who, no)
     assert client.post(f"/api/v1/healthcard/cards/{no}/freeze", json={}, headers=headers(who)).json()["state"] == "frozen"
@@ -111,28 +111,29 @@ def test_frozen_lost_and_reissued_cards(client, hospital):
     assert audited == [f"healthcard.{a}" for a in trail]
 
 
-def test_one_card_per_person_guardians_and_one_time_codes(client):
-    number = new_id_number(date(1988, 1, 20))
+def test_one_card_per_person_guardians_and_one_time_codes(client, seeded):
+    me, kid = person(), child()
     first, second = resident(client), resident(client)
-    assert issue(client, first, name="周杰", id_number=number).status_code == 201
-    again = issue(client, second, name="周杰", id_number=number)
+    assert issue(client, first, **me).status_code == 201
+    again = issue(client, second, **me)
     assert again.status_code == 409 and again.json()["field"] == "id_number"
-    assert issue(client, first, name="周杰", id_number=new_id_number(date(1990, 1, 1))).status_code == 409  # one own card
+    assert issue(client, first, **person()).status_code == 409  # one own card per account
 
-    child = issue(client, first, name="周小杰", id_number=new_id_number(date(2019, 6, 1)), relation="guardian")
-    assert child.status_code == 201, child.text
-    adult = issue(client, first, name="周大杰", id_number=new_id_number(date(1960, 6, 1)), relation="guardian")
+    for_kid = issue(client, first, **kid, relation="guardian")
+    assert for_kid.status_code == 201, for_kid.text
+    grown = person()
+    adult = issue(client, first, **grown, relation="guardian")
     assert adult.status_code == 422 and adult.json()["field"] == "id_number"
     held = client.get("/api/v1/healthcard/cards", headers=headers(first)).json()
     assert [c["relation"] for c in held] == ["self", "guardian"]
     # the other account cannot show the child's code
-    assert client.post(f"/api/v1/healthcard/cards/{child.json()['card_no']}/code", headers=headers(second)).status_code == 403
+    assert client.post(f"/api/v1/healthcard/cards/{for_kid.json()['card_no']}/code", headers=headers(second)).status_code == 403
 
     phone = new_phone()
     assert client.post("/api/v1/healthcard/otp", json={"phone": phone}, headers=headers(second)).status_code == 202
     assert client.post("/api/v1/healthcard/otp", json={"phone": phone}, headers=headers(second)).status_code == 409
     wrong = client.post("/api/v1/healthcard/cards", headers=headers(second), json={
-        "name": "吴磊", "id_number": new_id_number(date(1999, 9, 9)), "phone": phone, "otp": "000000"})
+        "name": "吴磊", "id_number": person()["id_number"], "phone": phone, "otp": "000000"})
     assert wrong.status_code == 422 and wrong.json()["field"] == "otp"
     bad_id = issue(client, second, name="吴磊", id_number="500103199909091234")
     assert bad_id.status_code == 422 and bad_id.json()["field"] == "id_number" and "500103199909091234" not in bad_id.text
@@ -141,7 +142,7 @@ def test_one_card_per_person_guardians_and_one_time_codes(client):
 
 def test_payment_channels_ride_in_the_code_and_are_redeemed_once(client, hospital):
     who = resident(client)
-    card = issue(client, who, name="孙丽", id_number=new_id_number(date(1985, 7, 7), "2")).json()
+    card = issue(client, who, **person()).json()
     for channel in ("wechat", "alipay", "unionpay", "ecny"):
         r = client.post(f"/api/v1/healthcard/cards/{card['card_no']}/bindings", json={"channel": channel},
                         headers=headers(who))
@@ -169,7 +170,7 @@ def test_payment_channels_ride_in_the_code_and_are_redeemed_once(client, hospita
 
 def test_printed_static_code_needs_the_pin_and_is_not_single_use(client, hospital):
     who = resident(client)
-    card = issue(client, who, name="钱伟", id_number=new_id_number(date(1950, 2, 2)), pin="246810").json()
+    card = issue(client, who, **person(), pin="246810").json()
     printed = code(client, who, card["card_no"], kind="static")
     parsed = qr.parse(printed)[3]
     assert parsed.kind == qr.Kind.STATIC and parsed.payments == {}
@@ -184,7 +185,7 @@ def test_printed_static_code_needs_the_pin_and_is_not_single_use(client, hospita
 
 def test_trust_list_rotation_and_withdrawal(client, hospital):
     who = resident(client)
-    card = issue(client, who, name="郑爽", id_number=new_id_number(date(1992, 4, 4), "2")).json()
+    card = issue(client, who, **person()).json()
     before = code(client, who, card["card_no"])
     admin = admin_token(client)
     old_kid = qr.parse(before)[0].hex()
@@ -213,7 +214,7 @@ def test_card_use_reporting_and_statistics(client, hospital):
     admin = admin_token(client)
     start = client.get("/api/v1/healthcard/stats", headers=admin).json()
     who = resident(client)
-    card = issue(client, who, name="冯涛", id_number=new_id_number(date(1970, 10, 10))).json()
+    card = issue(client, who, **person()).json()
     assert scan(client, hospital, code(client, who, card["card_no"]), step="registration", channel="kiosk").status_code == 200
     for step in ("consultation", "pharmacy"):
         r = signed(client, hospital, "POST", "/api/v1/healthcard/uses",
@@ -230,6 +231,18 @@ def test_card_use_reporting_and_statistics(client, hospital):
     assert steps["pharmacy"] == dict(start["by_step"]).get("pharmacy", 0) + 1
     assert dict(end["by_hospital"])[hospital[0]] >= 3
     assert client.get("/api/v1/healthcard/stats", headers=headers(who)).status_code == 403
+    from smartcare.platform import auth
+
+    with session_scope() as s:  # another hospital, which never scanned this card, cannot report its use
+        other_code = s.execute(text("SELECT code FROM registry.facility WHERE code <> :c AND kind = 'general_hospital' "
+                                    "LIMIT 1"), {"c": hospital[0]}).scalar()
+        other_id = f"his-{uuid.uuid4().hex[:8]}"
+        other_secret = auth.create_api_client(s, client_id=other_id, name="other", facility_code=other_code)
+    other = signed(client, (other_code, other_id, other_secret), "POST", "/api/v1/healthcard/uses",
+                   {"card_no": card["card_no"], "step": "pharmacy", "channel": "window"})
+    never = signed(client, (other_code, other_id, other_secret), "POST", "/api/v1/healthcard/uses",
+                   {"card_no": "HC9999999999999999", "step": "pharmacy", "channel": "window"})
+    assert other.status_code == never.status_code == 404 and "not scanned at this hospital" in other.json()["message"]
 
 
 def test_the_demo_sms_gateway_never_logs_the_phone_in_clear(client, caplog):
@@ -243,7 +256,7 @@ def test_the_demo_sms_gateway_never_logs_the_phone_in_clear(client, caplog):
 
 def test_reissue_spends_the_lost_phones_payment_tokens_and_keeps_the_pin_lock(client, hospital):
     who = resident(client)
-    card = issue(client, who, name="韩雪", id_number=new_id_number(date(1995, 3, 3), "2"), pin="135790").json()
+    card = issue(client, who, **person(), pin="135790").json()
     client.post(f"/api/v1/healthcard/cards/{card['card_no']}/bindings", json={"channel": "wechat"}, headers=headers(who))
     on_lost_phone = qr.parse(code(client, who, card["card_no"]))[3].payments["wechat"]
     printed = code(client, who, card["card_no"], kind="static")
@@ -267,7 +280,7 @@ def test_housekeeping_purges_spent_codes_and_old_sms(client, hospital):
     from smartcare.healthcard import service
 
     who = resident(client)
-    card = issue(client, who, name="邓超", id_number=new_id_number(date(1979, 2, 14))).json()
+    card = issue(client, who, **person()).json()
     assert scan(client, hospital, code(client, who, card["card_no"])).status_code == 200
     with session_scope() as s:
         s.execute(text("UPDATE healthcard.used_nonce SET expires_at = now() - interval '2 days'"))
@@ -293,3 +306,50 @@ def test_a_signed_scan_request_cannot_be_replayed_even_when_the_code_was_refused
     assert again.status_code == 401 and again.json()["field"] == "X-SmartCare-Nonce"
     forged = {**h, "X-SmartCare-Signature": "0" * 64}
     assert client.post("/api/v1/healthcard/verify", content=raw, headers=forged).status_code == 401
+
+
+def test_no_card_in_another_persons_name(client, seeded):
+    victim, attacker = person(), resident(client)
+    own_phone = new_phone()
+    stolen = issue(client, attacker, name=victim["name"], id_number=victim["id_number"], phone=own_phone)
+    assert stolen.status_code == 422 and stolen.json()["field"] == "id_number"
+    assert "real-name records" in stolen.json()["message"] and victim["id_number"] not in stolen.text
+    wrong_name = issue(client, attacker, name=victim["name"] + "伟", id_number=victim["id_number"], phone=victim["phone"])
+    assert wrong_name.status_code == 422 and wrong_name.json()["message"] == stolen.json()["message"]
+    kid = child()
+    not_my_child = issue(client, attacker, name=kid["name"], id_number=kid["id_number"], phone=own_phone, relation="guardian")
+    assert not_my_child.status_code == 422
+    assert client.get("/api/v1/healthcard/cards", headers=headers(attacker)).json() == []
+
+
+def test_parallel_wrong_codes_and_pins_cannot_pass_the_try_limit(client, hospital):
+    import concurrent.futures
+
+    from smartcare.healthcard import service
+    from smartcare.platform.db import session_scope as scope
+    from smartcare.platform.errors import InvalidInput
+
+    who, me = resident(client), person()
+    assert client.post("/api/v1/healthcard/otp", json={"phone": me["phone"]}, headers=headers(who)).status_code == 202
+
+    def try_code(guess: str) -> str:
+        try:
+            with scope() as s:
+                service.check_code(s, phone=me["phone"], code=guess)
+            return "ok"
+        except InvalidInput as exc:
+            return exc.message
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(try_code, [f"{n:06d}" for n in range(12)]))
+    assert answers.count("wrong verification code") <= service.OTP_TRIES
+    assert answers.count("no valid verification code for this phone") >= 12 - service.OTP_TRIES - 1
+    with scope() as s:
+        assert s.execute(text("SELECT max(attempts) FROM healthcard.otp")).scalar() <= service.OTP_TRIES
+
+    card = issue(client, who, **person(), pin="112233").json()
+    printed = code(client, who, card["card_no"], kind="static")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        errors = [r.json()["error"] for r in pool.map(lambda _: scan(client, hospital, printed, pin="999999"), range(12))]
+    assert errors.count("pin_wrong") == service.PIN_TRIES and errors.count("pin_locked") == 12 - service.PIN_TRIES
+    assert scan(client, hospital, printed, pin="112233").json()["error"] == "pin_locked"

@@ -60,6 +60,7 @@ def send_otp(data: OtpIn, session: Session = Depends(db), who: Principal = Depen
 def issue(data: IssueIn, session: Session = Depends(db), who: Principal = Depends(RESIDENT)):
     """Real-name issuance for yourself (``self``) or your child (``guardian``)."""
     service.check_code(session, phone=data.phone, code=data.otp)
+    service.real_name.check(session, name=data.name, id_number=data.id_number, phone=data.phone, relation=data.relation)
     card = service.issue(session, holder=who.username, relation=data.relation, name=data.name,
                          id_number=data.id_number, phone=data.phone, pin=data.pin, actor=who.username)
     return card_out(session, card, data.relation)

@@ -54,10 +54,12 @@ TRANSITIONS = {
 #: Payment tokens look like each channel's own payment code (prefix, digits); ecny is a sandbox shape.
 PAYMENT_TOKEN_SHAPES = {"wechat": ("13", 18), "alipay": ("28", 18), "unionpay": ("62", 19), "ecny": ("88", 19)}  # < 2^63: stored as bigint
 STATIC_CODE_DAYS = 5 * 365
+USE_REPORT_HOURS = 24
 PIN_TRIES = 5
 OTP_SECONDS = 300
 OTP_TRIES = 5
 OTP_RESEND_SECONDS = 60
+OTP_PER_DAY = 10
 
 _pins = PasswordHasher()
 
@@ -104,29 +106,62 @@ def send_code(session: Session, *, phone: str) -> None:
     """Send a 6-digit one-time code (valid 5 minutes; one a minute per phone)."""
     phone = _phone(phone)
     key = _keyed(phone, "healthcard-otp-phone")
-    last = session.scalar(select(func.max(Otp.created_at)).where(Otp.phone_hash == key))
+    last, today = session.execute(select(func.max(Otp.created_at), func.count()).where(
+        Otp.phone_hash == key, Otp.created_at > datetime.now(UTC) - timedelta(days=1))).one()
     if last is not None and (datetime.now(UTC) - last).total_seconds() < OTP_RESEND_SECONDS:
         raise Conflict("a code was sent to this phone less than a minute ago", field="phone", hint="wait a minute")
+    if today >= OTP_PER_DAY:
+        raise Conflict(f"this phone has had {OTP_PER_DAY} codes in the last day", field="phone", hint="try again tomorrow")
     code = f"{secrets.randbelow(10**6):06d}"
     session.add(Otp(phone_hash=key, code_hash=_keyed(f"{key}:{code}", "healthcard-otp-code"),
                     expires_at=datetime.now(UTC) + timedelta(seconds=OTP_SECONDS)))
     sms_gateway.send(session, phone=phone, text=f"【SmartCare】您的电子健康卡验证码是 {code}，{OTP_SECONDS // 60} 分钟内有效。")
 
 
+def _count_try(session: Session, column, row_id: int, limit: int) -> int | None:
+    """Count one try *before* comparing, in its own committed statement: a refusal rolls the caller's
+    transaction back, and parallel tries must not all pass the limit. The count after this try, or
+    None when the limit was already reached."""
+    model = column.class_
+    with session.bind.connect() as conn, conn.begin():
+        return conn.execute(update(model).where(model.id == row_id, column < limit)
+                            .values({column.key: column + 1}).returning(column)).scalar()
+
+
 def check_code(session: Session, *, phone: str, code: str) -> None:
-    """Accept the newest unused code sent to ``phone``; five wrong tries spend it."""
+    """Accept the newest unused code sent to ``phone``; five tries spend it."""
     key = _keyed(_phone(phone), "healthcard-otp-phone")
     otp = session.scalar(select(Otp).where(Otp.phone_hash == key, Otp.used_at.is_(None),
                                            Otp.expires_at > datetime.now(UTC)).order_by(Otp.id.desc()).limit(1))
-    if otp is None or otp.attempts >= OTP_TRIES:
+    tries = None if otp is None else _count_try(session, Otp.attempts, otp.id, OTP_TRIES)
+    if tries is None:
         raise InvalidInput("no valid verification code for this phone", field="otp", hint="ask for a new code")
     if not hmac.compare_digest(otp.code_hash, _keyed(f"{key}:{code.strip()}", "healthcard-otp-code")):
-        # counted in its own statement so that the caller's rollback does not undo it
-        with session.bind.connect() as conn, conn.begin():
-            conn.execute(update(Otp).where(Otp.id == otp.id).values(attempts=Otp.attempts + 1))
-        raise InvalidInput("wrong verification code", field="otp",
-                           hint=f"{OTP_TRIES - otp.attempts - 1} tries left")
+        raise InvalidInput("wrong verification code", field="otp", hint=f"{OTP_TRIES - tries} tries left")
     otp.used_at = datetime.now(UTC)
+
+
+# ---- real-name verification ------------------------------------------------------------------------
+
+
+class PopulationRegistryCheck:
+    """Real-name verification before issuance (实名核验): the name and ID number must be a real
+    person's, and the phone that received the one-time code must be registered to that person — or,
+    for a child's card, to the child's guardian. In production this is the public-security identity
+    service and the carriers' real-name records (three-element check); the demo region's synthetic
+    population plays both. A mismatch never says which element was wrong."""
+
+    def check(self, session: Session, *, name: str, id_number: str, phone: str, relation: str) -> None:
+        from smartcare.synth import service as synth
+
+        record = synth.population_record(session, id_number)
+        owner = None if record is None else record["guardian_phone"] if relation == "guardian" else record["phone"]
+        if record is None or record["name"] != name.strip() or owner != _phone(phone):
+            raise InvalidInput("the name, ID number and phone do not match the real-name records",
+                               field="id_number", hint="a child's card is applied for with the guardian's phone")
+
+
+real_name = PopulationRegistryCheck()
 
 
 # ---- issuance and lifecycle -----------------------------------------------------------------------
@@ -154,8 +189,9 @@ def _pin_hash(pin: str | None) -> str | None:
 def issue(session: Session, *, holder: str, relation: str, name: str, id_number: str, phone: str,
           actor: str, pin: str | None = None) -> Card:
     """Issue a card in the holder's own name (``self``) or for their child (``guardian``). The
-    identity goes through the master patient index (link or create the person) as a trusted source.
-    Callers check the holder's one-time SMS code first (``check_code``)."""
+    identity goes through the master patient index (link or create the person) as a trusted source,
+    so callers first check the one-time SMS code (``check_code``) and the real-name records
+    (``real_name.check``): only then is the identity verified."""
     if relation not in ("self", "guardian"):
         raise InvalidInput("relation must be self or guardian", field="relation")
     try:
@@ -163,8 +199,8 @@ def issue(session: Session, *, holder: str, relation: str, name: str, id_number:
     except idcard.InvalidIdNumber as exc:
         raise InvalidInput(str(exc), field="id_number") from None
     name = name.strip()
-    if not name:
-        raise InvalidInput("name is required", field="name")
+    if not 0 < len(name) <= 60:
+        raise InvalidInput("name must have 1 to 60 characters", field="name")
     phone = _phone(phone)
     if relation == "guardian" and number.age_on(datetime.now(CHINA).date()) >= 18:
         raise InvalidInput("a guardian holds cards for children under 18 only", field="id_number",
@@ -464,16 +500,14 @@ def _check_pin(session: Session, token: bytes, pin: str | None) -> None:
         raise CodeRejected("pin_wrong", "wrong PIN", hint="this card has no PIN: the resident sets one in the app")
     if not pin:
         raise CodeRejected("pin_required", "a printed code needs the card PIN", hint="ask the patient to enter the PIN")
-    if card.pin_failures >= PIN_TRIES:
+    tries = _count_try(session, Card.pin_failures, card.id, PIN_TRIES)
+    if tries is None:
         raise CodeRejected("pin_locked", "too many wrong PINs: the PIN is locked", hint="the resident resets it in the app")
     try:
         _pins.verify(card.pin_hash, pin)
     except VerificationError:
-        with session.bind.connect() as conn, conn.begin():  # counted even though the request fails
-            conn.execute(update(Card).where(Card.id == card.id).values(pin_failures=Card.pin_failures + 1))
-        raise CodeRejected("pin_wrong", "wrong PIN", hint=f"{PIN_TRIES - card.pin_failures - 1} tries left") from None
-    if card.pin_failures:
-        card.pin_failures = 0
+        raise CodeRejected("pin_wrong", "wrong PIN", hint=f"{PIN_TRIES - tries} tries left") from None
+    card.pin_failures = 0
 
 
 def by_visit_card(session: Session, *, facility_code: str, card_no: str) -> tuple[Card, str]:
@@ -488,14 +522,20 @@ def by_visit_card(session: Session, *, facility_code: str, card_no: str) -> tupl
 
 
 def report_use(session: Session, *, card_no: str, facility_code: str, step: str, channel: str) -> None:
-    """用卡数据上报: a later step of the same visit (consultation, pharmacy …) reported by the hospital."""
+    """用卡数据上报: a later step of a visit (consultation, pharmacy …) reported by the hospital. Only for
+    a card scanned at that hospital in the last ``USE_REPORT_HOURS``: a hospital can neither inflate
+    the statistics with other cards nor probe which card numbers exist (the refusal is the same)."""
     _check_use(step, channel)
     done = driver(session).execute(
         """INSERT INTO healthcard.card_use (card_id, facility_code, step, channel)
-           SELECT id, %s, %s, %s FROM healthcard.card WHERE card_no = %s AND state = 'active'""",
-        (facility_code, step, channel, card_no)).rowcount
+           SELECT c.id, CAST(%(f)s AS varchar), %(step)s, %(ch)s FROM healthcard.card c
+           WHERE c.card_no = %(no)s AND c.state = 'active'
+             AND EXISTS (SELECT 1 FROM healthcard.card_use u WHERE u.card_id = c.id AND u.facility_code = %(f)s
+                           AND u.at > now() - make_interval(hours => %(hours)s))""",
+        {"f": facility_code, "step": step, "ch": channel, "no": card_no, "hours": USE_REPORT_HOURS}).rowcount
     if not done:
-        raise NotFound(f"no active card {card_no}", field="card_no")
+        raise NotFound(f"card {card_no} was not scanned at this hospital in the last {USE_REPORT_HOURS} hours",
+                       field="card_no", hint="scan the card's code first (POST /verify)")
 
 
 def purge(session: Session) -> int:

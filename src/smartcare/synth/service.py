@@ -165,3 +165,15 @@ def demo_family(session: Session) -> tuple[dict, dict | None]:
         return dict(adult), None
     adult = session.execute(select(*columns).where(Resident.id == child["guardian_id"])).mappings().one()
     return dict(adult), {k: v for k, v in child.items() if k != "guardian_id"}
+
+
+def population_record(session: Session, id_number: str) -> dict | None:
+    """The demo region's population registry entry for an ID number: name, phone, and the guardian's
+    phone for a child (the synthetic population plays the authoritative registry, 人口库)."""
+    from sqlalchemy.orm import aliased
+
+    guardian = aliased(Resident)
+    row = session.execute(select(Resident.name, Resident.phone, guardian.phone.label("guardian_phone"))
+                          .outerjoin(guardian, guardian.id == Resident.guardian_id)
+                          .where(Resident.id_number == id_number)).mappings().first()
+    return dict(row) if row else None

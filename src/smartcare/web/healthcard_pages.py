@@ -7,10 +7,11 @@ Codes are fetched with htmx POSTs (a code is made, never cached), so the same-si
 from __future__ import annotations
 
 import asyncio
+from html import escape
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
 from smartcare.healthcard import keys, service
@@ -97,25 +98,26 @@ def h5_send_otp(request: Request, phone: str = Form(""), session: Session = Depe
     try:
         service.send_code(session, phone=phone)
     except SmartCareError as exc:
-        return HTMLResponse(f'<span class="error" id="otp-status">{exc.message}</span>', status_code=200)
+        return HTMLResponse(f'<span class="error" id="otp-status">{escape(exc.message)}</span>')
     return HTMLResponse('<span class="ok" id="otp-status">验证码已发送，5 分钟内有效</span>')
 
 
-@router.post("/h5/card/apply", response_class=HTMLResponse)
+@router.post("/h5/card/apply", response_class=HTMLResponse, dependencies=[action])
 def h5_apply(request: Request, name: str = Form(""), id_number: str = Form(""), phone: str = Form(""),
              otp: str = Form(""), relation: str = Form("self"), pin: str = Form(""),
              session: Session = Depends(db), who: auth.Principal = Depends(RESIDENT)):
-    """Real-name application from the form; errors come back on the form, nothing half-done is kept."""
+    """Real-name application from the form (htmx, so the same-site guard applies); errors come back on
+    the form, nothing half-done is kept."""
     form = {"name": name, "phone": phone, "relation": relation}  # the ID number is not echoed back
     try:
         with session.begin_nested():
             service.check_code(session, phone=phone, code=otp)
+            service.real_name.check(session, name=name, id_number=id_number, phone=phone, relation=relation)
             service.issue(session, holder=who.username, relation=relation, name=name, id_number=id_number,
                           phone=phone, pin=pin or None, actor=who.username)
     except SmartCareError as exc:
-        return templates.TemplateResponse(request, "healthcard/apply.html", {"who": who, "error": exc, "form": form},
-                                          status_code=exc.status)
-    return RedirectResponse("/h5", status_code=303)
+        return templates.TemplateResponse(request, "healthcard/apply.html", {"who": who, "error": exc, "form": form})
+    return HTMLResponse("", headers={"HX-Redirect": "/h5"})
 
 
 # ---- console ----------------------------------------------------------------------------------------
