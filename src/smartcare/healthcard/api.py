@@ -18,7 +18,7 @@ from smartcare.healthcard.schemas import (
 from smartcare.platform import auth
 from smartcare.platform.auth import Principal, Role
 from smartcare.platform.db import session_scope
-from smartcare.platform.errors import Forbidden
+from smartcare.platform.errors import Forbidden, SmartCareError
 from smartcare.platform.settings import get_settings
 from smartcare.web.deps import checked_signature, db, require, signed_client
 
@@ -128,7 +128,7 @@ def _verify_in_one_transaction(client_id: str, request_nonce: str, facility: str
         try:
             return service.verify(session, code_text=data.code, facility_code=facility, step=data.step,
                                   channel=data.channel, pin=data.pin)
-        except service.CodeRejected:
+        except SmartCareError:
             session.commit()  # the request's nonce stays spent: a refused scan cannot be replayed
             raise
 
