@@ -74,6 +74,7 @@ def test_each_bad_code_gets_its_own_error(client, hospital):
 
     fresh = code(client, who, card["card_no"])
     admin = admin_token(client)
+    assert client.post(f"/api/v1/healthcard/cards/{card['card_no']}/code", headers=admin).status_code == 403
     assert client.post(f"/api/v1/healthcard/cards/{card['card_no']}/revoke", json={"reason": "test"},
                        headers=headers(who)).status_code == 403  # residents do not revoke
     r = client.post(f"/api/v1/healthcard/cards/{card['card_no']}/revoke", json={"reason": "身份冒用"}, headers=admin)

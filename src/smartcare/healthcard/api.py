@@ -74,8 +74,9 @@ def my_cards(session: Session = Depends(db), who: Principal = Depends(RESIDENT))
 @router.post("/cards/{card_no}/code", response_model=CodeOut)
 def show_code(card_no: str, kind: str = Query("dynamic", pattern="^(dynamic|static)$"), session: Session = Depends(db),
               who: Principal = Depends(RESIDENT)):
-    """A fresh dynamic code (valid 60 s, single use, with payment tokens) or the printable static one."""
-    card = _card_for(session, who, card_no)
+    """A fresh dynamic code (valid 60 s, single use, with payment tokens) or the printable static one.
+    Only for a card the caller holds: a code can pay, so not even an administrator makes one for another."""
+    card = service.holder_card(session, username=who.username, card_no=card_no)
     shown = service.dynamic_code(session, card=card) if kind == "dynamic" else service.static_code(session, card=card)
     return CodeOut(text=shown.text, kind=shown.kind.name.lower(), expires_at=shown.expires_at, channels=list(shown.channels))
 
