@@ -12,6 +12,7 @@ MODEL_MODULES = (
     "smartcare.exchange.models",
     "smartcare.empi.models",
     "smartcare.healthcard.models",
+    "smartcare.payment.models",
 )
 
 #: Modules whose bus consumers must be registered before subscriptions are synced or workers start.

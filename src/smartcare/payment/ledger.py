@@ -1,0 +1,153 @@
+"""The ledger of mixed payment: double-entry accounts and immutable transfers, in fen.
+
+Invariants (TigerBeetle's model), enforced by the database (migration 0008), not only here:
+- a transfer moves one amount from one account (debit) to another (credit): every transfer is
+  balanced, so over all accounts the debits equal the credits (``trial_balance``);
+- a transfer is immutable; a correction is a new transfer;
+- a transfer is idempotent by its id, chosen by the caller: the same id with the same fields is the
+  same transfer (returned again, nothing moves twice); with other fields it is refused;
+- two-phase: a pending transfer reserves its amount; it is posted (all or part) or voided, once;
+- an account opened with ``debits_within_credits`` (a personal medical-insurance account) is never
+  overdrawn, pending debits included;
+- balances change only through transfers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import psycopg
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from smartcare.payment.models import Account, Transfer
+from smartcare.platform.db import driver
+from smartcare.platform.errors import Conflict, InvalidInput, NotFound
+
+ACCOUNT_KINDS = ("hospital_receivable", "insurance_fund", "personal_account", "insurer", "channel_clearing", "patient")
+_FIELDS = ("kind", "debit_account_id", "credit_account_id", "amount", "pending_id", "code", "reference")
+
+
+def open_account(session: Session, *, code: str, kind: str, name: str = "", debits_within_credits: bool = False) -> Account:
+    """Open an account (or return it: opening is idempotent by code). Balances start at zero."""
+    if kind not in ACCOUNT_KINDS:
+        raise InvalidInput(f"unknown account kind {kind!r}", field="kind", hint=f"one of {', '.join(ACCOUNT_KINDS)}")
+    existing = session.scalar(select(Account).where(Account.code == code))
+    if existing is not None:
+        if (existing.kind, existing.debits_within_credits) != (kind, debits_within_credits):
+            raise Conflict(f"account {code} exists with another kind or limit", field="code")
+        return existing
+    account = Account(code=code, kind=kind, name=name, debits_within_credits=debits_within_credits)
+    session.add(account)
+    session.flush()
+    return account
+
+
+def account(session: Session, code: str) -> Account:
+    found = session.scalar(select(Account).where(Account.code == code).execution_options(populate_existing=True))
+    if found is None:
+        raise NotFound(f"no account {code}", field="account")
+    return found
+
+
+def _amount(amount: int | None, *, allow_none: bool = False) -> int | None:
+    if amount is None and allow_none:
+        return None
+    if type(amount) is not int or amount < 0:
+        raise InvalidInput("amount must be a whole, non-negative number of fen", field="amount")
+    return amount
+
+
+def _insert(session: Session, sql: str, params: dict, *, what: str) -> Transfer:
+    """Run one transfer INSERT in a savepoint: a refusal by the database leaves the caller's
+    transaction usable and moves nothing; an id seen before is the same transfer or a conflict."""
+    try:
+        with session.begin_nested():
+            row = driver(session).execute(sql, params).fetchone()
+    except psycopg.errors.CheckViolation as exc:
+        reason = exc.diag.message_primary or "a ledger invariant"
+        if exc.diag.constraint_name == "not_overdrawn":
+            reason = "it would overdraw the debit account"
+        raise Conflict(f"{what} refused: {reason}", field="amount") from None
+    except psycopg.errors.UniqueViolation:
+        raise Conflict(f"{what} refused: the pending transfer is already posted or voided", field="pending_id") from None
+    if row is None:
+        existing = session.get(Transfer, params["id"], populate_existing=True)
+        if existing is None:
+            raise NotFound(f"{what} refused: an account or the pending transfer does not exist", field="account")
+        return existing
+    return session.get(Transfer, row[0], populate_existing=True)
+
+
+def _same_or_conflict(found: Transfer, expected: dict) -> Transfer:
+    different = [k for k, v in expected.items() if v is not None and getattr(found, k) != v]
+    if different:
+        raise Conflict(f"transfer {found.id} exists with a different {', '.join(different)}", field="id",
+                       hint="a transfer id names one transfer: use a new id for a new one")
+    return found
+
+
+def transfer(session: Session, *, id: uuid.UUID, debit: str, credit: str, amount: int, code: str,
+             reference: str | None = None, pending: bool = False) -> Transfer:
+    """Move ``amount`` fen from ``debit`` to ``credit`` (account codes), posted at once or pending."""
+    _amount(amount)
+    if amount == 0:
+        raise InvalidInput("a transfer moves at least one fen", field="amount")
+    kind = "pending" if pending else "posted"
+    found = _insert(session, """
+        INSERT INTO payment.transfer (id, kind, debit_account_id, credit_account_id, amount, code, reference)
+        SELECT %(id)s, %(kind)s, d.id, c.id, %(amount)s, %(code)s, %(reference)s
+        FROM payment.account d, payment.account c WHERE d.code = %(debit)s AND c.code = %(credit)s
+        ON CONFLICT (id) DO NOTHING RETURNING id""",
+        {"id": id, "kind": kind, "amount": amount, "code": code, "reference": reference, "debit": debit, "credit": credit},
+        what=f"transfer {id}")
+    accounts = dict(session.execute(select(Account.code, Account.id).where(Account.code.in_((debit, credit)))).all())
+    return _same_or_conflict(found, {"kind": kind, "amount": amount, "code": code, "reference": reference,
+                                     "debit_account_id": accounts.get(debit), "credit_account_id": accounts.get(credit)})
+
+
+def _resolve(session: Session, *, id: uuid.UUID, pending_id: uuid.UUID, kind: str, amount: int | None, code: str) -> Transfer:
+    found = _insert(session, """
+        INSERT INTO payment.transfer (id, kind, debit_account_id, credit_account_id, amount, pending_id, code, reference)
+        SELECT %(id)s, %(kind)s, p.debit_account_id, p.credit_account_id, COALESCE(%(amount)s, p.amount), p.id,
+               %(code)s, p.reference
+        FROM payment.transfer p WHERE p.id = %(pending)s
+        ON CONFLICT (id) DO NOTHING RETURNING id""",
+        {"id": id, "kind": kind, "amount": amount, "pending": pending_id, "code": code}, what=f"{kind} {id}")
+    return _same_or_conflict(found, {"kind": kind, "pending_id": pending_id, "code": code, "amount": amount})
+
+
+def post(session: Session, *, id: uuid.UUID, pending_id: uuid.UUID, amount: int | None = None, code: str = "post") -> Transfer:
+    """Post a pending transfer: all of it, or ``amount`` fen of it (the rest is released)."""
+    return _resolve(session, id=id, pending_id=pending_id, kind="post", amount=_amount(amount, allow_none=True), code=code)
+
+
+def void(session: Session, *, id: uuid.UUID, pending_id: uuid.UUID, code: str = "void") -> Transfer:
+    """Release a pending transfer: nothing moves."""
+    return _resolve(session, id=id, pending_id=pending_id, kind="void", amount=0, code=code)
+
+
+@dataclass(frozen=True)
+class TrialBalance:
+    debits_posted: int
+    credits_posted: int
+    debits_pending: int
+    credits_pending: int
+
+    @property
+    def balanced(self) -> bool:
+        return self.debits_posted == self.credits_posted and self.debits_pending == self.credits_pending
+
+
+def trial_balance(session: Session) -> TrialBalance:
+    """Totals over every account: double entry means debits equal credits, to the fen."""
+    row = session.execute(select(func.coalesce(func.sum(Account.debits_posted), 0),
+                                 func.coalesce(func.sum(Account.credits_posted), 0),
+                                 func.coalesce(func.sum(Account.debits_pending), 0),
+                                 func.coalesce(func.sum(Account.credits_pending), 0))).one()
+    return TrialBalance(*(int(v) for v in row))
+
+
+def transfers(session: Session, *, reference: str) -> list[Transfer]:
+    return list(session.scalars(select(Transfer).where(Transfer.reference == reference).order_by(Transfer.created_at)))
