@@ -1,0 +1,56 @@
+"""Mixed payment HTTP API for hospital systems (HMAC-signed): bills and their pre-settlement."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from sqlalchemy.orm import Session
+
+from smartcare.payment import service
+from smartcare.payment.models import Bill
+from smartcare.payment.schemas import BillIn, BillOut, ItemOut, LineOut, PreSettlementOut
+from smartcare.platform.auth import Principal
+from smartcare.platform.errors import Forbidden
+from smartcare.web.deps import db, signed_client
+
+router = APIRouter(prefix="/api/v1/payment", tags=["payment"])
+
+
+def _facility(who: Principal) -> str:
+    if not who.facility_code:
+        raise Forbidden("this API client belongs to no facility", field="client")
+    return who.facility_code
+
+
+def _bill_out(session: Session, bill: Bill) -> BillOut:
+    items = [ItemOut(line=i.line, code=i.code, name=i.name, category=i.category, unit_price=i.unit_price,
+                     quantity=i.quantity, price_cap=i.price_cap, amount=i.amount) for i in service.bill_items(session, bill)]
+    return BillOut(bill_no=bill.bill_no, facility_code=bill.facility_code, empi_id=bill.empi_id,
+                   insurance_type=bill.insurance_type, hospital_level=bill.hospital_level, total=bill.total,
+                   state=bill.state, items=items)
+
+
+@router.post("/bills", response_model=BillOut, status_code=201)
+def create_bill(data: BillIn, response: Response, session: Session = Depends(db), who: Principal = Depends(signed_client)):
+    """A hospital's itemised bill. Sent again with the same number and content: the same bill (200)."""
+    bill, new = service.create_bill(session, facility_code=_facility(who), data=data, actor=who.username)
+    if not new:
+        response.status_code = 200
+    return _bill_out(session, bill)
+
+
+@router.get("/bills/{bill_no}", response_model=BillOut)
+def get_bill(bill_no: str, session: Session = Depends(db), who: Principal = Depends(signed_client)):
+    return _bill_out(session, service.get_bill(session, facility_code=_facility(who), bill_no=bill_no))
+
+
+@router.post("/bills/{bill_no}/presettle", response_model=PreSettlementOut)
+def presettle(bill_no: str, session: Session = Depends(db), who: Principal = Depends(signed_client)):
+    """Each payer's share now (pre-settlement, 2206), every fen explained by a rule; nothing is booked."""
+    bill = service.get_bill(session, facility_code=_facility(who), bill_no=bill_no)
+    s = service.presettle(session, bill)
+    return PreSettlementOut(bill_no=bill.bill_no, medfee_sumamt=s.medfee_sumamt, fulamt_ownpay_amt=s.fulamt_ownpay_amt,
+                            overlmt_selfpay=s.overlmt_selfpay, preselfpay_amt=s.preselfpay_amt,
+                            inscp_scp_amt=s.inscp_scp_amt, act_pay_dedc=s.act_pay_dedc, hifp_pay=s.hifp_pay,
+                            acct_pay=s.acct_pay, psn_cash_pay=s.psn_cash_pay,
+                            lines=[LineOut(payer=line.payer, rule=line.rule, amount=line.amount, item=line.item)
+                                   for line in s.lines])

@@ -1,0 +1,66 @@
+"""API models of mixed payment. Money is integer fen everywhere; bad input names the field."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    code: str = Field(min_length=1, max_length=32, description="catalogue code of the charge")
+    name: str = Field(min_length=1, max_length=200)
+    category: Literal["甲", "乙", "丙"]
+    unit_price: int = Field(ge=0, description="fen")
+    quantity: int = Field(ge=1, le=100_000)
+    price_cap: int | None = Field(None, ge=0, description="the insurance's highest price for it, fen")
+
+
+class BillIn(BaseModel):
+    """A hospital's bill. ``bill_no`` is the hospital's own number: sending it again is the same bill."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    bill_no: str = Field(min_length=1, max_length=64)
+    empi_id: str | None = Field(None, max_length=20, description="the patient, from a scanned health card")
+    insurance_type: Literal["employee", "resident", "none"] = "none"
+    items: list[ItemIn] = Field(min_length=1, max_length=500)
+
+
+class ItemOut(ItemIn):
+    line: int
+    amount: int
+
+
+class BillOut(BaseModel):
+    bill_no: str
+    facility_code: str
+    empi_id: str | None
+    insurance_type: str
+    hospital_level: int
+    total: int
+    state: str
+    items: list[ItemOut]
+
+
+class LineOut(BaseModel):
+    payer: str
+    rule: str
+    amount: int
+    item: str | None
+
+
+class PreSettlementOut(BaseModel):
+    """What each payer would pay (2206 pre-settlement): nothing is booked."""
+
+    bill_no: str
+    medfee_sumamt: int
+    fulamt_ownpay_amt: int
+    overlmt_selfpay: int
+    preselfpay_amt: int
+    inscp_scp_amt: int
+    act_pay_dedc: int
+    hifp_pay: int
+    acct_pay: int
+    psn_cash_pay: int
+    lines: list[LineOut]

@@ -1,0 +1,99 @@
+"""Mixed payment operations: bills from hospitals, and their pre-settlement by the insurance engine.
+
+A bill is idempotent by the hospital's own number: the same bill sent again is the same bill; a
+different one under that number is refused. Pre-settlement (2206) books nothing: it reads the
+person's accumulators and personal-account balance and returns each payer's share, explained.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from smartcare.payment import ledger
+from smartcare.payment.insurance import Item, Policy, Settlement, load_policies, settle
+from smartcare.payment.models import Bill, BillItem, InsuranceYear
+from smartcare.payment.schemas import BillIn
+from smartcare.platform import audit
+from smartcare.platform.errors import Conflict, InvalidInput, NotFound
+from smartcare.registry import service as registry
+
+CHINA = ZoneInfo("Asia/Shanghai")
+
+
+@lru_cache
+def policies() -> dict[tuple[str, int], Policy]:
+    return load_policies()
+
+
+def _same_bill(bill: Bill, items: list[BillItem], data: BillIn) -> bool:
+    mine = [(i.code, i.name, i.category, i.unit_price, i.quantity, i.price_cap) for i in items]
+    theirs = [(i.code, i.name, i.category, i.unit_price, i.quantity, i.price_cap) for i in data.items]
+    return (bill.empi_id, bill.insurance_type, mine) == (data.empi_id, data.insurance_type, theirs)
+
+
+def create_bill(session: Session, *, facility_code: str, data: BillIn, actor: str) -> tuple[Bill, bool]:
+    """The bill, and whether it is new (False: the same bill was sent before)."""
+    existing = session.scalar(select(Bill).where(Bill.facility_code == facility_code, Bill.bill_no == data.bill_no))
+    if existing is not None:
+        if not _same_bill(existing, bill_items(session, existing), data):
+            raise Conflict(f"bill {data.bill_no} exists with other content", field="bill_no",
+                           hint="a bill number names one bill: correct it with a new bill")
+        return existing, False
+    if data.insurance_type != "none" and not data.empi_id:
+        raise InvalidInput("an insured bill needs the patient's empi_id", field="empi_id")
+    level = registry.get_facility(session, facility_code).level
+    bill = Bill(facility_code=facility_code, bill_no=data.bill_no, empi_id=data.empi_id, insurance_type=data.insurance_type,
+                hospital_level=level, total=sum(i.unit_price * i.quantity for i in data.items), state="open")
+    session.add(bill)
+    session.flush()
+    session.add_all(BillItem(bill_id=bill.id, line=n, code=i.code, name=i.name, category=i.category, unit_price=i.unit_price,
+                             quantity=i.quantity, price_cap=i.price_cap) for n, i in enumerate(data.items, start=1))
+    session.flush()
+    audit.record(session, actor=actor, action="payment.bill.create", target=f"bill:{facility_code}:{data.bill_no}",
+                 detail={"total": bill.total, "items": len(data.items)})
+    return bill, True
+
+
+def get_bill(session: Session, *, facility_code: str, bill_no: str) -> Bill:
+    bill = session.scalar(select(Bill).where(Bill.facility_code == facility_code, Bill.bill_no == bill_no))
+    if bill is None:
+        raise NotFound(f"no bill {bill_no} at this hospital", field="bill_no")
+    return bill
+
+
+def bill_items(session: Session, bill: Bill) -> list[BillItem]:
+    return list(session.scalars(select(BillItem).where(BillItem.bill_id == bill.id).order_by(BillItem.line)))
+
+
+def personal_account_code(empi_id: str) -> str:
+    return f"personal:{empi_id}"
+
+
+def accumulators(session: Session, *, empi_id: str, insurance_type: str, year: int) -> tuple[int, int]:
+    row = session.get(InsuranceYear, (empi_id, year, insurance_type))
+    return (row.deductible_used, row.fund_paid) if row else (0, 0)
+
+
+def presettle(session: Session, bill: Bill) -> Settlement:
+    """Each payer's share of ``bill`` now (2206): nothing is booked, so it may be asked again."""
+    items = [Item(i.code, i.name, i.category, i.unit_price, i.quantity, i.price_cap) for i in bill_items(session, bill)]
+    if bill.insurance_type == "none":
+        policy = Policy("none", bill.hospital_level, deductible=0, fund_ratio_bp=0, annual_cap=0, selfpay_first_bp=0,
+                        account_pays_selfpay_first=False)
+        return settle(items, policy, deductible_used=0, fund_paid=0, account_balance=0)
+    policy = policies().get((bill.insurance_type, bill.hospital_level))
+    if policy is None:
+        raise Conflict(f"no {bill.insurance_type} policy for hospital level {bill.hospital_level}", field="insurance_type")
+    year = datetime.now(CHINA).year
+    used, paid = accumulators(session, empi_id=bill.empi_id, insurance_type=bill.insurance_type, year=year)
+    try:
+        account = ledger.account(session, personal_account_code(bill.empi_id))
+        balance = account.credits_posted - account.debits_posted - account.debits_pending
+    except NotFound:
+        balance = 0
+    return settle(items, policy, deductible_used=used, fund_paid=paid, account_balance=balance)
