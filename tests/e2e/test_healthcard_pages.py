@@ -44,6 +44,16 @@ def _decode(png: bytes) -> str:
     return found[0].text
 
 
+def _submit_with_sms_code(page) -> None:
+    """Ask for the code, read it where the demo SMS gateway put it, type it, submit."""
+    page.click("#send-otp")
+    page.wait_for_selector("#otp-status.ok")
+    with session_scope() as s:
+        sms = s.execute(text("SELECT text FROM healthcard.sms_outbox ORDER BY id DESC LIMIT 1")).scalar()
+    page.fill("#otp", "".join(ch for ch in sms if ch.isdigit())[:6])
+    page.click("#apply-form button[type=submit]")
+
+
 @pytest.mark.browser
 def test_resident_applies_and_shows_a_qr_that_scans_and_refreshes(browser, live_server, short_codes):
     username, me = f"h5{uuid.uuid4().hex[:8]}", person()
@@ -58,22 +68,12 @@ def test_resident_applies_and_shows_a_qr_that_scans_and_refreshes(browser, live_
     page.fill("#name", me["name"])
     page.fill("#id_number", me["id_number"])
     page.fill("#phone", "13800000000")  # not the phone on the real-name records: refused on the form
-    page.click("#send-otp")
-    page.wait_for_selector("#otp-status.ok")
-    with session_scope() as s:
-        sms = s.execute(text("SELECT text FROM healthcard.sms_outbox ORDER BY id DESC LIMIT 1")).scalar()
-    page.fill("#otp", "".join(ch for ch in sms if ch.isdigit())[:6])
-    page.click("#apply-form button[type=submit]")
+    _submit_with_sms_code(page)
     page.wait_for_selector("#apply-error")
     assert "real-name records" in page.text_content("#apply-error")
     page.fill("#id_number", me["id_number"])  # not echoed back
     page.fill("#phone", me["phone"])
-    page.click("#send-otp")
-    page.wait_for_selector("#otp-status.ok")
-    with session_scope() as s:
-        sms = s.execute(text("SELECT text FROM healthcard.sms_outbox ORDER BY id DESC LIMIT 1")).scalar()
-    page.fill("#otp", "".join(ch for ch in sms if ch.isdigit())[:6])
-    page.click("#apply-form button[type=submit]")
+    _submit_with_sms_code(page)
     page.wait_for_selector("#qr svg")
 
     trust = qr.TrustList.from_json(httpx.get(f"{live_server.url}/.well-known/jwks.json").json())

@@ -11,7 +11,6 @@ from smartcare.empi.models import Person
 from smartcare.empi.schemas import CandidateOut, CardOut, PersonOut, QueryIn, RegisterOut, SourceIn, masked_golden
 from smartcare.platform import audit
 from smartcare.platform.auth import Principal, Role
-from smartcare.platform.errors import Forbidden
 from smartcare.web.deps import db, require, signed_client
 
 router = APIRouter(prefix="/api/v1/empi", tags=["empi"])
@@ -29,9 +28,7 @@ def _person_out(session: Session, person: Person, who: Principal) -> PersonOut:
 @router.post("/sources", response_model=RegisterOut, status_code=201)
 def register(data: SourceIn, session: Session = Depends(db), who: Principal = Depends(signed_client)):
     """A hospital system registers a visit card (HMAC-signed) and gets the regional EMPI id in the answer."""
-    if not who.facility_code:
-        raise Forbidden("this API client belongs to no facility", field="client")
-    decision = matching.register(session, facility_code=who.facility_code, card_no=data.card_no,
+    decision = matching.register(session, facility_code=who.facility(), card_no=data.card_no,
                                  record=data.model_dump(exclude={"card_no"}), actor=who.username)
     out = _person_out(session, decision.person, who)
     return RegisterOut(**out.model_dump(), outcome=decision.outcome, weight=decision.weight, method=decision.method)

@@ -117,11 +117,6 @@ def change_state(card_no: str, action: str, data: ReasonIn, session: Session = D
 # ---- hospital terminals and payment channels (HMAC-signed) ------------------------------------------
 
 
-def _facility(who: Principal) -> str:
-    if not who.facility_code:
-        raise Forbidden("this API client belongs to no facility", field="client")
-    return who.facility_code
-
 
 def _verify_in_one_transaction(client_id: str, request_nonce: str, facility: str, data: VerifyIn) -> service.Verification:
     with session_scope() as session:
@@ -141,7 +136,7 @@ async def verify(data: VerifyIn, signature=Depends(checked_signature)):
     The hot path of every hospital counter: a cached client key, one thread hop, one transaction."""
     key, signed = signature
     found = await asyncio.to_thread(_verify_in_one_transaction, key.client_id, signed.nonce,
-                                    _facility(key.principal), data)
+                                    key.principal.facility(), data)
     return VerifyOut(card_no=found.card_no, empi_id=found.empi_id, name_masked=found.name_masked, kind=found.kind,
                      expires_at=found.expires_at, visit_cards=found.visit_cards,
                      payments={k: str(v) for k, v in found.payments.items()})
@@ -151,14 +146,14 @@ async def verify(data: VerifyIn, signature=Depends(checked_signature)):
 def lookup(card_no: str = Query(..., min_length=1, max_length=64), session: Session = Depends(db),
            who: Principal = Depends(signed_client)):
     """This hospital's own (old) visit card number → the patient's health card and EMPI id."""
-    card, empi_id = service.by_visit_card(session, facility_code=_facility(who), card_no=card_no)
+    card, empi_id = service.by_visit_card(session, facility_code=who.facility(), card_no=card_no)
     return LookupOut(card_no=card.card_no, empi_id=empi_id, name_masked=card.name_masked, state=card.state)
 
 
 @router.post("/uses", status_code=202)
 def report_use(data: UseIn, session: Session = Depends(db), who: Principal = Depends(signed_client)) -> dict:
     """用卡数据上报: a step of a visit done with the card (consultation, pharmacy …)."""
-    service.report_use(session, card_no=data.card_no, facility_code=_facility(who), step=data.step, channel=data.channel)
+    service.report_use(session, card_no=data.card_no, facility_code=who.facility(), step=data.step, channel=data.channel)
     return {"recorded": True}
 
 

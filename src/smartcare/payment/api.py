@@ -9,16 +9,10 @@ from smartcare.payment import service
 from smartcare.payment.models import Bill
 from smartcare.payment.schemas import BillIn, BillOut, ItemOut, LineOut, PreSettlementOut
 from smartcare.platform.auth import Principal
-from smartcare.platform.errors import Forbidden
 from smartcare.web.deps import db, signed_client
 
 router = APIRouter(prefix="/api/v1/payment", tags=["payment"])
 
-
-def _facility(who: Principal) -> str:
-    if not who.facility_code:
-        raise Forbidden("this API client belongs to no facility", field="client")
-    return who.facility_code
 
 
 def _bill_out(session: Session, bill: Bill) -> BillOut:
@@ -32,7 +26,7 @@ def _bill_out(session: Session, bill: Bill) -> BillOut:
 @router.post("/bills", response_model=BillOut, status_code=201)
 def create_bill(data: BillIn, response: Response, session: Session = Depends(db), who: Principal = Depends(signed_client)):
     """A hospital's itemised bill. Sent again with the same number and content: the same bill (200)."""
-    bill, new = service.create_bill(session, facility_code=_facility(who), data=data, actor=who.username)
+    bill, new = service.create_bill(session, facility_code=who.facility(), data=data, actor=who.username)
     if not new:
         response.status_code = 200
     return _bill_out(session, bill)
@@ -40,13 +34,13 @@ def create_bill(data: BillIn, response: Response, session: Session = Depends(db)
 
 @router.get("/bills/{bill_no}", response_model=BillOut)
 def get_bill(bill_no: str, session: Session = Depends(db), who: Principal = Depends(signed_client)):
-    return _bill_out(session, service.get_bill(session, facility_code=_facility(who), bill_no=bill_no))
+    return _bill_out(session, service.get_bill(session, facility_code=who.facility(), bill_no=bill_no))
 
 
 @router.post("/bills/{bill_no}/presettle", response_model=PreSettlementOut)
 def presettle(bill_no: str, session: Session = Depends(db), who: Principal = Depends(signed_client)):
     """Each payer's share now (pre-settlement, 2206), every fen explained by a rule; nothing is booked."""
-    bill = service.get_bill(session, facility_code=_facility(who), bill_no=bill_no)
+    bill = service.get_bill(session, facility_code=who.facility(), bill_no=bill_no)
     s = service.presettle(session, bill)
     return PreSettlementOut(bill_no=bill.bill_no, medfee_sumamt=s.medfee_sumamt, fulamt_ownpay_amt=s.fulamt_ownpay_amt,
                             overlmt_selfpay=s.overlmt_selfpay, preselfpay_amt=s.preselfpay_amt,

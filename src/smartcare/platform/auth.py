@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from smartcare.platform import audit
 from smartcare.platform.crypto import hmac_sha256_hex, seal, sha256_hex, unseal
 from smartcare.platform.db import driver, session_factory
-from smartcare.platform.errors import Conflict, InvalidInput, Unauthorized
+from smartcare.platform.errors import Conflict, Forbidden, InvalidInput, Unauthorized
 from smartcare.platform.models import ApiClient, RequestNonce, UserAccount
 from smartcare.platform.settings import get_settings
 
@@ -50,6 +50,12 @@ class Principal:
 
     def has(self, *roles: str) -> bool:
         return bool(self.roles.intersection(roles))
+
+    def facility(self) -> str:
+        """The facility a hospital system acts for; a client that belongs to none may not act for one."""
+        if not self.facility_code:
+            raise Forbidden("this API client belongs to no facility", field="client")
+        return self.facility_code
 
 
 def create_user(session: Session, *, username: str, password: str, display_name: str, roles: list[str],
