@@ -92,12 +92,17 @@ def upgrade() -> None:
         CREATE TRIGGER transfer_applies AFTER INSERT ON payment.transfer
             FOR EACH ROW EXECUTE FUNCTION payment.apply_transfer();
 
-        -- Balances move only through transfers: no fen is created or lost by editing an account.
+        -- Balances move only through transfers, and an account's identity and limit are fixed: no fen is
+        -- created or lost by editing an account.
         CREATE FUNCTION payment.guard_balances() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF pg_trigger_depth() < 2 AND (NEW.debits_posted, NEW.credits_posted, NEW.debits_pending, NEW.credits_pending)
                     IS DISTINCT FROM (OLD.debits_posted, OLD.credits_posted, OLD.debits_pending, OLD.credits_pending) THEN
                 RAISE EXCEPTION 'account balances change only through transfers' USING ERRCODE = 'insufficient_privilege';
+            END IF;
+            -- what an account is never changes: its code (what transfers name), kind and overdraft limit
+            IF (NEW.code, NEW.kind, NEW.debits_within_credits) IS DISTINCT FROM (OLD.code, OLD.kind, OLD.debits_within_credits) THEN
+                RAISE EXCEPTION 'an account''s code, kind and overdraft limit never change' USING ERRCODE = 'insufficient_privilege';
             END IF;
             RETURN NEW;
         END $$;

@@ -30,7 +30,7 @@ def upgrade() -> None:
         );
 
         CREATE TABLE payment.bill_item (
-            bill_id    bigint NOT NULL REFERENCES payment.bill (id) ON DELETE CASCADE,
+            bill_id    bigint NOT NULL REFERENCES payment.bill (id),
             line       smallint NOT NULL,
             code       varchar(32) NOT NULL,
             name       varchar(200) NOT NULL,
@@ -43,28 +43,45 @@ def upgrade() -> None:
         );
         """
     )
-    # A bill's total is the sum of its items, checked when the transaction commits (deferred).
+    # A bill's total is the sum of its items, and it has at least one (checked when the transaction
+    # commits); items never change and bills are never removed (a correction is a new bill).
     op.execute(
         """
-        CREATE FUNCTION payment.check_bill_total_of_item() RETURNS trigger LANGUAGE plpgsql AS $$
+        CREATE FUNCTION payment.check_bill_total() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE b bigint := COALESCE((to_jsonb(NEW) ->> 'bill_id')::bigint, (to_jsonb(NEW) ->> 'id')::bigint);
         BEGIN
-            IF (SELECT total FROM payment.bill WHERE id = NEW.bill_id) IS DISTINCT FROM
-               (SELECT COALESCE(sum(amount), 0) FROM payment.bill_item WHERE bill_id = NEW.bill_id) THEN
-                RAISE EXCEPTION 'bill % total is not the sum of its items', NEW.bill_id USING ERRCODE = 'check_violation';
+            IF NOT EXISTS (SELECT 1 FROM payment.bill_item WHERE bill_id = b)
+               OR (SELECT total FROM payment.bill WHERE id = b) IS DISTINCT FROM
+                  (SELECT sum(amount) FROM payment.bill_item WHERE bill_id = b) THEN
+                RAISE EXCEPTION 'bill % total is not the sum of its items', b USING ERRCODE = 'check_violation';
             END IF;
             RETURN NULL;
         END $$;
-        CREATE FUNCTION payment.check_bill_total_of_bill() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.total IS DISTINCT FROM (SELECT COALESCE(sum(amount), 0) FROM payment.bill_item WHERE bill_id = NEW.id) THEN
-                RAISE EXCEPTION 'bill % total is not the sum of its items', NEW.id USING ERRCODE = 'check_violation';
-            END IF;
-            RETURN NULL;
-        END $$;
-        CREATE CONSTRAINT TRIGGER bill_item_total AFTER INSERT OR UPDATE ON payment.bill_item
-            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION payment.check_bill_total_of_item();
+        CREATE CONSTRAINT TRIGGER bill_item_total AFTER INSERT ON payment.bill_item
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION payment.check_bill_total();
         CREATE CONSTRAINT TRIGGER bill_total AFTER INSERT OR UPDATE ON payment.bill
-            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION payment.check_bill_total_of_bill();
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION payment.check_bill_total();
+
+        CREATE FUNCTION payment.refuse_bill_change() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'bill' THEN
+                -- a bill's state (and the patient, once known) may change; what it charges may not
+                IF (NEW.facility_code, NEW.bill_no, NEW.total, NEW.insurance_type, NEW.hospital_level)
+                   IS NOT DISTINCT FROM (OLD.facility_code, OLD.bill_no, OLD.total, OLD.insurance_type, OLD.hospital_level) THEN
+                    RETURN NEW;
+                END IF;
+            END IF;
+            RAISE EXCEPTION '%.% is not changed or removed: % refused (correct with a new bill)', TG_TABLE_SCHEMA,
+                TG_TABLE_NAME, TG_OP USING ERRCODE = 'insufficient_privilege';
+        END $$;
+        CREATE TRIGGER bill_fixed BEFORE UPDATE OR DELETE ON payment.bill
+            FOR EACH ROW EXECUTE FUNCTION payment.refuse_bill_change();
+        CREATE TRIGGER bill_item_fixed BEFORE UPDATE OR DELETE ON payment.bill_item
+            FOR EACH ROW EXECUTE FUNCTION payment.refuse_bill_change();
+        CREATE TRIGGER bill_no_truncate BEFORE TRUNCATE ON payment.bill
+            FOR EACH STATEMENT EXECUTE FUNCTION payment.refuse_bill_change();
+        CREATE TRIGGER bill_item_no_truncate BEFORE TRUNCATE ON payment.bill_item
+            FOR EACH STATEMENT EXECUTE FUNCTION payment.refuse_bill_change();
 
         CREATE TABLE payment.insurance_year (
             empi_id         varchar(20) NOT NULL,
@@ -80,4 +97,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP TABLE payment.insurance_year, payment.bill_item, payment.bill CASCADE")
-    op.execute("DROP FUNCTION payment.check_bill_total_of_item(), payment.check_bill_total_of_bill()")
+    op.execute("DROP FUNCTION payment.check_bill_total(), payment.refuse_bill_change()")

@@ -41,14 +41,23 @@ def test_a_bill_is_idempotent_by_its_number_and_its_total_is_its_items(client, h
     insured_without_patient = signed(client, hospital, "POST", "/api/v1/payment/bills",
                                      _bill(uuid.uuid4().hex[:8], insurance_type="employee"))
     assert insured_without_patient.status_code == 422 and insured_without_patient.json()["field"] == "empi_id"
-    with session_scope() as s:  # the database itself refuses a total that is not the sum of the items
+    with session_scope() as s:  # the database itself keeps a bill's total the sum of its items
         bill_id = s.execute(text("SELECT id FROM payment.bill WHERE bill_no = :n"), {"n": f"B{tag}"}).scalar()
-    try:
-        with session_scope() as s:
-            s.execute(text("UPDATE payment.bill SET total = total + 1 WHERE id = :i"), {"i": bill_id})
-        raise AssertionError("a wrong total was accepted")
-    except Exception as exc:  # noqa: BLE001 - the database's refusal
-        assert "not the sum of its items" in str(exc)
+    for sql, refusal in (("UPDATE payment.bill SET total = total + 1 WHERE id = :i", "not changed or removed"),
+                         ("DELETE FROM payment.bill_item WHERE bill_id = :i AND line = 1", "not changed or removed"),
+                         ("UPDATE payment.bill_item SET quantity = 9 WHERE bill_id = :i", "not changed or removed"),
+                         ("INSERT INTO payment.bill_item (bill_id, line, code, name, category, unit_price, quantity) "
+                          "VALUES (:i, 99, 'X', 'x', '甲', 1, 1)", "not the sum of its items"),
+                         ("INSERT INTO payment.bill (facility_code, bill_no, insurance_type, hospital_level, total) "
+                          "VALUES ('X', :n, 'none', 1, 0)", "not the sum of its items")):
+        try:
+            with session_scope() as s:
+                s.execute(text(sql), {"i": bill_id, "n": f"empty-{tag}"})
+            raise AssertionError(f"accepted: {sql}")
+        except Exception as exc:  # noqa: BLE001 - the database's refusal
+            assert refusal in str(exc), (sql, exc)
+    with session_scope() as s:  # the state may change
+        s.execute(text("UPDATE payment.bill SET state = 'cancelled' WHERE id = :i"), {"i": bill_id})
 
 
 def test_presettlement_uses_the_persons_accumulators_and_personal_account(client, hospital):
@@ -83,3 +92,18 @@ def test_presettlement_uses_the_persons_accumulators_and_personal_account(client
     assert again.json() == s  # nothing was booked
     missing = signed(client, hospital, "POST", "/api/v1/payment/bills/nope/presettle")
     assert missing.status_code == 404 and missing.json()["field"] == "bill_no"
+
+
+def test_resends_at_the_same_moment_and_out_of_range_input(client, hospital):
+    import concurrent.futures
+
+    body = _bill(uuid.uuid4().hex[:8])
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        codes = sorted(r.status_code for r in pool.map(lambda _: signed(client, hospital, "POST", "/api/v1/payment/bills",
+                                                                        body), range(4)))
+    assert codes == [200, 200, 200, 201]
+    for field, value in (("unit_price", 10**15), ("name", "药\x00品")):
+        bad = _bill(uuid.uuid4().hex[:8])
+        bad["items"][0][field] = value
+        r = signed(client, hospital, "POST", "/api/v1/payment/bills", bad)
+        assert r.status_code == 422 and f"items.0.{field}" in r.json()["message"]

@@ -98,3 +98,14 @@ def test_bad_bills_and_policies_are_refused_with_the_field():
     with pytest.raises(InvalidInput):
         load_policies("policies:\n  employee:\n    3: {deductible: 1, fund_ratio_bp: 18500, annual_cap: 1, selfpay_first_bp: 0}\n")
     assert isinstance(POLICY, Policy)
+
+
+def test_negative_year_to_date_figures_are_refused():
+    for name in ("deductible_used", "fund_paid", "account_balance"):
+        args = {"deductible_used": 0, "fund_paid": 0, "account_balance": 0, name: -1}
+        with pytest.raises(InvalidInput) as err:
+            settle([Item("A", "a", "甲", 100, 1)], POLICY, **args)
+        assert err.value.field == name
+    with pytest.raises(InvalidInput):
+        load_policies("policies:\n  employee:\n    3: {deductible: 1, fund_ratio_bp: 1, annual_cap: 1, selfpay_first_bp: 0,"
+                      " account_pays_selfpay_first: 'false'}\n")

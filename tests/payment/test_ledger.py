@@ -138,3 +138,42 @@ def test_concurrent_transfers_with_retries_keep_every_fen(database_url):
                                "WHERE a.code = ANY(:c)"), {"c": [acc[n] for n in names]}).scalar()
     assert count == len(plan)
     assert psycopg  # the driver the ledger maps database refusals from
+
+
+def test_every_field_counts_for_idempotency_and_an_accounts_identity_is_fixed(database_url):
+    acc = _accounts(uuid.uuid4().hex[:8])
+    tid, pending = uuid.uuid4(), uuid.uuid4()
+    with session_scope() as s:
+        ledger.transfer(s, id=tid, debit=acc["fund"], credit=acc["hospital"], amount=10, code="x", reference="B1")
+        with pytest.raises(Conflict, match="reference"):
+            ledger.transfer(s, id=tid, debit=acc["fund"], credit=acc["hospital"], amount=10, code="x")
+        with pytest.raises(NotFound):
+            ledger.transfer(s, id=tid, debit="nobody", credit=acc["hospital"], amount=10, code="x", reference="B1")
+        ledger.transfer(s, id=pending, debit=acc["fund"], credit=acc["hospital"], amount=500, code="x", pending=True)
+        part = uuid.uuid4()
+        ledger.post(s, id=part, pending_id=pending, amount=100)
+        with pytest.raises(Conflict, match="amount"):
+            ledger.post(s, id=part, pending_id=pending)  # "all of it" is not the 100 posted under that id
+        for bad in ({"code": "c" * 33}, {"amount": 2**63}, {"reference": "r" * 65}):
+            with pytest.raises(InvalidInput):
+                ledger.transfer(s, **{"id": uuid.uuid4(), "debit": acc["fund"], "credit": acc["hospital"], "amount": 1,
+                                      "code": "x", **bad})
+    with pytest.raises(Exception, match="never change"), session_scope() as s:
+        s.execute(text("UPDATE payment.account SET debits_within_credits = false WHERE code = :c"), {"c": acc["personal"]})
+
+
+def test_the_same_post_sent_twice_at_once_is_one_post(database_url):
+    acc = _accounts(uuid.uuid4().hex[:8])
+    for _ in range(20):
+        pending, post_id = uuid.uuid4(), uuid.uuid4()
+        with session_scope() as s:
+            ledger.transfer(s, id=pending, debit=acc["fund"], credit=acc["hospital"], amount=50, code="x", pending=True)
+
+        def send(_):
+            with session_scope() as s:
+                return ledger.post(s, id=post_id, pending_id=pending).id
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            assert set(pool.map(send, range(2))) == {post_id}
+    with session_scope() as s:
+        assert ledger.trial_balance(s).balanced

@@ -60,8 +60,11 @@ def load_policies(text: str | None = None) -> dict[tuple[str, int], Policy]:
             where = f"policies.{insurance_type}.{level}"
             try:
                 policy = Policy(insurance_type, int(level), **p)
-            except TypeError as exc:
+            except (TypeError, ValueError) as exc:
                 raise InvalidInput(f"{where}: {exc}", field=where) from None
+            if type(policy.account_pays_selfpay_first) is not bool:
+                raise InvalidInput(f"{where}.account_pays_selfpay_first must be true or false",
+                                   field=f"{where}.account_pays_selfpay_first")
             for name in ("deductible", "fund_ratio_bp", "annual_cap", "selfpay_first_bp"):
                 value = getattr(policy, name)
                 if type(value) is not int or value < 0 or (name.endswith("_bp") and value > 10_000):
@@ -139,6 +142,9 @@ def _check(items: list[Item]) -> None:
 def settle(items: list[Item], policy: Policy, *, deductible_used: int, fund_paid: int, account_balance: int) -> Settlement:
     """The breakdown of one bill for one insured person (see the module docstring for the rules)."""
     _check(items)
+    for name, value in (("deductible_used", deductible_used), ("fund_paid", fund_paid), ("account_balance", account_balance)):
+        if type(value) is not int or value < 0:
+            raise InvalidInput(f"{name} must be a whole, non-negative number of fen", field=name)
     lines: list[Line] = []
     over_cap = full_own = self_first = in_scope = 0
     self_first_account = 0  # the part of 乙类's self-pay-first the personal account may pay

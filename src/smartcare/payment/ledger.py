@@ -51,17 +51,26 @@ def account(session: Session, code: str) -> Account:
     return found
 
 
-def _amount(amount: int | None, *, allow_none: bool = False) -> int | None:
-    if amount is None and allow_none:
-        return None
-    if type(amount) is not int or amount < 0:
+MAX_AMOUNT = 2**63 - 1
+
+
+def _amount(amount: int) -> int:
+    if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT:
         raise InvalidInput("amount must be a whole, non-negative number of fen", field="amount")
     return amount
 
 
-def _insert(session: Session, sql: str, params: dict, *, what: str) -> Transfer:
+def _text(value: str | None, field: str, limit: int, *, required: bool = True) -> None:
+    if value is None and not required:
+        return
+    if not isinstance(value, str) or not 0 < len(value) <= limit or "\x00" in value:
+        raise InvalidInput(f"{field} must be 1 to {limit} characters", field=field)
+
+
+def _insert(session: Session, sql: str, params: dict, *, what: str) -> Transfer | None:
     """Run one transfer INSERT in a savepoint: a refusal by the database leaves the caller's
-    transaction usable and moves nothing; an id seen before is the same transfer or a conflict."""
+    transaction usable and moves nothing. None: a transfer with this id (or resolving the same
+    pending transfer) exists already — the caller compares."""
     try:
         with session.begin_nested():
             row = driver(session).execute(sql, params).fetchone()
@@ -71,19 +80,18 @@ def _insert(session: Session, sql: str, params: dict, *, what: str) -> Transfer:
             reason = "it would overdraw the debit account"
         raise Conflict(f"{what} refused: {reason}", field="amount") from None
     except psycopg.errors.UniqueViolation:
-        raise Conflict(f"{what} refused: the pending transfer is already posted or voided", field="pending_id") from None
-    if row is None:
-        existing = session.get(Transfer, params["id"], populate_existing=True)
-        if existing is None:
-            raise NotFound(f"{what} refused: an account or the pending transfer does not exist", field="account")
-        return existing
-    return session.get(Transfer, row[0], populate_existing=True)
+        return None  # the pending transfer is resolved already: by this id (a concurrent retry) or another
+    return None if row is None else session.get(Transfer, row[0], populate_existing=True)
 
 
-def _same_or_conflict(found: Transfer, expected: dict) -> Transfer:
-    different = [k for k, v in expected.items() if v is not None and getattr(found, k) != v]
+def _same_or_conflict(session: Session, id: uuid.UUID, expected: dict, *, what: str) -> Transfer:
+    """The transfer ``id`` as it stands, if it is the one described; every field counts, None included."""
+    found = session.get(Transfer, id, populate_existing=True)
+    if found is None:
+        raise Conflict(f"{what} refused: the pending transfer is already posted or voided", field="pending_id")
+    different = [k for k, v in expected.items() if getattr(found, k) != v]
     if different:
-        raise Conflict(f"transfer {found.id} exists with a different {', '.join(different)}", field="id",
+        raise Conflict(f"transfer {id} exists with a different {', '.join(different)}", field="id",
                        hint="a transfer id names one transfer: use a new id for a new one")
     return found
 
@@ -91,36 +99,43 @@ def _same_or_conflict(found: Transfer, expected: dict) -> Transfer:
 def transfer(session: Session, *, id: uuid.UUID, debit: str, credit: str, amount: int, code: str,
              reference: str | None = None, pending: bool = False) -> Transfer:
     """Move ``amount`` fen from ``debit`` to ``credit`` (account codes), posted at once or pending."""
-    _amount(amount)
-    if amount == 0:
+    if _amount(amount) == 0:
         raise InvalidInput("a transfer moves at least one fen", field="amount")
-    kind = "pending" if pending else "posted"
-    found = _insert(session, """
-        INSERT INTO payment.transfer (id, kind, debit_account_id, credit_account_id, amount, code, reference)
-        SELECT %(id)s, %(kind)s, d.id, c.id, %(amount)s, %(code)s, %(reference)s
-        FROM payment.account d, payment.account c WHERE d.code = %(debit)s AND c.code = %(credit)s
-        ON CONFLICT (id) DO NOTHING RETURNING id""",
-        {"id": id, "kind": kind, "amount": amount, "code": code, "reference": reference, "debit": debit, "credit": credit},
-        what=f"transfer {id}")
+    _text(code, "code", 32)
+    _text(reference, "reference", 64, required=False)
     accounts = dict(session.execute(select(Account.code, Account.id).where(Account.code.in_((debit, credit)))).all())
-    return _same_or_conflict(found, {"kind": kind, "amount": amount, "code": code, "reference": reference,
-                                     "debit_account_id": accounts.get(debit), "credit_account_id": accounts.get(credit)})
+    for side, account_code in (("debit", debit), ("credit", credit)):
+        if account_code not in accounts:
+            raise NotFound(f"no account {account_code}", field=side)
+    expected = {"kind": "pending" if pending else "posted", "debit_account_id": accounts[debit],
+                "credit_account_id": accounts[credit], "amount": amount, "pending_id": None, "code": code,
+                "reference": reference}
+    made = _insert(session, """
+        INSERT INTO payment.transfer (id, kind, debit_account_id, credit_account_id, amount, code, reference)
+        VALUES (%(id)s, %(kind)s, %(debit_account_id)s, %(credit_account_id)s, %(amount)s, %(code)s, %(reference)s)
+        ON CONFLICT (id) DO NOTHING RETURNING id""", {"id": id, **expected}, what=f"transfer {id}")
+    return made or _same_or_conflict(session, id, expected, what=f"transfer {id}")
 
 
 def _resolve(session: Session, *, id: uuid.UUID, pending_id: uuid.UUID, kind: str, amount: int | None, code: str) -> Transfer:
-    found = _insert(session, """
+    _text(code, "code", 32)
+    pending = session.get(Transfer, pending_id, populate_existing=True)
+    if pending is None:
+        raise NotFound(f"no transfer {pending_id}", field="pending_id")
+    amount = 0 if kind == "void" else pending.amount if amount is None else _amount(amount)
+    expected = {"kind": kind, "debit_account_id": pending.debit_account_id, "credit_account_id": pending.credit_account_id,
+                "amount": amount, "pending_id": pending_id, "code": code, "reference": pending.reference}
+    made = _insert(session, """
         INSERT INTO payment.transfer (id, kind, debit_account_id, credit_account_id, amount, pending_id, code, reference)
-        SELECT %(id)s, %(kind)s, p.debit_account_id, p.credit_account_id, COALESCE(%(amount)s, p.amount), p.id,
-               %(code)s, p.reference
-        FROM payment.transfer p WHERE p.id = %(pending)s
-        ON CONFLICT (id) DO NOTHING RETURNING id""",
-        {"id": id, "kind": kind, "amount": amount, "pending": pending_id, "code": code}, what=f"{kind} {id}")
-    return _same_or_conflict(found, {"kind": kind, "pending_id": pending_id, "code": code, "amount": amount})
+        VALUES (%(id)s, %(kind)s, %(debit_account_id)s, %(credit_account_id)s, %(amount)s, %(pending_id)s, %(code)s,
+                %(reference)s)
+        ON CONFLICT (id) DO NOTHING RETURNING id""", {"id": id, **expected}, what=f"{kind} {id}")
+    return made or _same_or_conflict(session, id, expected, what=f"{kind} {id}")
 
 
 def post(session: Session, *, id: uuid.UUID, pending_id: uuid.UUID, amount: int | None = None, code: str = "post") -> Transfer:
     """Post a pending transfer: all of it, or ``amount`` fen of it (the rest is released)."""
-    return _resolve(session, id=id, pending_id=pending_id, kind="post", amount=_amount(amount, allow_none=True), code=code)
+    return _resolve(session, id=id, pending_id=pending_id, kind="post", amount=amount, code=code)
 
 
 def void(session: Session, *, id: uuid.UUID, pending_id: uuid.UUID, code: str = "void") -> Transfer:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: 100 million yuan: far above any real charge, and items × quantity × price stays inside bigint.
+MAX_PRICE = 10**10
+
+
+def _no_nul(value):
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
 
 
 class ItemIn(BaseModel):
@@ -12,9 +21,11 @@ class ItemIn(BaseModel):
     code: str = Field(min_length=1, max_length=32, description="catalogue code of the charge")
     name: str = Field(min_length=1, max_length=200)
     category: Literal["甲", "乙", "丙"]
-    unit_price: int = Field(ge=0, description="fen")
+    unit_price: int = Field(ge=0, le=MAX_PRICE, description="fen")
     quantity: int = Field(ge=1, le=100_000)
-    price_cap: int | None = Field(None, ge=0, description="the insurance's highest price for it, fen")
+    price_cap: int | None = Field(None, ge=0, le=MAX_PRICE, description="the insurance's highest price for it, fen")
+
+    _text = field_validator("code", "name")(_no_nul)
 
 
 class BillIn(BaseModel):
@@ -25,6 +36,8 @@ class BillIn(BaseModel):
     empi_id: str | None = Field(None, max_length=20, description="the patient, from a scanned health card")
     insurance_type: Literal["employee", "resident", "none"] = "none"
     items: list[ItemIn] = Field(min_length=1, max_length=500)
+
+    _text = field_validator("bill_no", "empi_id")(_no_nul)
 
 
 class ItemOut(ItemIn):

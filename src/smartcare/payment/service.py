@@ -11,7 +11,8 @@ from datetime import datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from smartcare.payment import ledger
@@ -37,26 +38,41 @@ def _same_bill(bill: Bill, items: list[BillItem], data: BillIn) -> bool:
 
 
 def create_bill(session: Session, *, facility_code: str, data: BillIn, actor: str) -> tuple[Bill, bool]:
-    """The bill, and whether it is new (False: the same bill was sent before)."""
+    """The bill, and whether it is new (False: the same bill was sent before, or at the same moment)."""
     existing = session.scalar(select(Bill).where(Bill.facility_code == facility_code, Bill.bill_no == data.bill_no))
     if existing is not None:
-        if not _same_bill(existing, bill_items(session, existing), data):
-            raise Conflict(f"bill {data.bill_no} exists with other content", field="bill_no",
-                           hint="a bill number names one bill: correct it with a new bill")
-        return existing, False
+        return _resent(session, existing, data), False
     if data.insurance_type != "none" and not data.empi_id:
         raise InvalidInput("an insured bill needs the patient's empi_id", field="empi_id")
     level = registry.get_facility(session, facility_code).level
-    bill = Bill(facility_code=facility_code, bill_no=data.bill_no, empi_id=data.empi_id, insurance_type=data.insurance_type,
-                hospital_level=level, total=sum(i.unit_price * i.quantity for i in data.items), state="open")
-    session.add(bill)
-    session.flush()
-    session.add_all(BillItem(bill_id=bill.id, line=n, code=i.code, name=i.name, category=i.category, unit_price=i.unit_price,
-                             quantity=i.quantity, price_cap=i.price_cap) for n, i in enumerate(data.items, start=1))
-    session.flush()
+    try:
+        with session.begin_nested():
+            bill = Bill(facility_code=facility_code, bill_no=data.bill_no, empi_id=data.empi_id,
+                        insurance_type=data.insurance_type, hospital_level=level, state="open",
+                        total=sum(i.unit_price * i.quantity for i in data.items))
+            session.add(bill)
+            session.flush()
+            session.add_all(BillItem(bill_id=bill.id, line=n, code=i.code, name=i.name, category=i.category,
+                                     unit_price=i.unit_price, quantity=i.quantity, price_cap=i.price_cap)
+                            for n, i in enumerate(data.items, start=1))
+            session.flush()
+            # the total check is deferred to commit; run it now, so that a refusal reaches the hospital
+            session.execute(text("SET CONSTRAINTS payment.bill_total, payment.bill_item_total IMMEDIATE"))
+    except IntegrityError:  # the same number sent at the same moment by a retrying hospital
+        existing = session.scalar(select(Bill).where(Bill.facility_code == facility_code, Bill.bill_no == data.bill_no))
+        if existing is None:
+            raise
+        return _resent(session, existing, data), False
     audit.record(session, actor=actor, action="payment.bill.create", target=f"bill:{facility_code}:{data.bill_no}",
                  detail={"total": bill.total, "items": len(data.items)})
     return bill, True
+
+
+def _resent(session: Session, bill: Bill, data: BillIn) -> Bill:
+    if not _same_bill(bill, bill_items(session, bill), data):
+        raise Conflict(f"bill {data.bill_no} exists with other content", field="bill_no",
+                       hint="a bill number names one bill: correct it with a new bill")
+    return bill
 
 
 def get_bill(session: Session, *, facility_code: str, bill_no: str) -> Bill:
