@@ -26,7 +26,6 @@ from smartcare.platform.db import driver
 from smartcare.platform.errors import Conflict, InvalidInput, NotFound
 
 ACCOUNT_KINDS = ("hospital_receivable", "insurance_fund", "personal_account", "insurer", "channel_clearing", "patient")
-_FIELDS = ("kind", "debit_account_id", "credit_account_id", "amount", "pending_id", "code", "reference")
 
 
 def open_account(session: Session, *, code: str, kind: str, name: str = "", debits_within_credits: bool = False) -> Account:
