@@ -38,7 +38,7 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Final
@@ -47,6 +47,7 @@ import opencc
 from pypinyin import Style, pinyin
 
 from smartcare.platform import idcard
+from smartcare.platform.clock import china_today
 from smartcare.platform.masking import mask_id_number, mask_name, mask_phone
 
 __all__ = [
@@ -366,7 +367,6 @@ _BIRTH_DATE: Final = re.compile(
     r"(\d{4})(?:\s*[-/.年]\s*(\d{1,2})\s*[-/.月]\s*(\d{1,2})(?!\d)|(\d{2})(\d{2})(?!\d))"
 )
 _EARLIEST_BIRTH: Final = date(1900, 1, 1)
-_CHINA_TZ: Final = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 
 def _birth_date(value: Any, today: date) -> date | None:
@@ -584,7 +584,7 @@ def normalize(record: Mapping[str, Any], *, today: date | None = None) -> Normal
     (default: today in China) bounds birth dates.
     """
     if today is None:
-        today = datetime.now(_CHINA_TZ).date()
+        today = china_today()
     repairs: list[Repair] = []
     conflicts: list[str] = []
 

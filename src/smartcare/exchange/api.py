@@ -27,7 +27,7 @@ from smartcare.platform.auth import Principal, Role
 from smartcare.platform.errors import PayloadTooLarge, RateLimited, SmartCareError
 from smartcare.platform.settings import get_settings
 from smartcare.standards import hl7v2
-from smartcare.web.deps import db, require
+from smartcare.web.deps import db, require, verify_signature
 
 router = APIRouter(prefix="/api/v1/exchange", tags=["exchange"])
 
@@ -56,10 +56,7 @@ async def _body(request: Request) -> bytes:
 async def _signed(request: Request, body: bytes) -> tuple[auth.ClientKey, auth.SignedRequest]:
     """Verify the HMAC signature without a database round trip (keys cached; nonce stored with the message)."""
     hub: Hub = request.app.state.hub
-    signed = auth.read_signature_headers(request.headers)
-    key = hub.client_keys.cached(signed.client_id) or await asyncio.to_thread(hub.client_keys.load, signed.client_id)
-    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    auth.check_signature(key, signed, method=request.method, path=path, body=body)
+    key, signed = await verify_signature(request, body, hub.client_keys)
     wait = hub.limiter.check(key.client_id)
     if wait:
         raise RateLimited(f"client {key.client_id} is over its rate limit", hint=f"retry after {wait:.1f} s")

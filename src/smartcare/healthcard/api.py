@@ -5,11 +5,12 @@ payment channels (redeem a payment token), administrators (keys, statistics) and
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.orm import Session
 
-from smartcare.healthcard import keys, service
+from smartcare.healthcard import keys, render, service
 from smartcare.healthcard.models import Card
 from smartcare.healthcard.schemas import (
     CardOut, ChannelIn, CodeOut, IssueIn, LookupOut, OtpIn, PinIn, ReasonIn, RedeemIn, RotateIn, StatsOut, UseIn,
@@ -71,13 +72,16 @@ def my_cards(session: Session = Depends(db), who: Principal = Depends(RESIDENT))
     return [card_out(session, c, r) for c, r in service.held_cards(session, who.username)]
 
 
-@router.post("/cards/{card_no}/code", response_model=CodeOut)
-def show_code(card_no: str, kind: str = Query("dynamic", pattern="^(dynamic|static)$"), session: Session = Depends(db),
-              who: Principal = Depends(RESIDENT)):
+@router.post("/cards/{card_no}/code", response_model=CodeOut, responses={200: {"content": {"image/png": {}}}})
+def show_code(card_no: str, kind: str = Query("dynamic", pattern="^(dynamic|static)$"),
+              format: str = Query("json", pattern="^(json|png)$", description="png: the QR itself, to show or print"),
+              session: Session = Depends(db), who: Principal = Depends(RESIDENT)):
     """A fresh dynamic code (valid 60 s, single use, with payment tokens) or the printable static one.
     Only for a card the caller holds: a code can pay, so not even an administrator makes one for another."""
     card = service.holder_card(session, username=who.username, card_no=card_no)
     shown = service.dynamic_code(session, card=card) if kind == "dynamic" else service.static_code(session, card=card)
+    if format == "png":
+        return Response(render.png(shown.text), media_type="image/png", headers={"Cache-Control": "no-store"})
     return CodeOut(text=shown.text, kind=shown.kind.name.lower(), expires_at=shown.expires_at, channels=list(shown.channels))
 
 
@@ -137,9 +141,7 @@ async def verify(data: VerifyIn, signature=Depends(checked_signature)):
     key, signed = signature
     found = await asyncio.to_thread(_verify_in_one_transaction, key.client_id, signed.nonce,
                                     key.principal.facility(), data)
-    return VerifyOut(card_no=found.card_no, empi_id=found.empi_id, name_masked=found.name_masked, kind=found.kind,
-                     expires_at=found.expires_at, visit_cards=found.visit_cards,
-                     payments={k: str(v) for k, v in found.payments.items()})
+    return VerifyOut(**{**asdict(found), "payments": {k: str(v) for k, v in found.payments.items()}})
 
 
 @router.get("/lookup", response_model=LookupOut)

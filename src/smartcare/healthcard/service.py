@@ -16,7 +16,6 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
@@ -29,14 +28,15 @@ from smartcare.healthcard import code as qr
 from smartcare.healthcard.keys import ring
 from smartcare.healthcard.models import Card, CardEvent, Holder, Otp, PaymentBinding, SmsMessage
 from smartcare.platform import audit, idcard
+from smartcare.platform.clock import CHINA_TZ, china_today
 from smartcare.platform.crypto import derive_key, hmac_sha256_hex
 from smartcare.platform.db import driver
 from smartcare.platform.errors import Conflict, Forbidden, InvalidInput, NotFound, SmartCareError
 from smartcare.platform.masking import mask_name, mask_phone
 from smartcare.platform.settings import get_settings
+from smartcare.synth import service as synth
 
 log = logging.getLogger(__name__)
-CHINA = ZoneInfo("Asia/Shanghai")
 
 #: The card issuer's own source in the master patient index: real-name data, so trusted above a hospital's.
 ISSUER_FACILITY = "EHC"
@@ -152,8 +152,6 @@ class PopulationRegistryCheck:
     population plays both. A mismatch never says which element was wrong."""
 
     def check(self, session: Session, *, name: str, id_number: str, phone: str, relation: str) -> None:
-        from smartcare.synth import service as synth
-
         record = synth.population_record(session, id_number)
         owner = None if record is None else record["guardian_phone"] if relation == "guardian" else record["phone"]
         if record is None or record["name"] != name.strip() or owner != _phone(phone):
@@ -202,7 +200,7 @@ def issue(session: Session, *, holder: str, relation: str, name: str, id_number:
     if not 0 < len(name) <= 60:
         raise InvalidInput("name must have 1 to 60 characters", field="name")
     phone = _phone(phone)
-    if relation == "guardian" and number.age_on(datetime.now(CHINA).date()) >= 18:
+    if relation == "guardian" and number.age_on(china_today()) >= 18:
         raise InvalidInput("a guardian holds cards for children under 18 only", field="id_number",
                            hint="an adult registers their own card")
     if relation == "self" and session.scalar(
@@ -304,10 +302,6 @@ def reissue(session: Session, *, card_no: str, actor: str, reason: str = "") -> 
 def set_pin(session: Session, *, card: Card, pin: str, actor: str) -> None:
     card.pin_hash, card.pin_failures = _pin_hash(pin), 0
     audit.record(session, actor=actor, action="healthcard.pin", target=f"card:{card.card_no}")
-
-
-def events(session: Session, card: Card) -> list[CardEvent]:
-    return list(session.scalars(select(CardEvent).where(CardEvent.card_id == card.id).order_by(CardEvent.id)))
 
 
 # ---- payment channels -------------------------------------------------------------------------------
@@ -556,8 +550,8 @@ def purge(session: Session) -> int:
 def stats(session: Session, *, day: date | None = None) -> dict:
     """Cards issued (by state), daily active cards (used that day, Asia/Shanghai), uses by step,
     channel and hospital."""
-    day = day or datetime.now(CHINA).date()
-    start = datetime(day.year, day.month, day.day, tzinfo=CHINA)
+    day = day or china_today()
+    start = datetime(day.year, day.month, day.day, tzinfo=CHINA_TZ)
     window = {"a": start, "b": start + timedelta(days=1)}
     by_state = dict(session.execute(select(Card.state, func.count()).group_by(Card.state)).all())
 

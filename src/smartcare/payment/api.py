@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter, Depends, Response
 from sqlalchemy.orm import Session
 
 from smartcare.payment import service
 from smartcare.payment.models import Bill
-from smartcare.payment.schemas import BillIn, BillOut, ItemOut, LineOut, PreSettlementOut
+from smartcare.payment.schemas import BillIn, BillOut, ItemOut, PreSettlementOut
 from smartcare.platform.auth import Principal
 from smartcare.web.deps import db, signed_client
 
@@ -41,10 +43,5 @@ def get_bill(bill_no: str, session: Session = Depends(db), who: Principal = Depe
 def presettle(bill_no: str, session: Session = Depends(db), who: Principal = Depends(signed_client)):
     """Each payer's share now (pre-settlement, 2206), every fen explained by a rule; nothing is booked."""
     bill = service.get_bill(session, facility_code=who.facility(), bill_no=bill_no)
-    s = service.presettle(session, bill)
-    return PreSettlementOut(bill_no=bill.bill_no, medfee_sumamt=s.medfee_sumamt, fulamt_ownpay_amt=s.fulamt_ownpay_amt,
-                            overlmt_selfpay=s.overlmt_selfpay, preselfpay_amt=s.preselfpay_amt,
-                            inscp_scp_amt=s.inscp_scp_amt, act_pay_dedc=s.act_pay_dedc, hifp_pay=s.hifp_pay,
-                            acct_pay=s.acct_pay, psn_cash_pay=s.psn_cash_pay,
-                            lines=[LineOut(payer=line.payer, rule=line.rule, amount=line.amount, item=line.item)
-                                   for line in s.lines])
+    # the engine's settlement carries the API's fields by name (and its lines); extra fields are ignored
+    return PreSettlementOut(bill_no=bill.bill_no, **asdict(service.presettle(session, bill)))

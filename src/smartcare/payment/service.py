@@ -7,9 +7,7 @@ person's accumulators and personal-account balance and returns each payer's shar
 
 from __future__ import annotations
 
-from datetime import datetime
 from functools import lru_cache
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
@@ -20,10 +18,9 @@ from smartcare.payment.insurance import Item, Policy, Settlement, load_policies,
 from smartcare.payment.models import Bill, BillItem, InsuranceYear
 from smartcare.payment.schemas import BillIn
 from smartcare.platform import audit
+from smartcare.platform.clock import china_now
 from smartcare.platform.errors import Conflict, InvalidInput, NotFound
 from smartcare.registry import service as registry
-
-CHINA = ZoneInfo("Asia/Shanghai")
 
 
 @lru_cache
@@ -105,7 +102,7 @@ def presettle(session: Session, bill: Bill) -> Settlement:
     policy = policies().get((bill.insurance_type, bill.hospital_level))
     if policy is None:
         raise Conflict(f"no {bill.insurance_type} policy for hospital level {bill.hospital_level}", field="insurance_type")
-    year = datetime.now(CHINA).year
+    year = china_now().year
     used, paid = accumulators(session, empi_id=bill.empi_id, insurance_type=bill.insurance_type, year=year)
     try:
         account = ledger.account(session, personal_account_code(bill.empi_id))

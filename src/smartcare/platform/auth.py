@@ -207,13 +207,21 @@ def replay_error() -> Unauthorized:
                         hint="use a new random nonce for every request")
 
 
-def verify_signed_request(session: Session, *, method: str, path: str, headers: dict[str, str], body: bytes,
+def check_request(keys: ClientKeyCache, *, method: str, path: str, headers, body: bytes,
+                  now: float | None = None) -> tuple[ClientKey, SignedRequest]:
+    """Signature and timestamp window, against the client's key as ``keys`` has it. The nonce is the
+    caller's to claim: in its own transaction (``claim_nonce``) or in the request's (``claim_nonce_in``)."""
+    signed = read_signature_headers(headers, now=now)
+    key = keys.get(signed.client_id)
+    check_signature(key, signed, method=method, path=path, body=body)
+    return key, signed
+
+
+def verify_signed_request(keys: ClientKeyCache, *, method: str, path: str, headers, body: bytes,
                           now: float | None = None) -> Principal:
     """Check signature, timestamp window and nonce. The nonce is recorded in its own committed
     transaction, so a replay is refused even if the first request later fails."""
-    signed = read_signature_headers(headers, now=now)
-    key = load_client_key(session, signed.client_id)
-    check_signature(key, signed, method=method, path=path, body=body)
+    key, signed = check_request(keys, method=method, path=path, headers=headers, body=body, now=now)
     claim_nonce(signed.client_id, signed.nonce)
     return key.principal
 
@@ -256,6 +264,9 @@ class ClientKeyCache:
             key = load_client_key(session, client_id)
         self._keys[client_id] = (time.monotonic(), key)
         return key
+
+    def get(self, client_id: str) -> ClientKey:
+        return self.cached(client_id) or self.load(client_id)
 
 
 def rotate_api_client_secret(session: Session, *, client_id: str, actor: str = "system") -> str:

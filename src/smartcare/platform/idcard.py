@@ -15,9 +15,10 @@ import calendar
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date
 from typing import Final
 
+from smartcare.platform.clock import china_today
 from smartcare.platform.masking import mask_id_number
 
 __all__ = [
@@ -47,8 +48,6 @@ FEMALE: Final = "2"
 """Sex codes of GB/T 2261.1 as carried by an ID number (0 unknown and 9 unspecified never are)."""
 
 _EARLIEST_BIRTH: Final = date(1900, 1, 1)
-# China has had no daylight saving since 1991: a fixed offset needs no tz database.
-_CHINA_TZ: Final = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 _DIGITS_15 = re.compile(r"[0-9]{15}")
 _DIGITS_18 = re.compile(r"[0-9]{17}[0-9X]")
@@ -164,7 +163,7 @@ def parse(text: str, *, today: date | None = None) -> IdNumber:
 
     birth = _birth_date(s, masked, offset=6 if upgraded else 0)
     if today is None:
-        today = datetime.now(_CHINA_TZ).date()
+        today = china_today()
     if birth > today:
         raise InvalidIdNumber(
             "future_birth_date",

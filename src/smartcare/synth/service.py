@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from smartcare.platform import audit
 from smartcare.platform.db import copy_rows, driver
@@ -170,8 +170,6 @@ def demo_family(session: Session) -> tuple[dict, dict | None]:
 def population_record(session: Session, id_number: str) -> dict | None:
     """The demo region's population registry entry for an ID number: name, phone, and the guardian's
     phone for a child (the synthetic population plays the authoritative registry, 人口库)."""
-    from sqlalchemy.orm import aliased
-
     guardian = aliased(Resident)
     row = session.execute(select(Resident.name, Resident.phone, guardian.phone.label("guardian_phone"))
                           .outerjoin(guardian, guardian.id == Resident.guardian_id)

@@ -50,28 +50,37 @@ def require(*roles: str) -> Callable[..., auth.Principal]:
     return check
 
 
-async def signed_client(request: Request, session: Session = Depends(db)) -> auth.Principal:
-    """A hospital system's request, verified by its HMAC signature (see ``platform.auth``)."""
+#: Hospital client keys, kept a minute per process (``auth.ClientKeyCache``): a disabled client is refused within it.
+client_keys = auth.ClientKeyCache()
+
+
+def _signed_path(request: Request) -> str:
+    return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+
+
+async def signed_client(request: Request) -> auth.Principal:
+    """A hospital system's request, verified by its HMAC signature; its nonce committed at once (see
+    ``platform.auth``). Key loads and the nonce commit are database work: off the event loop MLLP shares."""
     body = await request.body()
-    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    # the key lookup and the nonce commit are database work: off the event loop that MLLP shares
-    return await asyncio.to_thread(auth.verify_signed_request, session, method=request.method, path=path,
-                                   headers=dict(request.headers), body=body)
+    return await asyncio.to_thread(auth.verify_signed_request, client_keys, method=request.method,
+                                   path=_signed_path(request), headers=dict(request.headers), body=body)
 
 
-_client_keys = auth.ClientKeyCache()
+async def verify_signature(request: Request, body: bytes,
+                           keys: auth.ClientKeyCache = client_keys) -> tuple[auth.ClientKey, auth.SignedRequest]:
+    """For hot paths: the signature checked with no database round trip once the client's key is
+    cached (a miss loads it off the event loop). The nonce is not claimed: the endpoint claims it in
+    its own transaction (``auth.claim_nonce_in``)."""
+    client_id = request.headers.get(auth.HEADER_CLIENT)
+    if client_id and keys.cached(client_id) is None:
+        await asyncio.to_thread(keys.load, client_id)
+    return auth.check_request(keys, method=request.method, path=_signed_path(request), headers=request.headers,
+                              body=body)
 
 
 async def checked_signature(request: Request) -> tuple[auth.ClientKey, auth.SignedRequest]:
-    """For hot paths: the HMAC signature checked against a cached client key, with no database round
-    trip. The nonce is not claimed yet: the endpoint claims it in its own transaction
-    (``auth.claim_nonce_in``)."""
-    body = await request.body()
-    signed = auth.read_signature_headers(request.headers)
-    key = _client_keys.cached(signed.client_id) or await asyncio.to_thread(_client_keys.load, signed.client_id)
-    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    auth.check_signature(key, signed, method=request.method, path=path, body=body)
-    return key, signed
+    """Dependency form of ``verify_signature`` for endpoints whose body FastAPI parses."""
+    return await verify_signature(request, await request.body())
 
 
 def same_site_action(request: Request) -> None:

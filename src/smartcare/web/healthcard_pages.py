@@ -18,6 +18,7 @@ from smartcare.healthcard import keys, service
 from smartcare.healthcard.render import read_picture, svg
 from smartcare.platform import auth
 from smartcare.platform.auth import Role
+from smartcare.platform.clock import CHINA_TZ
 from smartcare.platform.db import session_scope
 from smartcare.platform.errors import InvalidInput, SmartCareError
 from smartcare.platform.settings import get_settings
@@ -33,7 +34,7 @@ STEP_NAMES = {"appointment": "预约", "registration": "挂号", "consultation":
               "payment": "缴费", "pharmacy": "取药", "inpatient": "住院", "other": "其他"}
 USE_CHANNEL_NAMES = {"window": "窗口", "kiosk": "自助机", "workstation": "医生工作站", "app": "移动应用"}
 templates.env.globals.update(CHANNEL_NAMES=CHANNEL_NAMES, CARD_STATES=STATE_NAMES, STEP_NAMES=STEP_NAMES,
-                             USE_CHANNEL_NAMES=USE_CHANNEL_NAMES, CHINA=service.CHINA)
+                             USE_CHANNEL_NAMES=USE_CHANNEL_NAMES, CHINA=CHINA_TZ)
 
 
 def refresh_seconds() -> int:
@@ -45,7 +46,7 @@ def refresh_seconds() -> int:
 def _code_context(session: Session, card) -> dict:
     shown = service.dynamic_code(session, card=card)
     return {"card": card, "svg": svg(shown.text), "text": shown.text, "channels": shown.channels,
-            "expires": datetime.fromtimestamp(shown.expires_at, service.CHINA).strftime("%H:%M:%S"),
+            "expires": datetime.fromtimestamp(shown.expires_at, CHINA_TZ).strftime("%H:%M:%S"),
             "refresh": refresh_seconds()}
 
 
