@@ -35,6 +35,9 @@ healthcard_app = typer.Typer(help="Electronic health cards: issuer keys, the tru
 healthcard_keys_app = typer.Typer(help="Issuer keys: list, rotate, withdraw.", no_args_is_help=True)
 healthcard_app.add_typer(healthcard_keys_app, name="keys")
 app.add_typer(healthcard_app, name="healthcard")
+sandbox_app = typer.Typer(help="Stand-ins for the insurance centre, the commercial insurer and the payment channels.",
+                          no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -567,6 +570,43 @@ def healthcard_verify(code: str = typer.Argument(..., help="the scanned text (EH
                                       f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(parsed.expires_at))}")
     table.add_row("payment channels", ", ".join(parsed.payments) or "none")
     console.print(table)
+
+
+@sandbox_app.command("run")
+def sandbox_run(
+    party: str = typer.Argument(..., help="medins, insurer, wechat, alipay or unionpay"),
+    port: int = typer.Option(None, help="default: the port of SMARTCARE_PAYMENT_<PARTY>_URL"),
+    host: str = "127.0.0.1",
+    platform_url: str = typer.Option(None, help="where channels redeem payment codes (default: this platform)"),
+    seed: int = typer.Option(None, help="seed of the injected faults, to repeat a run"),
+    error: float = 0.0, timeout: float = 0.0, lost_reply: float = 0.0, duplicate: float = 0.0,
+    notify_never: float = 0.0, notify_late: float = 0.0, notify_twice: float = 0.0,
+    hang_seconds: float = 3.0, late_seconds: float = 2.0,
+    password_above: int = typer.Option(100_000, help="channels: payments above this many fen wait for the payer's password"),
+) -> None:
+    """Serve one party's sandbox on its own port, with optional faults (probabilities 0–1; also
+    changeable at run time with PUT /_sandbox/faults). Channels read their platform secret from
+    SMARTCARE_SANDBOX_CLIENT_SECRET."""
+    import os
+    from urllib.parse import urlsplit
+
+    import uvicorn
+
+    from smartcare.payment.sandbox import serve
+    from smartcare.payment.sandbox.faults import Faults
+
+    _setup_logging()
+    faults = Faults(error=error, timeout=timeout, lost_reply=lost_reply, duplicate=duplicate, notify_never=notify_never,
+                    notify_late=notify_late, notify_twice=notify_twice, hang_seconds=hang_seconds,
+                    late_seconds=late_seconds, seed=seed)
+    try:
+        application = serve.build_app(party, faults=faults, platform_url=platform_url,
+                                      secret=os.environ.get(serve.SECRET_ENV), password_above=password_above)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    port = port or urlsplit(serve.url(party)).port
+    uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
 simulate_app = typer.Typer(help="Simulated traffic for demos and benchmarks.", no_args_is_help=True)

@@ -36,12 +36,26 @@ def housekeeping() -> None:
             log.exception("housekeeping task %s failed; the others went on", task.__name__)
 
 
+def resume_payments() -> int:
+    """Settlements whose orchestrator stopped (lease expired) and unfinished refunds, carried on."""
+    from smartcare.payment import parties, refunds, saga
+
+    resumed = saga.orchestrator().recover()
+    with session_scope() as session:
+        waiting = refunds.pending(session)
+    for refund_id in waiting:
+        refunds.run(parties.current(), refund_id)
+    return resumed + len(waiting)
+
+
 class Workers:
-    def __init__(self, *, poll_seconds: float = 2.0, housekeeping_seconds: float = 300.0, reload_seconds: float = 10.0):
+    def __init__(self, *, poll_seconds: float = 2.0, housekeeping_seconds: float = 300.0, reload_seconds: float = 10.0,
+                 payment_seconds: float = 2.0):
         self.bus_worker = bus.make_worker(all_consumers(), poll_seconds=poll_seconds)
         self.router = Router(poll_seconds=poll_seconds)
         self.housekeeping_seconds = housekeeping_seconds
         self.reload_seconds = reload_seconds
+        self.payment_seconds = payment_seconds
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
 
@@ -56,9 +70,16 @@ class Workers:
                 housekeeping()
                 last_housekeeping = time.monotonic()
 
+    def _payments(self) -> None:
+        while not self.stopping.wait(self.payment_seconds):
+            try:
+                resume_payments()
+            except Exception:
+                log.exception("resuming payments failed; trying again next round")
+
     def start(self) -> None:
         for name, target in (("bus-worker", self.bus_worker.run), ("exchange-router", self.router.run),
-                             ("housekeeping", self._upkeep)):
+                             ("housekeeping", self._upkeep), ("payment-recovery", self._payments)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self.threads.append(thread)

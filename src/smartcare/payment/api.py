@@ -1,20 +1,29 @@
-"""Mixed payment HTTP API for hospital systems (HMAC-signed): bills and their pre-settlement."""
+"""Mixed payment HTTP API: hospital systems (HMAC-signed) send bills, pre-settle, settle and refund;
+payment channels send their signed notifications; residents authorise commercial direct pay."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from smartcare.payment import service
-from smartcare.payment.models import Bill
-from smartcare.payment.schemas import BillIn, BillOut, ItemOut, PreSettlementOut
-from smartcare.platform.auth import Principal
-from smartcare.web.deps import db, signed_client
+from smartcare.healthcard import service as healthcard
+from smartcare.payment import parties, refunds, saga, service
+from smartcare.payment.models import Bill, DirectPayConsent, Refund, Settlement, SettlementEvent
+from smartcare.payment.remote import Refused
+from smartcare.payment.schemas import (
+    BillIn, BillOut, ItemOut, PayerOut, PreSettlementOut, RefundIn, RefundOut, SettleIn, SettlementOut,
+)
+from smartcare.platform.auth import Principal, Role
+from smartcare.platform.clock import china_now
+from smartcare.platform.db import session_scope
+from smartcare.platform.errors import NotFound
+from smartcare.web.deps import db, require, signed_client
 
 router = APIRouter(prefix="/api/v1/payment", tags=["payment"])
-
+RESIDENT = require(Role.RESIDENT, Role.ADMIN)
 
 
 def _bill_out(session: Session, bill: Bill) -> BillOut:
@@ -23,6 +32,27 @@ def _bill_out(session: Session, bill: Bill) -> BillOut:
     return BillOut(bill_no=bill.bill_no, facility_code=bill.facility_code, empi_id=bill.empi_id,
                    insurance_type=bill.insurance_type, hospital_level=bill.hospital_level, total=bill.total,
                    state=bill.state, items=items)
+
+
+def settlement_out(session: Session, s: Settlement) -> SettlementOut:
+    bill_no = session.scalar(select(Bill.bill_no).where(Bill.id == s.bill_id))
+    medins = None if s.hifp_pay is None else s.hifp_pay + s.acct_pay
+    return SettlementOut(
+        settlement_no=s.settlement_no, bill_no=bill_no, state=s.state, total=s.total, fund_pay=s.hifp_pay,
+        account_pay=s.acct_pay, refunded=s.refunded, reason=s.reason, channel=s.channel,
+        payers=[PayerOut(payer="medical_insurance", status=s.medins_status, amount=medins, reference=s.setl_id),
+                PayerOut(payer="commercial_insurance", status=s.insurer_status, amount=s.insurer_pay,
+                         reference=s.insurer_claim_no),
+                PayerOut(payer="cash", status=s.cash_status, amount=s.cash_pay, reference=s.transaction_id)])
+
+
+def _refund_out(session: Session, refund: Refund) -> RefundOut:
+    s = session.get(Settlement, refund.settlement_id)
+    return RefundOut(refund_no=refund.refund_no, settlement_no=s.settlement_no, amount=refund.amount, state=refund.state,
+                     parts=[PayerOut(payer="cash", status=refund.cash_status, amount=refund.cash_part),
+                            PayerOut(payer="commercial_insurance", status=refund.insurer_status,
+                                     amount=refund.insurer_part),
+                            PayerOut(payer="medical_insurance", status=refund.medins_status, amount=refund.medins_part)])
 
 
 @router.post("/bills", response_model=BillOut, status_code=201)
@@ -45,3 +75,101 @@ def presettle(bill_no: str, session: Session = Depends(db), who: Principal = Dep
     bill = service.get_bill(session, facility_code=who.facility(), bill_no=bill_no)
     # the engine's settlement carries the API's fields by name (and its lines); extra fields are ignored
     return PreSettlementOut(bill_no=bill.bill_no, **asdict(service.presettle(session, bill)))
+
+
+@router.post("/bills/{bill_no}/settle", response_model=SettlementOut, status_code=201,
+             responses={200: {"description": "the bill's settlement as it stands (sent again)"},
+                        202: {"description": "still running (the patient is confirming): ask again with GET"}})
+def settle(bill_no: str, data: SettleIn, response: Response, session: Session = Depends(db),
+           who: Principal = Depends(signed_client)):
+    """Settle the bill with every payer in one go: medical insurance, commercial insurance (if the
+    patient authorised direct pay) and the patient's channel. Sent again: the same settlement."""
+    s = saga.start(session, facility_code=who.facility(), bill_no=bill_no, channel=data.channel, auth_code=data.auth_code)
+    new = s.state == "running" and s.step == "presettle"
+    no = s.settlement_no
+    session.commit()  # the saga's own transactions must see it
+    saga.orchestrator().run(no)
+    session.expire_all()
+    s = session.scalar(select(Settlement).where(Settlement.settlement_no == no))
+    response.status_code = 202 if s.state in ("running", "compensating") else 201 if new else 200
+    return settlement_out(session, s)
+
+
+@router.get("/settlements/{settlement_no}", response_model=SettlementOut)
+def get_settlement(settlement_no: str, session: Session = Depends(db), who: Principal = Depends(signed_client)):
+    s = session.scalar(select(Settlement).where(Settlement.settlement_no == settlement_no,
+                                                Settlement.facility_code == who.facility()))
+    if s is None:
+        raise NotFound(f"no settlement {settlement_no} at this hospital", field="settlement_no")
+    return settlement_out(session, s)
+
+
+@router.post("/settlements/{settlement_no}/refunds", response_model=RefundOut, status_code=201)
+def refund(settlement_no: str, data: RefundIn, response: Response, session: Session = Depends(db),
+           who: Principal = Depends(signed_client)):
+    """Refund all or part of a completed settlement: cash first, then the insurer, then medical
+    insurance (whole only). Sent again with the same refund number: the same refund."""
+    made, new = refunds.request(session, facility_code=who.facility(), settlement_no=settlement_no,
+                                refund_no=data.refund_no, amount=data.amount, reason=data.reason)
+    refund_id = made.id
+    session.commit()
+    state = refunds.run(parties.current(), refund_id)
+    session.expire_all()
+    response.status_code = 202 if state == "processing" else 201 if new else 200
+    return _refund_out(session, session.get(Refund, refund_id))
+
+
+@router.post("/notify/{channel}", include_in_schema=True)
+async def notify(channel: str, request: Request) -> Response:
+    """A channel's asynchronous payment notification: its signature is checked by the channel's adapter;
+    a genuine 'paid' moves the cash part of a settlement that is waiting for it (idempotent)."""
+    adapter = parties.current().channels.get(channel)
+    if adapter is None:
+        raise NotFound(f"no payment channel {channel}", field="channel")
+    body = await request.body()
+    try:
+        note = adapter.read_notification(dict(request.headers), body)
+    except Refused:
+        status, reply, media_type = adapter.notification_reply(False)
+        return Response(reply, status_code=status, media_type=media_type)
+    with session_scope() as session:
+        order = note.order
+        if order.state == "paid":
+            session.execute(update(Settlement).where(Settlement.settlement_no == order.out_trade_no,
+                                                     Settlement.channel == channel,
+                                                     Settlement.cash_status.in_(("requested", "paying")))
+                            .values(cash_status="paid", transaction_id=order.transaction_id, updated_at=china_now()))
+        settlement_id = session.scalar(select(Settlement.id).where(Settlement.settlement_no == order.out_trade_no))
+        if settlement_id is not None:
+            session.add(SettlementEvent(settlement_id=settlement_id, step="notify", outcome=order.state,
+                                        detail={"notification_id": note.notification_id, "channel": channel}))
+    status, reply, media_type = adapter.notification_reply(True)
+    return Response(reply, status_code=status, media_type=media_type)
+
+
+@router.put("/consents/{card_no}/{insurer}")
+def grant_direct_pay(card_no: str, insurer: str, session: Session = Depends(db), who: Principal = Depends(RESIDENT)) -> dict:
+    """The card holder authorises ``insurer`` to pay hospitals directly for them (商保直赔授权)."""
+    card = healthcard.holder_card(session, username=who.username, card_no=card_no)
+    _known_insurer(insurer)
+    consent = session.get(DirectPayConsent, (card.empi_id, insurer))
+    if consent is None:
+        session.add(DirectPayConsent(empi_id=card.empi_id, insurer=insurer, granted_by=who.username))
+    else:
+        consent.revoked_at, consent.granted_by = None, who.username
+    return {"card_no": card_no, "insurer": insurer, "direct_pay": True}
+
+
+@router.delete("/consents/{card_no}/{insurer}")
+def revoke_direct_pay(card_no: str, insurer: str, session: Session = Depends(db), who: Principal = Depends(RESIDENT)) -> dict:
+    card = healthcard.holder_card(session, username=who.username, card_no=card_no)
+    _known_insurer(insurer)
+    consent = session.get(DirectPayConsent, (card.empi_id, insurer))
+    if consent is not None and consent.revoked_at is None:
+        consent.revoked_at = china_now()
+    return {"card_no": card_no, "insurer": insurer, "direct_pay": False}
+
+
+def _known_insurer(insurer: str) -> None:
+    if insurer != parties.INSURER:
+        raise NotFound(f"no commercial insurer {insurer}", field="insurer", hint=f"the region works with {parties.INSURER}")

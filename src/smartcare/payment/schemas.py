@@ -77,3 +77,49 @@ class PreSettlementOut(BaseModel):
     acct_pay: int
     psn_cash_pay: int
     lines: list[LineOut]
+
+
+class SettleIn(BaseModel):
+    """Pay a bill. The patient's share (after insurance) is paid through ``channel`` with the one-time
+    payment code the terminal read from the patient's health-card QR (``payments`` of /verify)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    channel: Literal["wechat", "alipay", "unionpay"] | None = None
+    auth_code: str | None = Field(None, pattern=r"^[0-9]{16,24}$")
+
+
+class PayerOut(BaseModel):
+    payer: Literal["medical_insurance", "commercial_insurance", "cash"]
+    status: str
+    amount: int | None = Field(description="fen; null until fixed")
+    reference: str | None = Field(None, description="the party's number: setl_id, claim_no or transaction_id")
+
+
+class SettlementOut(BaseModel):
+    settlement_no: str
+    bill_no: str
+    state: Literal["running", "completed", "compensating", "compensated"]
+    total: int
+    fund_pay: int | None
+    account_pay: int | None
+    payers: list[PayerOut]
+    refunded: int
+    reason: str | None
+    channel: str | None
+
+
+class RefundIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    refund_no: str = Field(min_length=1, max_length=64, description="the hospital's number: the idempotency key")
+    amount: int = Field(gt=0, le=MAX_PRICE * 500, description="fen")
+    reason: str = Field("", max_length=200)
+
+    _text = field_validator("refund_no", "reason")(_no_nul)
+
+
+class RefundOut(BaseModel):
+    refund_no: str
+    settlement_no: str
+    amount: int
+    state: Literal["processing", "succeeded"]
+    parts: list[PayerOut]

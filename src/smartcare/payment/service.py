@@ -110,3 +110,12 @@ def presettle(session: Session, bill: Bill) -> Settlement:
     except NotFound:
         balance = 0
     return settle(items, policy, deductible_used=used, fund_paid=paid, account_balance=balance)
+
+
+def credit_personal_account(session: Session, *, empi_id: str, amount: int, transfer_id) -> None:
+    """The insurance centre's allocation into a person's account (个人账户划入), mirrored in the ledger
+    so that the platform never books more from the account than it holds."""
+    ledger.open_account(session, code="fund:allocation", kind="insurance_fund", name="personal-account allocations")
+    ledger.open_account(session, code=personal_account_code(empi_id), kind="personal_account", debits_within_credits=True)
+    ledger.transfer(session, id=transfer_id, debit="fund:allocation", credit=personal_account_code(empi_id),
+                    amount=amount, code="allocation", reference=f"alloc:{empi_id}")

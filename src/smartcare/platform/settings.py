@@ -51,6 +51,23 @@ class Settings(BaseSettings):
     healthcard_code_seconds: int = 60
     healthcard_region: int = 500000
     healthcard_issuer: str = "SmartCare regional health information centre"
+    #: Mixed payment: where the medical-insurance centre, the commercial insurer and the payment
+    #: channels answer (``smartcare sandbox …`` serves a stand-in for each on these ports), how long
+    #: a call may take before its outcome counts as unknown, the address channels send their
+    #: notifications to, and where the sandboxes' and the platform's channel keys live.
+    payment_medins_url: str = "http://127.0.0.1:8701"
+    payment_insurer_url: str = "http://127.0.0.1:8702"
+    payment_wechat_url: str = "http://127.0.0.1:8703"
+    payment_alipay_url: str = "http://127.0.0.1:8704"
+    payment_unionpay_url: str = "http://127.0.0.1:8705"
+    payment_timeout_seconds: float = 2.0
+    #: how long a patient may take to confirm a payment (a password on the phone) before it is reversed
+    payment_payer_wait_seconds: float = 30.0
+    payment_notify_url: str = "http://127.0.0.1:8000"
+    payment_keys_dir: Path | None = None
+
+    def resolved_payment_keys_dir(self) -> Path:
+        return self.payment_keys_dir or self.home / "payment-keys"
 
     def resolved_secret_key(self) -> str:
         if self.secret_key:

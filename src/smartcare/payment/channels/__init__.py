@@ -1,0 +1,2 @@
+"""Self-pay channels (WeChat Pay, Alipay, UnionPay): one adapter per channel with the channel's own
+conventions, behind the one interface of ``base.Channel``."""
