@@ -33,14 +33,14 @@ def open_account(session: Session, *, code: str, kind: str, name: str = "", debi
     if kind not in ACCOUNT_KINDS:
         raise InvalidInput(f"unknown account kind {kind!r}", field="kind", hint=f"one of {', '.join(ACCOUNT_KINDS)}")
     existing = session.scalar(select(Account).where(Account.code == code))
-    if existing is not None:
-        if (existing.kind, existing.debits_within_credits) != (kind, debits_within_credits):
-            raise Conflict(f"account {code} exists with another kind or limit", field="code")
-        return existing
-    account = Account(code=code, kind=kind, name=name, debits_within_credits=debits_within_credits)
-    session.add(account)
-    session.flush()
-    return account
+    if existing is None:  # two openings at once (parallel settlements of a new hospital) make one account
+        driver(session).execute("""
+            INSERT INTO payment.account (code, kind, name, debits_within_credits) VALUES (%s, %s, %s, %s)
+            ON CONFLICT (code) DO NOTHING""", (code, kind, name, debits_within_credits))
+        existing = session.scalar(select(Account).where(Account.code == code))
+    if (existing.kind, existing.debits_within_credits) != (kind, debits_within_credits):
+        raise Conflict(f"account {code} exists with another kind or limit", field="code")
+    return existing
 
 
 def account(session: Session, code: str) -> Account:

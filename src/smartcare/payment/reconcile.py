@@ -33,6 +33,7 @@ from smartcare.platform.clock import china_now
 from smartcare.platform.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
+ATTEMPTS = 5
 
 #: each party's movements as the platform's event log has them: (step, outcome) → sign
 _MOVES = """
@@ -123,11 +124,16 @@ def _medins(session: Session, parties: Parties, rows, day: date) -> PartyResult:
     """3201 per hospital; 3202 where the totals differ."""
     result = PartyResult("medins")
     per_facility: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    settled_as: dict[str, tuple[int, int]] = {}  # what the centre answered to 2207, when it differed
+    reversed_msgids: set[str] = set()  # messages the platform reversed by 2601 after an unknown outcome
+    for r in rows:
+        if r["step"] == "settle_medins" and "hifp_pay" in r["detail"]:
+            settled_as[r["settlement_no"]] = (r["detail"]["hifp_pay"], r["detail"]["acct_pay"])
+    reversed_msgids.update(_reversed_messages(session, day))
     for r in rows:
         if r["step"] in ("settle_medins", "undo_medins", "refund:medins"):
             sign = 1 if r["step"] == "settle_medins" else -1
-            fund = r["detail"].get("hifp_pay", r["hifp_pay"])
-            acct = r["detail"].get("acct_pay", r["acct_pay"])
+            fund, acct = settled_as.get(r["settlement_no"], (r["hifp_pay"], r["acct_pay"]))
             per_facility[r["facility_code"]][r["settlement_no"]].append((sign, r["total"], fund, acct, r))
     for facility, settlements in sorted(per_facility.items()):
         moves = [m for ms in settlements.values() for m in ms]
@@ -152,6 +158,8 @@ def _medins(session: Session, parties: Parties, rows, day: date) -> PartyResult:
         kinds = {"missing_at_centre": "missing_at_party", "missing_at_hospital": "missing_at_platform",
                  "amounts_differ": "amount_differs", "state_differs": "state_differs"}
         for m in mismatches:
+            if m.reason == "missing_at_hospital" and m.msgid in reversed_msgids:
+                continue  # explained: its answer never came back, and the platform reversed it (2601)
             result.differences.append(Difference(m.setl_id or m.msgid or facility, kinds[m.reason], None, None,
                                                  f"{facility}: {m.description}"))
         result.matched += max(len(settlements) - len(mismatches), 0)
@@ -161,17 +169,27 @@ def _medins(session: Session, parties: Parties, rows, day: date) -> PartyResult:
     return result
 
 
+def _reversed_messages(session: Session, day: date) -> list[str]:
+    return list(session.scalars(text("""
+        SELECT e.detail ->> 'omsgid' FROM payment.settlement_event e
+         WHERE e.step = 'reverse_2601' AND e.outcome = 'ok'
+           AND e.at >= (CAST(:day AS date))::timestamp AT TIME ZONE 'Asia/Shanghai'
+           AND e.at < (CAST(:day AS date) + 1)::timestamp AT TIME ZONE 'Asia/Shanghai'"""), {"day": day}))
+
+
 def run(session: Session, parties: Parties, *, day: date, actor: str = "system") -> list[PartyResult]:
     """Reconcile ``day`` with every party; store the runs and the differences (caller commits)."""
     rows = _platform_moves(session, day)
     results = []
     for name in ("medins", "insurer", *CHANNELS):
-        try:
-            result = (_medins(session, parties, rows, day) if name == "medins" else
-                      _insurer(parties, rows, day) if name == "insurer" else _channel(parties, rows, name, day))
-        except (OutcomeUnknown, Refused) as exc:
-            result = PartyResult(name, error=str(exc))
-            log.warning("reconciliation of %s with %s failed: %s", day, name, exc)
+        for attempt in range(ATTEMPTS):  # reading a bill file changes nothing: ask again if it did not come
+            try:
+                result = (_medins(session, parties, rows, day) if name == "medins" else
+                          _insurer(parties, rows, day) if name == "insurer" else _channel(parties, rows, name, day))
+                break
+            except (OutcomeUnknown, Refused) as exc:
+                result = PartyResult(name, error=str(exc))
+                log.warning("reconciliation of %s with %s failed (attempt %d): %s", day, name, attempt + 1, exc)
         results.append(result)
         _store(session, day, result)
     audit.record(session, actor=actor, action="payment.reconcile", target=f"day:{day}",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from smartcare.payment import ledger
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def _refunded_parts(session: Session, settlement_id: int) -> tuple[int, int, int]:
-    row = session.execute(select(text("COALESCE(sum(cash_part), 0), COALESCE(sum(insurer_part), 0), "
-                                      "COALESCE(sum(medins_part), 0)")).select_from(Refund)
+    row = session.execute(select(*(func.coalesce(func.sum(c), 0) for c in
+                                   (Refund.cash_part, Refund.insurer_part, Refund.medins_part)))
                           .where(Refund.settlement_id == settlement_id)).one()
     return int(row[0]), int(row[1]), int(row[2])
 

@@ -36,8 +36,18 @@ from urllib.parse import parse_qsl
 import httpx
 
 from smartcare.payment import remote
-from smartcare.payment.channels.base import BillRow, Notification, Order, OrderState, Refund
-from smartcare.payment.channels.credentials import Credentials, sign_rsa_sha256, verify_rsa_sha256
+from smartcare.payment.channels.base import (
+    BillRow,
+    Notification,
+    Order,
+    OrderState,
+    Refund,
+)
+from smartcare.payment.channels.credentials import (
+    Credentials,
+    sign_rsa_sha256,
+    verify_rsa_sha256,
+)
 from smartcare.platform.clock import CHINA_TZ, china_now
 from smartcare.platform.money import parse_yuan, yuan
 
@@ -160,11 +170,13 @@ def write_bill(merchant_id: str, day: date, rows: list[list[str]], summary: tupl
         csv.writer(out, lineterminator="\r\n").writerows(table)
         for line in tail:
             out.write(line + "\r\n")
-        return out.getvalue().encode(BILL_ENCODING)
+        return out.getvalue().encode(BILL_ENCODING, errors="replace")  # a name outside GBK becomes "?"
 
-    head = ["#支付宝业务明细查询", f"#账号：[{merchant_id}]", f"#起始日期：[{day:%Y年%m月%d日} 00:00:00]   "
-            f"终止日期：[{day:%Y年%m月%d日} 23:59:59]", "#-----------------------------------------业务明细列表----------------------------------------"]
-    tail = ["#-----------------------------------------业务明细列表结束------------------------------------",
+    rule = "-" * 41
+    head = ["#支付宝业务明细查询", f"#账号：[{merchant_id}]",
+            f"#起始日期：[{day:%Y年%m月%d日} 00:00:00]   终止日期：[{day:%Y年%m月%d日} 23:59:59]",
+            f"#{rule}业务明细列表{rule}"]
+    tail = [f"#{rule}业务明细列表结束{rule}",
             f"#交易合计：{summary[0]}笔，退款合计：{summary[1]}笔", f"#导出时间：[{china_now():%Y年%m月%d日 %H:%M:%S}]"]
     detail = csv_text(head, [list(BILL_COLUMNS), *rows], tail)
     totals = csv_text(["#支付宝业务汇总查询", f"#账号：[{merchant_id}]"],

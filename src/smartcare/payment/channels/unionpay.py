@@ -38,8 +38,18 @@ from urllib.parse import parse_qsl
 import httpx
 
 from smartcare.payment import remote
-from smartcare.payment.channels.base import BillRow, Notification, Order, OrderState, Refund
-from smartcare.payment.channels.credentials import Credentials, sign_rsa_sha256, verify_rsa_sha256
+from smartcare.payment.channels.base import (
+    BillRow,
+    Notification,
+    Order,
+    OrderState,
+    Refund,
+)
+from smartcare.payment.channels.credentials import (
+    Credentials,
+    sign_rsa_sha256,
+    verify_rsa_sha256,
+)
 from smartcare.platform.clock import CHINA_TZ, china_now
 
 BACK_TRANS = "/gateway/api/backTransReq.do"
@@ -267,6 +277,7 @@ class UnionPay:
         try:
             state = order_state(answer)
             amount = from_fen_text(answer.get("txnAmt", "0"), "txnAmt")
+            # UnionPay states no completion time with a year; the consume's txnTime stands in for it
             paid_at = parse_time(answer["txnTime"], "txnTime") if state == "paid" else None
         except (ValueError, KeyError) as exc:
             raise remote.OutcomeUnknown(self.name, f"order {order_id}: malformed answer ({exc})") from None

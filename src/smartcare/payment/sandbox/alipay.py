@@ -6,8 +6,9 @@ behind a short-lived download URL) and checks what the real gateway checks befor
 app_id, sign_type, the request signature (with ``merchant_public``) and the timestamp. Everything it
 signs, it signs with ``channel_key``.
 
-Where the real gateway is stricter than the platform needs, the sandbox says so in its answer instead of
-guessing: unknown methods, missing parameters and malformed amounts are refused with Alipay's codes.
+Unknown methods, missing parameters and malformed amounts are refused with Alipay's codes. Unlike the
+real service, the bill of *today* can be downloaded (tests reconcile the same day), and a refund can be
+queried by its request number alone (see ``channels/alipay.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from fastapi import FastAPI, Request, Response
 
 from smartcare.payment.channels import alipay as wire
 from smartcare.payment.channels.credentials import Credentials
-from smartcare.payment.sandbox.channel import BillLine, BooksError, ChannelBooks, SandboxOrder, books_router
+from smartcare.payment.sandbox.channel import (
+    BillLine,
+    BooksError,
+    ChannelBooks,
+    SandboxOrder,
+    books_router,
+)
 from smartcare.payment.sandbox.faults import Faults, control_router, handle
 from smartcare.platform.clock import china_now
 from smartcare.platform.money import yuan
@@ -329,7 +336,7 @@ def create_app(*, credentials: Credentials, redeem: Callable[[str], Awaitable[st
         return answer(node, await handle(holder["faults"], work, refuse))
 
     @app.get("/downloadBillFile.resource")
-    def download(bizDates: str, expires: int, fileId: str) -> Response:  # noqa: N803 - Alipay's names
+    def download(bizDates: str, expires: int, fileId: str) -> Response:
         try:
             day = datetime.strptime(bizDates, "%Y%m%d").date()
         except ValueError:

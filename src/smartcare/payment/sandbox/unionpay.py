@@ -22,7 +22,14 @@ from fastapi import FastAPI, Request, Response
 
 from smartcare.payment.channels import unionpay as wire
 from smartcare.payment.channels.credentials import Credentials
-from smartcare.payment.sandbox.channel import BillLine, BooksError, ChannelBooks, SandboxOrder, SandboxRefund, books_router
+from smartcare.payment.sandbox.channel import (
+    BillLine,
+    BooksError,
+    ChannelBooks,
+    SandboxOrder,
+    SandboxRefund,
+    books_router,
+)
 from smartcare.payment.sandbox.faults import Faults, control_router, handle
 from smartcare.platform.clock import china_now
 
@@ -129,6 +136,14 @@ class _Gateway:
         self.credentials = credentials
         self.books = books
         self.notify = notify
+        self._numbers: dict[str, str] = {}
+
+    def _by_query_id(self, query_id: str) -> SandboxOrder | None:
+        """The order whose consume has this queryId (an index rebuilt when it misses: orders only grow)."""
+        if query_id not in self._numbers:
+            self._numbers = {o.transaction_id: o.out_trade_no for o in self.books.orders.values()}
+        number = self._numbers.get(query_id)
+        return self.books.query(number) if number else None
 
     def check(self, fields: Fields, txn_types: tuple[str, ...]) -> None:
         """The checks before any work: format, merchant, certificate and signature."""
@@ -196,7 +211,7 @@ class _Gateway:
         refund_no = self._order_id(fields)
         amount = self._amount(fields)
         _require(fields, "origQryId")
-        order = next((o for o in self.books.orders.values() if o.transaction_id == fields["origQryId"]), None)
+        order = self._by_query_id(fields["origQryId"])
         if order is None:
             raise GatewayError("35", f"原交易不存在或状态不正确: no transaction {fields['origQryId']}")
         try:
