@@ -216,3 +216,76 @@ def live_server(database_url, seeded):
     yield LiveServer(f"http://127.0.0.1:{port}", app.state.mllp.port, app)
     server.should_exit = True
     thread.join(timeout=10)
+
+
+# ---- mixed payment: every party of a payment as its own process --------------------------------------
+
+PAYMENT_PARTIES = ("medins", "insurer", "wechat", "alipay", "unionpay")
+
+
+@dataclass
+class PaymentRegion:
+    """The sandboxes (each started by ``smartcare sandbox run`` on a free port) and the live platform
+    they redeem payment codes at and send notifications to."""
+
+    url: str
+    hospital: tuple
+
+    def party(self, name: str) -> str:
+        from smartcare.platform.settings import get_settings
+
+        return getattr(get_settings(), f"payment_{name}_url")
+
+    def faults(self, name: str, **faults) -> None:
+        import httpx
+
+        r = httpx.put(self.party(name) + "/_sandbox/faults", json=faults, timeout=5)
+        assert r.status_code == 200, r.text
+
+    def calm(self) -> None:
+        for name in PAYMENT_PARTIES:
+            self.faults(name)
+
+    def books(self, name: str) -> dict:
+        import httpx
+
+        return httpx.get(self.party(name) + "/_sandbox/books", timeout=5).json()
+
+
+@pytest.fixture(scope="session")
+def payment_region(live_server, hospital, tmp_path_factory):
+    from smartcare.payment.sandbox import serve
+    from smartcare.platform import auth
+    from smartcare.platform.db import session_scope
+    from smartcare.platform.settings import get_settings
+
+    env = {f"SMARTCARE_PAYMENT_{p.upper()}_URL": f"http://127.0.0.1:{free_port()}" for p in PAYMENT_PARTIES}
+    env |= {"SMARTCARE_PAYMENT_NOTIFY_URL": live_server.url,
+            "SMARTCARE_PAYMENT_KEYS_DIR": str(tmp_path_factory.mktemp("payment-keys")),
+            "SMARTCARE_PAYMENT_TIMEOUT_SECONDS": "0.6", "SMARTCARE_PAYMENT_PAYER_WAIT_SECONDS": "4"}
+    previous = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    processes = {}
+    try:
+        for party in PAYMENT_PARTIES:
+            secret = None
+            if party in serve.CHANNELS:  # the test database is new: the sandbox's platform client is too
+                with session_scope() as s:
+                    secret = auth.create_api_client(s, client_id=serve.client_id(party), name=f"{party} sandbox",
+                                                    facility_code=None)
+            processes[party] = serve.spawn(party, platform_url=live_server.url, secret=secret)
+        for party, process in processes.items():
+            serve.wait_ready(party, process)
+        yield PaymentRegion(live_server.url, hospital)
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            process.wait(timeout=10)
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()

@@ -35,6 +35,8 @@ healthcard_app = typer.Typer(help="Electronic health cards: issuer keys, the tru
 healthcard_keys_app = typer.Typer(help="Issuer keys: list, rotate, withdraw.", no_args_is_help=True)
 healthcard_app.add_typer(healthcard_keys_app, name="keys")
 app.add_typer(healthcard_app, name="healthcard")
+payment_app = typer.Typer(help="Mixed payment: reconciliation, and resuming settlements after a crash.", no_args_is_help=True)
+app.add_typer(payment_app, name="payment")
 sandbox_app = typer.Typer(help="Stand-ins for the insurance centre, the commercial insurer and the payment channels.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
@@ -570,6 +572,45 @@ def healthcard_verify(code: str = typer.Argument(..., help="the scanned text (EH
                                       f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(parsed.expires_at))}")
     table.add_row("payment channels", ", ".join(parsed.payments) or "none")
     console.print(table)
+
+
+@payment_app.command("reconcile")
+def payment_reconcile(day: str = typer.Option(None, help="YYYY-MM-DD (China time); default yesterday")) -> None:
+    """Reconcile one day with the insurance centre, the insurer and every channel; list the differences."""
+    from datetime import date, timedelta
+
+    from smartcare.payment import parties, reconcile
+    from smartcare.platform.clock import china_today
+    from smartcare.platform.db import session_scope
+
+    _setup_logging()
+    try:
+        when = date.fromisoformat(day) if day else china_today() - timedelta(days=1)
+    except ValueError:
+        err.print(f"[red]--day {day!r} is not a date: use YYYY-MM-DD[/red]")
+        raise typer.Exit(2) from None
+    with session_scope() as session:
+        results = reconcile.run(session, parties.current(), day=when, actor="cli")
+    table = Table(title=f"reconciliation of {when}")
+    for column in ("party", "matched", "differences", "error"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.party, str(r.matched), str(len(r.differences)), r.error or "")
+    console.print(table)
+    for r in results:
+        for d in r.differences:
+            console.print(f"  {r.party} {d.reference} {d.kind}: {d.reason}")
+    if any(r.differences or r.error for r in results):
+        raise typer.Exit(1)
+
+
+@payment_app.command("recover")
+def payment_recover() -> None:
+    """Carry on settlements whose orchestrator stopped (lease expired) and unfinished refunds, once."""
+    from smartcare.workers import resume_payments
+
+    _setup_logging()
+    console.print(f"resumed {resume_payments()} settlement(s) and refund(s)")
 
 
 @sandbox_app.command("run")

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from smartcare.payment import ledger
 from smartcare.platform.db import session_scope
 from tests.healthcard.card_support import signed
-from tests.payment.conftest import new_patient, payment_code
+from tests.payment.payment_support import new_patient, payment_code
 
 ITEMS = [{"code": "A001", "name": "血常规", "category": "甲", "unit_price": 2_500, "quantity": 2},
          {"code": "B002", "name": "头孢克肟", "category": "乙", "unit_price": 4_800, "quantity": 3},
@@ -77,3 +77,137 @@ def test_a_refused_payment_code_compensates_the_insurance(client, payment_region
     retry = settle(client, region, other, "unionpay", payment_code(client, region, patient, "unionpay"))
     assert retry.json()["state"] == "completed", retry.text
     assert httpx.get(region.url + "/health").status_code == 200
+
+
+def _admin(client) -> dict:
+    token = client.post("/api/v1/auth/token", json={"username": "admin", "password": "smartcare-admin"}).json()
+    return {"Authorization": f"Bearer {token['access_token']}"}
+
+
+def test_commercial_direct_pay_and_refunds_in_reverse_payer_order(client, payment_region):
+    from smartcare.payment import parties
+    from smartcare.payment.commercial import CommercialPolicy
+    from tests.healthcard.card_support import headers
+
+    region = payment_region
+    region.calm()
+    patient = new_patient(client, region)
+    parties.current().insurer.put_policy(CommercialPolicy(f"HMB-{patient.empi_id}", "HMB", deductible=0, ratio_bp=5_000,
+                                                          annual_limit=1_000_000), insured_id=patient.empi_id)
+    without = settle(client, region, bill(client, region, patient), "wechat", payment_code(client, region, patient, "wechat"))
+    assert {p["payer"]: p for p in without.json()["payers"]}["commercial_insurance"]["status"] == "none"
+    consent = client.put(f"/api/v1/payment/consents/{patient.card_no}/HMB", headers=headers(patient.who))
+    assert consent.status_code == 200 and consent.json()["direct_pay"] is True
+    stranger = client.put(f"/api/v1/payment/consents/{patient.card_no}/HMB", headers={})
+    assert stranger.status_code == 401
+    r = settle(client, region, bill(client, region, patient), "wechat", payment_code(client, region, patient, "wechat"))
+    s = r.json()
+    payers = {p["payer"]: p for p in s["payers"]}
+    assert s["state"] == "completed" and payers["commercial_insurance"]["status"] == "captured", s
+    cash, claim, insured = payers["cash"]["amount"], payers["commercial_insurance"]["amount"], s["fund_pay"] + s["account_pay"]
+    assert claim > 0 and cash > 0 and insured + claim + cash == s["total"]
+    no = s["settlement_no"]
+
+    def refund(refund_no, amount):
+        return signed(client, region.hospital, "POST", f"/api/v1/payment/settlements/{no}/refunds",
+                      {"refund_no": refund_no, "amount": amount, "reason": "test"})
+
+    first = refund("R1", cash - 1)  # within the cash part: only the channel gives money back
+    assert first.status_code == 201 and first.json()["state"] == "succeeded", first.text
+    assert [p["amount"] for p in first.json()["parts"]] == [cash - 1, 0, 0]
+    assert refund("R1", cash - 1).status_code == 200  # the same refund number again: the same refund
+    assert refund("R1", 5).status_code == 409
+    second = refund("R2", 1 + claim)  # the last fen of cash, then the insurer
+    assert [p["amount"] for p in second.json()["parts"]] == [1, claim, 0]
+    partial_insurance = refund("R3", insured - 1)
+    assert partial_insurance.status_code == 409 and "whole" in partial_insurance.json()["message"]
+    too_much = refund("R4", insured + 1)
+    assert too_much.status_code == 422 and too_much.json()["field"] == "amount"
+    last = refund("R5", insured)  # the whole remainder: medical insurance reverses its settlement (2208)
+    assert last.json()["state"] == "succeeded" and [p["amount"] for p in last.json()["parts"]] == [0, 0, insured]
+    centre = [x for x in region.books("medins")["settlements"] if x["mdtrt_id"] == no]
+    assert [x["state"] for x in centre] == ["reversed"]
+    insurer = [a for a in region.books("insurer")["authorisations"] if a["bill_ref"] == no]
+    assert insurer[0]["refunded"] == claim
+    after = signed(client, region.hospital, "GET", f"/api/v1/payment/settlements/{no}").json()
+    assert after["refunded"] == after["total"]
+    with session_scope() as session:
+        received = session.execute(text("""
+            SELECT sum(CASE WHEN c.code LIKE 'receivable:%' THEN t.amount ELSE -t.amount END)
+              FROM payment.transfer t JOIN payment.account c ON c.id = t.credit_account_id
+             WHERE t.reference = :no AND t.kind IN ('post', 'posted')"""), {"no": no}).scalar()
+        bill_state = session.execute(text("SELECT b.state FROM payment.bill b JOIN payment.settlement s "
+                                          "ON s.bill_id = b.id WHERE s.settlement_no = :no"), {"no": no}).scalar()
+    assert received == 0 and bill_state == "refunded"
+
+
+def test_a_payment_waiting_for_the_password_completes(client, payment_region):
+    region = payment_region
+    region.calm()
+    patient = new_patient(client, region)
+    big = [{"code": "S001", "name": "门诊手术", "category": "丙", "unit_price": 150_000, "quantity": 1}]
+    bill_no = bill(client, region, patient, insurance_type="none", items=big)
+    r = settle(client, region, bill_no, "alipay", payment_code(client, region, patient, "alipay"))
+    assert r.json()["state"] == "completed", r.text  # the payer typed the password; query or notification told us
+    cash = {p["payer"]: p for p in r.json()["payers"]}["cash"]
+    assert cash["status"] == "paid" and cash["amount"] == 150_000
+
+
+def test_an_orchestrator_that_crashed_is_taken_over(client, payment_region):
+    import time
+
+    import pytest
+
+    from smartcare.payment import parties, saga
+
+    region = payment_region
+    region.calm()
+    options = saga.Options(lease_seconds=0.5, payer_wait_seconds=3)
+    for point in ("pay_cash:answered", "settle_medins:answered", "before:reserve", "before:finish"):
+        patient = new_patient(client, region, balance=2_000)
+        bill_no = bill(client, region, patient)
+        with session_scope() as session:
+            no = saga.start(session, facility_code=region.hospital[0], bill_no=bill_no, channel="unionpay",
+                            auth_code=payment_code(client, region, patient, "unionpay")).settlement_no
+        crashing = saga.Orchestrator(parties.current(), options, crash=lambda where, p=point: where == p)
+        with pytest.raises(saga.Crash):
+            crashing.run(no)
+        assert crashing.state(no) == "running"
+        rescuer = saga.Orchestrator(parties.current(), options)
+        assert rescuer.run(no) == "running"  # the lease is still the crashed one's: hands off
+        time.sleep(0.6)
+        rescuer.recover()
+        assert rescuer.state(no) == "completed", point
+        charged = [o for o in region.books("unionpay")["orders"] if o["out_trade_no"] == no]
+        assert len(charged) == 1 and charged[0]["state"] == "paid", point
+        centre = [x["state"] for x in region.books("medins")["settlements"] if x["mdtrt_id"] == no]
+        assert centre.count("settled") == 1, (point, centre)
+
+
+def test_reconciliation_lists_a_stray_payment_and_an_admin_resolves_it(client, payment_region):
+    from smartcare.payment import parties
+    from smartcare.platform.clock import china_today
+
+    region = payment_region
+    region.calm()
+    patient = new_patient(client, region)
+    wechat = parties.current().channel("wechat")
+    stray = f"X{uuid.uuid4().hex[:20]}"  # paid at the channel, unknown to the platform
+    assert wechat.pay(out_trade_no=stray, amount=321, auth_code=payment_code(client, region, patient, "wechat"),
+                      description="stray").state == "paid"
+    admin = _admin(client)
+    day = china_today().isoformat()
+    runs = client.post(f"/api/v1/payment/reconciliation/{day}", headers=admin)
+    assert runs.status_code == 200, runs.text
+    assert {r["party"]: r["differences"] for r in runs.json()}["wechat"] >= 1
+    items = client.get("/api/v1/payment/reconciliation/items", params={"day": day}, headers=admin).json()
+    item = next(i for i in items if i["reference"] == stray)
+    assert item["kind"] == "missing_at_platform" and item["party_amount"] == 321 and "did not book" in item["reason"]
+    assert client.post(f"/api/v1/payment/reconciliation/items/{item['id']}/resolve", json={"resolution": " "},
+                       headers=admin).status_code == 422
+    done = client.post(f"/api/v1/payment/reconciliation/items/{item['id']}/resolve",
+                       json={"resolution": "returned to the payer by reversal"}, headers=admin)
+    assert done.status_code == 200 and done.json()["state"] == "resolved" and done.json()["resolved_by"] == "admin"
+    assert wechat.reverse(out_trade_no=stray).state == "reversed"  # what the resolution says was done
+    again = client.post(f"/api/v1/payment/reconciliation/{day}", headers=admin).json()
+    assert {r["party"]: r["differences"] for r in again}["wechat"] == 0

@@ -4,17 +4,19 @@ payment channels send their signed notifications; residents authorise commercial
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import date
 
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from smartcare.healthcard import service as healthcard
-from smartcare.payment import parties, refunds, saga, service
-from smartcare.payment.models import Bill, DirectPayConsent, Refund, Settlement, SettlementEvent
+from smartcare.payment import parties, reconcile, refunds, saga, service
+from smartcare.payment.models import Bill, DirectPayConsent, ReconItem, Refund, Settlement, SettlementEvent
 from smartcare.payment.remote import Refused
 from smartcare.payment.schemas import (
-    BillIn, BillOut, ItemOut, PayerOut, PreSettlementOut, RefundIn, RefundOut, SettleIn, SettlementOut,
+    BillIn, BillOut, ItemOut, PayerOut, PreSettlementOut, ReconItemOut, ReconRunOut, RefundIn, RefundOut, ResolveIn,
+    SettleIn, SettlementOut,
 )
 from smartcare.platform.auth import Principal, Role
 from smartcare.platform.clock import china_now
@@ -168,6 +170,36 @@ def revoke_direct_pay(card_no: str, insurer: str, session: Session = Depends(db)
     if consent is not None and consent.revoked_at is None:
         consent.revoked_at = china_now()
     return {"card_no": card_no, "insurer": insurer, "direct_pay": False}
+
+
+# ---- reconciliation (administrators; auditors read) -------------------------------------------------
+
+
+@router.post("/reconciliation/{day}", response_model=list[ReconRunOut])
+def reconcile_day(day: date, session: Session = Depends(db), who: Principal = Depends(require(Role.ADMIN))):
+    """Reconcile ``day`` (China time) with the insurance centre (3201/3202), the insurer and each channel."""
+    results = reconcile.run(session, parties.current(), day=day, actor=who.username)
+    return [ReconRunOut(party=r.party, matched=r.matched, differences=len(r.differences), error=r.error)
+            for r in results]
+
+
+@router.get("/reconciliation/items", response_model=list[ReconItemOut])
+def reconciliation_items(day: date | None = None, state: str = "open", session: Session = Depends(db),
+                         who: Principal = Depends(require(Role.ADMIN, Role.AUDITOR))):
+    query = select(ReconItem).order_by(ReconItem.id.desc()).limit(500)
+    if day is not None:
+        query = query.where(ReconItem.day == day)
+    if state != "all":
+        query = query.where(ReconItem.state == state)
+    return [ReconItemOut.model_validate(i, from_attributes=True) for i in session.scalars(query)]
+
+
+@router.post("/reconciliation/items/{item_id}/resolve", response_model=ReconItemOut)
+def resolve_item(item_id: int, data: ResolveIn, session: Session = Depends(db),
+                 who: Principal = Depends(require(Role.ADMIN))):
+    """Close a difference with what was done about it (audited)."""
+    item = reconcile.resolve(session, item_id=item_id, resolution=data.resolution, actor=who.username)
+    return ReconItemOut.model_validate(item, from_attributes=True)
 
 
 def _known_insurer(insurer: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -123,3 +124,31 @@ class RefundOut(BaseModel):
     amount: int
     state: Literal["processing", "succeeded"]
     parts: list[PayerOut]
+
+
+class ReconRunOut(BaseModel):
+    party: str
+    matched: int
+    differences: int
+    error: str | None
+
+
+class ReconItemOut(BaseModel):
+    id: int
+    day: date
+    party: str
+    reference: str
+    kind: str
+    platform_amount: int | None
+    party_amount: int | None
+    reason: str
+    state: str
+    resolution: str | None
+    resolved_by: str | None
+
+
+class ResolveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    resolution: str = Field(min_length=1, max_length=500, description="what was done about it")
+
+    _text = field_validator("resolution")(_no_nul)
