@@ -161,6 +161,86 @@ def _demo_card() -> None:
                              **{**child, "phone": adult["phone"]})
 
 
+def _start_sandboxes(platform_url: str) -> list:
+    """The demo region's payment parties: each sandbox in its own process on its configured port (a
+    port already answering is taken to be that party, e.g. a sandbox started by hand)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from smartcare.payment.sandbox import serve
+    from smartcare.platform import auth
+    from smartcare.platform.db import session_scope
+
+    processes = []
+    for party in serve.PARTIES:
+        address = urlsplit(serve.url(party))
+        with socket.socket() as probe:
+            if probe.connect_ex((address.hostname, address.port)) == 0:
+                console.print(f"{party}: something already answers at {serve.url(party)}; using it")
+                continue
+        secret = None
+        if party in serve.CHANNELS:  # a fresh secret each start, handed over in the environment
+            with session_scope() as session:
+                try:
+                    secret = auth.rotate_api_client_secret(session, client_id=serve.client_id(party), actor="demo")
+                except Exception:
+                    secret = auth.create_api_client(session, client_id=serve.client_id(party),
+                                                    name=f"{party} sandbox", facility_code=None, actor="demo")
+        processes.append((party, serve.spawn(party, platform_url=platform_url, secret=secret)))
+    for party, process in processes:
+        serve.wait_ready(party, process)
+    return [process for _, process in processes]
+
+
+def _demo_payment() -> None:
+    """The demo resident's personal account at the insurance centre (and its mirror in the ledger), a
+    commercial policy with direct pay authorised, and two open bills at a hospital to pay from H5."""
+    import uuid
+
+    import httpx
+    from sqlalchemy import select
+
+    from smartcare.healthcard import service as healthcard
+    from smartcare.payment import parties, saga, service as payment
+    from smartcare.payment.commercial import CommercialPolicy
+    from smartcare.payment.models import Bill, DirectPayConsent
+    from smartcare.payment.sandbox import serve
+    from smartcare.payment.schemas import BillIn
+    from smartcare.platform.db import session_scope
+    from sqlalchemy import text
+
+    with session_scope() as session:
+        held = healthcard.held_cards(session, "resident")
+        if not held:
+            return
+        empi_id = held[0][0].empi_id
+        facility = session.scalar(text("SELECT code FROM registry.facility WHERE kind = 'general_hospital' "
+                                       "AND level = 3 ORDER BY code LIMIT 1"))
+        fresh = session.scalar(select(Bill.id).where(Bill.empi_id == empi_id).limit(1)) is None
+    try:
+        httpx.put(serve.url("medins") + f"/_sandbox/persons/{empi_id}", timeout=5,
+                  json={"insutype": "310", "balance": 80_000, "deductible_used": 0, "fund_paid": 0}).raise_for_status()
+        parties.current().insurer.put_policy(CommercialPolicy(f"HMB-{empi_id}", parties.INSURER, deductible=0,
+                                                              ratio_bp=6_000, annual_limit=2_000_000,
+                                                              excluded_categories=frozenset({"丙"})), insured_id=empi_id)
+    except Exception as exc:  # the demo still runs; paying will say what is missing
+        err.print(f"[yellow]payment sandboxes not reachable ({exc}); the demo bills cannot be paid[/yellow]")
+        return
+    if not fresh:
+        return
+    with session_scope() as session:
+        payment.credit_personal_account(session, empi_id=empi_id, amount=80_000,
+                                        transfer_id=uuid.uuid5(saga.LEDGER_NS, f"demo-alloc:{empi_id}"))
+        session.add(DirectPayConsent(empi_id=empi_id, insurer=parties.INSURER, granted_by="resident"))
+        for n, items in enumerate(([("A001", "血常规", "甲", 2_500, 1), ("B001", "头孢克肟", "乙", 4_800, 2)],
+                                   [("P001", "CT", "甲", 32_000, 1), ("C001", "进口敷料", "丙", 6_000, 1),
+                                    ("S001", "门诊手术", "甲", 150_000, 1)]), start=1):
+            payment.create_bill(session, facility_code=facility, actor="demo", data=BillIn(
+                bill_no=f"DEMO-{empi_id}-{n}", empi_id=empi_id, insurance_type="employee",
+                items=[{"code": c, "name": name, "category": cat, "unit_price": price, "quantity": q}
+                       for c, name, cat, price, q in items]))
+
+
 def _port_free(host: str, port: int, what: str, variable: str) -> None:
     """Fail early with one clear line instead of a traceback from the server's start-up."""
     import socket
@@ -190,7 +270,9 @@ def _serve(host: str, port: int, *, mllp: bool = True) -> None:
 
 
 @app.command()
-def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typer.Option(None, help="default 8000")) -> None:
+def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typer.Option(None, help="default 8000"),
+       with_sandboxes: bool = typer.Option(True, "--sandboxes/--no-sandboxes",
+                                           help="start the payment parties' sandboxes (ports 8701–8705)")) -> None:
     """Everything on one machine: database (embedded unless DATABASE_URL), migrations, demo region, API, worker."""
     from smartcare.platform.db import database_url, session_scope
     from smartcare.synth import service as synth
@@ -216,6 +298,11 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
         _demo_index(settings.home)
     _ensure_demo_users()
     _demo_card()
+    sandboxes = []
+    if with_sandboxes:
+        with console.status("starting the payment sandboxes (insurance centre, insurer, WeChat Pay, Alipay, UnionPay) …"):
+            sandboxes = _start_sandboxes(f"http://{host}:{port}")
+        _demo_payment()
     from smartcare.workers import Workers
 
     workers = Workers()
@@ -228,9 +315,16 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
     table.add_row("health", f"{base}/health · {base}/ready · {base}/metrics")
     if settings.mllp_port > 0:
         table.add_row("HL7 v2 over MLLP", f"{settings.mllp_host}:{settings.mllp_port}")
+    if sandboxes:
+        table.add_row("payment sandboxes", "insurance centre :8701, insurer :8702, WeChat Pay :8703, Alipay :8704, "
+                                           "UnionPay :8705 (PUT /_sandbox/faults injects faults)")
     console.print(table)
-    _serve(host, port)
-    workers.stop(timeout=5)
+    try:
+        _serve(host, port)
+    finally:
+        workers.stop(timeout=5)
+        for process in sandboxes:
+            process.terminate()
     console.print("stopped; the embedded PostgreSQL stops with this process" if not settings.database_url else "stopped.")
 
 

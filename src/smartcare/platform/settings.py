@@ -63,8 +63,12 @@ class Settings(BaseSettings):
     payment_timeout_seconds: float = 2.0
     #: how long a patient may take to confirm a payment (a password on the phone) before it is reversed
     payment_payer_wait_seconds: float = 30.0
-    payment_notify_url: str = "http://127.0.0.1:8000"
+    payment_notify_url: str | None = None
     payment_keys_dir: Path | None = None
+
+    def resolved_payment_notify_url(self) -> str:
+        """Where channels send notifications: this platform, unless a public address is configured."""
+        return self.payment_notify_url or f"http://{self.host}:{self.port}"
 
     def resolved_payment_keys_dir(self) -> Path:
         return self.payment_keys_dir or self.home / "payment-keys"

@@ -27,7 +27,7 @@ from smartcare.healthcard import api as healthcard_api
 from smartcare.payment.api import router as payment_router
 from smartcare.platform.settings import get_settings
 from smartcare.registry.api import router as registry_router
-from smartcare.web import empi_pages, exchange_pages, healthcard_pages, pages
+from smartcare.web import empi_pages, exchange_pages, healthcard_pages, pages, payment_pages
 from smartcare.web.deps import db, principal
 
 STATIC = Path(__file__).parent / "static"
@@ -170,4 +170,5 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
     app.include_router(exchange_pages.router)
     app.include_router(empi_pages.router)
     app.include_router(healthcard_pages.router)
+    app.include_router(payment_pages.router)
     return app
