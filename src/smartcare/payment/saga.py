@@ -167,16 +167,21 @@ class Orchestrator:
             for k, v in values.items():
                 setattr(s, k, v)
             s.updated_at = china_now()
+            if s.lease_owner == self.owner:  # every write renews the lease: no separate round trip per step
+                s.lease_until = s.updated_at + timedelta(seconds=self.options.lease_seconds)
             event(session, s.id, what, outcome, **(detail or {}))
 
-    def _snapshot(self, settlement_no: str) -> tuple[Settlement, Bill, list[Item]]:
+    def _snapshot(self, settlement_no: str, bill: tuple[Bill, list[Item]] | None = None
+                  ) -> tuple[Settlement, Bill, list[Item]]:
+        """The settlement as it stands (and its bill, which never changes: read once per run)."""
         with session_scope() as session:
             s = self._read(session, settlement_no)
-            bill = session.get(Bill, s.bill_id)
-            items = [Item(i.code, i.name, i.category, i.unit_price, i.quantity, i.price_cap)
-                     for i in service.bill_items(session, bill)]
+            if bill is None:
+                found = session.get(Bill, s.bill_id)
+                bill = (found, [Item(i.code, i.name, i.category, i.unit_price, i.quantity, i.price_cap)
+                                for i in service.bill_items(session, found)])
             session.expunge_all()
-        return s, bill, items
+        return s, *bill
 
     def _fail(self, s: Settlement, step: str, reason: str, **detail) -> None:
         """A definite failure: from now on the saga undoes what was done."""
@@ -191,18 +196,16 @@ class Orchestrator:
         if not self._take(settlement_no):
             return self.state(settlement_no)
         try:
+            known = None
             while True:
-                s, bill, items = self._snapshot(settlement_no)
+                s, bill, items = self._snapshot(settlement_no, known)
+                known = (bill, items)
                 if s.state in TERMINAL:
                     return s.state
                 if self.crash(f"before:{s.step}"):
                     raise Crash(s.step)
                 getattr(self, f"_step_{s.step}")(s, bill, items)
-                if s.step == "compensate" and self.state(settlement_no) == "compensating":
-                    return "compensating"  # a party did not answer: recovery tries again later
-                if not self._take(settlement_no):
-                    return self.state(settlement_no)
-        except LeaseLost:
+        except LeaseLost:  # taken over, or a compensation a party did not answer: recovery tries again later
             return self.state(settlement_no)
 
     def state(self, settlement_no: str) -> str:
@@ -355,9 +358,14 @@ class Orchestrator:
         deadline = time.monotonic() + self.options.payer_wait_seconds
         told_paying = False
         while order is None or order.state == "paying":
-            with session_scope() as session:  # a notification may have told us already
-                row = session.execute(select(Settlement.cash_status, Settlement.transaction_id)
-                                      .where(Settlement.settlement_no == s.settlement_no)).one()
+            with session_scope() as session:  # a notification may have told us already; keep the lease
+                row = session.execute(
+                    update(Settlement).where(Settlement.settlement_no == s.settlement_no,
+                                             Settlement.lease_owner == self.owner)
+                    .values(lease_until=china_now() + timedelta(seconds=self.options.lease_seconds))
+                    .returning(Settlement.cash_status, Settlement.transaction_id)).one_or_none()
+            if row is None:
+                raise LeaseLost(s.settlement_no)
             if row.cash_status == "paid":
                 return Order(s.settlement_no, "paid", s.cash_pay, row.transaction_id)
             if order is not None and not told_paying:
