@@ -121,7 +121,8 @@ def upgrade() -> None:
             cash_status    varchar(12) NOT NULL DEFAULT 'pending',
             insurer_status varchar(12) NOT NULL DEFAULT 'pending',
             medins_status  varchar(12) NOT NULL DEFAULT 'pending',
-            state          varchar(12) NOT NULL DEFAULT 'processing' CHECK (state IN ('processing', 'succeeded')),
+            -- failed: a party refused its part; what was not refunded went back to the settlement's balance
+            state          varchar(12) NOT NULL DEFAULT 'processing' CHECK (state IN ('processing', 'succeeded', 'failed')),
             reason         text NOT NULL DEFAULT '',
             created_at     timestamptz NOT NULL DEFAULT now(),
             finished_at    timestamptz,

@@ -229,6 +229,8 @@ def _demo_payment() -> None:
     if not fresh:
         return
     with session_scope() as session:
+        card = healthcard.held_cards(session, "resident")[0][0]  # the hospital scans the card before it bills
+        healthcard.verify(session, code_text=healthcard.dynamic_code(session, card=card).text, facility_code=facility)
         payment.credit_personal_account(session, empi_id=empi_id, amount=80_000,
                                         transfer_id=uuid.uuid5(saga.LEDGER_NS, f"demo-alloc:{empi_id}"))
         session.add(DirectPayConsent(empi_id=empi_id, insurer=parties.INSURER, granted_by="resident"))

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from smartcare.payment import ledger
 from smartcare.payment.models import InsuranceYear
 from smartcare.platform.db import session_scope
-from tests.healthcard.card_support import signed
+from tests.healthcard.card_support import code, issue, person, resident, scan, signed
 
 
 def _bill(tag: str, **extra) -> dict:
@@ -58,8 +58,36 @@ def test_a_bill_is_idempotent_by_its_number_and_its_total_is_its_items(client, h
         s.execute(text("UPDATE payment.bill SET state = 'cancelled' WHERE id = :i"), {"i": bill_id})
 
 
+def _scanned_patient(client, hospital) -> str:
+    """A patient whose health card this hospital has just scanned: their empi_id."""
+    who, p = resident(client), person()
+    card = issue(client, who, name=p["name"], id_number=p["id_number"], phone=p["phone"]).json()["card_no"]
+    return scan(client, hospital, code(client, who, card)).json()["empi_id"]
+
+
+def test_a_hospital_bills_only_a_patient_whose_card_it_scanned(client, hospital):
+    from smartcare.platform import auth
+
+    empi_id = _scanned_patient(client, hospital)
+    stranger = signed(client, hospital, "POST", "/api/v1/payment/bills",
+                      _bill(uuid.uuid4().hex[:8], empi_id=f"E{uuid.uuid4().int % 10**11:011d}", insurance_type="employee"))
+    assert stranger.status_code == 403 and stranger.json()["field"] == "empi_id"
+    with session_scope() as s:  # another hospital, which never saw this patient
+        other = s.execute(text("SELECT code FROM registry.facility WHERE kind = 'general_hospital' AND code <> :c "
+                               "ORDER BY code LIMIT 1"), {"c": hospital[0]}).scalar()
+        secret = auth.create_api_client(s, client_id=f"his-{uuid.uuid4().hex[:8]}", name="HIS", facility_code=other)
+        client_id = s.execute(text("SELECT client_id FROM platform.api_client WHERE facility_code = :c "
+                                   "ORDER BY id DESC LIMIT 1"), {"c": other}).scalar()
+    elsewhere = signed(client, (other, client_id, secret), "POST", "/api/v1/payment/bills",
+                       _bill(uuid.uuid4().hex[:8], empi_id=empi_id, insurance_type="employee"))
+    assert elsewhere.status_code == 403 and elsewhere.json() == stranger.json()
+    here = signed(client, hospital, "POST", "/api/v1/payment/bills",
+                  _bill(uuid.uuid4().hex[:8], empi_id=empi_id, insurance_type="employee"))
+    assert here.status_code == 201, here.text
+
+
 def test_presettlement_uses_the_persons_accumulators_and_personal_account(client, hospital):
-    empi_id, tag = f"E{uuid.uuid4().int % 10**11:011d}", uuid.uuid4().hex[:8]
+    empi_id, tag = _scanned_patient(client, hospital), uuid.uuid4().hex[:8]
     made = signed(client, hospital, "POST", "/api/v1/payment/bills",
                   _bill(tag, empi_id=empi_id, insurance_type="employee"))
     assert made.status_code == 201, made.text

@@ -168,7 +168,7 @@ def test_an_orchestrator_that_crashed_is_taken_over(client, payment_region):
         bill_no = bill(client, region, patient)
         with session_scope() as session:
             no = saga.start(session, facility_code=region.hospital[0], bill_no=bill_no, channel="unionpay",
-                            auth_code=payment_code(client, region, patient, "unionpay")).settlement_no
+                            auth_code=payment_code(client, region, patient, "unionpay"))[0].settlement_no
         crashing = saga.Orchestrator(parties.current(), options, crash=lambda where, p=point: where == p)
         with pytest.raises(saga.Crash):
             crashing.run(no)
@@ -211,3 +211,33 @@ def test_reconciliation_lists_a_stray_payment_and_an_admin_resolves_it(client, p
     assert wechat.reverse(out_trade_no=stray).state == "reversed"  # what the resolution says was done
     again = client.post(f"/api/v1/payment/reconciliation/{day}", headers=admin).json()
     assert {r["party"]: r["differences"] for r in again}["wechat"] == 0
+
+
+def test_a_refund_a_party_refuses_stops_and_gives_the_rest_back(client, payment_region):
+    from smartcare.payment import parties
+    from smartcare.payment.commercial import CommercialPolicy
+    from tests.healthcard.card_support import headers
+
+    region = payment_region
+    region.calm()
+    patient = new_patient(client, region)
+    parties.current().insurer.put_policy(CommercialPolicy(f"HMB-{patient.empi_id}", "HMB", deductible=0, ratio_bp=5_000,
+                                                          annual_limit=1_000_000), insured_id=patient.empi_id)
+    client.put(f"/api/v1/payment/consents/{patient.card_no}/HMB", headers=headers(patient.who))
+    s = settle(client, region, bill(client, region, patient), "alipay", payment_code(client, region, patient, "alipay")).json()
+    payers = {p["payer"]: p for p in s["payers"]}
+    cash, claim = payers["cash"]["amount"], payers["commercial_insurance"]["amount"]
+    assert s["state"] == "completed" and claim > 0
+    region.faults("insurer", error=1.0)  # the insurer refuses every refund
+    try:
+        r = signed(client, region.hospital, "POST", f"/api/v1/payment/settlements/{s['settlement_no']}/refunds",
+                   {"refund_no": "RX", "amount": cash + 1})
+    finally:
+        region.calm()
+    assert r.status_code == 201 and r.json()["state"] == "failed", r.text
+    assert [(p["status"], p["amount"]) for p in r.json()["parts"]] == [("succeeded", cash), ("refused", 1), ("none", 0)]
+    after = signed(client, region.hospital, "GET", f"/api/v1/payment/settlements/{s['settlement_no']}").json()
+    assert after["refunded"] == cash  # the refused fen is the settlement's again: it can be refunded later
+    again = signed(client, region.hospital, "POST", f"/api/v1/payment/settlements/{s['settlement_no']}/refunds",
+                   {"refund_no": "RY", "amount": 1})
+    assert again.json()["state"] == "succeeded" and [p["amount"] for p in again.json()["parts"]] == [0, 1, 0]

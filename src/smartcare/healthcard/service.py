@@ -532,6 +532,16 @@ def report_use(session: Session, *, card_no: str, facility_code: str, step: str,
                        field="card_no", hint="scan the card's code first (POST /verify)")
 
 
+def scanned_at(session: Session, *, empi_id: str, facility_code: str) -> bool:
+    """Whether a card of this person was scanned at this hospital in the last ``USE_REPORT_HOURS``: how a
+    hospital shows the patient is in front of it before it bills (and so settles against) that person."""
+    return driver(session).execute(
+        """SELECT EXISTS (SELECT 1 FROM healthcard.card_use u JOIN healthcard.card c ON c.id = u.card_id
+                           WHERE c.empi_id = %s AND u.facility_code = %s
+                             AND u.at > now() - make_interval(hours => %s))""",
+        (empi_id, facility_code, USE_REPORT_HOURS)).fetchone()[0]
+
+
 def purge(session: Session) -> int:
     """Spent nonces, payment tokens and one-time SMS codes are kept a day past expiry (a replay within
     it is refused with ``code_replayed``; after it, ``code_expired`` refuses the code offline); the demo

@@ -57,7 +57,8 @@ def _refund_out(session: Session, refund: Refund) -> RefundOut:
                             PayerOut(payer="medical_insurance", status=refund.medins_status, amount=refund.medins_part)])
 
 
-@router.post("/bills", response_model=BillOut, status_code=201)
+@router.post("/bills", response_model=BillOut, status_code=201,
+             responses={200: {"description": "the same bill, sent again"}})
 def create_bill(data: BillIn, response: Response, session: Session = Depends(db), who: Principal = Depends(signed_client)):
     """A hospital's itemised bill. Sent again with the same number and content: the same bill (200)."""
     bill, new = service.create_bill(session, facility_code=who.facility(), data=data, actor=who.username)
@@ -86,8 +87,8 @@ def settle(bill_no: str, data: SettleIn, response: Response, session: Session = 
            who: Principal = Depends(signed_client)):
     """Settle the bill with every payer in one go: medical insurance, commercial insurance (if the
     patient authorised direct pay) and the patient's channel. Sent again: the same settlement."""
-    s = saga.start(session, facility_code=who.facility(), bill_no=bill_no, channel=data.channel, auth_code=data.auth_code)
-    new = s.state == "running" and s.step == "presettle"
+    s, new = saga.start(session, facility_code=who.facility(), bill_no=bill_no, channel=data.channel,
+                        auth_code=data.auth_code)
     no = s.settlement_no
     session.commit()  # the saga's own transactions must see it
     saga.orchestrator().run(no)
@@ -106,7 +107,9 @@ def get_settlement(settlement_no: str, session: Session = Depends(db), who: Prin
     return settlement_out(session, s)
 
 
-@router.post("/settlements/{settlement_no}/refunds", response_model=RefundOut, status_code=201)
+@router.post("/settlements/{settlement_no}/refunds", response_model=RefundOut, status_code=201,
+             responses={200: {"description": "the same refund, sent again"},
+                        202: {"description": "a party has not answered yet: the refund goes on in the background"}})
 def refund(settlement_no: str, data: RefundIn, response: Response, session: Session = Depends(db),
            who: Principal = Depends(signed_client)):
     """Refund all or part of a completed settlement: cash first, then the insurer, then medical
@@ -136,9 +139,9 @@ async def notify(channel: str, request: Request) -> Response:
         return Response(reply, status_code=status, media_type=media_type)
     with session_scope() as session:
         order = note.order
-        if order.state == "paid":
+        if order.state == "paid":  # only the amount asked for counts as paid; anything else the saga resolves
             session.execute(update(Settlement).where(Settlement.settlement_no == order.out_trade_no,
-                                                     Settlement.channel == channel,
+                                                     Settlement.channel == channel, Settlement.cash_pay == order.amount,
                                                      Settlement.cash_status.in_(("requested", "paying")))
                             .values(cash_status="paid", transaction_id=order.transaction_id, updated_at=china_now()))
         settlement_id = session.scalar(select(Settlement.id).where(Settlement.settlement_no == order.out_trade_no))

@@ -25,7 +25,7 @@ from smartcare.payment.models import Bill, Refund, Settlement
 from smartcare.payment.parties import Parties
 from smartcare.payment.remote import OutcomeUnknown, Refused
 from smartcare.payment.saga import LEDGER_NS, accounts, event, receivable
-from smartcare.platform.clock import china_now
+from smartcare.platform.clock import CHINA_TZ, china_now
 from smartcare.platform.db import session_scope
 from smartcare.platform.errors import Conflict, InvalidInput, NotFound
 
@@ -91,7 +91,7 @@ def run(parties: Parties, refund_id: int) -> str:
         s = session.get(Settlement, refund.settlement_id)
         bill = session.get(Bill, s.bill_id)
         session.expunge_all()
-    if refund.state == "succeeded":
+    if refund.state != "processing":
         return refund.state
     tag = f"{s.settlement_no}R{refund.id}"
     steps = (("cash", refund.cash_part, refund.cash_status, lambda: _refund_cash(parties, s, refund, tag)),
@@ -103,15 +103,18 @@ def run(parties: Parties, refund_id: int) -> str:
             continue
         try:
             call()
-        except (OutcomeUnknown, Refused) as exc:  # each call is idempotent: the next run asks again
+        except OutcomeUnknown as exc:  # each call is idempotent: the next run asks again
             log.warning("refund %s: %s part not done yet: %s", tag, payer, exc)
             with session_scope() as session:
                 event(session, s.id, f"refund:{payer}", "unknown", refund_no=refund.refund_no, error=str(exc))
             return "processing"
+        except Refused as exc:  # the party said no: the rest is not refunded, and a person must look at it
+            return _failed(s, refund, payer, exc)
         with session_scope() as session:
             if payer == "medins":
                 _book(session, s, refund, "hifp", s.hifp_pay, bill.insurance_type) if s.hifp_pay else None
                 _book(session, s, refund, "acct", s.acct_pay, bill.insurance_type) if s.acct_pay else None
+                _take_back_accumulators(session, s, bill.insurance_type)
             else:
                 _book(session, s, refund, payer, amount, bill.insurance_type)
             session.execute(update(Refund).where(Refund.id == refund.id).values({f"{payer}_status": "succeeded"}))
@@ -122,6 +125,34 @@ def run(parties: Parties, refund_id: int) -> str:
         if settlement.refunded == settlement.total:
             session.execute(update(Bill).where(Bill.id == s.bill_id).values(state="refunded"))
     return "succeeded"
+
+
+def _failed(s: Settlement, refund: Refund, payer: str, exc: Refused) -> str:
+    """Stop the refund at the refused part: what is not refunded goes back to the settlement's balance."""
+    log.error("refund %s of %s: %s refused: %s", refund.refund_no, s.settlement_no, payer, exc)
+    with session_scope() as session:
+        r = session.get(Refund, refund.id, with_for_update=True)
+        undone = sum(amount for status, amount in ((r.cash_status, r.cash_part), (r.insurer_status, r.insurer_part),
+                                                   (r.medins_status, r.medins_part)) if status == "pending")
+        for part in ("cash", "insurer", "medins"):
+            if getattr(r, f"{part}_status") == "pending":
+                setattr(r, f"{part}_status", "refused" if part == payer else "skipped")
+        r.state, r.finished_at, r.reason = "failed", china_now(), f"{r.reason} | {payer}: {exc.message}".strip(" |")
+        session.execute(update(Settlement).where(Settlement.id == s.id)
+                        .values(refunded=Settlement.refunded - undone))
+        event(session, s.id, f"refund:{payer}", "refused", refund_no=refund.refund_no, code=exc.code,
+              error=exc.message, not_refunded=undone)
+    return "failed"
+
+
+def _take_back_accumulators(session: Session, s: Settlement, insurance_type: str) -> None:
+    """A reversed insurance settlement gives the person's deductible and fund use of the year back."""
+    session.execute(text("""
+        UPDATE payment.insurance_year SET deductible_used = GREATEST(deductible_used - :d, 0),
+                                          fund_paid = GREATEST(fund_paid - :f, 0)
+         WHERE empi_id = :e AND insurance_type = :t AND year = :y"""),
+        {"d": s.act_pay_dedc, "f": s.hifp_pay, "e": s.empi_id, "t": insurance_type,
+         "y": (s.finished_at or china_now()).astimezone(CHINA_TZ).year})
 
 
 def _refund_cash(parties: Parties, s: Settlement, refund: Refund, tag: str) -> None:

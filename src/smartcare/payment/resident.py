@@ -168,8 +168,8 @@ def pay(session: Session, *, username: str, facility_code: str, bill_no: str, ca
         token = scanned.payments.get(channel)
         if token is None:  # bound a moment ago and unbound since
             raise Conflict(f"the card's code carries no {channel} payment code", field="channel")
-        started = saga.start(session, facility_code=bill.facility_code, bill_no=bill.bill_no, channel=channel,
-                             auth_code=str(token))
+        started, _ = saga.start(session, facility_code=bill.facility_code, bill_no=bill.bill_no, channel=channel,
+                                auth_code=str(token))
         no = started.settlement_no
         audit.record(session, actor=username, action="payment.resident.pay", target=f"bill:{facility_code}:{bill_no}",
                      detail={"settlement_no": no, "card_no": card.card_no, "channel": channel})

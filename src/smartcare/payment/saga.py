@@ -98,14 +98,15 @@ def event(session: Session, settlement_id: int, step: str, outcome: str, **detai
 # ---- starting --------------------------------------------------------------------------------------
 
 
-def start(session: Session, *, facility_code: str, bill_no: str, channel: str | None, auth_code: str | None) -> Settlement:
-    """A new settlement of an open bill (the caller commits, then runs it). A bill being paid or
-    paid already answers with that settlement, so a terminal's retry does not pay twice."""
+def start(session: Session, *, facility_code: str, bill_no: str, channel: str | None,
+          auth_code: str | None) -> tuple[Settlement, bool]:
+    """A new settlement of an open bill, and True (the caller commits, then runs it). A bill being
+    paid or paid already answers with that settlement and False, so a terminal's retry does not pay twice."""
     bill = service.get_bill(session, facility_code=facility_code, bill_no=bill_no)
     current = session.scalar(select(Settlement).where(Settlement.bill_id == bill.id,
                                                       Settlement.state.in_(("running", "compensating", "completed"))))
     if current is not None:
-        return current
+        return current, False
     if bill.state != "open":
         raise Conflict(f"bill {bill_no} is {bill.state}", field="bill_no")
     if channel is not None and not auth_code:
@@ -125,7 +126,7 @@ def start(session: Session, *, facility_code: str, bill_no: str, channel: str | 
     open_accounts(session, facility_code=facility_code, insurance_type=bill.insurance_type, channel=channel)
     session.flush()
     event(session, settlement.id, "start", "ok", channel=channel, insurer=insurer)
-    return settlement
+    return settlement, True
 
 
 # ---- the orchestrator ------------------------------------------------------------------------------
@@ -278,7 +279,7 @@ class Orchestrator:
                                                        bill_ref=s.settlement_no, items=claim_items, basic_paid=basic)
                 break
             except Refused as exc:
-                if exc.code in ("NO_POLICY", "NOT_COVERED"):
+                if exc.code == "NO_POLICY":
                     break
                 return self._fail(s, "authorise", f"insurer: {exc.message}", code=exc.code)
             except OutcomeUnknown:
@@ -330,6 +331,9 @@ class Orchestrator:
             if order is None or order.state != "not_found" or attempt >= RETRIES:
                 break
             order, attempt = self._send_pay(s, channel, attempt)  # it never arrived: the same number again
+        if order is not None and order.state == "paid" and order.amount != s.cash_pay:
+            self._write(s.settlement_no, "pay_cash", "amount_differs", {"paid": order.amount})
+            return self._fail(s, "pay_cash", f"{s.channel} took {order.amount} fen, not {s.cash_pay}: reversed")
         if order is not None and order.state == "paid":
             self._write(s.settlement_no, "pay_cash", "ok", {"transaction_id": order.transaction_id},
                         cash_status="paid", transaction_id=order.transaction_id, step="settle_medins")
@@ -468,7 +472,7 @@ class Orchestrator:
                 found = insurer.query(request_no=request_no)
                 if found is None:  # never arrived, or still on its way: voiding the number stops it for good
                     insurer.void(auth_no=None, request_no=request_no)
-                elif found.status == "captured":
+                elif found.status == "captured" and found.amount > found.refunded:  # else refunded already
                     insurer.refund(claim_no=s.insurer_claim_no or found.claim_no, refund_no=f"{s.settlement_no}C",
                                    amount=found.amount - found.refunded)
                 elif found.status == "authorised":

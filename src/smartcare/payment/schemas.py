@@ -122,7 +122,7 @@ class RefundOut(BaseModel):
     refund_no: str
     settlement_no: str
     amount: int
-    state: Literal["processing", "succeeded"]
+    state: Literal["processing", "succeeded", "failed"]
     parts: list[PayerOut]
 
 

@@ -13,13 +13,14 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from smartcare.healthcard import service as healthcard
 from smartcare.payment import ledger
 from smartcare.payment.insurance import Item, Policy, Settlement, load_policies, settle
 from smartcare.payment.models import Bill, BillItem, InsuranceYear
 from smartcare.payment.schemas import BillIn
 from smartcare.platform import audit
 from smartcare.platform.clock import china_now
-from smartcare.platform.errors import Conflict, InvalidInput, NotFound
+from smartcare.platform.errors import Conflict, Forbidden, InvalidInput, NotFound
 from smartcare.registry import service as registry
 
 
@@ -41,6 +42,10 @@ def create_bill(session: Session, *, facility_code: str, data: BillIn, actor: st
         return _resent(session, existing, data), False
     if data.insurance_type != "none" and not data.empi_id:
         raise InvalidInput("an insured bill needs the patient's empi_id", field="empi_id")
+    if data.empi_id and not healthcard.scanned_at(session, empi_id=data.empi_id, facility_code=facility_code):
+        # the same answer whether or not the person exists: a hospital cannot probe or bill strangers
+        raise Forbidden("the patient's health card was not scanned at this hospital in the last 24 hours",
+                        field="empi_id", hint="scan the patient's code first (POST /api/v1/healthcard/verify)")
     level = registry.get_facility(session, facility_code).level
     try:
         with session.begin_nested():

@@ -145,7 +145,7 @@ def settle_one(parties: Parties, orchestrator: saga.Orchestrator, rng: random.Ra
         service.create_bill(session, facility_code=facility_code, data=data, actor="simulation")
     with session_scope() as session:
         no = saga.start(session, facility_code=facility_code, bill_no=data.bill_no, channel=channel,
-                        auth_code=code).settlement_no
+                        auth_code=code)[0].settlement_no
     orchestrator.run(no)
     return no
 
