@@ -137,12 +137,12 @@ def payer_rows(s: Settlement) -> list[dict]:
     ]
 
 
-def settlement_chart(s: Settlement) -> dict:
+def settlement_chart(s: Settlement, kind: str = "stack") -> dict:
     cash_key = s.channel if s.channel in COLOURS else "cash"
     slices = [_slice("fund", PAYERS["fund"], s.hifp_pay), _slice("account", PAYERS["account"], s.acct_pay),
               _slice("insurer", PAYERS["insurer"], s.insurer_pay),
               _slice(cash_key, PAY_CHANNELS.get(s.channel or "", PAYERS["cash"]), s.cash_pay)]
-    return {"kind": "stack", "title": "按支付方", "total": s.total, "slices": slices}
+    return {"kind": kind, "title": "按支付方", "total": s.total, "slices": slices}
 
 
 def _patient(session: Session, empi_id: str | None) -> str:
@@ -246,11 +246,11 @@ def reconciliation_resolve(request: Request, item_id: int, resolution: str = For
 def bill_chart(mine: resident.MyBill) -> dict | None:
     s = mine.settlement
     if s is not None and s.state in ("completed", "running") and s.hifp_pay is not None:
-        return settlement_chart(s)
+        return settlement_chart(s, "pie")
     b = mine.breakdown
     if b is None:
         return None
-    cash_name = "个人自付（含商保直赔）" if b.direct_pay else PAYERS["cash"]
+    cash_name = "自付（含商保）" if b.direct_pay else PAYERS["cash"]
     return {"kind": "pie", "title": "预结算", "slices": [
         _slice("fund", PAYERS["fund"], b.fund), _slice("account", PAYERS["account"], b.account),
         _slice("cash", cash_name, b.cash)]}
