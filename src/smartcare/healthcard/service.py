@@ -532,6 +532,11 @@ def report_use(session: Session, *, card_no: str, facility_code: str, step: str,
                        field="card_no", hint="scan the card's code first (POST /verify)")
 
 
+def masked_name(session: Session, empi_id: str) -> str | None:
+    """How consoles show a person: the masked name on their latest card (None: no card)."""
+    return session.scalar(select(Card.name_masked).where(Card.empi_id == empi_id).order_by(Card.id.desc()).limit(1))
+
+
 def scanned_at(session: Session, *, empi_id: str, facility_code: str) -> bool:
     """Whether a card of this person was scanned at this hospital in the last ``USE_REPORT_HOURS``: how a
     hospital shows the patient is in front of it before it bills (and so settles against) that person."""

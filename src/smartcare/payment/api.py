@@ -10,13 +10,12 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from smartcare.healthcard import service as healthcard
-from smartcare.payment import parties, reconcile, refunds, saga, service
-from smartcare.payment.models import Bill, DirectPayConsent, ReconItem, Refund, Settlement, SettlementEvent
+from smartcare.payment import parties, reconcile, refunds, resident, saga, service
+from smartcare.payment.models import Bill, ReconItem, Refund, Settlement, SettlementEvent
 from smartcare.payment.remote import Refused
 from smartcare.payment.schemas import (
-    BillIn, BillOut, ItemOut, PayerOut, PreSettlementOut, ReconItemOut, ReconRunOut, RefundIn, RefundOut, ResolveIn,
-    SettleIn, SettlementOut,
+    BillIn, BillOut, ItemOut, MyBillOut, MyBreakdownOut, MyPayIn, PayerOut, PreSettlementOut, ReconItemOut, ReconRunOut,
+    RefundIn, RefundOut, ResolveIn, SettleIn, SettlementOut,
 )
 from smartcare.platform.auth import Principal, Role
 from smartcare.platform.clock import china_now
@@ -155,23 +154,13 @@ async def notify(channel: str, request: Request) -> Response:
 @router.put("/consents/{card_no}/{insurer}")
 def grant_direct_pay(card_no: str, insurer: str, session: Session = Depends(db), who: Principal = Depends(RESIDENT)) -> dict:
     """The card holder authorises ``insurer`` to pay hospitals directly for them (商保直赔授权)."""
-    card = healthcard.holder_card(session, username=who.username, card_no=card_no)
-    _known_insurer(insurer)
-    consent = session.get(DirectPayConsent, (card.empi_id, insurer))
-    if consent is None:
-        session.add(DirectPayConsent(empi_id=card.empi_id, insurer=insurer, granted_by=who.username))
-    else:
-        consent.revoked_at, consent.granted_by = None, who.username
+    resident.set_direct_pay(session, username=who.username, card_no=card_no, insurer=insurer, grant=True)
     return {"card_no": card_no, "insurer": insurer, "direct_pay": True}
 
 
 @router.delete("/consents/{card_no}/{insurer}")
 def revoke_direct_pay(card_no: str, insurer: str, session: Session = Depends(db), who: Principal = Depends(RESIDENT)) -> dict:
-    card = healthcard.holder_card(session, username=who.username, card_no=card_no)
-    _known_insurer(insurer)
-    consent = session.get(DirectPayConsent, (card.empi_id, insurer))
-    if consent is not None and consent.revoked_at is None:
-        consent.revoked_at = china_now()
+    resident.set_direct_pay(session, username=who.username, card_no=card_no, insurer=insurer, grant=False)
     return {"card_no": card_no, "insurer": insurer, "direct_pay": False}
 
 
@@ -205,48 +194,7 @@ def resolve_item(item_id: int, data: ResolveIn, session: Session = Depends(db),
     return ReconItemOut.model_validate(item, from_attributes=True)
 
 
-def _known_insurer(insurer: str) -> None:
-    if insurer != parties.INSURER:
-        raise NotFound(f"no commercial insurer {insurer}", field="insurer", hint=f"the region works with {parties.INSURER}")
-
-
 # ---- the resident's own bills (H5 and apps): only bills of people whose card the caller holds --------
-
-from pydantic import BaseModel as _BaseModel, Field as _Field  # noqa: E402
-
-from smartcare.payment import resident  # noqa: E402
-
-
-class MyBreakdownOut(_BaseModel):
-    """Each payer's share now (pre-settlement; nothing booked). With ``direct_pay`` the commercial insurer
-    pays part of ``cash_pay`` when the bill is paid (how much, it decides then)."""
-
-    fund_pay: int
-    account_pay: int
-    cash_pay: int
-    direct_pay: bool
-    error: str | None = None
-
-
-class MyBillOut(_BaseModel):
-    facility_code: str
-    bill_no: str
-    card_no: str = _Field(description="the caller's card of the patient: pay with it")
-    patient: str = _Field(description="the patient's name, masked")
-    insurance_type: str
-    total: int
-    state: str
-    items: list[ItemOut]
-    breakdown: MyBreakdownOut | None = _Field(None, description="open bills only")
-    settlement: SettlementOut | None = _Field(None, description="the latest attempt to pay it")
-    channels: list[str] = _Field(description="the card's bound channels that can pay it")
-
-
-class MyPayIn(_BaseModel):
-    model_config = {"extra": "forbid", "str_strip_whitespace": True}
-    card_no: str = _Field(min_length=1, max_length=20)
-    channel: str = _Field(min_length=1, max_length=10)
-
 
 def _my_bill_out(session: Session, mine: resident.MyBill) -> MyBillOut:
     b = mine.breakdown

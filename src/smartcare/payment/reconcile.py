@@ -30,7 +30,7 @@ from smartcare.payment.parties import CHANNELS, Parties
 from smartcare.payment.remote import OutcomeUnknown, Refused
 from smartcare.platform import audit
 from smartcare.platform.clock import china_now
-from smartcare.platform.errors import Conflict, NotFound
+from smartcare.platform.errors import Conflict, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 5
@@ -230,7 +230,7 @@ def resolve(session: Session, *, item_id: int, resolution: str, actor: str) -> R
     if item.state == "resolved":
         raise Conflict(f"item {item_id} is resolved already", field="item_id")
     if not resolution.strip():
-        raise Conflict("say how it was resolved", field="resolution")
+        raise InvalidInput("say how it was resolved", field="resolution")
     item.state, item.resolution, item.resolved_by, item.resolved_at = "resolved", resolution.strip(), actor, china_now()
     audit.record(session, actor=actor, action="payment.recon.resolve", target=f"recon:{item_id}",
                  detail={"party": item.party, "reference": item.reference, "kind": item.kind})

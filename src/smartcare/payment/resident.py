@@ -11,17 +11,21 @@ as the terminal: it mints a one-time code of the card, reads the chosen channel'
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from smartcare.healthcard import service as healthcard
-from smartcare.healthcard.models import Card
 from smartcare.payment import saga, service
 from smartcare.payment.models import Bill, BillItem, DirectPayConsent, Settlement
 from smartcare.payment.parties import CHANNELS, INSURER
 from smartcare.platform import audit
+from smartcare.platform.clock import china_now
 from smartcare.platform.errors import Conflict, InvalidInput, NotFound, SmartCareError
+
+if TYPE_CHECKING:  # the type only: cards are read through the health card's service
+    from smartcare.healthcard.models import Card
 
 #: How the card is used when the platform verifies its own code for a payment from the app.
 USE_STEP, USE_CHANNEL = "payment", "app"
@@ -181,3 +185,22 @@ def pay(session: Session, *, username: str, facility_code: str, bill_no: str, ca
 
 def settlement(session: Session, settlement_no: str) -> Settlement:
     return session.scalar(select(Settlement).where(Settlement.settlement_no == settlement_no))
+
+
+def set_direct_pay(session: Session, *, username: str, card_no: str, insurer: str, grant: bool) -> None:
+    """The card holder authorises (or withdraws) ``insurer`` paying hospitals directly for the card's
+    person (商保直赔授权); audited. Only an active card's holder may."""
+    card = healthcard.holder_card(session, username=username, card_no=card_no)
+    if card.state != "active":
+        raise Conflict(f"a {card.state} card cannot authorise direct pay", field="card_no")
+    if insurer != INSURER:
+        raise NotFound(f"no commercial insurer {insurer}", field="insurer", hint=f"the region works with {INSURER}")
+    consent = session.get(DirectPayConsent, (card.empi_id, insurer))
+    if grant and consent is None:
+        session.add(DirectPayConsent(empi_id=card.empi_id, insurer=insurer, granted_by=username))
+    elif grant:
+        consent.revoked_at, consent.granted_by = None, username
+    elif consent is not None and consent.revoked_at is None:
+        consent.revoked_at = china_now()
+    audit.record(session, actor=username, action="payment.direct_pay." + ("grant" if grant else "revoke"),
+                 target=f"card:{card_no}", detail={"insurer": insurer})

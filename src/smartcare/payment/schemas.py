@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+#: what a hospital's own numbers (bills, refunds) may contain: they appear in URL paths
+NUMBER = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 #: 100 million yuan: far above any real charge, and items × quantity × price stays inside bigint.
 MAX_PRICE = 10**10
 
@@ -33,7 +35,8 @@ class BillIn(BaseModel):
     """A hospital's bill. ``bill_no`` is the hospital's own number: sending it again is the same bill."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-    bill_no: str = Field(min_length=1, max_length=64)
+    bill_no: str = Field(min_length=1, max_length=64, pattern=NUMBER,
+                         description="letters, digits, '.', '_' and '-' (it appears in URLs)")
     empi_id: str | None = Field(None, max_length=20, description="the patient, from a scanned health card")
     insurance_type: Literal["employee", "resident", "none"] = "none"
     items: list[ItemIn] = Field(min_length=1, max_length=500)
@@ -111,7 +114,8 @@ class SettlementOut(BaseModel):
 
 class RefundIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-    refund_no: str = Field(min_length=1, max_length=64, description="the hospital's number: the idempotency key")
+    refund_no: str = Field(min_length=1, max_length=64, pattern=NUMBER,
+                           description="the hospital's number: the idempotency key")
     amount: int = Field(gt=0, le=MAX_PRICE * 500, description="fen")
     reason: str = Field("", max_length=200)
 
@@ -152,3 +156,34 @@ class ResolveIn(BaseModel):
     resolution: str = Field(min_length=1, max_length=500, description="what was done about it")
 
     _text = field_validator("resolution")(_no_nul)
+
+
+class MyBreakdownOut(BaseModel):
+    """Each payer's share now (pre-settlement; nothing booked). With ``direct_pay`` the commercial insurer
+    pays part of ``cash_pay`` when the bill is paid (how much, it decides then)."""
+
+    fund_pay: int
+    account_pay: int
+    cash_pay: int
+    direct_pay: bool
+    error: str | None = None
+
+
+class MyBillOut(BaseModel):
+    facility_code: str
+    bill_no: str
+    card_no: str = Field(description="the caller's card of the patient: pay with it")
+    patient: str = Field(description="the patient's name, masked")
+    insurance_type: str
+    total: int
+    state: str
+    items: list[ItemOut]
+    breakdown: MyBreakdownOut | None = Field(None, description="open bills only")
+    settlement: SettlementOut | None = Field(None, description="the latest attempt to pay it")
+    channels: list[str] = Field(description="the card's bound channels that can pay it")
+
+
+class MyPayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    card_no: str = Field(min_length=1, max_length=20)
+    channel: Literal["wechat", "alipay", "unionpay"]

@@ -250,9 +250,11 @@ def _check(parties: Parties, report: Report) -> None:
         report.refund_states = Counter(dict(session.execute(text(
             "SELECT state, count(*) FROM payment.refund GROUP BY state")).all()))
         report.ledger_balanced = ledger.trial_balance(session).balanced
-        report.open_pending = session.scalar(text(
+        report.open_pending = session.scalar(text(  # of this simulation's settlements
             "SELECT count(*) FROM payment.transfer p WHERE p.kind = 'pending' "
-            "AND NOT EXISTS (SELECT 1 FROM payment.transfer r WHERE r.pending_id = p.id)"))
+            "AND NOT EXISTS (SELECT 1 FROM payment.transfer r WHERE r.pending_id = p.id) "
+            "AND p.reference IN (SELECT s.settlement_no FROM payment.settlement s JOIN payment.bill b "
+            "ON b.id = s.bill_id WHERE b.bill_no LIKE 'SIM%')"))
         settlements = {s.settlement_no: s for s in session.scalars(select(Settlement))}
         refunded = defaultdict(lambda: [0, 0, 0])
         for r in session.scalars(select(Refund)):  # the parts that went through (a refused refund stops midway)

@@ -18,8 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from smartcare.healthcard import service as healthcard
-from smartcare.healthcard.models import Card
-from smartcare.payment import api as payment_api, parties, reconcile, resident, service
+from smartcare.payment import parties, reconcile, resident, service
 from smartcare.payment.models import Bill, ReconItem, ReconRun, Refund, Settlement, SettlementEvent
 from smartcare.platform import auth
 from smartcare.platform.auth import Role
@@ -149,8 +148,7 @@ def _patient(session: Session, empi_id: str | None) -> str:
     """A patient as the console shows them: the masked name their health card carries."""
     if not empi_id:
         return "（自费，未关联）"
-    name = session.scalar(select(Card.name_masked).where(Card.empi_id == empi_id).order_by(Card.id.desc()).limit(1))
-    return name or "—"
+    return healthcard.masked_name(session, empi_id) or "—"
 
 
 def _event_detail(detail: dict) -> str:
@@ -309,7 +307,7 @@ def h5_direct_pay(request: Request, card_no: str, grant: str = Form(""), session
                   who: auth.Principal = Depends(RESIDENT)):
     """Authorise (grant=1) or revoke (grant=0) commercial direct pay for the card's person — the same
     logic as PUT/DELETE /api/v1/payment/consents/{card_no}/{insurer}; the page comes back re-rendered."""
-    change = payment_api.grant_direct_pay if grant == "1" else payment_api.revoke_direct_pay
-    change(card_no=card_no, insurer=parties.INSURER, session=session, who=who)
+    resident.set_direct_pay(session, username=who.username, card_no=card_no, insurer=parties.INSURER,
+                            grant=grant == "1")
     session.flush()
     return h5_bills(request, session, who)
