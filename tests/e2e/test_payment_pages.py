@@ -210,3 +210,33 @@ def test_resident_api_answers_only_for_the_callers_bills(client, payment_region)
     [after] = [b for b in client.get("/api/v1/payment/me/bills", headers=me).json() if b["bill_no"] == bill_no]
     assert after["state"] == "settled" and after["breakdown"] is None
     assert after["settlement"]["settlement_no"] == s["settlement_no"]
+
+
+@pytest.mark.browser
+def test_the_terminal_bills_a_scanned_patient_and_settles_at_once(browser, client, payment_region):
+    from tests.healthcard.card_support import code
+
+    region = payment_region
+    region.calm()
+    patient = new_patient(client, region, balance=1_000)
+    facility = region.hospital[0]
+    page = browser.new_page()
+    login(page, region.url)
+    page.goto(f"{region.url}/admin/healthcard/terminal")
+    page.select_option("#facility", facility)
+    page.fill("#code", code(client, patient.who, patient.card_no))
+    page.click("#scan-form button[type=submit]")
+    page.wait_for_selector("#terminal-bill")
+    page.select_option("#terminal-channel", "alipay")
+    page.fill("#terminal-items", "A001,血常规,甲,25.00,2\nX9,bad line")
+    page.click("#terminal-settle")
+    page.wait_for_selector("#terminal-error")
+    assert "line 2" in page.text_content("#terminal-error")  # nothing billed: the cashier corrects the line
+    page.fill("#terminal-items", "A001,血常规,甲,25.00,2\nC001,进口敷料,丙,60.00,1")
+    page.click("#terminal-settle")
+    page.wait_for_selector("#terminal-settlement")
+    assert page.get_attribute("#terminal-settlement", "data-state") == "completed"
+    assert "¥110.00" in page.text_content("#terminal-settlement")
+    no = page.text_content("#terminal-settlement a")
+    done = signed(client, region.hospital, "GET", f"/api/v1/payment/settlements/{no}").json()
+    assert done["state"] == "completed" and done["channel"] == "alipay" and done["total"] == 11_000

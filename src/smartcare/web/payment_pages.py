@@ -9,6 +9,7 @@ module. Actions are htmx POSTs, so the same-site guard (``web.deps.action``) app
 
 from __future__ import annotations
 
+import secrets
 from collections import defaultdict
 from datetime import date, datetime, time, timedelta
 
@@ -25,6 +26,7 @@ from smartcare.platform.auth import Role
 from smartcare.platform.clock import CHINA_TZ, china_today
 from smartcare.platform.errors import InvalidInput, NotFound, SmartCareError
 from smartcare.platform.masking import mask_mapping, mask_text
+from smartcare.platform.money import parse_yuan
 from smartcare.registry import service as registry
 from smartcare.web.deps import action, db, require
 from smartcare.web.pages import CONSOLE_ROLES, templates
@@ -311,3 +313,59 @@ def h5_direct_pay(request: Request, card_no: str, grant: str = Form(""), session
                             grant=grant == "1")
     session.flush()
     return h5_bills(request, session, who)
+
+
+# ---- hospital terminal: bill the scanned patient and settle at once ----------------------------------
+
+
+def _items(text_: str) -> list[dict]:
+    """Bill lines as a cashier types them: ``code,name,category,unit price in yuan,quantity[,price cap in yuan]``."""
+    items = []
+    for n, line in enumerate((x for x in text_.splitlines() if x.strip()), start=1):
+        parts = [p.strip() for p in line.replace("，", ",").split(",")]
+        if len(parts) not in (5, 6):
+            raise InvalidInput(f"line {n}: write code,name,category,unit price,quantity[,price cap]", field="items")
+        try:
+            item = {"code": parts[0], "name": parts[1], "category": parts[2], "unit_price": parse_yuan(parts[3]),
+                    "quantity": int(parts[4])}
+            if len(parts) == 6 and parts[5]:
+                item["price_cap"] = parse_yuan(parts[5])
+        except (ValueError, ArithmeticError):
+            raise InvalidInput(f"line {n}: the price is yuan with at most two decimals and the quantity a whole number",
+                               field="items") from None
+        items.append(item)
+    return items
+
+
+@router.post("/admin/payment/terminal/settle", response_class=HTMLResponse, dependencies=[action])
+def terminal_settle(request: Request, facility: str = Form(...), empi_id: str = Form(...), channel: str = Form(...),
+                    auth_code: str = Form(...), insurance_type: str = Form("employee"), items: str = Form(...),
+                    who: auth.Principal = Depends(ADMIN)):
+    """The terminal after a scan: the cashier's bill for the scanned patient, settled at once with the
+    payment code the patient's QR carried — the same service calls as the signed hospital API."""
+    from pydantic import ValidationError
+
+    from smartcare.payment import saga
+    from smartcare.payment.schemas import BillIn
+    from smartcare.platform.db import session_scope
+
+    try:
+        try:
+            data = BillIn(bill_no=f"T{china_today():%Y%m%d}{secrets.token_hex(6)}", empi_id=empi_id,
+                          insurance_type=insurance_type, items=_items(items))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise InvalidInput(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}", field="items") from None
+        with session_scope() as session:
+            service.create_bill(session, facility_code=facility, data=data, actor=who.username)
+            settlement, _ = saga.start(session, facility_code=facility, bill_no=data.bill_no, channel=channel,
+                                       auth_code=auth_code)
+            no = settlement.settlement_no
+        saga.orchestrator().run(no)
+        error = None
+    except SmartCareError as exc:
+        no, error = None, exc
+    with session_scope() as session:
+        s = session.scalar(select(Settlement).where(Settlement.settlement_no == no)) if no else None
+        return templates.TemplateResponse(request, "payment/_terminal_result.html", {
+            "s": s, "error": error, "payers": payer_rows(s) if s else []})
