@@ -241,3 +241,52 @@ def test_a_refund_a_party_refuses_stops_and_gives_the_rest_back(client, payment_
     again = signed(client, region.hospital, "POST", f"/api/v1/payment/settlements/{s['settlement_no']}/refunds",
                    {"refund_no": "RY", "amount": 1})
     assert again.json()["state"] == "succeeded" and [p["amount"] for p in again.json()["parts"]] == [0, 1, 0]
+    rest = signed(client, region.hospital, "POST", f"/api/v1/payment/settlements/{s['settlement_no']}/refunds",
+                  {"refund_no": "RZ", "amount": claim - 1})  # the refused part does not count as refunded
+    assert rest.json()["state"] == "succeeded" and [p["amount"] for p in rest.json()["parts"]] == [0, claim - 1, 0]
+
+
+def test_two_runs_at_once_settle_and_refund_once(client, payment_region):
+    import threading
+
+    from smartcare.payment import parties, refunds, saga
+
+    region = payment_region
+    region.calm()
+    for _ in range(3):  # a terminal's retry beside its first request, in one process
+        patient = new_patient(client, region, balance=1_000)
+        bill_no = bill(client, region, patient)
+        with session_scope() as session:
+            no = saga.start(session, facility_code=region.hospital[0], bill_no=bill_no, channel="wechat",
+                            auth_code=payment_code(client, region, patient, "wechat"))[0].settlement_no
+        runs = [threading.Thread(target=saga.orchestrator().run, args=(no,)) for _ in range(2)]
+        for t in runs:
+            t.start()
+        for t in runs:
+            t.join()
+        saga.orchestrator().run(no)
+        assert saga.orchestrator().state(no) == "completed"
+        centre = [x["state"] for x in region.books("medins")["settlements"] if x["mdtrt_id"] == no]
+        assert centre == ["settled"], centre
+    with session_scope() as session:
+        refund, _ = refunds.request(session, facility_code=region.hospital[0], settlement_no=no, refund_no="FULL",
+                                    amount=session.execute(text("SELECT total FROM payment.settlement "
+                                                                "WHERE settlement_no = :n"), {"n": no}).scalar())
+        refund_id = refund.id
+        fund_before = session.execute(text("SELECT fund_paid FROM payment.insurance_year WHERE empi_id = :e"),
+                                      {"e": patient.empi_id}).scalar()
+    runs = [threading.Thread(target=refunds.run, args=(parties.current(), refund_id)) for _ in range(3)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    refunds.run(parties.current(), refund_id)
+    with session_scope() as session:
+        booked = session.execute(text("SELECT count(*) FROM payment.settlement_event e JOIN payment.settlement s "
+                                      "ON s.id = e.settlement_id WHERE s.settlement_no = :n AND e.step LIKE 'refund:%' "
+                                      "AND e.outcome = 'ok'"), {"n": no}).scalar()
+        fund_after = session.execute(text("SELECT fund_paid FROM payment.insurance_year WHERE empi_id = :e"),
+                                     {"e": patient.empi_id}).scalar()
+        hifp = session.execute(text("SELECT hifp_pay FROM payment.settlement WHERE settlement_no = :n"), {"n": no}).scalar()
+    assert booked == 2  # cash and medical insurance, once each
+    assert fund_before - fund_after == hifp

@@ -539,10 +539,11 @@ def masked_name(session: Session, empi_id: str) -> str | None:
 
 def scanned_at(session: Session, *, empi_id: str, facility_code: str) -> bool:
     """Whether a card of this person was scanned at this hospital in the last ``USE_REPORT_HOURS``: how a
-    hospital shows the patient is in front of it before it bills (and so settles against) that person."""
+    hospital shows the patient is in front of it before it bills (and so settles against) that person.
+    Uses from the resident's own app (paying a bill from the phone) do not count."""
     return driver(session).execute(
         """SELECT EXISTS (SELECT 1 FROM healthcard.card_use u JOIN healthcard.card c ON c.id = u.card_id
-                           WHERE c.empi_id = %s AND u.facility_code = %s
+                           WHERE c.empi_id = %s AND u.facility_code = %s AND u.channel <> 'app'
                              AND u.at > now() - make_interval(hours => %s))""",
         (empi_id, facility_code, USE_REPORT_HOURS)).fetchone()[0]
 

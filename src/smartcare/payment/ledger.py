@@ -43,6 +43,15 @@ def open_account(session: Session, *, code: str, kind: str, name: str = "", debi
     return existing
 
 
+def lock(session: Session, codes) -> None:
+    """Lock these accounts, in id order, for the rest of the transaction. Each transfer locks its two
+    accounts in id order itself; a transaction that makes several transfers must take all its locks
+    first, or two such transactions (a settlement's posts beside a refund to the same personal account)
+    could each hold one account the other waits for."""
+    driver(session).execute("""SELECT id FROM payment.account WHERE code = ANY(%s) ORDER BY id FOR NO KEY UPDATE""",
+                            (list(codes),)).fetchall()
+
+
 def account(session: Session, code: str) -> Account:
     found = session.scalar(select(Account).where(Account.code == code).execution_options(populate_existing=True))
     if found is None:

@@ -17,24 +17,31 @@ from __future__ import annotations
 import logging
 import uuid
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import case, func, select, text, update
 from sqlalchemy.orm import Session
 
 from smartcare.payment import ledger
-from smartcare.payment.models import Bill, Refund, Settlement
+from smartcare.payment.models import Bill, Refund, Settlement, SettlementEvent
 from smartcare.payment.parties import Parties
 from smartcare.payment.remote import OutcomeUnknown, Refused
 from smartcare.payment.saga import LEDGER_NS, accounts, event, receivable
 from smartcare.platform.clock import CHINA_TZ, china_now
-from smartcare.platform.db import session_scope
+from smartcare.platform.db import get_engine, session_scope
 from smartcare.platform.errors import Conflict, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
+#: first key of the advisory lock a refund run holds (the second is the refund's id)
+LOCK_KEY = 6_2010
 
 
 def _refunded_parts(session: Session, settlement_id: int) -> tuple[int, int, int]:
-    row = session.execute(select(*(func.coalesce(func.sum(c), 0) for c in
-                                   (Refund.cash_part, Refund.insurer_part, Refund.medins_part)))
+    """What earlier refunds took (or are taking) from each payer; parts a party refused do not count."""
+    def part(amount, status):
+        return func.coalesce(func.sum(case((status.in_(("pending", "succeeded")), amount), else_=0)), 0)
+
+    row = session.execute(select(part(Refund.cash_part, Refund.cash_status),
+                                 part(Refund.insurer_part, Refund.insurer_status),
+                                 part(Refund.medins_part, Refund.medins_status))
                           .where(Refund.settlement_id == settlement_id)).one()
     return int(row[0]), int(row[1]), int(row[2])
 
@@ -85,16 +92,32 @@ def _book(session: Session, s: Settlement, refund: Refund, payer: str, amount: i
 
 
 def run(parties: Parties, refund_id: int) -> str:
-    """Carry the refund as far as the parties allow now; returns its state. Safe to run again."""
+    """Carry the refund as far as the parties allow now; returns its state. Safe to run again, and at
+    the same time: one run at a time holds the refund (the others return at once)."""
+    with get_engine().connect() as lock:
+        lock.execution_options(isolation_level="AUTOCOMMIT")
+        if not lock.execute(text("SELECT pg_try_advisory_lock(:k, :id)"), {"k": LOCK_KEY, "id": refund_id}).scalar():
+            return "processing"
+        try:
+            return _run(parties, refund_id)
+        finally:
+            lock.execute(text("SELECT pg_advisory_unlock(:k, :id)"), {"k": LOCK_KEY, "id": refund_id})
+
+
+def _run(parties: Parties, refund_id: int) -> str:
     with session_scope() as session:
         refund = session.get(Refund, refund_id)
         s = session.get(Settlement, refund.settlement_id)
         bill = session.get(Bill, s.bill_id)
+        unsure = set(session.scalars(select(SettlementEvent.step).where(
+            SettlementEvent.settlement_id == s.id, SettlementEvent.outcome == "unknown",
+            SettlementEvent.detail["refund_no"].astext == refund.refund_no)))
         session.expunge_all()
     if refund.state != "processing":
         return refund.state
     tag = f"{s.settlement_no}R{refund.id}"
-    steps = (("cash", refund.cash_part, refund.cash_status, lambda: _refund_cash(parties, s, refund, tag)),
+    steps = (("cash", refund.cash_part, refund.cash_status,
+              lambda: _refund_cash(parties, s, refund, tag, asked_before="refund:cash" in unsure)),
              ("insurer", refund.insurer_part, refund.insurer_status,
               lambda: parties.insurer.refund(claim_no=s.insurer_claim_no, refund_no=tag, amount=refund.insurer_part)),
              ("medins", refund.medins_part, refund.medins_status, lambda: _refund_medins(parties, s, bill)))
@@ -103,21 +126,28 @@ def run(parties: Parties, refund_id: int) -> str:
             continue
         try:
             call()
-        except OutcomeUnknown as exc:  # each call is idempotent: the next run asks again
+        except (OutcomeUnknown, Refused) as exc:
+            if isinstance(exc, Refused) and f"refund:{payer}" not in unsure:
+                return _failed(s, refund, payer, exc)  # the party said no: a person must look at the rest
+            # no answer — or a refusal after an unknown outcome, which proves nothing (the first request may
+            # have been carried out): each call is idempotent, so the next run asks again
             log.warning("refund %s: %s part not done yet: %s", tag, payer, exc)
             with session_scope() as session:
                 event(session, s.id, f"refund:{payer}", "unknown", refund_no=refund.refund_no, error=str(exc))
             return "processing"
-        except Refused as exc:  # the party said no: the rest is not refunded, and a person must look at it
-            return _failed(s, refund, payer, exc)
         with session_scope() as session:
-            if payer == "medins":
+            done = session.execute(update(Refund).where(Refund.id == refund.id, getattr(Refund, f"{payer}_status") == "pending")
+                                   .values({f"{payer}_status": "succeeded"})).rowcount
+            if not done:
+                continue  # booked already (cannot happen under the lock; the guard keeps it so)
+            if payer == "medins":  # two transfers: lock their accounts first (see ledger.lock)
+                debit = accounts(s, bill.insurance_type)
+                ledger.lock(session, [debit["hifp"], debit["acct"], receivable(s.facility_code)])
                 _book(session, s, refund, "hifp", s.hifp_pay, bill.insurance_type) if s.hifp_pay else None
                 _book(session, s, refund, "acct", s.acct_pay, bill.insurance_type) if s.acct_pay else None
                 _take_back_accumulators(session, s, bill.insurance_type)
             else:
                 _book(session, s, refund, payer, amount, bill.insurance_type)
-            session.execute(update(Refund).where(Refund.id == refund.id).values({f"{payer}_status": "succeeded"}))
             event(session, s.id, f"refund:{payer}", "ok", refund_no=refund.refund_no, amount=amount)
     with session_scope() as session:
         session.execute(update(Refund).where(Refund.id == refund.id).values(state="succeeded", finished_at=china_now()))
@@ -155,9 +185,14 @@ def _take_back_accumulators(session: Session, s: Settlement, insurance_type: str
          "y": (s.finished_at or china_now()).astimezone(CHINA_TZ).year})
 
 
-def _refund_cash(parties: Parties, s: Settlement, refund: Refund, tag: str) -> None:
-    result = parties.channel(s.channel).refund(out_trade_no=s.settlement_no, out_refund_no=tag,
-                                              amount=refund.cash_part, total=s.cash_pay)
+def _refund_cash(parties: Parties, s: Settlement, refund: Refund, tag: str, *, asked_before: bool) -> None:
+    channel = parties.channel(s.channel)
+    if asked_before:  # the last request went unanswered: did it happen?
+        if channel.query_refund(out_refund_no=tag).state == "succeeded":
+            return
+    result = channel.refund(out_trade_no=s.settlement_no, out_refund_no=tag, amount=refund.cash_part, total=s.cash_pay)
+    if result.state == "failed":
+        raise Refused(s.channel, "REFUND_FAILED", f"the channel could not return {refund.cash_part} fen")
     if result.state != "succeeded":  # processing: the channel finishes it later; ask again next run
         raise OutcomeUnknown(s.channel, f"refund {result.state}")
 

@@ -19,7 +19,9 @@ settlement (every write checks ``lease_owner``), so two orchestrators never act 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -138,12 +140,18 @@ class Orchestrator:
         self.parties = parties
         self.options = options or Options()
         self.crash = crash or (lambda point: False)
-        self.owner = secrets.token_hex(8)
+        self._local = threading.local()
+
+    @property
+    def owner(self) -> str:
+        """The lease token of the current ``run`` call: one per call, so that two threads of one process
+        (a terminal's retry beside the first request, the worker beside the API) never both hold a lease."""
+        return self._local.owner
 
     # -- leases and state --
 
-    def _take(self, settlement_no: str, *, recovering: bool = False) -> bool:
-        """Take (or renew) the lease; False if another orchestrator holds a live one or it has ended."""
+    def _take(self, settlement_no: str) -> bool:
+        """Take the lease; False if another run holds a live one or the settlement has ended."""
         with session_scope() as session:
             taken = session.execute(text("""
                 UPDATE payment.settlement SET lease_owner = :me, lease_until = now() + make_interval(secs => :secs),
@@ -194,6 +202,7 @@ class Orchestrator:
 
     def run(self, settlement_no: str) -> str:
         """Move the settlement as far as it goes now; returns its state. Safe to call again at any time."""
+        self._local.owner = f"{os.getpid()}-{secrets.token_hex(8)}"
         if not self._take(settlement_no):
             return self.state(settlement_no)
         try:
@@ -220,15 +229,12 @@ class Orchestrator:
                 SELECT settlement_no FROM payment.settlement
                  WHERE state IN ('running', 'compensating') AND (lease_until IS NULL OR lease_until < now())
                  ORDER BY lease_until NULLS FIRST LIMIT :limit FOR UPDATE SKIP LOCKED"""), {"limit": limit}))
-        taken = 0
-        for no in numbers:
-            if self._take(no):
-                taken += 1
-                try:
-                    self.run(no)
-                except Exception:
-                    log.exception("settlement %s: recovery failed; it will be tried again", no)
-        return taken
+        for no in numbers:  # run() takes the lease, or leaves the settlement to whoever took it first
+            try:
+                self.run(no)
+            except Exception:
+                log.exception("settlement %s: recovery failed; it will be tried again", no)
+        return len(numbers)
 
     # -- steps --
 
@@ -302,6 +308,7 @@ class Orchestrator:
         try:
             with session_scope() as session:
                 settlement = self._read(session, s.settlement_no)
+                ledger.lock(session, [debit[p] for p, amount in shares.items() if amount] + [receivable(s.facility_code)])
                 for payer, amount in shares.items():
                     if amount:
                         if payer == "acct":
@@ -440,6 +447,10 @@ class Orchestrator:
                 return self._fail(s, "capture", f"insurer: {exc.message}", code=exc.code)
             except OutcomeUnknown:
                 continue
+            if captured.amount != s.insurer_pay:
+                self._write(s.settlement_no, "capture", "amount_differs", {"captured": captured.amount},
+                            insurer_status="captured", insurer_claim_no=captured.claim_no)
+                return self._fail(s, "capture", f"insurer paid {captured.amount} fen, not {s.insurer_pay}")
             self._write(s.settlement_no, "capture", "ok", {"claim_no": captured.claim_no}, insurer_status="captured",
                         insurer_claim_no=captured.claim_no, step="finish")
             return
@@ -450,6 +461,8 @@ class Orchestrator:
         with session_scope() as session:
             settlement = self._read(session, s.settlement_no)
             shares = {"hifp": s.hifp_pay, "acct": s.acct_pay, "insurer": s.insurer_pay, "cash": s.cash_pay}
+            debit = accounts(s, bill.insurance_type)
+            ledger.lock(session, [debit[p] for p, amount in shares.items() if amount] + [receivable(s.facility_code)])
             for payer, amount in shares.items():
                 if amount:
                     ledger.post(session, id=transfer_id(s.settlement_no, payer, "post"),
@@ -498,8 +511,10 @@ class Orchestrator:
         return True
 
     def _undo_cash(self, s: Settlement) -> bool:
-        if s.cash_status not in ("requested", "paying", "paid"):
-            return True
+        if s.cash_attempt == 0 or s.cash_status == "reversed":
+            return True  # nothing was ever asked of the channel, or it is undone already
+        # even after a refusal: an earlier request of this number may still be on its way (a refusal after an
+        # unknown outcome proves nothing), and reversing closes the number for good
         try:  # reverse cancels whatever happened: unpaid → closed for good, paid → money back
             order = self.parties.channel(s.channel).reverse(out_trade_no=s.settlement_no)
         except (OutcomeUnknown, Refused) as exc:
@@ -519,6 +534,7 @@ class Orchestrator:
             return
         with session_scope() as session:
             settlement = self._read(session, s.settlement_no)
+            ledger.lock(session, [*accounts(s, bill.insurance_type).values(), receivable(s.facility_code)])
             for payer in PAYERS:
                 pending_id = transfer_id(s.settlement_no, payer, "pending")
                 if session.get(Transfer, pending_id) is not None:

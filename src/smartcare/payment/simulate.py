@@ -185,7 +185,7 @@ def run(parties: Parties, *, patients: list[SimPatient], facility_code: str, cou
                 continue
             except Exception as exc:  # a bug, not a fault: reported, and the run goes on
                 with lock:
-                    report.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                    report.errors.append(f"{type(exc).__name__}: {exc}"[:2000])
                 continue
             finally:
                 with lock:

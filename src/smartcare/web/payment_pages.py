@@ -346,26 +346,28 @@ def terminal_settle(request: Request, facility: str = Form(...), empi_id: str = 
     from pydantic import ValidationError
 
     from smartcare.payment import saga
-    from smartcare.payment.schemas import BillIn
+    from smartcare.payment.schemas import BillIn, SettleIn
     from smartcare.platform.db import session_scope
 
+    no = error = None
     try:
         try:
             data = BillIn(bill_no=f"T{china_today():%Y%m%d}{secrets.token_hex(6)}", empi_id=empi_id,
                           insurance_type=insurance_type, items=_items(items))
+            pay = SettleIn(channel=channel, auth_code=auth_code)
         except ValidationError as exc:
             first = exc.errors()[0]
             raise InvalidInput(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}", field="items") from None
         with session_scope() as session:
             service.create_bill(session, facility_code=facility, data=data, actor=who.username)
-            settlement, _ = saga.start(session, facility_code=facility, bill_no=data.bill_no, channel=channel,
-                                       auth_code=auth_code)
+            settlement, _ = saga.start(session, facility_code=facility, bill_no=data.bill_no, channel=pay.channel,
+                                       auth_code=pay.auth_code)
             no = settlement.settlement_no
         saga.orchestrator().run(no)
-        error = None
     except SmartCareError as exc:
-        no, error = None, exc
+        error = exc  # a settlement that started is still shown: its state says where it is
     with session_scope() as session:
         s = session.scalar(select(Settlement).where(Settlement.settlement_no == no)) if no else None
         return templates.TemplateResponse(request, "payment/_terminal_result.html", {
-            "s": s, "error": error, "payers": payer_rows(s) if s else []})
+            "s": s, "error": error, "payers": payer_rows(s) if s else [],
+            "reason": mask_text(s.reason or "") if s else ""})
