@@ -13,7 +13,6 @@ queried by its request number alone (see ``channels/alipay.py``).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -23,7 +22,6 @@ from contextlib import asynccontextmanager
 from datetime import date, datetime, timedelta
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request, Response
 
 from smartcare.payment.channels import alipay as wire
@@ -32,6 +30,7 @@ from smartcare.payment.sandbox.channel import (
     BillLine,
     BooksError,
     ChannelBooks,
+    LoopClient,
     SandboxOrder,
     books_router,
 )
@@ -270,14 +269,7 @@ def create_app(*, credentials: Credentials, redeem: Callable[[str], Awaitable[st
     holder: dict = {"faults": faults or Faults()}
     books = ChannelBooks("alipay", holder=holder, redeem=redeem, password_above=password_above,
                          password_seconds=password_seconds)
-    clients: dict[int, httpx.AsyncClient] = {}
-
-    def notifier() -> httpx.AsyncClient:
-        loop_id = id(asyncio.get_running_loop())
-        if loop_id not in clients:  # a client belongs to one event loop
-            clients.clear()
-            clients[loop_id] = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0))
-        return clients[loop_id]
+    notifier = LoopClient()
 
     async def notify(order: SandboxOrder) -> bool:
         """POST the signed trade_status_sync form; acknowledged only by the body ``success``."""
@@ -300,8 +292,7 @@ def create_app(*, credentials: Credentials, redeem: Callable[[str], Awaitable[st
     async def lifespan(_app: FastAPI):
         yield
         await books.aclose()
-        for client in clients.values():
-            await client.aclose()
+        await notifier.aclose()
 
     app = FastAPI(title="Sandbox Alipay (支付宝 openapi gateway)", lifespan=lifespan)
     app.state.books = books

@@ -319,6 +319,27 @@ class ChannelBooks:
 REDEEM_PATH = "/api/v1/healthcard/payment-tokens/redeem"
 
 
+class LoopClient:
+    """An ``httpx.AsyncClient`` for the running event loop (a client belongs to one loop, and a server
+    restarted in the same process, as tests do, runs a new one): call it to get the client."""
+
+    def __init__(self, timeout: float = 5.0):
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 2.0))
+        self._clients: dict[int, httpx.AsyncClient] = {}
+
+    def __call__(self) -> httpx.AsyncClient:
+        loop_id = id(asyncio.get_running_loop())
+        if loop_id not in self._clients:
+            self._clients.clear()
+            self._clients[loop_id] = httpx.AsyncClient(timeout=self._timeout)
+        return self._clients[loop_id]
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+
 def platform_redeemer(platform_url: str, *, channel: str, client_id: str, secret: str,
                       timeout: float = 5.0) -> Redeem:
     """Redeem payment codes at the platform, as the real channel does with the health-card token.
@@ -329,14 +350,7 @@ def platform_redeemer(platform_url: str, *, channel: str, client_id: str, secret
     """
     url = platform_url.rstrip("/") + REDEEM_PATH
     signed_path = urlsplit(url).path
-    clients: dict[int, httpx.AsyncClient] = {}
-
-    def http() -> httpx.AsyncClient:
-        loop_id = id(asyncio.get_running_loop())
-        if loop_id not in clients:  # a client belongs to one event loop
-            clients.clear()
-            clients[loop_id] = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)))
-        return clients[loop_id]
+    http = LoopClient(timeout)
 
     async def redeem(auth_code: str) -> str | None:
         body = json.dumps({"channel": channel, "token": auth_code}).encode()

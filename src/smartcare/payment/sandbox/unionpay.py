@@ -11,13 +11,11 @@ transaction is refused with respCode 01 (failed, nothing done) and a query or fi
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from urllib.parse import urlencode
 
-import httpx
 from fastapi import FastAPI, Request, Response
 
 from smartcare.payment.channels import unionpay as wire
@@ -26,6 +24,7 @@ from smartcare.payment.sandbox.channel import (
     BillLine,
     BooksError,
     ChannelBooks,
+    LoopClient,
     SandboxOrder,
     SandboxRefund,
     books_router,
@@ -252,14 +251,7 @@ def create_app(*, credentials: Credentials, redeem: Callable[[str], Awaitable[st
     holder: dict = {"faults": faults or Faults()}
     books = ChannelBooks("unionpay", holder=holder, redeem=redeem, password_above=password_above,
                          password_seconds=password_seconds)
-    clients: dict[int, httpx.AsyncClient] = {}
-
-    def notifier() -> httpx.AsyncClient:
-        loop_id = id(asyncio.get_running_loop())
-        if loop_id not in clients:  # a client belongs to one event loop
-            clients.clear()
-            clients[loop_id] = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0))
-        return clients[loop_id]
+    notifier = LoopClient()
 
     def envelope(fields: Fields) -> Fields:
         return {"version": "5.1.0", "encoding": "UTF-8", "signMethod": "01", "certId": credentials.channel_serial,
@@ -278,8 +270,7 @@ def create_app(*, credentials: Credentials, redeem: Callable[[str], Awaitable[st
     async def lifespan(_app: FastAPI):
         yield
         await books.aclose()
-        for client in clients.values():
-            await client.aclose()
+        await notifier.aclose()
 
     app = FastAPI(title="Sandbox UnionPay (银联全渠道 gateway 5.1.0)", lifespan=lifespan)
     app.state.books = books
