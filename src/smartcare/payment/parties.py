@@ -7,10 +7,13 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from sqlalchemy import text
+
 from smartcare.payment.channels.base import Channel
 from smartcare.payment.channels.credentials import load_or_create
 from smartcare.payment.insurer import Insurer
 from smartcare.payment.medins import MedicalInsuranceCentre
+from smartcare.platform.db import session_scope
 from smartcare.platform.settings import Settings, get_settings
 
 CHANNELS = ("wechat", "alipay", "unionpay")
@@ -34,6 +37,12 @@ class Parties:
 
     def channel(self, name: str) -> Channel:
         return self.channels[name]
+
+    def new_msgid(self, facility_code: str) -> str:
+        """A new message id for ``facility_code``'s next message to the centre (unique: a database sequence)."""
+        with session_scope() as session:
+            seq = session.execute(text("SELECT nextval('payment.medins_msg_seq')")).scalar_one()
+        return self.medins(facility_code).new_msgid(seq)
 
 
 def channel_adapters(settings: Settings) -> dict[str, Channel]:

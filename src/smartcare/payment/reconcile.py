@@ -140,8 +140,7 @@ def _medins(session: Session, parties: Parties, rows, day: date) -> PartyResult:
         totals = [sum(m[0] * m[i] for m in moves) for i in (1, 2, 3)]  # medfee, fund, account
         count = sum(m[0] for m in moves)
         centre = parties.medins(facility)
-        seq = session.execute(text("SELECT nextval('payment.medins_msg_seq')")).scalar_one()
-        answer = centre.reconcile_totals(msgid=centre.new_msgid(seq), day=day, medfee_sumamt=totals[0],
+        answer = centre.reconcile_totals(msgid=parties.new_msgid(facility), day=day, medfee_sumamt=totals[0],
                                          fund_pay_sumamt=totals[1], acct_pay=totals[2], setl_cnt=count)
         if answer.balanced:
             result.matched += len(settlements)
@@ -153,8 +152,7 @@ def _medins(session: Session, parties: Parties, rows, day: date) -> PartyResult:
                 continue
             details.append(DetailIn(msgid=r["medins_msgid"], setl_id=r["setl_id"], medfee_sumamt=total,
                                     fund_pay_sumamt=fund, acct_pay=acct, reversed=sum(m[0] for m in moves) <= 0))
-        seq = session.execute(text("SELECT nextval('payment.medins_msg_seq')")).scalar_one()
-        mismatches = centre.reconcile_details(msgid=centre.new_msgid(seq), day=day, details=details)
+        mismatches = centre.reconcile_details(msgid=parties.new_msgid(facility), day=day, details=details)
         kinds = {"missing_at_centre": "missing_at_party", "missing_at_hospital": "missing_at_platform",
                  "amounts_differ": "amount_differs", "state_differs": "state_differs"}
         for m in mismatches:

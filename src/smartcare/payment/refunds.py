@@ -198,10 +198,8 @@ def _refund_cash(parties: Parties, s: Settlement, refund: Refund, tag: str, *, a
 
 
 def _refund_medins(parties: Parties, s: Settlement, bill: Bill) -> None:
-    with session_scope() as session:
-        seq = session.execute(text("SELECT nextval('payment.medins_msg_seq')")).scalar_one()
-    centre = parties.medins(s.facility_code)
-    centre.reverse_settlement(msgid=centre.new_msgid(seq), setl_id=s.setl_id, mdtrt_id=s.settlement_no, psn_no=s.empi_id)
+    parties.medins(s.facility_code).reverse_settlement(msgid=parties.new_msgid(s.facility_code), setl_id=s.setl_id,
+                                                       mdtrt_id=s.settlement_no, psn_no=s.empi_id)
 
 
 def pending(session: Session, *, limit: int = 100) -> list[int]:

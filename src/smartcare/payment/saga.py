@@ -242,11 +242,6 @@ class Orchestrator:
         if self.crash(where):
             raise Crash(where)
 
-    def _new_msgid(self, facility_code: str) -> str:
-        with session_scope() as session:
-            seq = session.execute(text("SELECT nextval('payment.medins_msg_seq')")).scalar_one()
-        return self.parties.medins(facility_code).new_msgid(seq)
-
     def _step_presettle(self, s: Settlement, bill: Bill, items: list[Item]) -> None:
         if bill.insurance_type == "none":
             self._write(s.settlement_no, "presettle", "skipped", hifp_pay=0, acct_pay=0, medins_status="none",
@@ -255,7 +250,7 @@ class Orchestrator:
         centre = self.parties.medins(s.facility_code)
         for attempt in range(RETRIES):  # 2206 books nothing: asking again is safe
             try:
-                r = centre.presettle(msgid=self._new_msgid(s.facility_code), psn_no=s.empi_id,
+                r = centre.presettle(msgid=self.parties.new_msgid(s.facility_code), psn_no=s.empi_id,
                                      insutype=bill.insurance_type, mdtrt_id=s.settlement_no,
                                      hospital_level=bill.hospital_level, items=items)
             except Refused as exc:
@@ -403,7 +398,7 @@ class Orchestrator:
                 return self._fail(s, "settle_medins", "insurance centre: unknown outcome not reversed")
         if s.medins_attempt >= RETRIES:
             return self._fail(s, "settle_medins", "insurance centre: no answer after retries")
-        msgid = self._new_msgid(s.facility_code)
+        msgid = self.parties.new_msgid(s.facility_code)
         self._write(s.settlement_no, "settle_medins", "requested", {"msgid": msgid}, medins_status="requested",
                     medins_msgid=msgid, medins_attempt=s.medins_attempt + 1)
         self._point("settle_medins:before-send")
@@ -425,7 +420,7 @@ class Orchestrator:
 
     def _reverse_message(self, s: Settlement, centre) -> bool:
         try:
-            centre.reverse_message(msgid=self._new_msgid(s.facility_code), omsgid=s.medins_msgid, oinfno="2207",
+            centre.reverse_message(msgid=self.parties.new_msgid(s.facility_code), omsgid=s.medins_msgid, oinfno="2207",
                                    psn_no=s.empi_id)
         except (OutcomeUnknown, Refused) as exc:
             self._write(s.settlement_no, "reverse_2601", "unknown", {"error": str(exc)})
@@ -500,7 +495,7 @@ class Orchestrator:
         centre = self.parties.medins(s.facility_code) if bill.insurance_type != "none" else None
         try:
             if s.medins_status == "settled":
-                centre.reverse_settlement(msgid=self._new_msgid(s.facility_code), setl_id=s.setl_id,
+                centre.reverse_settlement(msgid=self.parties.new_msgid(s.facility_code), setl_id=s.setl_id,
                                           mdtrt_id=s.settlement_no, psn_no=s.empi_id)
                 self._write(s.settlement_no, "undo_medins", "ok", {"setl_id": s.setl_id}, medins_status="reversed")
             elif s.medins_status == "requested":
