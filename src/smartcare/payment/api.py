@@ -3,6 +3,7 @@ payment channels send their signed notifications; residents authorise commercial
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 from datetime import date
 
@@ -131,11 +132,16 @@ async def notify(channel: str, request: Request) -> Response:
     if adapter is None:
         raise NotFound(f"no payment channel {channel}", field="channel")
     body = await request.body()
+    # the signature check (RSA) and the database work run off the event loop
+    status, reply, media_type = await asyncio.to_thread(_notified, channel, adapter, dict(request.headers), body)
+    return Response(reply, status_code=status, media_type=media_type)
+
+
+def _notified(channel: str, adapter, headers: dict, body: bytes) -> tuple[int, bytes, str]:
     try:
-        note = adapter.read_notification(dict(request.headers), body)
+        note = adapter.read_notification(headers, body)
     except Refused:
-        status, reply, media_type = adapter.notification_reply(False)
-        return Response(reply, status_code=status, media_type=media_type)
+        return adapter.notification_reply(False)
     with session_scope() as session:
         order = note.order
         if order.state == "paid":  # only the amount asked for counts as paid; anything else the saga resolves
@@ -147,8 +153,7 @@ async def notify(channel: str, request: Request) -> Response:
         if settlement_id is not None:
             session.add(SettlementEvent(settlement_id=settlement_id, step="notify", outcome=order.state,
                                         detail={"notification_id": note.notification_id, "channel": channel}))
-    status, reply, media_type = adapter.notification_reply(True)
-    return Response(reply, status_code=status, media_type=media_type)
+    return adapter.notification_reply(True)
 
 
 @router.put("/consents/{card_no}/{insurer}")
