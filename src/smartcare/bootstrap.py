@@ -13,6 +13,7 @@ MODEL_MODULES = (
     "smartcare.empi.models",
     "smartcare.healthcard.models",
     "smartcare.payment.models",
+    "smartcare.booking.models",
 )
 
 #: Modules whose bus consumers must be registered before subscriptions are synced or workers start.

@@ -50,12 +50,13 @@ def resume_payments() -> int:
 
 class Workers:
     def __init__(self, *, poll_seconds: float = 2.0, housekeeping_seconds: float = 300.0, reload_seconds: float = 10.0,
-                 payment_seconds: float = 2.0):
+                 payment_seconds: float = 2.0, booking_seconds: float = 2.0):
         self.bus_worker = bus.make_worker(all_consumers(), poll_seconds=poll_seconds)
         self.router = Router(poll_seconds=poll_seconds)
         self.housekeeping_seconds = housekeeping_seconds
         self.reload_seconds = reload_seconds
         self.payment_seconds = payment_seconds
+        self.booking_seconds = booking_seconds
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
 
@@ -77,9 +78,20 @@ class Workers:
             except Exception:
                 log.exception("resuming payments failed; trying again next round")
 
+    def _booking(self) -> None:
+        """Holds expire, freed places return (waitlist first), no-shows are marked, reminders go out."""
+        from smartcare.booking import service as booking
+
+        while not self.stopping.wait(self.booking_seconds):
+            try:
+                booking.tick()
+            except Exception:
+                log.exception("booking upkeep failed; trying again next round")
+
     def start(self) -> None:
         for name, target in (("bus-worker", self.bus_worker.run), ("exchange-router", self.router.run),
-                             ("housekeeping", self._upkeep), ("payment-recovery", self._payments)):
+                             ("housekeeping", self._upkeep), ("payment-recovery", self._payments),
+                             ("booking", self._booking)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self.threads.append(thread)

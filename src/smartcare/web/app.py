@@ -25,6 +25,7 @@ from smartcare.exchange.ingest import Hub
 from smartcare.exchange.mllp_server import MllpServer, tls_context
 from smartcare.healthcard import api as healthcard_api
 from smartcare.payment.api import router as payment_router
+from smartcare.booking.api import router as booking_router
 from smartcare.platform.settings import get_settings
 from smartcare.registry.api import router as registry_router
 from smartcare.web import empi_pages, exchange_pages, healthcard_pages, pages, payment_pages
@@ -166,6 +167,7 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
     app.include_router(healthcard_api.router)
     app.include_router(healthcard_api.public)
     app.include_router(payment_router)
+    app.include_router(booking_router)
     app.include_router(pages.router)
     app.include_router(exchange_pages.router)
     app.include_router(empi_pages.router)

@@ -1,0 +1,104 @@
+"""Fairness rules as data: the region's default rule set and each hospital's overrides, in
+``booking.rule_set``. Changed through the API or ``smartcare booking rules set``; every change audited.
+
+A process keeps the effective rules of a hospital a few seconds (booking bursts read them on every
+attempt); a change applies everywhere within that time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from datetime import time as time_of_day
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from smartcare.booking.models import RuleSet
+from smartcare.platform import audit
+from smartcare.platform.errors import InvalidInput
+
+DEFAULT = "*"
+CACHE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Rules:
+    release_time: time_of_day          # slots of day D open at this time on day D − release_days
+    release_days: int
+    hold_minutes: int                  # a hold lasts this long before it expires
+    per_day: int                       # active bookings per person per visit day, in the whole region
+    per_department: int                # … per visit day in one department of one hospital
+    per_doctor: int                    # … per visit day with one doctor
+    cancel_deadline_minutes: int       # a resident cancels up to this long before the slot starts
+    noshow_limit: int                  # this many no-shows within window_days → blacklisted
+    cancel_limit: int                  # this many cancellations within window_days → blacklisted
+    window_days: int
+    blacklist_days: int                # how long a blacklisting lasts
+    return_min_seconds: int            # a freed place comes back after a random delay in this range
+    return_max_seconds: int
+    offer_minutes: int                 # a waitlist offer is held this long for the resident to accept
+    noshow_grace_minutes: int          # a booking not checked in this long after its slot ends is a no-show
+    reminder_hours: int                # reminders go out this long before the slot
+
+
+NAMES = tuple(f.name for f in fields(Rules))
+_cache: dict[str, tuple[float, Rules]] = {}
+
+
+def effective(session: Session, facility_code: str) -> Rules:
+    """The hospital's rules: its overrides over the region's default."""
+    hit = _cache.get(facility_code)
+    if hit and hit[0] > time.monotonic():
+        return hit[1]
+    rows = {r.facility_code: r for r in session.scalars(
+        select(RuleSet).where(RuleSet.facility_code.in_((DEFAULT, facility_code))))}
+    default, own = rows[DEFAULT], rows.get(facility_code)
+    rules = Rules(**{n: getattr(own, n) if own is not None and getattr(own, n) is not None else getattr(default, n)
+                     for n in NAMES})
+    _cache[facility_code] = (time.monotonic() + CACHE_SECONDS, rules)
+    return rules
+
+
+def overrides(session: Session) -> list[RuleSet]:
+    return list(session.scalars(select(RuleSet).order_by(RuleSet.facility_code)))
+
+
+def _parse(name: str, value) -> object:
+    if name not in NAMES:
+        raise InvalidInput(f"unknown rule {name!r}", field=name, hint=f"one of {', '.join(NAMES)}")
+    if value is None:
+        return None
+    if name == "release_time":
+        try:
+            return value if isinstance(value, time_of_day) else time_of_day.fromisoformat(str(value))
+        except ValueError:
+            raise InvalidInput(f"release_time {value!r} is not a time of day like 08:00", field=name) from None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"rule {name} must be a whole number, not {value!r}", field=name) from None
+
+
+def set_rules(session: Session, *, facility_code: str, values: dict, actor: str) -> Rules:
+    """Set (or with ``None`` clear back to the default) some rules of a hospital or of the region (``*``).
+    The database's checks refuse values out of range; the error names the rule."""
+    parsed = {name: _parse(name, value) for name, value in values.items()}
+    if facility_code == DEFAULT and any(v is None for v in parsed.values()):
+        raise InvalidInput("the region's default rules cannot be cleared", field="facility_code")
+    row = session.get(RuleSet, facility_code) or RuleSet(facility_code=facility_code)
+    before = {n: getattr(row, n) for n in parsed}
+    for name, value in parsed.items():
+        setattr(row, name, value)
+    row.updated_by = actor
+    session.add(row)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except Exception as exc:  # the table's CHECKs name the offending column
+        raise InvalidInput(f"rules out of range: {str(getattr(exc, 'orig', exc)).splitlines()[0]}",
+                           field=",".join(parsed)) from None
+    audit.record(session, actor=actor, action="booking.rules.set", target=facility_code,
+                 detail={n: [str(before[n]), str(v)] for n, v in parsed.items()})
+    _cache.clear()
+    return effective(session, facility_code)

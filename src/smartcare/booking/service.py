@@ -1,0 +1,704 @@
+"""Booking: one pool of appointment slots from every hospital, booked fairly.
+
+find → hold → book. A hold takes a place of the slot for a few minutes (``hold_minutes``); booking
+confirms it. The database keeps the count of a slot's places (a trigger from the appointments and a
+check constraint, migration 0011), so no slot is ever booked twice, whatever the concurrency; this
+module adds the rules a person is held to (release time, limits per day / department / doctor, the
+blacklist), checked under a per-person advisory lock so that two attempts of one person at once
+cannot both pass a limit.
+
+A place given up (cancelled, hold expired) is withheld and returns at a random time within the
+hospital's range (``seat_return``): first as an offer to the waitlist, else to the pool. The periodic
+``tick`` expires holds, returns places, marks no-shows (and blacklists) and sends reminders.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+from sqlalchemy import func, or_, select, text
+from sqlalchemy.orm import Session
+
+from smartcare.booking import rules as fairness
+from smartcare.booking.models import Appointment, Blacklisting, Notification, Slot, WaitlistEntry
+from smartcare.healthcard import service as healthcard
+from smartcare.platform import audit, bus
+from smartcare.platform.clock import CHINA_TZ
+from smartcare.platform.db import driver, session_scope
+from smartcare.platform.errors import Conflict, Forbidden, InvalidInput, NotFound
+from smartcare.registry import service as registry
+
+log = logging.getLogger(__name__)
+
+#: States that hold a place of the slot (the trigger counts them in ``taken``).
+PLACE_STATES = ("held", "booked", "checked_in", "noshow")
+#: States that count against a person's limits.
+LIVE_STATES = ("held", "booked", "checked_in")
+#: A check-in is accepted from this long before the slot starts.
+CHECKIN_EARLY = timedelta(hours=2)
+#: How long a process answers "no slot" for a full slot without asking the database.
+FULL_CACHE_SECONDS = 1.0
+
+
+class NoSlot(Conflict):
+    code = "no_slot"
+
+
+class NotReleased(Conflict):
+    code = "not_released"
+
+
+class LimitReached(Conflict):
+    code = "limit_reached"
+
+
+class Blacklisted(Forbidden):
+    code = "blacklisted"
+
+
+@dataclass(frozen=True)
+class Patient:
+    """Who a booking is for (the person of a health card) and who makes it (the account holding the card)."""
+
+    empi_id: str
+    card_no: str
+    account: str
+
+
+def patient(session: Session, *, account: str, card_no: str) -> Patient:
+    """The person of a card the account holds (its own or a child's); the card must be active."""
+    card = healthcard.holder_card(session, username=account, card_no=card_no)
+    if card.state != "active":
+        raise Forbidden(f"card {card_no} is {card.state}", field="card_no", hint="book with an active card")
+    return Patient(empi_id=card.empi_id, card_no=card.card_no, account=account)
+
+
+# ---------------------------------------------------------------- slots (hospitals publish them)
+
+@dataclass
+class SlotChange:
+    source_id: str
+    outcome: str            # created / updated / unchanged / error
+    slot_id: int | None = None
+    error: str | None = None
+
+
+def release_time(rules: fairness.Rules, visit_date: date) -> datetime:
+    return datetime.combine(visit_date - timedelta(days=rules.release_days), rules.release_time, CHINA_TZ)
+
+
+def publish_slots(session: Session, *, facility_code: str, slots: list, actor: str) -> list[SlotChange]:
+    """Create or update a hospital's slots by its own ids. Each slot is applied on its own: a bad one is
+    reported with what was wrong, the others are kept. A slot's capacity cannot go below the places
+    already taken, and a slot with bookings cannot move in time (withdraw it instead)."""
+    facility = registry.get_facility(session, facility_code)
+    departments = {d.code: d.name for d in registry.list_departments(session, facility_code)}
+    rules = fairness.effective(session, facility_code)
+    results = []
+    for data in slots:
+        try:
+            with session.begin_nested():
+                results.append(_publish_one(session, facility, departments, rules, data))
+        except (InvalidInput, Conflict) as exc:
+            results.append(SlotChange(data.source_id, "error", error=exc.message))
+    return results
+
+
+def _publish_one(session: Session, facility, departments: dict, rules: fairness.Rules, data) -> SlotChange:
+    department_name = data.department_name or departments.get(data.department_code)
+    if not department_name:
+        raise InvalidInput(f"department {data.department_code} is not registered at this hospital; send its name",
+                           field="department_name")
+    starts_at, ends_at = data.starts_at.astimezone(UTC), data.ends_at.astimezone(UTC)
+    visit_date = data.starts_at.astimezone(CHINA_TZ).date()
+    values = dict(district_code=facility.district_code, department_code=data.department_code,
+                  department_name=department_name, practitioner_code=data.practitioner_code,
+                  practitioner_name=data.practitioner_name, title=data.title, fee=data.fee, starts_at=starts_at,
+                  ends_at=ends_at, visit_date=visit_date, capacity=data.capacity,
+                  release_at=min(release_time(rules, visit_date), starts_at), state="open")
+    slot = session.scalar(select(Slot).where(Slot.facility_code == facility.code, Slot.source_id == data.source_id)
+                          .with_for_update())
+    if slot is None:
+        slot = Slot(facility_code=facility.code, source_id=data.source_id, **values)
+        session.add(slot)
+        session.flush()
+        return SlotChange(data.source_id, "created", slot.id)
+    if all(getattr(slot, k) == v for k, v in values.items()):
+        return SlotChange(data.source_id, "unchanged", slot.id)
+    if data.capacity < slot.taken + slot.withheld:
+        raise Conflict(f"capacity {data.capacity} is below the {slot.taken + slot.withheld} places already taken",
+                       field="capacity", hint="cancel bookings first, or withdraw the slot")
+    if (slot.starts_at, slot.ends_at) != (starts_at, ends_at) and slot.taken:
+        raise Conflict("the slot has bookings and cannot move in time", field="starts_at",
+                       hint="withdraw it (its bookings are cancelled and the residents told) and publish a new one")
+    for key, value in values.items():
+        setattr(slot, key, value)
+    slot.updated_at = func.now()
+    session.flush()
+    _full.pop(slot.id, None)
+    return SlotChange(data.source_id, "updated", slot.id)
+
+
+def withdraw_slot(session: Session, *, facility_code: str, source_id: str, actor: str, reason: str = "") -> Slot:
+    """The hospital takes a slot back (the doctor is away): its bookings are cancelled by the hospital
+    (not counted against the residents) and each resident is told."""
+    slot = session.scalar(select(Slot).where(Slot.facility_code == facility_code, Slot.source_id == source_id)
+                          .with_for_update())
+    if slot is None:
+        raise NotFound(f"no slot {source_id} at this hospital", field="source_id")
+    if slot.state == "withdrawn":
+        return slot
+    slot.state = "withdrawn"
+    slot.updated_at = func.now()
+    for a in session.scalars(select(Appointment).where(Appointment.slot_id == slot.id,
+                                                       Appointment.state.in_(("held", "booked")))):
+        _end(session, a, "cancelled", by="hospital")
+        notify(session, a, "withdrawn", f"【SmartCare】您预约的 {slot.department_name} {_when(slot)} 号源已被医院停诊，"
+                                        f"预约 {a.appointment_no} 已取消，可重新预约。")
+    audit.record(session, actor=actor, action="booking.slot.withdraw", target=f"{facility_code}/{source_id}",
+                 detail={"reason": reason})
+    _full.pop(slot.id, None)
+    return slot
+
+
+def get_slot(session: Session, slot_id: int) -> Slot:
+    slot = session.get(Slot, slot_id)
+    if slot is None:
+        raise NotFound(f"no slot {slot_id}", field="slot_id")
+    return slot
+
+
+def search(session: Session, *, district_code: str | None = None, facility_code: str | None = None,
+           department_code: str | None = None, practitioner_code: str | None = None, date_from: date | None = None,
+           date_to: date | None = None, title: str | None = None, fee_max: int | None = None,
+           available: bool = False, limit: int = 100, offset: int = 0) -> list[Slot]:
+    """Open slots that have not started, by district, hospital, department, doctor, date, fee level and fee."""
+    q = select(Slot).where(Slot.state == "open", Slot.starts_at > func.now())
+    for column, value in ((Slot.district_code, district_code), (Slot.facility_code, facility_code),
+                          (Slot.department_code, department_code), (Slot.practitioner_code, practitioner_code),
+                          (Slot.title, title)):
+        if value:
+            q = q.where(column == value)
+    if date_from:
+        q = q.where(Slot.visit_date >= date_from)
+    if date_to:
+        q = q.where(Slot.visit_date <= date_to)
+    if fee_max is not None:
+        q = q.where(Slot.fee <= fee_max)
+    if available:
+        q = q.where(Slot.taken + Slot.withheld < Slot.capacity, Slot.release_at <= func.now())
+    return list(session.scalars(q.order_by(Slot.starts_at, Slot.id).limit(min(limit, 500)).offset(offset)))
+
+
+# ---------------------------------------------------------------- holding and booking
+
+#: slot id → (monotonic time until which this process answers "no slot" without asking the database, hospital)
+_full: dict[int, tuple[float, str]] = {}
+
+_SLOT = """SELECT s.facility_code, s.department_code, s.practitioner_code, s.visit_date, s.starts_at, s.release_at,
+                  s.state, s.capacity - s.taken - s.withheld,
+                  (SELECT b.until FROM booking.blacklist b
+                    WHERE b.empi_id = %(empi)s AND b.until > now() AND b.lifted_at IS NULL
+                    ORDER BY b.until DESC LIMIT 1),
+                  now()
+             FROM booking.slot s WHERE s.id = %(slot)s"""
+
+_LIMITS = """SELECT count(*),
+                    count(*) FILTER (WHERE facility_code = %(facility)s AND department_code = %(department)s),
+                    count(*) FILTER (WHERE practitioner_code = %(practitioner)s),
+                    count(*) FILTER (WHERE slot_id = %(slot)s)
+               FROM booking.appointment
+              WHERE empi_id = %(empi)s AND visit_date = %(day)s AND state IN ('held', 'booked', 'checked_in')"""
+
+_INSERT = """INSERT INTO booking.appointment (appointment_no, slot_id, empi_id, card_no, account, facility_code,
+                 department_code, practitioner_code, visit_date, state, held_until, waitlist_id)
+             VALUES (%(no)s, %(slot)s, %(empi)s, %(card)s, %(account)s, %(facility)s, %(department)s,
+                     %(practitioner)s, %(day)s, 'held', now() + make_interval(mins => %(minutes)s), %(waitlist)s)
+             RETURNING id"""
+
+
+def _lock_person(conn, empi_id: str) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('booking:' || %s, 0))", (empi_id,))
+
+
+def _check_person(conn, *, who: Patient, slot_id: int, facility: str, department: str, practitioner: str | None,
+                  day: date, rules: fairness.Rules) -> None:
+    """The person's limits for the visit day (called under their lock)."""
+    total, in_department, with_doctor, this_slot = conn.execute(_LIMITS, {
+        "facility": facility, "department": department, "practitioner": practitioner, "slot": slot_id,
+        "empi": who.empi_id, "day": day}).fetchone()
+    if this_slot:
+        raise Conflict("this person already has a place in this slot", field="slot_id")
+    if total >= rules.per_day:
+        raise LimitReached(f"at most {rules.per_day} bookings per person per visit day", field="slot_id")
+    if in_department >= rules.per_department:
+        raise LimitReached(f"at most {rules.per_department} booking(s) per person per day in one department",
+                           field="slot_id")
+    if practitioner and with_doctor >= rules.per_doctor:
+        raise LimitReached(f"at most {rules.per_doctor} booking(s) per person per day with one doctor", field="slot_id")
+
+
+def _new_no(day: date) -> str:
+    return f"BK{day:%y%m%d}{secrets.token_hex(5).upper()}"
+
+
+def hold(session: Session, *, who: Patient, slot_id: int) -> Appointment:
+    """Take a place of the slot for ``hold_minutes``. Refusals: ``no_slot`` (full or withdrawn),
+    ``not_released`` (before the release time), ``blacklisted``, ``limit_reached``."""
+    full = _full.get(slot_id)
+    if full and full[0] > time.monotonic():
+        attempts.count(full[1], "no_slot")
+        raise NoSlot("no place left in this slot", field="slot_id", hint="try another slot or join the waitlist")
+    conn = driver(session)
+    row = conn.execute(_SLOT, {"slot": slot_id, "empi": who.empi_id}).fetchone()
+    if row is None:
+        raise NotFound(f"no slot {slot_id}", field="slot_id")
+    facility, department, practitioner, day, starts_at, release_at, state, free, banned_until, now = row
+    try:
+        if state != "open" or starts_at <= now:
+            raise NoSlot("this slot is no longer offered", field="slot_id")
+        if release_at > now:
+            raise NotReleased(f"this slot opens for booking at {release_at.astimezone(CHINA_TZ):%Y-%m-%d %H:%M}",
+                              field="slot_id")
+        if free <= 0:
+            _full[slot_id] = (time.monotonic() + FULL_CACHE_SECONDS, facility)
+            raise NoSlot("no place left in this slot", field="slot_id", hint="try another slot or join the waitlist")
+        if banned_until is not None:
+            raise Blacklisted(f"booking is suspended until {banned_until.astimezone(CHINA_TZ):%Y-%m-%d} after repeated "
+                              "no-shows or cancellations", hint="the suspension ends by itself")
+        rules = fairness.effective(session, facility)
+        _lock_person(conn, who.empi_id)
+        _check_person(conn, who=who, slot_id=slot_id, facility=facility, department=department,
+                      practitioner=practitioner, day=day, rules=rules)
+        appointment_id = _insert_hold(conn, who=who, slot_id=slot_id, facility=facility, department=department,
+                                      practitioner=practitioner, day=day, minutes=rules.hold_minutes)
+    except (NoSlot, NotReleased, Blacklisted, LimitReached, Conflict) as exc:
+        attempts.count(facility, exc.code)
+        raise
+    attempts.count(facility, "held")
+    return session.get(Appointment, appointment_id)
+
+
+def _insert_hold(conn, *, who: Patient, slot_id: int, facility: str, department: str, practitioner: str | None,
+                 day: date, minutes: int, waitlist_id: int | None = None) -> int:
+    try:
+        with conn.transaction():  # a savepoint: a refused insert leaves the caller's transaction usable
+            return conn.execute(_INSERT, {
+                "no": _new_no(day), "slot": slot_id, "empi": who.empi_id, "card": who.card_no,
+                "account": who.account, "facility": facility, "department": department,
+                "practitioner": practitioner, "day": day, "minutes": minutes, "waitlist": waitlist_id}).fetchone()[0]
+    except psycopg.errors.CheckViolation:  # slot_not_overbooked, or the slot was withdrawn meanwhile
+        _full[slot_id] = (time.monotonic() + FULL_CACHE_SECONDS, facility)
+        raise NoSlot("no place left in this slot", field="slot_id", hint="try another slot or join the waitlist") from None
+    except psycopg.errors.UniqueViolation:
+        raise Conflict("this person already has a place in this slot", field="slot_id") from None
+
+
+def _mine(session: Session, *, account: str, appointment_no: str, lock: bool = True) -> Appointment:
+    q = select(Appointment).where(Appointment.appointment_no == appointment_no, Appointment.account == account)
+    a = session.scalar(q.with_for_update() if lock else q)
+    if a is None:
+        raise NotFound(f"no appointment {appointment_no} of yours", field="appointment_no")
+    return a
+
+
+def confirm(session: Session, *, account: str, appointment_no: str) -> Appointment:
+    """Book a held place (a hold, or a waitlist offer). Confirming a booked appointment again is a no-op."""
+    a = _mine(session, account=account, appointment_no=appointment_no)
+    if a.state == "booked":
+        return a
+    if a.state != "held" or a.held_until <= datetime.now(UTC):
+        raise Conflict(f"appointment {appointment_no} is {'expired' if a.state == 'held' else a.state}",
+                       field="appointment_no", hint="hold a place again")
+    a.state, a.booked_at, a.held_until = "booked", func.now(), None
+    if a.waitlist_id:
+        session.execute(text("UPDATE booking.waitlist SET state = 'booked', updated_at = now() WHERE id = :id"),
+                        {"id": a.waitlist_id})
+    session.flush()
+    session.refresh(a)
+    slot = session.get(Slot, a.slot_id)
+    _event(session, "booked", a, slot)
+    notify(session, a, "booked", f"【SmartCare】预约成功：{slot.department_name} {_when(slot)}，预约号 {a.appointment_no}。"
+                                 "请按时就诊，就诊当天在医院扫电子健康卡签到。")
+    return a
+
+
+def cancel(session: Session, *, account: str, appointment_no: str) -> Appointment:
+    """A resident gives up a hold or a booking (a booking up to the cancellation deadline). Cancelled
+    bookings count towards the blacklist; the place returns to the pool at a random time."""
+    a = _mine(session, account=account, appointment_no=appointment_no)
+    if a.state == "cancelled":
+        return a
+    if a.state not in ("held", "booked"):
+        raise Conflict(f"appointment {appointment_no} is {a.state} and cannot be cancelled", field="appointment_no")
+    slot = session.get(Slot, a.slot_id)
+    rules = fairness.effective(session, a.facility_code)
+    if a.state == "booked" and datetime.now(UTC) > slot.starts_at - timedelta(minutes=rules.cancel_deadline_minutes):
+        raise Conflict(f"bookings can be cancelled up to {rules.cancel_deadline_minutes} minutes before the visit",
+                       field="appointment_no", hint="if you cannot come, the visit counts as a no-show")
+    was_booked = a.state == "booked"
+    _lock_person(driver(session), a.empi_id)
+    _end(session, a, "cancelled", by="resident")
+    if a.waitlist_id:
+        session.execute(text("UPDATE booking.waitlist SET state = 'cancelled', updated_at = now() WHERE id = :id"),
+                        {"id": a.waitlist_id})
+    if was_booked:
+        _event(session, "cancelled", a, slot)
+        _count_towards_blacklist(session, a.empi_id, "cancel", rules)
+    return a
+
+
+def _end(session: Session, a: Appointment, state: str, *, by: str | None = None) -> None:
+    a.state, a.ended_at, a.held_until = state, func.now(), None
+    if by:
+        a.cancelled_by = by
+    session.flush()
+    session.refresh(a)
+
+
+def my_appointments(session: Session, *, account: str, limit: int = 100) -> list[tuple[Appointment, Slot]]:
+    return list(session.execute(select(Appointment, Slot).join(Slot, Slot.id == Appointment.slot_id)
+                                .where(Appointment.account == account)
+                                .order_by(Appointment.created_at.desc()).limit(limit)).tuples())
+
+
+def get_mine(session: Session, *, account: str, appointment_no: str) -> tuple[Appointment, Slot]:
+    a = _mine(session, account=account, appointment_no=appointment_no, lock=False)
+    return a, session.get(Slot, a.slot_id)
+
+
+# ---------------------------------------------------------------- blacklist
+
+def banned_until(session: Session, empi_id: str) -> datetime | None:
+    return session.scalar(select(func.max(Blacklisting.until)).where(
+        Blacklisting.empi_id == empi_id, Blacklisting.until > func.now(), Blacklisting.lifted_at.is_(None)))
+
+
+def _count_towards_blacklist(session: Session, empi_id: str, reason: str, rules: fairness.Rules) -> Blacklisting | None:
+    """Blacklist the person when their no-shows (or cancellations) within the window reach the limit;
+    only events after their last blacklisting count, so an expired one does not come straight back."""
+    limit = rules.noshow_limit if reason == "noshow" else rules.cancel_limit
+    last = session.scalar(select(func.max(Blacklisting.since)).where(Blacklisting.empi_id == empi_id,
+                                                                     Blacklisting.reason == reason))
+    since = datetime.now(UTC) - timedelta(days=rules.window_days)
+    if last is not None:
+        since = max(since, last)
+    q = select(func.count()).select_from(Appointment).where(Appointment.empi_id == empi_id, Appointment.ended_at > since)
+    q = q.where(Appointment.state == "noshow") if reason == "noshow" else \
+        q.where(Appointment.state == "cancelled", Appointment.cancelled_by == "resident", Appointment.booked_at.is_not(None))
+    events = session.scalar(q)
+    if events < limit or banned_until(session, empi_id):
+        return None
+    entry = Blacklisting(empi_id=empi_id, reason=reason, events=events,
+                         until=datetime.now(UTC) + timedelta(days=rules.blacklist_days))
+    session.add(entry)
+    session.flush()
+    audit.record(session, actor="booking.rules", action="booking.blacklist.add", target=empi_id,
+                 detail={"reason": reason, "events": events, "until": entry.until.isoformat()})
+    return entry
+
+
+def blacklist(session: Session, *, current: bool = True, limit: int = 200) -> list[Blacklisting]:
+    q = select(Blacklisting)
+    if current:
+        q = q.where(Blacklisting.until > func.now(), Blacklisting.lifted_at.is_(None))
+    return list(session.scalars(q.order_by(Blacklisting.since.desc()).limit(limit)))
+
+
+def lift(session: Session, *, entry_id: int, actor: str, reason: str) -> Blacklisting:
+    """An administrator ends a blacklisting early (appeal accepted); audited with the reason."""
+    entry = session.get(Blacklisting, entry_id)
+    if entry is None:
+        raise NotFound(f"no blacklist entry {entry_id}", field="entry_id")
+    if entry.lifted_at is None:
+        entry.lifted_at, entry.lifted_by = func.now(), actor
+        audit.record(session, actor=actor, action="booking.blacklist.lift", target=entry.empi_id, detail={"reason": reason})
+        session.flush()
+    return entry
+
+
+# ---------------------------------------------------------------- waitlist
+
+def join_waitlist(session: Session, *, who: Patient, facility_code: str, department_code: str,
+                  practitioner_code: str | None, visit_date: date) -> WaitlistEntry:
+    """Wait for a place of a department (or one doctor) on a day: the next freed place that fits is
+    offered (held for ``offer_minutes``) to the first eligible person waiting."""
+    if visit_date < datetime.now(CHINA_TZ).date():
+        raise InvalidInput("the visit day is in the past", field="visit_date")
+    if not session.scalar(select(func.count()).select_from(Slot).where(
+            Slot.facility_code == facility_code, Slot.department_code == department_code,
+            Slot.visit_date == visit_date, Slot.state == "open",
+            or_(Slot.practitioner_code == practitioner_code, practitioner_code is None))):
+        raise NotFound("no slots of this department (or doctor) on that day to wait for", field="department_code")
+    if until := banned_until(session, who.empi_id):
+        raise Blacklisted(f"booking is suspended until {until.astimezone(CHINA_TZ):%Y-%m-%d}")
+    entry = WaitlistEntry(empi_id=who.empi_id, card_no=who.card_no, account=who.account, facility_code=facility_code,
+                          department_code=department_code, practitioner_code=practitioner_code, visit_date=visit_date)
+    try:
+        with session.begin_nested():
+            session.add(entry)
+            session.flush()
+    except Exception as exc:
+        if "waitlist_once" in str(getattr(exc, "orig", exc)):
+            raise Conflict("this person is already waiting for this", field="department_code") from None
+        raise
+    return entry
+
+
+def my_waitlist(session: Session, *, account: str) -> list[WaitlistEntry]:
+    return list(session.scalars(select(WaitlistEntry).where(WaitlistEntry.account == account)
+                                .order_by(WaitlistEntry.created_at.desc()).limit(100)))
+
+
+def leave_waitlist(session: Session, *, account: str, entry_id: int) -> WaitlistEntry:
+    entry = session.scalar(select(WaitlistEntry).where(WaitlistEntry.id == entry_id, WaitlistEntry.account == account))
+    if entry is None:
+        raise NotFound(f"no waitlist entry {entry_id} of yours", field="entry_id")
+    if entry.state == "waiting":
+        entry.state, entry.updated_at = "cancelled", func.now()
+        session.flush()
+    return entry
+
+
+def _offer(session: Session, slot: Slot) -> Appointment | None:
+    """Offer a returned place of ``slot`` to the first eligible person waiting for it (the place is
+    already counted back into the pool by the caller's statement order: withheld − 1, then the hold)."""
+    conn = driver(session)
+    rules = fairness.effective(session, slot.facility_code)
+    waiting = session.scalars(select(WaitlistEntry).where(
+        WaitlistEntry.state == "waiting", WaitlistEntry.facility_code == slot.facility_code,
+        WaitlistEntry.department_code == slot.department_code, WaitlistEntry.visit_date == slot.visit_date,
+        or_(WaitlistEntry.practitioner_code.is_(None), WaitlistEntry.practitioner_code == slot.practitioner_code))
+        .order_by(WaitlistEntry.id).limit(20).with_for_update(skip_locked=True)).all()
+    for entry in waiting:
+        who = Patient(entry.empi_id, entry.card_no, entry.account)
+        if banned_until(session, who.empi_id):
+            continue
+        _lock_person(conn, who.empi_id)
+        try:
+            _check_person(conn, who=who, slot_id=slot.id, facility=slot.facility_code, department=slot.department_code,
+                          practitioner=slot.practitioner_code, day=slot.visit_date, rules=rules)
+            appointment_id = _insert_hold(conn, who=who, slot_id=slot.id, facility=slot.facility_code,
+                                          department=slot.department_code, practitioner=slot.practitioner_code,
+                                          day=slot.visit_date, minutes=rules.offer_minutes, waitlist_id=entry.id)
+        except (LimitReached, Conflict):
+            continue  # not eligible now; stays waiting
+        entry.state, entry.updated_at = "offered", func.now()
+        session.flush()
+        a = session.get(Appointment, appointment_id)
+        notify(session, a, "offer", f"【SmartCare】候补成功：{slot.department_name} {_when(slot)} 有号了，已为您保留 "
+                                    f"{rules.offer_minutes} 分钟，请在 H5 确认预约（{a.appointment_no}）。")
+        return a
+    return None
+
+
+# ---------------------------------------------------------------- the hospital's side
+
+def hospital_appointments(session: Session, *, facility_code: str, visit_date: date | None = None,
+                          since_id: int = 0, limit: int = 500) -> list[tuple[Appointment, Slot]]:
+    """A hospital's appointments (booked, checked in, cancelled, no-show; not holds), oldest change first."""
+    q = (select(Appointment, Slot).join(Slot, Slot.id == Appointment.slot_id)
+         .where(Appointment.facility_code == facility_code, Appointment.id > since_id,
+                Appointment.booked_at.is_not(None)))
+    if visit_date:
+        q = q.where(Appointment.visit_date == visit_date)
+    return list(session.execute(q.order_by(Appointment.id).limit(min(limit, 2000))).tuples())
+
+
+def check_in(session: Session, *, facility_code: str, code: str | None = None,
+             appointment_no: str | None = None) -> tuple[Appointment, Slot]:
+    """The terminal scans the patient's health-card QR (or types the appointment number): today's
+    booking of that person at this hospital is checked in."""
+    q = select(Appointment).where(Appointment.facility_code == facility_code, Appointment.state == "booked")
+    if code:
+        scanned = healthcard.verify(session, code_text=code, facility_code=facility_code, step="registration",
+                                    channel="window")
+        q = q.where(Appointment.empi_id == scanned.empi_id)
+    elif appointment_no:
+        q = q.where(Appointment.appointment_no == appointment_no)
+    else:
+        raise InvalidInput("send the scanned code or the appointment number", field="code")
+    now = datetime.now(UTC)
+    q = q.join(Slot, Slot.id == Appointment.slot_id).where(Slot.starts_at <= now + CHECKIN_EARLY, Slot.ends_at >= now
+                                                           - timedelta(minutes=fairness.effective(session, facility_code)
+                                                                       .noshow_grace_minutes))
+    a = session.scalar(q.order_by(Slot.starts_at).limit(1).with_for_update(of=Appointment))
+    if a is None:
+        raise NotFound("no booking of this patient to check in at this hospital now", field="code",
+                       hint=f"check-in opens {int(CHECKIN_EARLY.total_seconds() // 3600)} hours before the slot")
+    _end(session, a, "checked_in")
+    slot = session.get(Slot, a.slot_id)
+    _event(session, "checked_in", a, slot)
+    return a, slot
+
+
+# ---------------------------------------------------------------- notifications and events
+
+class DemoNotificationGateway:
+    """Writes each message to ``booking.notification`` (the resident's inbox on H5, the console) and the
+    log. A real gateway (SMS, app push) implements the same ``send``; texts carry no personal data."""
+
+    def send(self, session: Session, *, account: str, appointment_id: int | None, kind: str, text_: str) -> bool:
+        done = session.execute(text(
+            "INSERT INTO booking.notification (account, appointment_id, kind, text) VALUES (:a, :id, :k, :t) "
+            "ON CONFLICT DO NOTHING"), {"a": account, "id": appointment_id, "k": kind, "t": text_}).rowcount
+        if done:
+            log.info("booking notification (%s) to account %s", kind, account)
+        return bool(done)
+
+
+gateway = DemoNotificationGateway()
+
+
+def notify(session: Session, a: Appointment, kind: str, message: str) -> bool:
+    return gateway.send(session, account=a.account, appointment_id=a.id, kind=kind, text_=message)
+
+
+def notifications(session: Session, *, account: str | None = None, limit: int = 50) -> list[Notification]:
+    q = select(Notification)
+    if account:
+        q = q.where(Notification.account == account)
+    return list(session.scalars(q.order_by(Notification.id.desc()).limit(limit)))
+
+
+def _when(slot: Slot) -> str:
+    return f"{slot.starts_at.astimezone(CHINA_TZ):%m月%d日 %H:%M}"
+
+
+def _event(session: Session, what: str, a: Appointment, slot: Slot) -> None:
+    """``booking.appointment.<what>`` for the hospital's systems (and the warehouse)."""
+    bus.publish(session, f"booking.appointment.{what}", {
+        "appointment_no": a.appointment_no, "facility_code": a.facility_code, "slot_source_id": slot.source_id,
+        "department_code": a.department_code, "practitioner_code": a.practitioner_code,
+        "starts_at": slot.starts_at.isoformat(), "ends_at": slot.ends_at.isoformat(), "empi_id": a.empi_id,
+        "card_no": a.card_no, "state": a.state, "fee": slot.fee})
+
+
+# ---------------------------------------------------------------- the periodic work
+
+def expire_holds(session: Session) -> int:
+    """Holds past their time give their place up (it returns at a random time); lapsed waitlist offers expire."""
+    rows = session.execute(text(
+        "UPDATE booking.appointment SET state = 'expired', ended_at = now(), held_until = NULL "
+        "WHERE id IN (SELECT id FROM booking.appointment WHERE state = 'held' AND held_until <= now() "
+        "             ORDER BY slot_id LIMIT 2000 FOR UPDATE SKIP LOCKED) RETURNING waitlist_id")).scalars().all()
+    lapsed = [w for w in rows if w]
+    if lapsed:
+        session.execute(text("UPDATE booking.waitlist SET state = 'expired', updated_at = now() WHERE id = ANY(:ids)"),
+                        {"ids": lapsed})
+    return len(rows)
+
+
+def return_places(session: Session, *, limit: int = 500) -> int:
+    """Places whose random return time has come: offered to the waitlist, else back in the pool."""
+    due = session.execute(text(
+        "SELECT id, slot_id FROM booking.seat_return WHERE done_at IS NULL AND return_at <= now() "
+        "ORDER BY return_at LIMIT :n FOR UPDATE SKIP LOCKED"), {"n": limit}).all()
+    for return_id, slot_id in due:
+        session.execute(text("UPDATE booking.seat_return SET done_at = now() WHERE id = :id"), {"id": return_id})
+        session.execute(text("UPDATE booking.slot SET withheld = withheld - 1 WHERE id = :id"), {"id": slot_id})
+        _full.pop(slot_id, None)
+        slot = session.get(Slot, slot_id)
+        session.refresh(slot)
+        if slot.state == "open" and slot.starts_at > datetime.now(UTC):
+            _offer(session, slot)
+    return len(due)
+
+
+def mark_noshows(session: Session) -> int:
+    """Bookings not checked in by the end of their slot plus the grace time become no-shows; each
+    counts towards the person's blacklisting."""
+    rows = session.execute(text(
+        """UPDATE booking.appointment a SET state = 'noshow', ended_at = now()
+             FROM booking.slot s
+            WHERE a.slot_id = s.id AND a.state = 'booked'
+              AND s.ends_at + make_interval(mins => coalesce(
+                    (SELECT r.noshow_grace_minutes FROM booking.rule_set r WHERE r.facility_code = a.facility_code),
+                    (SELECT d.noshow_grace_minutes FROM booking.rule_set d WHERE d.facility_code = '*'))) < now()
+        RETURNING a.id""")).scalars().all()
+    for appointment_id in rows:
+        a = session.get(Appointment, appointment_id)
+        slot = session.get(Slot, a.slot_id)
+        _event(session, "noshow", a, slot)
+        notify(session, a, "noshow", f"【SmartCare】您 {_when(slot)} 在 {slot.department_name} 的预约未签到，已记为爽约。"
+                                     "多次爽约将暂停预约资格。")
+        _count_towards_blacklist(session, a.empi_id, "noshow", fairness.effective(session, a.facility_code))
+    return len(rows)
+
+
+def send_reminders(session: Session) -> int:
+    """One reminder per booking, ``reminder_hours`` before its slot."""
+    due = session.execute(text(
+        """SELECT a.id FROM booking.appointment a JOIN booking.slot s ON s.id = a.slot_id
+             JOIN booking.rule_set d ON d.facility_code = '*'
+             LEFT JOIN booking.rule_set f ON f.facility_code = a.facility_code
+            WHERE a.state = 'booked' AND a.reminded_at IS NULL AND s.starts_at > now()
+              AND s.starts_at <= now() + make_interval(hours => coalesce(f.reminder_hours, d.reminder_hours))
+            LIMIT 1000 FOR UPDATE OF a SKIP LOCKED""")).scalars().all()
+    for appointment_id in due:
+        a = session.get(Appointment, appointment_id)
+        slot = session.get(Slot, a.slot_id)
+        notify(session, a, "reminder", f"【SmartCare】就诊提醒：{_when(slot)} {slot.department_name}"
+                                       f"{'（' + slot.practitioner_name + '）' if slot.practitioner_name else ''}，"
+                                       f"预约号 {a.appointment_no}。请提前到院扫电子健康卡签到。")
+        a.reminded_at = func.now()
+    session.flush()
+    return len(due)
+
+
+def tick() -> dict[str, int]:
+    """One round of the periodic work, each task in its own transaction; one process at a time does it."""
+    done = {}
+    for task in (expire_holds, return_places, mark_noshows, send_reminders):
+        with session_scope() as session:
+            if not session.execute(text("SELECT pg_try_advisory_xact_lock(hashtext('booking.tick'))")).scalar():
+                return done
+            done[task.__name__] = task(session)
+    attempts.flush()
+    return done
+
+
+# ---------------------------------------------------------------- attempt counts (release-time load)
+
+class AttemptCounter:
+    """Booking attempts per hospital, minute and outcome, counted in memory and added to
+    ``booking.attempt_stat`` every few seconds (one statement), so a burst does not queue on a counter row."""
+
+    FLUSH_SECONDS = 5.0
+
+    def __init__(self) -> None:
+        self._counts: Counter = Counter()
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+
+    def count(self, facility: str, outcome: str) -> None:
+        minute = int(time.time() // 60 * 60)
+        with self._lock:
+            self._counts[(facility, minute, outcome)] += 1
+        if time.monotonic() - self._last > self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts, self._last = self._counts, Counter(), time.monotonic()
+        if not counts:
+            return
+        try:
+            with session_scope() as session:
+                driver(session).cursor().executemany(
+                    "INSERT INTO booking.attempt_stat (facility_code, minute, outcome, count) "
+                    "VALUES (%s, to_timestamp(%s), %s, %s) ON CONFLICT (facility_code, minute, outcome) "
+                    "DO UPDATE SET count = booking.attempt_stat.count + EXCLUDED.count",
+                    [(f, m, o, n) for (f, m, o), n in sorted(counts.items())])
+        except Exception:
+            log.exception("could not store booking attempt counts; they are lost")
+
+
+attempts = AttemptCounter()
