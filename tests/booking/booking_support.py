@@ -74,3 +74,20 @@ def sql(statement: str, **params):
     with session_scope() as s:
         result = s.execute(text(statement), params)
         return result.all() if result.returns_rows else None
+
+
+def at(days: int = 1, hour: int = 9, minute: int = 0) -> datetime:
+    """A time ``days`` from today at ``hour:minute`` China time."""
+    return datetime.combine(datetime.now(CHINA_TZ).date() + timedelta(days=days), datetime.min.time(),
+                            CHINA_TZ).replace(hour=hour, minute=minute)
+
+
+def rules(client, admin: dict, facility: str, **values):
+    r = client.put(f"/api/v1/booking/rules/{facility}", json=values, headers=admin)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def admin_headers(client) -> dict:
+    token = client.post("/api/v1/auth/token", json={"username": "admin", "password": "smartcare-admin"}).json()
+    return {"Authorization": f"Bearer {token['access_token']}"}

@@ -267,12 +267,12 @@ def hold(session: Session, *, who: Patient, slot_id: int) -> Appointment:
         if release_at > now:
             raise NotReleased(f"this slot opens for booking at {release_at.astimezone(CHINA_TZ):%Y-%m-%d %H:%M}",
                               field="slot_id")
-        if free <= 0:
-            _full[slot_id] = (time.monotonic() + FULL_CACHE_SECONDS, facility)
-            raise NoSlot("no place left in this slot", field="slot_id", hint="try another slot or join the waitlist")
         if banned_until is not None:
             raise Blacklisted(f"booking is suspended until {banned_until.astimezone(CHINA_TZ):%Y-%m-%d} after repeated "
                               "no-shows or cancellations", hint="the suspension ends by itself")
+        if free <= 0:
+            _full[slot_id] = (time.monotonic() + FULL_CACHE_SECONDS, facility)
+            raise NoSlot("no place left in this slot", field="slot_id", hint="try another slot or join the waitlist")
         rules = fairness.effective(session, facility)
         _lock_person(conn, who.empi_id)
         _check_person(conn, who=who, slot_id=slot_id, facility=facility, department=department,
