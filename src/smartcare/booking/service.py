@@ -364,9 +364,9 @@ def _end(session: Session, a: Appointment, state: str, *, by: str | None = None)
 
 
 def my_appointments(session: Session, *, account: str, limit: int = 100) -> list[tuple[Appointment, Slot]]:
-    return list(session.execute(select(Appointment, Slot).join(Slot, Slot.id == Appointment.slot_id)
-                                .where(Appointment.account == account)
-                                .order_by(Appointment.created_at.desc()).limit(limit)).tuples())
+    return [tuple(r) for r in session.execute(select(Appointment, Slot).join(Slot, Slot.id == Appointment.slot_id)
+                                              .where(Appointment.account == account)
+                                              .order_by(Appointment.created_at.desc()).limit(limit))]
 
 
 def get_mine(session: Session, *, account: str, appointment_no: str) -> tuple[Appointment, Slot]:
@@ -509,7 +509,7 @@ def hospital_appointments(session: Session, *, facility_code: str, visit_date: d
                 Appointment.booked_at.is_not(None)))
     if visit_date:
         q = q.where(Appointment.visit_date == visit_date)
-    return list(session.execute(q.order_by(Appointment.id).limit(min(limit, 2000))).tuples())
+    return [tuple(r) for r in session.execute(q.order_by(Appointment.id).limit(min(limit, 2000)))]
 
 
 def check_in(session: Session, *, facility_code: str, code: str | None = None,
