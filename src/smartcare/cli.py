@@ -37,6 +37,8 @@ healthcard_app.add_typer(healthcard_keys_app, name="keys")
 app.add_typer(healthcard_app, name="healthcard")
 payment_app = typer.Typer(help="Mixed payment: reconciliation, and resuming settlements after a crash.", no_args_is_help=True)
 app.add_typer(payment_app, name="payment")
+booking_app = typer.Typer(help="Booking: fairness rules, demo slots, the periodic upkeep.", no_args_is_help=True)
+app.add_typer(booking_app, name="booking")
 sandbox_app = typer.Typer(help="Stand-ins for the insurance centre, the commercial insurer and the payment channels.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
@@ -243,6 +245,38 @@ def _demo_payment() -> None:
                        for c, name, cat, price, q in items]))
 
 
+def _demo_slots(days: int = 7, hospitals: int = 3) -> int:
+    """Slots of a few general hospitals for the coming days, published as their systems would."""
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from smartcare.booking import service as booking
+    from smartcare.platform.clock import china_today
+    from smartcare.platform.db import session_scope
+    from smartcare.registry import service as registry
+    from smartcare.synth.slots import slots_for
+
+    published = 0
+    with session_scope() as session:
+        codes = session.scalars(text("SELECT code FROM registry.facility WHERE kind = 'general_hospital' "
+                                     "ORDER BY level DESC, code LIMIT :n"), {"n": hospitals}).all()
+        last = china_today() + timedelta(days=days)
+        if session.scalar(text("SELECT count(DISTINCT facility_code) FROM booking.slot WHERE visit_date = :d "
+                               "AND facility_code = ANY(:c)"), {"d": last, "c": list(codes)}) == len(codes):
+            return 0  # published already (a restart the same day)
+        for code in codes:
+            departments = [(d.code, d.name) for d in registry.list_departments(session, code)][:8]
+            _, doctors = registry.list_practitioners(session, code, size=200)
+            chosen = {c for c, _ in departments}
+            experts = [(p.code, p.department_code, p.name, p.title) for p in doctors if p.department_code in chosen]
+            for offset in range(days + 1):
+                changes = booking.publish_slots(session, facility_code=code, actor="demo", slots=slots_for(
+                    code, departments, experts, china_today() + timedelta(days=offset)))
+                published += sum(c.outcome == "created" for c in changes)
+    return published
+
+
 def _port_free(host: str, port: int, what: str, variable: str) -> None:
     """Fail early with one clear line instead of a traceback from the server's start-up."""
     import socket
@@ -300,6 +334,8 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
         _demo_index(settings.home)
     _ensure_demo_users()
     _demo_card()
+    with console.status("publishing the demo hospitals' appointment slots …"):
+        _demo_slots()
     sandboxes = []
     if with_sandboxes:
         with console.status("starting the payment sandboxes (insurance centre, insurer, WeChat Pay, Alipay, UnionPay) …"):
@@ -707,6 +743,45 @@ def payment_recover() -> None:
 
     _setup_logging()
     console.print(f"resumed {resume_payments()} settlement(s) and refund(s)")
+
+
+@booking_app.command("rules")
+def booking_rules(facility: str = typer.Argument("*", help="a hospital's code; * is the region's default"),
+                  set_: list[str] = typer.Option([], "--set", help="rule=value (value 'default' clears a hospital's "
+                                                                   "override), repeatable")) -> None:
+    """Show a hospital's effective fairness rules, or change some with --set."""
+    from smartcare.booking import rules as fairness
+    from smartcare.platform.db import session_scope
+
+    with session_scope() as session:
+        if set_:
+            values = {}
+            for item in set_:
+                name, sep, value = item.partition("=")
+                if not sep:
+                    raise typer.BadParameter(f"{item!r} is not rule=value", param_hint="--set")
+                values[name.strip()] = None if value.strip() == "default" else value.strip()
+            effective = fairness.set_rules(session, facility_code=facility, values=values, actor="cli")
+        else:
+            effective = fairness.effective(session, facility)
+    table = Table(title=f"booking rules of {facility}", show_header=False)
+    for name, value in vars(effective).items():
+        table.add_row(name, str(value))
+    console.print(table)
+
+
+@booking_app.command("demo-slots")
+def booking_demo_slots(days: int = typer.Option(7, min=0, max=60), hospitals: int = typer.Option(3, min=1, max=50)) -> None:
+    """Publish synthetic slots of a few general hospitals for the coming days (again: nothing changes)."""
+    console.print(f"{_demo_slots(days, hospitals)} new slot(s) published")
+
+
+@booking_app.command("tick")
+def booking_tick() -> None:
+    """One round of the booking upkeep now (the worker runs it every few seconds)."""
+    from smartcare.booking import service as booking
+
+    console.print(booking.tick())
 
 
 @sandbox_app.command("run")

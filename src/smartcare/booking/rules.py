@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from smartcare.booking.models import RuleSet
 from smartcare.platform import audit
 from smartcare.platform.errors import InvalidInput
+from smartcare.registry import service as registry
 
 DEFAULT = "*"
 CACHE_SECONDS = 5.0
@@ -43,6 +44,12 @@ class Rules:
 
 
 NAMES = tuple(f.name for f in fields(Rules))
+#: allowed values (the table's CHECK constraints say the same, so hand-written SQL is held to them too)
+RANGES = {"release_days": (0, 90), "hold_minutes": (1, 60), "per_day": (1, 20), "per_department": (1, 20),
+          "per_doctor": (1, 20), "cancel_deadline_minutes": (0, 10080), "noshow_limit": (1, 100),
+          "cancel_limit": (1, 100), "window_days": (1, 730), "blacklist_days": (1, 730),
+          "return_min_seconds": (0, 86400), "return_max_seconds": (0, 86400), "offer_minutes": (1, 1440),
+          "noshow_grace_minutes": (0, 1440), "reminder_hours": (1, 168)}
 _cache: dict[str, tuple[float, Rules]] = {}
 
 
@@ -75,15 +82,21 @@ def _parse(name: str, value) -> object:
         except ValueError:
             raise InvalidInput(f"release_time {value!r} is not a time of day like 08:00", field=name) from None
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError):
         raise InvalidInput(f"rule {name} must be a whole number, not {value!r}", field=name) from None
+    low, high = RANGES[name]
+    if not low <= number <= high:
+        raise InvalidInput(f"rule {name} must be between {low} and {high}, not {number}", field=name)
+    return number
 
 
 def set_rules(session: Session, *, facility_code: str, values: dict, actor: str) -> Rules:
     """Set (or with ``None`` clear back to the default) some rules of a hospital or of the region (``*``).
     The database's checks refuse values out of range; the error names the rule."""
     parsed = {name: _parse(name, value) for name, value in values.items()}
+    if facility_code != DEFAULT:
+        registry.get_facility(session, facility_code)  # NotFound names the code
     if facility_code == DEFAULT and any(v is None for v in parsed.values()):
         raise InvalidInput("the region's default rules cannot be cleared", field="facility_code")
     row = session.get(RuleSet, facility_code) or RuleSet(facility_code=facility_code)
