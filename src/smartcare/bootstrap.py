@@ -19,6 +19,7 @@ MODEL_MODULES = (
 #: Modules whose bus consumers must be registered before subscriptions are synced or workers start.
 CONSUMER_MODULES = (
     "smartcare.empi.events",
+    "smartcare.booking.events",
 )
 
 

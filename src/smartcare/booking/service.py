@@ -122,7 +122,7 @@ def _publish_one(session: Session, facility, departments: dict, rules: fairness.
                   department_name=department_name, practitioner_code=data.practitioner_code,
                   practitioner_name=data.practitioner_name, title=data.title, fee=data.fee, starts_at=starts_at,
                   ends_at=ends_at, visit_date=visit_date, capacity=data.capacity,
-                  release_at=min(release_time(rules, visit_date), starts_at), state="open")
+                  release_at=min(release_time(rules, visit_date), starts_at))
     slot = session.scalar(select(Slot).where(Slot.facility_code == facility.code, Slot.source_id == data.source_id)
                           .with_for_update())
     if slot is None:
@@ -130,6 +130,8 @@ def _publish_one(session: Session, facility, departments: dict, rules: fairness.
         session.add(slot)
         session.flush()
         return SlotChange(data.source_id, "created", slot.id)
+    if slot.state == "withdrawn":  # its bookings were cancelled and the residents told: that stays so
+        raise Conflict(f"slot {data.source_id} was withdrawn", field="source_id", hint="publish it under a new id")
     if all(getattr(slot, k) == v for k, v in values.items()):
         return SlotChange(data.source_id, "unchanged", slot.id)
     if data.capacity < slot.taken + slot.withheld:

@@ -7,6 +7,8 @@
 | HL7 v2 ADT A40 / A34 | ``patient.merged`` |
 | HL7 v2 ORU^R01 | ``lab.result`` (one per OBX) |
 | HL7 v2 SIU S12 / S13 / S14 / S15 | ``appointment.booked`` / ``.rescheduled`` / ``.modified`` / ``.cancelled`` |
+| HL7 v2 SIU S12 / S13 / S14 with SCH-8 ``SLOT`` | ``slot.published`` (a hospital offers a bookable slot) |
+| HL7 v2 SIU S15 / S17 with SCH-8 ``SLOT`` | ``slot.withdrawn`` (停诊) |
 | WS/T 500 CDA | ``document.received`` |
 | FHIR Patient / Encounter / Observation | ``patient.registered`` / ``encounter.recorded`` / ``lab.result`` |
 | batch patient row | ``patient.registered`` |
@@ -14,15 +16,23 @@
 Patient events carry the same fields whatever the source (source_id, identifiers, id_number, name,
 sex as GB/T 2261.1, birth_date, phone, address), so downstream capabilities read one shape.
 Other HL7 message types are stored and acknowledged but produce no event.
+
+Slot offers: HL7 v2 has no message for "a bookable slot", so the region's convention (docs/booking.md)
+marks an SIU with the local appointment type (SCH-8, table 0277 is user-defined) ``SLOT``: SCH-2 the
+hospital's slot id, TQ1-7/TQ1-8 (or v2.3-style SCH-11.4/.5) the time window, AIS-3 the department,
+AIP-3 the doctor, AIP-4 (staff type, user table 0182) the title / fee level, AIG-6 the capacity and the
+Z-segment ``ZFE-1`` the fee in fen. A missing or malformed field raises ``ValueError`` naming it, so the
+message is kept as ``failed`` with that reason; booking's own rules (length, capacity) are booking's.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 
 from smartcare.platform import idcard
+from smartcare.platform.clock import CHINA_TZ
 from smartcare.standards import cda, fhir, hl7v2, mllp
 
 Event = tuple[str, dict]
@@ -120,6 +130,70 @@ def _lab_results(msg: hl7v2.Message) -> list[Event]:
 
 
 _SIU = {"S12": "appointment.booked", "S13": "appointment.rescheduled", "S14": "appointment.modified", "S15": "appointment.cancelled"}
+#: SIU triggers of a slot offer (SCH-8 = SLOT): new / rescheduled / modified publish it, cancelled / deleted withdraw it.
+_SLOT = {"S12": "slot.published", "S13": "slot.published", "S14": "slot.published",
+         "S15": "slot.withdrawn", "S17": "slot.withdrawn"}
+_TS = re.compile(r"^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})?(?:\.\d{1,4})?(?:([+-])(\d{2})(\d{2}))?$")
+
+
+def _is_slot(msg: hl7v2.Message) -> bool:
+    return msg.value("SCH-8.1").strip().upper() == "SLOT"
+
+
+def _slot_error(msg: hl7v2.Message, problem: str) -> ValueError:
+    return ValueError(f"SIU^{msg.trigger_event} slot offer (SCH-8 = SLOT): {problem}")
+
+
+def _slot_time(msg: hl7v2.Message, fields: tuple[str, str], what: str) -> str:
+    """The first of the two TS fields that has a value, as ISO 8601 with its offset (China time without one)."""
+    field = next((f for f in fields if msg.value(f + ".1").strip()), None)
+    if field is None:
+        raise _slot_error(msg, f"{fields[0]} or {fields[1]} ({what}) is empty")
+    value = msg.value(field + ".1").strip()
+    m = _TS.match(value)
+    try:
+        if not m:
+            raise ValueError(value)
+        y, mo, d, h, mi, s, sign, oh, om = m.groups()
+        zone = CHINA_TZ if not sign else timezone((1 if sign == "+" else -1) * timedelta(hours=int(oh), minutes=int(om)))
+        return datetime(int(y), int(mo), int(d), int(h), int(mi), int(s or 0), tzinfo=zone).isoformat()
+    except ValueError:
+        raise _slot_error(msg, f"{field} ({what}) {value[:30]!r} is not an HL7 TS with minutes "
+                               "(YYYYMMDDHHMM[SS][+ZZZZ]; without an offset it is China time)") from None
+
+
+def _whole(msg: hl7v2.Message, path: str, what: str) -> int | None:
+    value = msg.value(path).strip()
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise _slot_error(msg, f"{path} ({what}) {value[:30]!r} is not a whole number")
+    return int(value)
+
+
+def _slot_events(msg: hl7v2.Message) -> list[Event]:
+    """A slot offer: one slot per message, keyed by the hospital's own id (SCH-2), so a repeat updates it."""
+    topic = _SLOT[msg.trigger_event]
+    source_id = msg.value("SCH-2.1").strip()
+    if not source_id:
+        raise _slot_error(msg, "SCH-2.1 (filler appointment id = the hospital's slot id) is empty")
+    if topic == "slot.withdrawn":
+        return [(topic, {"source_id": source_id, "reason": msg.value("SCH-6.2") or msg.value("SCH-6.1") or None})]
+    department = msg.value("AIS-3.1").strip()
+    if not department:
+        raise _slot_error(msg, "AIS-3.1 (service = the department code, e.g. 0301^心血管内科) is empty")
+    capacity = _whole(msg, "AIG-6", "resource quantity = the slot's capacity")
+    if capacity is None:
+        raise _slot_error(msg, "AIG-6 (resource quantity = the slot's capacity) is empty")
+    title = msg.value("AIP-4.2").strip() or msg.value("AIP-4.1").strip()
+    return [(topic, {
+        "source_id": source_id, "department_code": department, "department_name": msg.value("AIS-3.2").strip() or None,
+        "practitioner_code": msg.value("AIP-3.1").strip() or None,
+        "practitioner_name": _name(msg.value("AIP-3.2.1"), msg.value("AIP-3.3")),
+        "title": title or None, "fee": _whole(msg, "ZFE-1", "registration fee in fen: 5000 for 50.00 yuan"),
+        "starts_at": _slot_time(msg, ("TQ1-7", "SCH-11.4"), "start of the slot"),
+        "ends_at": _slot_time(msg, ("TQ1-8", "SCH-11.5"), "end of the slot"),
+        "capacity": capacity})]
 
 
 def hl7_events(msg: hl7v2.Message) -> list[Event]:
@@ -141,6 +215,8 @@ def hl7_events(msg: hl7v2.Message) -> list[Event]:
         return []
     if kind[0] == "ORU" and kind[1] == "R01":
         return _lab_results(msg)
+    if kind[0] == "SIU" and kind[1] in _SLOT and _is_slot(msg):
+        return _slot_events(msg)
     if kind[0] == "SIU" and kind[1] in _SIU:
         patient = _patient(msg) if msg.get("PID") else {"source_id": None}
         return [(_SIU[kind[1]], {
