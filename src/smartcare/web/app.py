@@ -28,7 +28,7 @@ from smartcare.payment.api import router as payment_router
 from smartcare.booking.api import router as booking_router
 from smartcare.platform.settings import get_settings
 from smartcare.registry.api import router as registry_router
-from smartcare.web import empi_pages, exchange_pages, healthcard_pages, pages, payment_pages
+from smartcare.web import booking_pages, empi_pages, exchange_pages, healthcard_pages, pages, payment_pages
 from smartcare.web.deps import db, principal
 
 STATIC = Path(__file__).parent / "static"
@@ -173,4 +173,5 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
     app.include_router(empi_pages.router)
     app.include_router(healthcard_pages.router)
     app.include_router(payment_pages.router)
+    app.include_router(booking_pages.router)
     return app
