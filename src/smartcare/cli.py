@@ -763,6 +763,10 @@ def booking_rules(facility: str = typer.Argument("*", help="a hospital's code; *
                 values[name.strip()] = None if value.strip() == "default" else value.strip()
             effective = fairness.set_rules(session, facility_code=facility, values=values, actor="cli")
         else:
+            if facility != fairness.DEFAULT:
+                from smartcare.registry import service as registry
+
+                registry.get_facility(session, facility)
             effective = fairness.effective(session, facility)
     table = Table(title=f"booking rules of {facility}", show_header=False)
     for name, value in vars(effective).items():

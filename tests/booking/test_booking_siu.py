@@ -171,3 +171,16 @@ def test_a_malformed_slot_message_fails_in_the_hub_naming_the_field(client, hosp
     assert row["state"] == "failed" and "AIG-6" in row["error"] and "capacity" in row["error"]
     assert _pool(client, hospital, doctor) == []
     assert sql("SELECT count(*) FROM booking.slot WHERE source_id = :s", s=slot_id) == [(0,)]
+
+
+def test_plain_mllp_cannot_publish_or_withdraw_slots(client, hospital, live_server):
+    """Over plain MLLP only MSH-4 says who sent the message: anyone on the network could withdraw a
+    hospital's slots (and so cancel its residents' bookings). The hub stores and acknowledges it; the pool refuses it."""
+    from tests.exchange.conftest import mllp_exchange
+
+    facility, dept, (slot_id, doctor) = hospital[0], department(hospital), _new()
+    [ack] = mllp_exchange(live_server.mllp_port, [siu(facility, "S12", slot_id, dept, at(1, 11), doctor=doctor)])
+    assert msa(ack)[1] == "AA"
+    settle()
+    assert _pool(client, hospital, doctor) == []
+    assert "authenticated sender" in _rejections(facility, slot_id)[0]["reason"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path, Query
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -22,6 +22,9 @@ from smartcare.registry import service as registry
 from smartcare.web.deps import db, require, signed_client
 
 router = APIRouter(prefix="/api/v1/booking", tags=["booking"])
+def _id():
+    """A path id: a PostgreSQL bigint (a fresh FieldInfo per parameter: FastAPI binds it to the name)."""
+    return Path(ge=1, le=2**63 - 1)
 RESIDENT = require(Role.RESIDENT, Role.ADMIN)
 ADMIN = require(Role.ADMIN)
 
@@ -57,8 +60,9 @@ def _waitlist_out(e: WaitlistEntry) -> WaitlistOut:
 @router.get("/slots", response_model=list[SlotOut])
 def search_slots(district: str | None = None, facility: str | None = None, department: str | None = None,
                  practitioner: str | None = None, date_from: date | None = None, date_to: date | None = None,
-                 title: str | None = None, fee_max: int | None = None, available: bool = False, limit: int = 100,
-                 offset: int = 0, session: Session = Depends(db)):
+                 title: str | None = None, fee_max: int | None = Query(None, ge=0, le=2**63 - 1),
+                 available: bool = False, limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=100_000),
+                 session: Session = Depends(db)):
     """Open slots by district, hospital, department, doctor, date, fee level and fee (``available``:
     released and with a free place)."""
     slots = service.search(session, district_code=district, facility_code=facility, department_code=department,
@@ -69,7 +73,7 @@ def search_slots(district: str | None = None, facility: str | None = None, depar
 
 
 @router.get("/slots/{slot_id}", response_model=SlotOut)
-def get_slot(slot_id: int, session: Session = Depends(db)):
+def get_slot(slot_id: int = _id(), session: Session = Depends(db)):
     slot = service.get_slot(session, slot_id)
     return slot_out(slot, registry.facility_names(session, [slot.facility_code]))
 
@@ -134,7 +138,7 @@ def join_waitlist(data: WaitlistIn, session: Session = Depends(db), who: Princip
 
 
 @router.delete("/waitlist/{entry_id}", response_model=WaitlistOut)
-def leave_waitlist(entry_id: int, session: Session = Depends(db), who: Principal = Depends(RESIDENT)):
+def leave_waitlist(entry_id: int = _id(), session: Session = Depends(db), who: Principal = Depends(RESIDENT)):
     return _waitlist_out(service.leave_waitlist(session, account=who.username, entry_id=entry_id))
 
 
@@ -167,21 +171,27 @@ def withdraw_slot(source_id: str, data: WithdrawIn, session: Session = Depends(d
 
 
 @router.get("/hospital/appointments", response_model=list[HospitalAppointmentOut])
-def hospital_appointments(visit_date: date | None = None, since_id: int = 0, limit: int = 500,
-                          session: Session = Depends(db), who: Principal = Depends(signed_client)):
-    """The hospital's booked appointments (and what became of them), oldest first; page with ``since_id``."""
+def hospital_appointments(visit_date: date | None = None, since: int = Query(0, ge=0, le=2**63 - 1),
+                          limit: int = Query(500, ge=1, le=2000), session: Session = Depends(db),
+                          who: Principal = Depends(signed_client)):
+    """The hospital's booked appointments whose state changed after ``since`` (a ``change_seq``), oldest
+    change first: poll with the last ``change_seq`` seen. Every state change (booked, cancelled, checked in,
+    no-show) moves an appointment to the end of the feed."""
     rows = service.hospital_appointments(session, facility_code=who.facility(), visit_date=visit_date,
-                                         since_id=since_id, limit=limit)
-    return [HospitalAppointmentOut(**appointment_out(a, s).model_dump(), id=a.id, empi_id=a.empi_id,
-                                   slot_source_id=s.source_id) for a, s in rows]
+                                         since=since, limit=limit)
+    return [_hospital_out(a, s) for a, s in rows]
+
+
+def _hospital_out(a: Appointment, s: Slot) -> HospitalAppointmentOut:
+    return HospitalAppointmentOut(**appointment_out(a, s).model_dump(), change_seq=a.change_seq, empi_id=a.empi_id,
+                                  slot_source_id=s.source_id)
 
 
 @router.post("/hospital/checkin", response_model=HospitalAppointmentOut)
 def check_in(data: CheckInIn, session: Session = Depends(db), who: Principal = Depends(signed_client)):
     """Check a patient in by their scanned health-card QR (or the appointment number)."""
     a, s = service.check_in(session, facility_code=who.facility(), code=data.code, appointment_no=data.appointment_no)
-    return HospitalAppointmentOut(**appointment_out(a, s).model_dump(), id=a.id, empi_id=a.empi_id,
-                                  slot_source_id=s.source_id)
+    return _hospital_out(a, s)
 
 
 # ---------------------------------------------------------------- administrators
@@ -189,6 +199,8 @@ def check_in(data: CheckInIn, session: Session = Depends(db), who: Principal = D
 @router.get("/rules/{facility_code}")
 def get_rules(facility_code: str, session: Session = Depends(db), who: Principal = Depends(ADMIN)) -> dict:
     """The hospital's effective rules (``*``: the region's default)."""
+    if facility_code != fairness.DEFAULT:
+        registry.get_facility(session, facility_code)
     return {k: str(v) if k == "release_time" else v for k, v in vars(fairness.effective(session, facility_code)).items()}
 
 
@@ -205,12 +217,12 @@ def get_blacklist(session: Session = Depends(db), who: Principal = Depends(ADMIN
 
 
 @router.post("/blacklist/{entry_id}/lift", response_model=BlacklistOut)
-def lift(entry_id: int, data: LiftIn, session: Session = Depends(db), who: Principal = Depends(ADMIN)):
+def lift(data: LiftIn, entry_id: int = _id(), session: Session = Depends(db), who: Principal = Depends(ADMIN)):
     return BlacklistOut.model_validate(service.lift(session, entry_id=entry_id, actor=who.username, reason=data.reason),
                                        from_attributes=True)
 
 
 @router.get("/stats")
-def get_stats(days: int = 7, session: Session = Depends(db), who: Principal = Depends(ADMIN)) -> dict:
+def get_stats(days: int = Query(7, ge=1, le=60), session: Session = Depends(db), who: Principal = Depends(ADMIN)) -> dict:
     """Slot supply and booking rates per hospital and department, release-time load, blacklist size."""
     return stats.summary(session, days=days, slow_accounts=len(gate.slow_accounts()))

@@ -1,6 +1,8 @@
 """Bus consumers of booking: slots that hospitals publish or withdraw through the exchange hub
 (HL7 v2 SIU with SCH-8 = ``SLOT``, mapped by ``exchange.canonical`` to ``slot.published`` /
 ``slot.withdrawn``) go into the pool exactly as if sent to ``PUT /api/v1/booking/hospital/slots``.
+Only from an authenticated hospital: the signed HTTP endpoint, or MLLP with a client certificate (plain
+MLLP trusts MSH-4, and a withdrawal cancels bookings).
 
 A slot the pool refuses (longer than 30 minutes, unknown department without a name, capacity below
 the places taken, a withdrawal of a slot never published, no identified hospital …) is a fact about
@@ -39,7 +41,13 @@ def intake(session: Session, message: Message) -> None:
     # MLLP): a client id or an unregistered MSH-4 names no hospital whose slots these could be.
     facility = source.get("facility_code")
     source_id = str(data.get("source_id") or "")
-    problem = _apply(session, topic, data, facility, source_id) if facility else "the sender is not a registered hospital"
+    if not facility:
+        problem = "the sender is not a registered hospital"
+    elif str(source.get("sender") or "").startswith("mllp:"):
+        # plain MLLP has no login: MSH-4 alone would let anyone withdraw a hospital's slots and cancel its bookings
+        problem = "slots are taken only from an authenticated sender (signed HTTP, or MLLP with a client certificate)"
+    else:
+        problem = _apply(session, topic, data, facility, source_id)
     if problem:
         _reject(session, source, facility, source_id, problem)
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, time
 
-from sqlalchemy import BigInteger, Date, DateTime, ForeignKey, Integer, String, Text, Time, func
+from sqlalchemy import BigInteger, Date, DateTime, ForeignKey, Integer, String, Text, Time, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from smartcare.platform.db import Base
@@ -94,6 +94,7 @@ class Appointment(Base):
     booked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     reminded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    change_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("nextval('booking.appointment_change')"))
 
 
 class SeatReturn(Base):

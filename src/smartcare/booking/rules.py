@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass, fields
 from datetime import time as time_of_day
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from smartcare.booking.models import RuleSet
+from smartcare.booking.models import RuleSet, Slot
 from smartcare.platform import audit
 from smartcare.platform.errors import InvalidInput
 from smartcare.registry import service as registry
@@ -54,7 +54,7 @@ _cache: dict[str, tuple[float, Rules]] = {}
 
 
 def effective(session: Session, facility_code: str) -> Rules:
-    """The hospital's rules: its overrides over the region's default."""
+    """The hospital's rules: its overrides over the region's default (a hospital without any: the default)."""
     hit = _cache.get(facility_code)
     if hit and hit[0] > time.monotonic():
         return hit[1]
@@ -111,7 +111,26 @@ def set_rules(session: Session, *, facility_code: str, values: dict, actor: str)
     except Exception as exc:  # the table's CHECKs name the offending column
         raise InvalidInput(f"rules out of range: {str(getattr(exc, 'orig', exc)).splitlines()[0]}",
                            field=",".join(parsed)) from None
+    _cache.clear()
+    rules = effective(session, facility_code)
+    if rules.return_min_seconds > rules.return_max_seconds:
+        _cache.clear()  # the caller rolls back: nothing of this may stay cached
+        raise InvalidInput(f"return_min_seconds ({rules.return_min_seconds}) is above return_max_seconds "
+                           f"({rules.return_max_seconds}) for {facility_code}", field="return_min_seconds")
     audit.record(session, actor=actor, action="booking.rules.set", target=facility_code,
                  detail={n: [str(before[n]), str(v)] for n, v in parsed.items()})
-    _cache.clear()
-    return effective(session, facility_code)
+    if {"release_time", "release_days"} & parsed.keys():
+        _move_releases(session, facility_code)
+    return rules
+
+
+def _move_releases(session: Session, facility_code: str) -> None:
+    """Slots not released yet follow a changed release rule (the region's default: every hospital's)."""
+    from smartcare.booking.service import release_time  # the service builds on the rules
+
+    q = select(Slot).where(Slot.release_at > func.now(), Slot.state == "open")
+    if facility_code != DEFAULT:
+        q = q.where(Slot.facility_code == facility_code)
+    for slot in session.scalars(q):
+        slot.release_at = min(release_time(effective(session, slot.facility_code), slot.visit_date), slot.starts_at)
+    session.flush()

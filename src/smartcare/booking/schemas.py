@@ -108,7 +108,7 @@ class AppointmentOut(BaseModel):
 
 
 class HospitalAppointmentOut(AppointmentOut):
-    id: int
+    change_seq: int
     empi_id: str
     slot_source_id: str
 

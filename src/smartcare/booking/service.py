@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 from sqlalchemy import func, or_, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from smartcare.booking import rules as fairness
@@ -43,6 +44,8 @@ PLACE_STATES = ("held", "booked", "checked_in", "noshow")
 LIVE_STATES = ("held", "booked", "checked_in")
 #: A check-in is accepted from this long before the slot starts.
 CHECKIN_EARLY = timedelta(hours=2)
+#: Rows the periodic work handles per transaction.
+TICK_BATCH = 50
 #: How long a process answers "no slot" for a full slot without asking the database.
 FULL_CACHE_SECONDS = 1.0
 
@@ -108,6 +111,8 @@ def publish_slots(session: Session, *, facility_code: str, slots: list, actor: s
                 results.append(_publish_one(session, facility, departments, rules, data))
         except (InvalidInput, Conflict) as exc:
             results.append(SlotChange(data.source_id, "error", error=exc.message))
+        except IntegrityError:  # the same new id published twice at once: the other one made it
+            results.append(SlotChange(data.source_id, "error", error="published concurrently; send it again"))
     return results
 
 
@@ -140,28 +145,58 @@ def _publish_one(session: Session, facility, departments: dict, rules: fairness.
     if (slot.starts_at, slot.ends_at) != (starts_at, ends_at) and slot.taken:
         raise Conflict("the slot has bookings and cannot move in time", field="starts_at",
                        hint="withdraw it (its bookings are cancelled and the residents told) and publish a new one")
+    added = data.capacity - slot.capacity
     for key, value in values.items():
         setattr(slot, key, value)
     slot.updated_at = func.now()
     session.flush()
+    if added > 0 and _anyone_waiting(session, slot):  # 加号: the people waiting are offered the new places first
+        slot.withheld += added
+        session.flush()
+        session.execute(text("INSERT INTO booking.seat_return (slot_id, return_at) "
+                             "SELECT :id, now() FROM generate_series(1, :n)"), {"id": slot.id, "n": added})
     _full.pop(slot.id, None)
     return SlotChange(data.source_id, "updated", slot.id)
+
+
+def _waiting_for(slot: Slot):
+    return select(WaitlistEntry).where(
+        WaitlistEntry.state == "waiting", WaitlistEntry.facility_code == slot.facility_code,
+        WaitlistEntry.department_code == slot.department_code, WaitlistEntry.visit_date == slot.visit_date,
+        or_(WaitlistEntry.practitioner_code.is_(None), WaitlistEntry.practitioner_code == slot.practitioner_code))
+
+
+def _anyone_waiting(session: Session, slot: Slot) -> bool:
+    return session.scalar(select(_waiting_for(slot).exists())) and slot.release_at <= datetime.now(UTC)
 
 
 def withdraw_slot(session: Session, *, facility_code: str, source_id: str, actor: str, reason: str = "") -> Slot:
     """The hospital takes a slot back (the doctor is away): its bookings are cancelled by the hospital
     (not counted against the residents) and each resident is told."""
-    slot = session.scalar(select(Slot).where(Slot.facility_code == facility_code, Slot.source_id == source_id)
-                          .with_for_update())
+    slot = session.scalar(select(Slot).where(Slot.facility_code == facility_code, Slot.source_id == source_id))
     if slot is None:
         raise NotFound(f"no slot {source_id} at this hospital", field="source_id")
+    # Lock order everywhere: appointments, then the slot (a cancel or an expiry takes the same order).
+    live = session.scalars(select(Appointment).where(Appointment.slot_id == slot.id,
+                                                     Appointment.state.in_(("held", "booked")))
+                           .order_by(Appointment.id).with_for_update()).all()
+    session.refresh(slot, with_for_update=True)
     if slot.state == "withdrawn":
         return slot
     slot.state = "withdrawn"
     slot.updated_at = func.now()
-    for a in session.scalars(select(Appointment).where(Appointment.slot_id == slot.id,
-                                                       Appointment.state.in_(("held", "booked")))):
+    session.flush()
+    live += session.scalars(select(Appointment).where(  # held after the first look, before the slot was locked
+        Appointment.slot_id == slot.id, Appointment.state.in_(("held", "booked")),
+        Appointment.id.not_in([a.id for a in live] or [0])).with_for_update()).all()
+    for a in live:
+        was_booked = a.state == "booked"
         _end(session, a, "cancelled", by="hospital")
+        if a.waitlist_id:  # not their doing: back in the queue
+            session.execute(text("UPDATE booking.waitlist SET state = 'waiting', updated_at = now() WHERE id = :id "
+                                 "AND state = 'offered'"), {"id": a.waitlist_id})
+        if was_booked:
+            _event(session, "cancelled", a, slot)
         notify(session, a, "withdrawn", f"【SmartCare】您预约的 {slot.department_name} {_when(slot)} 号源已被医院停诊，"
                                         f"预约 {a.appointment_no} 已取消，可重新预约。")
     audit.record(session, actor=actor, action="booking.slot.withdraw", target=f"{facility_code}/{source_id}",
@@ -214,7 +249,7 @@ _SLOT = """SELECT s.facility_code, s.department_code, s.practitioner_code, s.vis
 
 _LIMITS = """SELECT count(*),
                     count(*) FILTER (WHERE facility_code = %(facility)s AND department_code = %(department)s),
-                    count(*) FILTER (WHERE practitioner_code = %(practitioner)s),
+                    count(*) FILTER (WHERE facility_code = %(facility)s AND practitioner_code = %(practitioner)s),
                     count(*) FILTER (WHERE slot_id = %(slot)s)
                FROM booking.appointment
               WHERE empi_id = %(empi)s AND visit_date = %(day)s AND state IN ('held', 'booked', 'checked_in')"""
@@ -222,7 +257,9 @@ _LIMITS = """SELECT count(*),
 _INSERT = """INSERT INTO booking.appointment (appointment_no, slot_id, empi_id, card_no, account, facility_code,
                  department_code, practitioner_code, visit_date, state, held_until, waitlist_id)
              VALUES (%(no)s, %(slot)s, %(empi)s, %(card)s, %(account)s, %(facility)s, %(department)s,
-                     %(practitioner)s, %(day)s, 'held', now() + make_interval(mins => %(minutes)s), %(waitlist)s)
+                     %(practitioner)s, %(day)s, 'held',
+                     least(now() + make_interval(mins => %(minutes)s), (SELECT starts_at FROM booking.slot WHERE id = %(slot)s)),
+                     %(waitlist)s)
              RETURNING id"""
 
 
@@ -319,13 +356,15 @@ def confirm(session: Session, *, account: str, appointment_no: str) -> Appointme
     if a.state != "held" or a.held_until <= datetime.now(UTC):
         raise Conflict(f"appointment {appointment_no} is {'expired' if a.state == 'held' else a.state}",
                        field="appointment_no", hint="hold a place again")
+    slot = session.get(Slot, a.slot_id)
+    if slot.starts_at <= datetime.now(UTC) or slot.state != "open":
+        raise NoSlot("this slot is no longer offered", field="appointment_no")
     a.state, a.booked_at, a.held_until = "booked", func.now(), None
     if a.waitlist_id:
         session.execute(text("UPDATE booking.waitlist SET state = 'booked', updated_at = now() WHERE id = :id"),
                         {"id": a.waitlist_id})
     session.flush()
     session.refresh(a)
-    slot = session.get(Slot, a.slot_id)
     _event(session, "booked", a, slot)
     notify(session, a, "booked", f"【SmartCare】预约成功：{slot.department_name} {_when(slot)}，预约号 {a.appointment_no}。"
                                  "请按时就诊，就诊当天在医院扫电子健康卡签到。")
@@ -474,16 +513,16 @@ def _offer(session: Session, slot: Slot) -> Appointment | None:
     already counted back into the pool by the caller's statement order: withheld − 1, then the hold)."""
     conn = driver(session)
     rules = fairness.effective(session, slot.facility_code)
-    waiting = session.scalars(select(WaitlistEntry).where(
-        WaitlistEntry.state == "waiting", WaitlistEntry.facility_code == slot.facility_code,
-        WaitlistEntry.department_code == slot.department_code, WaitlistEntry.visit_date == slot.visit_date,
-        or_(WaitlistEntry.practitioner_code.is_(None), WaitlistEntry.practitioner_code == slot.practitioner_code))
-        .order_by(WaitlistEntry.id).limit(20).with_for_update(skip_locked=True)).all()
+    waiting = session.scalars(_waiting_for(slot).order_by(WaitlistEntry.id).limit(20)
+                              .with_for_update(skip_locked=True)).all()
     for entry in waiting:
         who = Patient(entry.empi_id, entry.card_no, entry.account)
         if banned_until(session, who.empi_id):
             continue
-        _lock_person(conn, who.empi_id)
+        # The caller holds the slot's row; everyone else takes a person's lock before a slot's: never wait here.
+        if not conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended('booking:' || %s, 0))",
+                            (who.empi_id,)).fetchone()[0]:
+            continue
         try:
             _check_person(conn, who=who, slot_id=slot.id, facility=slot.facility_code, department=slot.department_code,
                           practitioner=slot.practitioner_code, day=slot.visit_date, rules=rules)
@@ -504,14 +543,15 @@ def _offer(session: Session, slot: Slot) -> Appointment | None:
 # ---------------------------------------------------------------- the hospital's side
 
 def hospital_appointments(session: Session, *, facility_code: str, visit_date: date | None = None,
-                          since_id: int = 0, limit: int = 500) -> list[tuple[Appointment, Slot]]:
-    """A hospital's appointments (booked, checked in, cancelled, no-show; not holds), oldest change first."""
+                          since: int = 0, limit: int = 500) -> list[tuple[Appointment, Slot]]:
+    """A hospital's appointments (booked, and what became of them; not holds) whose state changed after
+    change number ``since``, oldest change first: a hospital pages with the last ``change_seq`` it saw."""
     q = (select(Appointment, Slot).join(Slot, Slot.id == Appointment.slot_id)
-         .where(Appointment.facility_code == facility_code, Appointment.id > since_id,
+         .where(Appointment.facility_code == facility_code, Appointment.change_seq > since,
                 Appointment.booked_at.is_not(None)))
     if visit_date:
         q = q.where(Appointment.visit_date == visit_date)
-    return [tuple(r) for r in session.execute(q.order_by(Appointment.id).limit(min(limit, 2000)))]
+    return [tuple(r) for r in session.execute(q.order_by(Appointment.change_seq).limit(limit))]
 
 
 def check_in(session: Session, *, facility_code: str, code: str | None = None,
@@ -590,7 +630,8 @@ def expire_holds(session: Session) -> int:
     rows = session.execute(text(
         "UPDATE booking.appointment SET state = 'expired', ended_at = now(), held_until = NULL "
         "WHERE id IN (SELECT id FROM booking.appointment WHERE state = 'held' AND held_until <= now() "
-        "             ORDER BY slot_id LIMIT 2000 FOR UPDATE SKIP LOCKED) RETURNING waitlist_id")).scalars().all()
+        "             ORDER BY slot_id LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING waitlist_id"),
+        {"n": TICK_BATCH}).scalars().all()
     lapsed = [w for w in rows if w]
     if lapsed:
         session.execute(text("UPDATE booking.waitlist SET state = 'expired', updated_at = now() WHERE id = ANY(:ids)"),
@@ -598,7 +639,7 @@ def expire_holds(session: Session) -> int:
     return len(rows)
 
 
-def return_places(session: Session, *, limit: int = 500) -> int:
+def return_places(session: Session, *, limit: int = 50) -> int:
     """Places whose random return time has come: offered to the waitlist, else back in the pool."""
     due = session.execute(text(
         "SELECT id, slot_id FROM booking.seat_return WHERE done_at IS NULL AND return_at <= now() "
@@ -618,13 +659,15 @@ def mark_noshows(session: Session) -> int:
     """Bookings not checked in by the end of their slot plus the grace time become no-shows; each
     counts towards the person's blacklisting."""
     rows = session.execute(text(
-        """UPDATE booking.appointment a SET state = 'noshow', ended_at = now()
-             FROM booking.slot s
-            WHERE a.slot_id = s.id AND a.state = 'booked'
-              AND s.ends_at + make_interval(mins => coalesce(
-                    (SELECT r.noshow_grace_minutes FROM booking.rule_set r WHERE r.facility_code = a.facility_code),
-                    (SELECT d.noshow_grace_minutes FROM booking.rule_set d WHERE d.facility_code = '*'))) < now()
-        RETURNING a.id""")).scalars().all()
+        """UPDATE booking.appointment SET state = 'noshow', ended_at = now()
+            WHERE id IN (
+                SELECT a.id FROM booking.appointment a JOIN booking.slot s ON s.id = a.slot_id
+                 WHERE a.state = 'booked'
+                   AND s.ends_at + make_interval(mins => coalesce(
+                         (SELECT r.noshow_grace_minutes FROM booking.rule_set r WHERE r.facility_code = a.facility_code),
+                         (SELECT d.noshow_grace_minutes FROM booking.rule_set d WHERE d.facility_code = '*'))) < now()
+                 ORDER BY a.id LIMIT :n FOR UPDATE OF a SKIP LOCKED)
+        RETURNING id"""), {"n": TICK_BATCH}).scalars().all()
     for appointment_id in rows:
         a = session.get(Appointment, appointment_id)
         slot = session.get(Slot, a.slot_id)
@@ -643,7 +686,7 @@ def send_reminders(session: Session) -> int:
              LEFT JOIN booking.rule_set f ON f.facility_code = a.facility_code
             WHERE a.state = 'booked' AND a.reminded_at IS NULL AND s.starts_at > now()
               AND s.starts_at <= now() + make_interval(hours => coalesce(f.reminder_hours, d.reminder_hours))
-            LIMIT 1000 FOR UPDATE OF a SKIP LOCKED""")).scalars().all()
+            LIMIT :n FOR UPDATE OF a SKIP LOCKED"""), {"n": TICK_BATCH}).scalars().all()
     for appointment_id in due:
         a = session.get(Appointment, appointment_id)
         slot = session.get(Slot, a.slot_id)
@@ -659,10 +702,15 @@ def tick() -> dict[str, int]:
     """One round of the periodic work, each task in its own transaction; one process at a time does it."""
     done = {}
     for task in (expire_holds, return_places, mark_noshows, send_reminders):
-        with session_scope() as session:
-            if not session.execute(text("SELECT pg_try_advisory_xact_lock(hashtext('booking.tick'))")).scalar():
-                return done
-            done[task.__name__] = task(session)
+        done[task.__name__] = 0
+        while True:  # small transactions: the slots' rows they lock are the ones people are booking
+            with session_scope() as session:
+                if not session.execute(text("SELECT pg_try_advisory_xact_lock(hashtext('booking.tick'))")).scalar():
+                    return done
+                n = task(session)
+            done[task.__name__] += n
+            if n < TICK_BATCH:
+                break
     attempts.flush()
     return done
 
@@ -684,8 +732,11 @@ class AttemptCounter:
         minute = int(time.time() // 60 * 60)
         with self._lock:
             self._counts[(facility, minute, outcome)] += 1
-        if time.monotonic() - self._last > self.FLUSH_SECONDS:
-            self.flush()
+            due = time.monotonic() - self._last > self.FLUSH_SECONDS
+            if due:
+                self._last = time.monotonic()
+        if due:  # on a thread of its own: the caller may be holding a slot's row
+            threading.Thread(target=self.flush, name="booking-attempts", daemon=True).start()
 
     def flush(self) -> None:
         with self._lock:

@@ -49,7 +49,9 @@ class Throttle:
         wait = self.limiter.check(account)
         if wait:
             self._strike(account)
-            raise RateLimited("too many booking attempts from this account", hint=f"retry in {wait:.1f} s")
+            exc = RateLimited("too many booking attempts from this account", hint=f"retry in {wait:.1f} s")
+            exc.retry_after = wait
+            raise exc
         if self.is_slow(account):
             lane = self._lanes.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(1))
             async with lane:

@@ -127,7 +127,9 @@ class MllpServer:
         try:
             # Only registered facilities are counted as hospitals in monitoring; channels decide who may send.
             facility = sending if await self.facilities.known(sending) else None
-            receipt = await self.hub.receive(connector="mllp", kind="hl7v2", raw=payload, sender=f"mllp:{sending or '?'}",
+            # the sender says how it was identified: by its client certificate, or only by what MSH-4 claims
+            sender = f"mllp-cert:{sending}" if cert_cn is not None else f"mllp:{sending or '?'}"
+            receipt = await self.hub.receive(connector="mllp", kind="hl7v2", raw=payload, sender=sender,
                                              facility_code=facility, inspected=seen)
         except Exception as exc:
             log.error("MLLP message could not be stored: %s", exc)

@@ -57,6 +57,8 @@ class PayloadTooLarge(SmartCareError):
 class RateLimited(SmartCareError):
     status = 429
     code = "rate_limited"
+    #: seconds until a retry can succeed: the API answers it as ``Retry-After``
+    retry_after: float | None = None
 
 
 class ConfigurationError(SmartCareError):

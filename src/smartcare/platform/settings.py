@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     payment_payer_wait_seconds: float = 30.0
     payment_notify_url: str | None = None
     payment_keys_dir: Path | None = None
-    # Booking attempts per resident account (holds, confirms, cancels): a token bucket; an account that
+    # Booking attempts per resident account (holds and confirms): a token bucket; an account that
     # keeps running into it is treated as a bot and its attempts go through a slow lane for a while.
     booking_rate_per_second: float = 1.0
     booking_burst: int = 5

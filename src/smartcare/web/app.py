@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 
@@ -63,7 +64,9 @@ async def _smartcare_error(request: Request, exc: SmartCareError) -> Response:
     if isinstance(exc, Unauthorized) and not request.url.path.startswith("/api/"):
         target = "/h5/login" if request.url.path.startswith("/h5") else "/login"
         return RedirectResponse(f"{target}?next={request.url.path}", status_code=303)
-    return JSONResponse(status_code=exc.status, content=exc.to_dict())
+    retry = getattr(exc, "retry_after", None)
+    return JSONResponse(status_code=exc.status, content=exc.to_dict(),
+                        headers={"Retry-After": str(max(1, math.ceil(retry)))} if retry else None)
 
 
 class RequestMetrics:

@@ -1,0 +1,171 @@
+"""Edges found in review: doctor codes are per hospital, a withdrawal gives a waitlist offer back,
+no confirming a slot that has started, extra places go to the waitlist, the hospital's feed follows
+changes, rule values that contradict each other, bad query values, Retry-After, and no lock-order
+deadlock between the upkeep and residents."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from smartcare.booking import service
+from smartcare.platform.db import session_scope
+from tests.booking.booking_support import admin_headers, at, hold, new_booker, publish, rules, slot_body, sql
+from tests.healthcard.card_support import signed
+
+
+def run(task):
+    with session_scope() as s:
+        return task(s)
+
+
+def _wait(client, who, slot_id: int, hospital) -> None:
+    [(dept, day)] = sql("SELECT department_code, visit_date FROM booking.slot WHERE id = :id", id=slot_id)
+    r = client.post("/api/v1/booking/waitlist", headers=who.h, json={
+        "card_no": who.card_no, "facility_code": hospital[0], "department_code": dept, "visit_date": day.isoformat()})
+    assert r.status_code == 201, r.text
+
+
+def test_the_per_doctor_limit_counts_one_hospitals_doctor(client, hospital, other_hospital):
+    here, there = (publish(client, h, slot_body(h, start=at(days=10), practitioner="D0012"))[0]
+                   for h in (hospital, other_hospital))
+    p = new_booker(client)
+    assert hold(client, p, here).status_code == 201
+    assert hold(client, p, there).status_code == 201  # another hospital's D0012 is another doctor
+
+
+def test_a_withdrawal_puts_a_waitlist_offer_back_in_the_queue(client, hospital):
+    body = slot_body(hospital, start=at(days=11))
+    [slot_id] = publish(client, hospital, body)
+    first, waiting = new_booker(client), new_booker(client)
+    booked = hold(client, first, slot_id, confirm=True).json()
+    _wait(client, waiting, slot_id, hospital)
+    client.post(f"/api/v1/booking/appointments/{booked['appointment_no']}/cancel", headers=first.h)
+    sql("UPDATE booking.seat_return SET return_at = now() WHERE slot_id = :id", id=slot_id)
+    run(service.return_places)
+    assert client.get("/api/v1/booking/me/waitlist", headers=waiting.h).json()[0]["state"] == "offered"
+    r = signed(client, hospital, "POST", f"/api/v1/booking/hospital/slots/{body['source_id']}/withdraw", {"reason": "停诊"})
+    assert r.status_code == 200
+    assert client.get("/api/v1/booking/me/waitlist", headers=waiting.h).json()[0]["state"] == "waiting"
+    # and the hospital's systems hear of the booking the withdrawal cancelled
+    assert sql("SELECT count(*) FROM platform.bus_message WHERE topic = 'booking.appointment.cancelled' "
+               "AND payload->>'appointment_no' = :n", n=booked["appointment_no"]) == [(1,)]
+
+
+def test_no_confirming_once_the_slot_has_started(client, hospital):
+    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=12)))
+    p = new_booker(client)
+    held = hold(client, p, slot_id).json()
+    assert held["held_until"] < held["starts_at"]
+    sql("UPDATE booking.slot SET starts_at = now() - interval '1 minute', ends_at = now() + interval '14 minutes' "
+        "WHERE id = :id", id=slot_id)
+    r = client.post(f"/api/v1/booking/appointments/{held['appointment_no']}/confirm", headers=p.h)
+    assert r.status_code == 409 and r.json()["error"] == "no_slot"
+
+
+def test_holds_end_at_the_slots_start(client, hospital):
+    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=0, hour=23, minute=45)))
+    sql("UPDATE booking.slot SET starts_at = now() + interval '2 minutes', ends_at = now() + interval '17 minutes' "
+        "WHERE id = :id", id=slot_id)
+    held = hold(client, new_booker(client), slot_id).json()
+    [(starts_at,)] = sql("SELECT starts_at FROM booking.slot WHERE id = :id", id=slot_id)
+    [(held_until,)] = sql("SELECT held_until FROM booking.appointment WHERE appointment_no = :n", n=held["appointment_no"])
+    assert held_until == starts_at
+
+
+def test_extra_places_are_offered_to_the_waitlist_first(client, hospital):
+    body = slot_body(hospital, start=at(days=5, hour=16), capacity=1)  # released by the default rules
+    [slot_id] = publish(client, hospital, body)
+    first, waiting, outsider = new_booker(client), new_booker(client), new_booker(client)
+    hold(client, first, slot_id, confirm=True)
+    _wait(client, waiting, slot_id, hospital)
+    publish(client, hospital, {**body, "capacity": 2})  # 加号
+    assert hold(client, outsider, slot_id).json()["error"] == "no_slot"
+    run(service.return_places)
+    offer = client.get("/api/v1/booking/me/appointments", headers=waiting.h).json()[0]
+    assert offer["state"] == "held" and offer["slot_id"] == slot_id
+    assert sql("SELECT taken, withheld, capacity FROM booking.slot WHERE id = :id", id=slot_id) == [(2, 0, 2)]
+
+
+def test_the_hospital_feed_follows_each_change(client, hospital):
+    [a_slot, b_slot] = publish(client, hospital, slot_body(hospital, start=at(days=14)),
+                               slot_body(hospital, start=at(days=14, hour=10)))
+    p, q = new_booker(client), new_booker(client)
+    early = hold(client, p, a_slot).json()           # held first (lower id), confirmed last
+    hold(client, q, b_slot, confirm=True)
+
+    def feed(since: int) -> list[dict]:
+        r = signed(client, hospital, "GET", "/api/v1/booking/hospital/appointments", params=f"since={since}&limit=2000")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    last = feed(0)[-1]["change_seq"]
+    client.post(f"/api/v1/booking/appointments/{early['appointment_no']}/confirm", headers=p.h)
+    assert [(a["appointment_no"], a["state"]) for a in feed(last)] == [(early["appointment_no"], "booked")]
+    last = feed(last)[-1]["change_seq"]
+    client.post(f"/api/v1/booking/appointments/{early['appointment_no']}/cancel", headers=p.h)
+    assert [(a["appointment_no"], a["state"]) for a in feed(last)] == [(early["appointment_no"], "cancelled")]
+
+
+def test_rules_that_contradict_each_other_are_refused(client, hospital):
+    admin = admin_headers(client)
+    r = client.put(f"/api/v1/booking/rules/{hospital[0]}", json={"return_min_seconds": 5000}, headers=admin)
+    assert r.status_code == 422 and "return_max_seconds" in r.json()["message"]
+    assert client.get(f"/api/v1/booking/rules/{hospital[0]}", headers=admin).json()["return_min_seconds"] == 60
+    assert client.get("/api/v1/booking/rules/NOPE", headers=admin).status_code == 404
+
+
+def test_a_changed_release_rule_moves_slots_not_yet_released(client, hospital):
+    admin = admin_headers(client)
+    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=20)), released=False)
+    try:
+        rules(client, admin, hospital[0], release_time="15:30", release_days=2)
+        [(release,)] = sql("SELECT to_char(release_at AT TIME ZONE 'UTC' + interval '8 hours', 'YYYY-MM-DD HH24:MI') "
+                           "FROM booking.slot WHERE id = :id", id=slot_id)
+        assert release == f"{at(days=18):%Y-%m-%d} 15:30"
+    finally:
+        rules(client, admin, hospital[0], release_time=None, release_days=None)
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/booking/slots?limit=-1", "/api/v1/booking/slots?offset=-1",
+    "/api/v1/booking/slots?fee_max=99999999999999999999", "/api/v1/booking/slots/99999999999999999999"])
+def test_bad_query_values_are_422(client, path):
+    r = client.get(path)
+    assert r.status_code == 422, r.text
+
+
+def test_rate_limited_answers_say_when_to_retry(client, hospital, monkeypatch):
+    from smartcare.booking import api, throttle
+
+    monkeypatch.setattr(api, "gate", throttle.Throttle(rate=0.5, burst=1, strikes=100, slow_seconds=1, slow_delay=0))
+    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=15), capacity=3))
+    p = new_booker(client)
+    assert hold(client, p, slot_id).status_code == 201
+    r = hold(client, p, slot_id)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+
+
+def test_the_upkeep_never_deadlocks_with_a_resident(client, hospital):
+    """The place-return upkeep holds a slot's row while it offers the place; a person on the waitlist
+    booking at that moment takes their own lock first and the slot's second. The upkeep must not wait
+    for the person: it skips them (they stay waiting) instead of deadlocking."""
+    [slot_id, other] = publish(client, hospital, slot_body(hospital, start=at(days=16), capacity=1),
+                               slot_body(hospital, start=at(days=17)))
+    first, waiting = new_booker(client), new_booker(client)
+    booked = hold(client, first, slot_id, confirm=True).json()
+    _wait(client, waiting, slot_id, hospital)
+    client.post(f"/api/v1/booking/appointments/{booked['appointment_no']}/cancel", headers=first.h)
+    sql("UPDATE booking.seat_return SET return_at = now() WHERE slot_id = :id", id=slot_id)
+    [(empi_id,)] = sql("SELECT empi_id FROM booking.waitlist WHERE card_no = :c", c=waiting.card_no)
+    with session_scope() as resident:  # the resident's transaction holds their own lock …
+        resident.execute(__import__("sqlalchemy").text(
+            "SELECT pg_advisory_xact_lock(hashtextextended('booking:' || :p, 0))"), {"p": empi_id})
+        done = []
+        upkeep = threading.Thread(target=lambda: done.append(run(service.return_places)))
+        upkeep.start()
+        upkeep.join(timeout=20)
+        assert not upkeep.is_alive() and done == [1]  # … and the upkeep went on without them
+    assert client.get("/api/v1/booking/me/waitlist", headers=waiting.h).json()[0]["state"] == "waiting"
+    assert hold(client, waiting, other).status_code == 201
