@@ -95,6 +95,7 @@ def _hold(account: str, data: HoldIn) -> AppointmentOut:
 async def hold(data: HoldIn, who: Principal = Depends(RESIDENT)):
     """Hold a place of a slot for a few minutes (``confirm``: book it at once)."""
     await gate.admit(who.username)
+    service.refuse_if_known_full(data.slot_id)  # on the event loop: no thread, no database
     return await run_in_threadpool(_hold, who.username, data)
 
 

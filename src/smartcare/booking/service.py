@@ -263,6 +263,15 @@ _INSERT = """INSERT INTO booking.appointment (appointment_no, slot_id, empi_id, 
              RETURNING id"""
 
 
+def refuse_if_known_full(slot_id: int) -> None:
+    """Answer "no slot" from this process's memory of a slot found full in the last second (no database):
+    in a release burst most attempts are for slots already gone. Fullness is public, so nothing leaks."""
+    full = _full.get(slot_id)
+    if full and full[0] > time.monotonic():
+        attempts.count(full[1], "no_slot")
+        raise NoSlot("no place left in this slot", field="slot_id", hint="try another slot or join the waitlist")
+
+
 def _lock_person(conn, empi_id: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('booking:' || %s, 0))", (empi_id,))
 
@@ -291,10 +300,7 @@ def _new_no(day: date) -> str:
 def hold(session: Session, *, who: Patient, slot_id: int) -> Appointment:
     """Take a place of the slot for ``hold_minutes``. Refusals: ``no_slot`` (full or withdrawn),
     ``not_released`` (before the release time), ``blacklisted``, ``limit_reached``."""
-    full = _full.get(slot_id)
-    if full and full[0] > time.monotonic():
-        attempts.count(full[1], "no_slot")
-        raise NoSlot("no place left in this slot", field="slot_id", hint="try another slot or join the waitlist")
+    refuse_if_known_full(slot_id)
     conn = driver(session)
     row = conn.execute(_SLOT, {"slot": slot_id, "empi": who.empi_id}).fetchone()
     if row is None:
