@@ -96,6 +96,7 @@ def test_console_shows_the_pool_and_lifts_a_blacklisting(browser, client, live_s
     assert hospital_name in row.text_content()
     assert page.locator("#rules tr[data-rule=hold_minutes] td.num").text_content() == "5"
     assert page.locator("#rules tr[data-rule=release_time] td.num").text_content() == "08:00"
+    assert page.locator("#notifications tr[data-kind=booked]").count() >= 1  # what the demo gateway 'sent'
 
     entry = page.locator(f"#blacklist-rows tr[data-entry='{entry_id}']")
     assert entry.locator(".name").text_content() == name_masked and "*" in name_masked

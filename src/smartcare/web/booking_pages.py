@@ -280,7 +280,7 @@ def console_context(session: Session, days: int) -> dict:
             "slots": sum(h["slots"] for h in hospitals), "free": sum(h["free"] or 0 for h in hospitals),
             "department_hospitals": registry.facility_names(session, {d["facility_code"] for d in summary["departments"]}),
             "supply_chart": supply_chart(hospitals), "load_chart": load_chart(summary["release_load"]),
-            "blacklist": blacklist_rows(session),
+            "blacklist": blacklist_rows(session), "sent": service.notifications(session, limit=20),
             "rules": [(name, label, rules[name].strftime("%H:%M") if name == "release_time" else rules[name])
                       for name, label in RULE_LABELS.items()]}
 
