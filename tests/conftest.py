@@ -86,9 +86,8 @@ def seeded(database_url):
     return report
 
 
-@pytest.fixture(scope="session")
-def hospital(seeded):
-    """A seeded general hospital with a signed API client of its own: (facility code, client id, secret)."""
+def _hospital_client(nth: int) -> tuple[str, str, str]:
+    """The ``nth`` seeded 三级 general hospital with a new signed API client: (facility code, client id, secret)."""
     from sqlalchemy import text
 
     from smartcare.platform import auth
@@ -96,10 +95,22 @@ def hospital(seeded):
 
     with session_scope() as s:
         code = s.execute(text("SELECT code FROM registry.facility WHERE kind = 'general_hospital' AND level = 3 "
-                              "ORDER BY code LIMIT 1")).scalar()
+                              "ORDER BY code OFFSET :n LIMIT 1"), {"n": nth}).scalar()
         client_id = f"his-{uuid.uuid4().hex[:8]}"
         secret = auth.create_api_client(s, client_id=client_id, name="HIS", facility_code=code)
     return code, client_id, secret
+
+
+@pytest.fixture(scope="session")
+def hospital(seeded):
+    """A seeded general hospital with a signed API client of its own: (facility code, client id, secret)."""
+    return _hospital_client(0)
+
+
+@pytest.fixture(scope="session")
+def other_hospital(seeded):
+    """A second one, for what differs between hospitals (each has its own doctor codes, slots, bills)."""
+    return _hospital_client(1)
 
 
 @pytest.fixture(scope="session")
