@@ -324,6 +324,8 @@ def hold(session: Session, *, who: Patient, slot_id: int) -> Appointment:
                       practitioner=practitioner, day=day, rules=rules)
         appointment_id = _insert_hold(conn, who=who, slot_id=slot_id, facility=facility, department=department,
                                       practitioner=practitioner, day=day, minutes=rules.hold_minutes)
+        if free == 1:  # this hold took the last place this process knew of
+            _full[slot_id] = (time.monotonic() + FULL_CACHE_SECONDS, facility)
     except (NoSlot, NotReleased, Blacklisted, LimitReached, Conflict) as exc:
         attempts.count(facility, exc.code)
         raise

@@ -73,9 +73,13 @@ def database_url() -> str:
     return sqlalchemy_url(start_embedded(settings.home))
 
 
+#: connections a process keeps open (more, up to POOL_SIZE + 20, are opened and closed under load)
+POOL_SIZE = 10
+
+
 @lru_cache
 def get_engine() -> Engine:
-    return create_engine(database_url(), pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_engine(database_url(), pool_size=POOL_SIZE, max_overflow=20, pool_pre_ping=True)
 
 
 @lru_cache
