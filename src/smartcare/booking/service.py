@@ -38,10 +38,6 @@ from smartcare.registry import service as registry
 
 log = logging.getLogger(__name__)
 
-#: States that hold a place of the slot (the trigger counts them in ``taken``).
-PLACE_STATES = ("held", "booked", "checked_in", "noshow")
-#: States that count against a person's limits.
-LIVE_STATES = ("held", "booked", "checked_in")
 #: A check-in is accepted from this long before the slot starts.
 CHECKIN_EARLY = timedelta(hours=2)
 #: Rows the periodic work handles per transaction.
@@ -263,6 +259,14 @@ _INSERT = """INSERT INTO booking.appointment (appointment_no, slot_id, empi_id, 
              RETURNING id"""
 
 
+def _mark_full(slot_id: int, facility: str) -> None:
+    now = time.monotonic()
+    if len(_full) > 50_000:  # a long-running process forgets slots it no longer needs to remember
+        for key in [k for k, (until, _) in _full.items() if until <= now]:
+            _full.pop(key, None)
+    _full[slot_id] = (now + FULL_CACHE_SECONDS, facility)
+
+
 def refuse_if_known_full(slot_id: int) -> None:
     """Answer "no slot" from this process's memory of a slot found full in the last second (no database):
     in a release burst most attempts are for slots already gone. Fullness is public, so nothing leaks."""
@@ -316,7 +320,7 @@ def hold(session: Session, *, who: Patient, slot_id: int) -> Appointment:
             raise Blacklisted(f"booking is suspended until {banned_until.astimezone(CHINA_TZ):%Y-%m-%d} after repeated "
                               "no-shows or cancellations", hint="the suspension ends by itself")
         if free <= 0:
-            _full[slot_id] = (time.monotonic() + FULL_CACHE_SECONDS, facility)
+            _mark_full(slot_id, facility)
             raise NoSlot("no place left in this slot", field="slot_id", hint="try another slot or join the waitlist")
         rules = fairness.effective(session, facility)
         _lock_person(conn, who.empi_id)
@@ -325,7 +329,7 @@ def hold(session: Session, *, who: Patient, slot_id: int) -> Appointment:
         appointment_id = _insert_hold(conn, who=who, slot_id=slot_id, facility=facility, department=department,
                                       practitioner=practitioner, day=day, minutes=rules.hold_minutes)
         if free == 1:  # this hold took the last place this process knew of
-            _full[slot_id] = (time.monotonic() + FULL_CACHE_SECONDS, facility)
+            _mark_full(slot_id, facility)
     except (NoSlot, NotReleased, Blacklisted, LimitReached, Conflict) as exc:
         attempts.count(facility, exc.code)
         raise
@@ -342,7 +346,7 @@ def _insert_hold(conn, *, who: Patient, slot_id: int, facility: str, department:
                 "account": who.account, "facility": facility, "department": department,
                 "practitioner": practitioner, "day": day, "minutes": minutes, "waitlist": waitlist_id}).fetchone()[0]
     except psycopg.errors.CheckViolation:  # slot_not_overbooked, or the slot was withdrawn meanwhile
-        _full[slot_id] = (time.monotonic() + FULL_CACHE_SECONDS, facility)
+        _mark_full(slot_id, facility)
         raise NoSlot("no place left in this slot", field="slot_id", hint="try another slot or join the waitlist") from None
     except psycopg.errors.UniqueViolation:
         raise Conflict("this person already has a place in this slot", field="slot_id") from None
