@@ -141,3 +141,29 @@ def test_refusals_are_messages_on_the_page(client, hospital):
 
     page = client.get("/h5/booking", params={"day": "tomorrow"}, headers=headers(second.who))
     assert page.status_code == 200 and 'data-error="invalid_input"' in page.text
+
+
+@pytest.mark.browser
+def test_the_terminal_checks_in_the_patient_it_scanned(browser, client, live_server, hospital):
+    from tests.booking.booking_support import at
+    from tests.healthcard.card_support import code
+
+    patient = new_booker(client)
+    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=0, hour=23, minute=30)))
+    sql("UPDATE booking.slot SET starts_at = now() + interval '40 minutes', ends_at = now() + interval '55 minutes' "
+        "WHERE id = :id", id=slot_id)
+    booked = hold(client, patient, slot_id, confirm=True).json()
+
+    page = browser.new_page()
+    login(page, live_server.url)
+    page.goto(f"{live_server.url}/admin/healthcard/terminal")
+    page.select_option("#facility", hospital[0])
+    page.fill("#code", code(client, patient.who, patient.card_no))
+    page.click("#scan-form button[type=submit]")
+    _swapped(page, f"#terminal-bookings tr[data-appointment='{booked['appointment_no']}']")
+    page.click(f"#terminal-bookings tr[data-appointment='{booked['appointment_no']}'] button")
+    _swapped(page, "#checkin-notice")
+    assert booked["appointment_no"] in page.text_content("#checkin-notice")
+    assert sql("SELECT state FROM booking.appointment WHERE appointment_no = :n", n=booked["appointment_no"]) == \
+        [("checked_in",)]
+    assert page.locator(f"#terminal-bookings tr[data-appointment='{booked['appointment_no']}']").count() == 0

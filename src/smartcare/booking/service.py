@@ -566,11 +566,28 @@ def hospital_appointments(session: Session, *, facility_code: str, visit_date: d
     return [tuple(r) for r in session.execute(q.order_by(Appointment.change_seq).limit(limit))]
 
 
+def _checkable(session: Session, facility_code: str):
+    """Bookings at this hospital whose check-in window is open now (from CHECKIN_EARLY before the slot to
+    the no-show grace after it), soonest first."""
+    now = datetime.now(UTC)
+    grace = timedelta(minutes=fairness.effective(session, facility_code).noshow_grace_minutes)
+    return (select(Appointment).join(Slot, Slot.id == Appointment.slot_id)
+            .where(Appointment.facility_code == facility_code, Appointment.state == "booked",
+                   Slot.starts_at <= now + CHECKIN_EARLY, Slot.ends_at >= now - grace)
+            .order_by(Slot.starts_at))
+
+
+def checkable(session: Session, *, facility_code: str, empi_id: str) -> list[tuple[Appointment, Slot]]:
+    """What a terminal offers to check in for a patient it has just scanned."""
+    q = _checkable(session, facility_code).where(Appointment.empi_id == empi_id).add_columns(Slot)
+    return [tuple(r) for r in session.execute(q)]
+
+
 def check_in(session: Session, *, facility_code: str, code: str | None = None,
              appointment_no: str | None = None) -> tuple[Appointment, Slot]:
     """The terminal scans the patient's health-card QR (or types the appointment number): today's
     booking of that person at this hospital is checked in."""
-    q = select(Appointment).where(Appointment.facility_code == facility_code, Appointment.state == "booked")
+    q = _checkable(session, facility_code)
     if code:
         scanned = healthcard.verify(session, code_text=code, facility_code=facility_code, step="registration",
                                     channel="window")
@@ -579,11 +596,7 @@ def check_in(session: Session, *, facility_code: str, code: str | None = None,
         q = q.where(Appointment.appointment_no == appointment_no)
     else:
         raise InvalidInput("send the scanned code or the appointment number", field="code")
-    now = datetime.now(UTC)
-    q = q.join(Slot, Slot.id == Appointment.slot_id).where(Slot.starts_at <= now + CHECKIN_EARLY, Slot.ends_at >= now
-                                                           - timedelta(minutes=fairness.effective(session, facility_code)
-                                                                       .noshow_grace_minutes))
-    a = session.scalar(q.order_by(Slot.starts_at).limit(1).with_for_update(of=Appointment))
+    a = session.scalar(q.limit(1).with_for_update(of=Appointment))
     if a is None:
         raise NotFound("no booking of this patient to check in at this hospital now", field="code",
                        hint=f"check-in opens {int(CHECKIN_EARLY.total_seconds() // 3600)} hours before the slot")

@@ -309,3 +309,35 @@ def console_lift(request: Request, entry_id: int, reason: str = Form(""), sessio
     return templates.TemplateResponse(request, "booking/_blacklist.html", {
         "blacklist": blacklist_rows(session), "can_act": True, "notice": notice, "error": error,
         "failed_entry": entry_id if error else None})
+
+
+# ---- hospital terminal: check in the patient just scanned -------------------------------------------
+
+
+def _terminal_bookings(request: Request, session: Session, facility: str, empi_id: str, *,
+                       notice: str | None = None, error: str | None = None) -> HTMLResponse:
+    return templates.TemplateResponse(request, "booking/_terminal_checkin.html", {
+        "facility": facility, "empi_id": empi_id, "notice": notice, "error": error,
+        "bookings": service.checkable(session, facility_code=facility, empi_id=empi_id)})
+
+
+@router.post("/admin/booking/terminal/bookings", response_class=HTMLResponse, dependencies=[action])
+def terminal_bookings(request: Request, facility: str = Form(...), empi_id: str = Form(...),
+                      session: Session = Depends(db), who: auth.Principal = Depends(ADMIN)):
+    """After a scan at the terminal: the patient's bookings at this hospital that can be checked in now
+    (the scan proved the patient is at the window; the EMPI id travels in the form, never in a URL)."""
+    return _terminal_bookings(request, session, facility, empi_id)
+
+
+@router.post("/admin/booking/terminal/checkin", response_class=HTMLResponse, dependencies=[action])
+def terminal_checkin(request: Request, facility: str = Form(...), empi_id: str = Form(...),
+                     appointment_no: str = Form(...), session: Session = COMMITTED,
+                     who: auth.Principal = Depends(ADMIN)):
+    notice = error = None
+    try:
+        with session.begin_nested():
+            a, _ = service.check_in(session, facility_code=facility, appointment_no=appointment_no)
+        notice = f"已签到 {a.appointment_no}"
+    except SmartCareError as exc:
+        error = exc.message
+    return _terminal_bookings(request, session, facility, empi_id, notice=notice, error=error)
