@@ -23,11 +23,14 @@ from smartcare.registry import service as registry
 from smartcare.web.deps import db, require, signed_client
 
 router = APIRouter(prefix="/api/v1/booking", tags=["booking"])
+RESIDENT = require(Role.RESIDENT, Role.ADMIN)
+ADMIN = require(Role.ADMIN)
+
+
 def _id():
     """A path id: a PostgreSQL bigint (a fresh FieldInfo per parameter: FastAPI binds it to the name)."""
     return Path(ge=1, le=2**63 - 1)
-RESIDENT = require(Role.RESIDENT, Role.ADMIN)
-ADMIN = require(Role.ADMIN)
+
 
 #: one per process: see ``booking.throttle``
 gate = throttle.from_settings()
