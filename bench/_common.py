@@ -1,13 +1,15 @@
-"""Helpers shared by the benchmark scripts: a scratch database, timing and peak memory."""
+"""Helpers shared by the benchmark scripts: a scratch database, timing, peak memory, a free port."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import resource
+import socket
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -16,6 +18,23 @@ from sqlalchemy.engine import make_url
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def process_peak_rss_mib(pid: int) -> float:
+    """Peak resident set size of another process (a server, a client), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -62,7 +62,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -82,7 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import psutil
-from _common import peak_rss_mib, scratch_database
+from _common import free_port, peak_rss_mib, process_peak_rss_mib, scratch_database
 
 BOOK = "/api/v1/booking/appointments"
 PASSWORD = "bench-resident-pass"
@@ -97,20 +96,8 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def process_peak_rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 # ---- set-up: the region, the residents, the slots ------------------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
-from _common import peak_rss_mib, scratch_database  # noqa: E402
+from _common import free_port, peak_rss_mib, scratch_database  # noqa: E402
 
 from smartcare.platform import auth  # noqa: E402
 from smartcare.platform.db import session_scope  # noqa: E402
@@ -39,10 +38,6 @@ from smartcare.synth.messages import adt  # noqa: E402
 FACILITY = "500103H001"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def person(i: int) -> dict:

@@ -26,7 +26,6 @@ import json
 import os
 import queue
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 import segno  # noqa: E402
-from _common import peak_rss_mib, scratch_database  # noqa: E402
+from _common import free_port, peak_rss_mib, scratch_database  # noqa: E402
 
 from smartcare.healthcard import code as qr  # noqa: E402
 from smartcare.platform.crypto import ED25519, SM2, SigningKey  # noqa: E402
@@ -130,10 +129,6 @@ def offline(seconds: float) -> dict:
 # ---- 2. the terminal endpoint -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def issue_cards(n: int) -> list:

@@ -53,9 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
 import psutil  # noqa: E402
-from _common import peak_rss_mib, scratch_database  # noqa: E402
+from _common import peak_rss_mib, process_peak_rss_mib, scratch_database  # noqa: E402
 from payment_faults import (  # noqa: E402
-    CHANNELS, PARTIES, Region, hospital_facility, log_to_file, process_peak_rss_mib, seed_region, warnings_in,
+    CHANNELS, PARTIES, Region, hospital_facility, log_to_file, seed_region, warnings_in,
 )
 
 #: bills stay at or under this (fen): the channels ask the payer for a password above 1,000 yuan

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
 import psutil  # noqa: E402
-from _common import peak_rss_mib, scratch_database  # noqa: E402
+from _common import free_port, peak_rss_mib, process_peak_rss_mib, scratch_database  # noqa: E402
 
 PARTIES = ("medins", "insurer", "wechat", "alipay", "unionpay")
 CHANNELS = ("wechat", "alipay", "unionpay")
@@ -54,22 +54,8 @@ CHANNELS = ("wechat", "alipay", "unionpay")
 # ---- the region: the platform and the five sandboxes as processes (also used by bench/payment.py) -----------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def process_peak_rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def warnings_in(path: Path, limit: int = 5) -> tuple[int, list[str]]:
