@@ -169,3 +169,31 @@ def test_the_upkeep_never_deadlocks_with_a_resident(client, hospital):
         assert not upkeep.is_alive() and done == [1]  # … and the upkeep went on without them
     assert client.get("/api/v1/booking/me/waitlist", headers=waiting.h).json()[0]["state"] == "waiting"
     assert hold(client, waiting, other).status_code == 201
+
+
+def test_a_terminal_checks_in_only_the_person_it_scanned(client, hospital):
+    from smartcare.platform.errors import NotFound
+
+    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=0, hour=23, minute=30), capacity=2))
+    sql("UPDATE booking.slot SET starts_at = now() + interval '30 minutes', ends_at = now() + interval '45 minutes' "
+        "WHERE id = :id", id=slot_id)
+    scanned, other = new_booker(client), new_booker(client)
+    hold(client, scanned, slot_id, confirm=True)
+    theirs = hold(client, other, slot_id, confirm=True).json()["appointment_no"]
+    [(empi_id,)] = sql("SELECT empi_id FROM booking.appointment WHERE card_no = :c", c=scanned.card_no)
+    with session_scope() as s, pytest.raises(NotFound):
+        service.check_in(s, facility_code=hospital[0], appointment_no=theirs, empi_id=empi_id)
+    assert sql("SELECT state FROM booking.appointment WHERE appointment_no = :n", n=theirs) == [("booked",)]
+
+
+def test_a_released_slot_stays_released_when_sent_again_after_a_rule_change(client, hospital):
+    admin = admin_headers(client)
+    body = slot_body(hospital, start=at(days=3, hour=15))
+    [slot_id] = publish(client, hospital, body)  # released (release time moved to the past)
+    try:
+        rules(client, admin, hospital[0], release_days=1)
+        r = signed(client, hospital, "PUT", "/api/v1/booking/hospital/slots", {"slots": [body]})
+        assert r.json()[0]["outcome"] == "unchanged"
+        assert hold(client, new_booker(client), slot_id).status_code == 201
+    finally:
+        rules(client, admin, hospital[0], release_days=None)

@@ -5,6 +5,7 @@ appointments and check patients in; administrators set the fairness rules and li
 from __future__ import annotations
 
 import asyncio
+import weakref
 from datetime import UTC, date, datetime
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -37,11 +38,12 @@ gate = throttle.from_settings()
 #: Booking transactions at once per process (per event loop): no more than the connection pool keeps, so a
 #: release burst queues here, in order, instead of on the pool (unfair waits, connections opened and closed).
 DB_CONCURRENCY = POOL_SIZE
-_db_slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+_db_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
-async def _in_db(fn, *args):
-    """Run ``fn`` in the thread pool when one of this process's booking transaction slots is free."""
+async def in_db(fn, *args):
+    """Run ``fn`` in the thread pool when one of this process's booking transaction slots is free (the
+    API and the H5 page both book through here)."""
     lane = _db_slots.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(DB_CONCURRENCY))
     async with lane:
         return await run_in_threadpool(fn, *args)
@@ -111,7 +113,7 @@ async def hold(data: HoldIn, who: Principal = Depends(RESIDENT)):
     """Hold a place of a slot for a few minutes (``confirm``: book it at once)."""
     await gate.admit(who.username)
     service.refuse_if_known_full(data.slot_id)  # on the event loop: no thread, no database
-    return await _in_db(_hold, who.username, data)
+    return await in_db(_hold, who.username, data)
 
 
 @router.post("/appointments/{appointment_no}/confirm", response_model=AppointmentOut)
@@ -124,7 +126,7 @@ async def confirm(appointment_no: str, who: Principal = Depends(RESIDENT)):
             a = service.confirm(session, account=who.username, appointment_no=appointment_no)
             return appointment_out(a, session.get(Slot, a.slot_id))
 
-    return await _in_db(run)
+    return await in_db(run)
 
 
 @router.post("/appointments/{appointment_no}/cancel", response_model=AppointmentOut)

@@ -64,6 +64,8 @@ def _apply(session: Session, topic: str, data: dict, facility: str, source_id: s
         # Only SlotIn's fields (a channel transform may add others); absent ones take SlotIn's defaults.
         slot = SlotIn.model_validate({k: v for k, v in data.items() if k in SlotIn.model_fields and v is not None})
         [change] = service.publish_slots(session, facility_code=facility, slots=[slot], actor=ACTOR)
+    except service.Busy as exc:  # a moment's lock conflict, not a refusal: the bus sends it again after its backoff
+        raise RuntimeError(exc.message) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 from sqlalchemy import func, or_, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from smartcare.booking import rules as fairness
@@ -60,6 +60,12 @@ class LimitReached(Conflict):
 
 class Blacklisted(Forbidden):
     code = "blacklisted"
+
+
+class Busy(Conflict):
+    """Another transaction holds what this one needs; send it again (the bus retries it by itself)."""
+
+    code = "busy"
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,8 @@ def _publish_one(session: Session, facility, departments: dict, rules: fairness.
         session.add(slot)
         session.flush()
         return SlotChange(data.source_id, "created", slot.id)
+    if slot.release_at <= datetime.now(UTC):  # released is released: a later rule change does not take it back
+        values["release_at"] = slot.release_at
     if slot.state == "withdrawn":  # its bookings were cancelled and the residents told: that stays so
         raise Conflict(f"slot {data.source_id} was withdrawn", field="source_id", hint="publish it under a new id")
     if all(getattr(slot, k) == v for k, v in values.items()):
@@ -182,9 +190,13 @@ def withdraw_slot(session: Session, *, facility_code: str, source_id: str, actor
     slot.state = "withdrawn"
     slot.updated_at = func.now()
     session.flush()
-    live += session.scalars(select(Appointment).where(  # held after the first look, before the slot was locked
-        Appointment.slot_id == slot.id, Appointment.state.in_(("held", "booked")),
-        Appointment.id.not_in([a.id for a in live] or [0])).with_for_update()).all()
+    try:  # held after the first look, before the slot was locked: waiting for them here could deadlock
+        with session.begin_nested():
+            live += session.scalars(select(Appointment).where(
+                Appointment.slot_id == slot.id, Appointment.state.in_(("held", "booked")),
+                Appointment.id.not_in([a.id for a in live] or [0])).with_for_update(nowait=True)).all()
+    except OperationalError:  # lock not available
+        raise Busy(f"slot {source_id} is being booked right now", field="source_id", hint="send the withdrawal again") from None
     for a in live:
         was_booked = a.state == "booked"
         _end(session, a, "cancelled", by="hospital")
@@ -262,7 +274,7 @@ _INSERT = """INSERT INTO booking.appointment (appointment_no, slot_id, empi_id, 
 def _mark_full(slot_id: int, facility: str) -> None:
     now = time.monotonic()
     if len(_full) > 50_000:  # a long-running process forgets slots it no longer needs to remember
-        for key in [k for k, (until, _) in _full.items() if until <= now]:
+        for key in [k for k, (until, _) in list(_full.items()) if until <= now]:  # a copy: other threads write
             _full.pop(key, None)
     _full[slot_id] = (now + FULL_CACHE_SECONDS, facility)
 
@@ -583,11 +595,13 @@ def checkable(session: Session, *, facility_code: str, empi_id: str) -> list[tup
     return [tuple(r) for r in session.execute(q)]
 
 
-def check_in(session: Session, *, facility_code: str, code: str | None = None,
-             appointment_no: str | None = None) -> tuple[Appointment, Slot]:
-    """The terminal scans the patient's health-card QR (or types the appointment number): today's
-    booking of that person at this hospital is checked in."""
+def check_in(session: Session, *, facility_code: str, code: str | None = None, appointment_no: str | None = None,
+             empi_id: str | None = None) -> tuple[Appointment, Slot]:
+    """The terminal scans the patient's health-card QR (or types the appointment number; with ``empi_id``,
+    the person a scan just showed, only that person's booking): today's booking at this hospital is checked in."""
     q = _checkable(session, facility_code)
+    if empi_id:
+        q = q.where(Appointment.empi_id == empi_id)
     if code:
         scanned = healthcard.verify(session, code_text=code, facility_code=facility_code, step="registration",
                                     channel="window")

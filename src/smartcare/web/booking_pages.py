@@ -19,12 +19,11 @@ from datetime import UTC, date, datetime
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from smartcare.booking import rules as fairness, service, stats
-from smartcare.booking.api import gate
+from smartcare.booking.api import gate, in_db
 from smartcare.healthcard import service as healthcard
-from smartcare.platform import auth
+from smartcare.platform import audit, auth
 from smartcare.platform.auth import Role
 from smartcare.platform.clock import CHINA_TZ, china_today
 from smartcare.platform.db import session_scope
@@ -177,7 +176,7 @@ async def _throttled(request: Request, who: auth.Principal, search: Search, act:
                 return _render(request, session, who, search, error=refused)
             return _act(request, session, who, search, act)
 
-    return await run_in_threadpool(run)
+    return await in_db(run)
 
 
 @router.get("/h5/booking", response_class=HTMLResponse)
@@ -336,7 +335,9 @@ def terminal_checkin(request: Request, facility: str = Form(...), empi_id: str =
     notice = error = None
     try:
         with session.begin_nested():
-            a, _ = service.check_in(session, facility_code=facility, appointment_no=appointment_no)
+            a, _ = service.check_in(session, facility_code=facility, appointment_no=appointment_no, empi_id=empi_id)
+            audit.record(session, actor=who.username, action="booking.checkin", target=a.appointment_no,
+                         detail={"facility": facility, "at": "terminal page"})
         notice = f"已签到 {a.appointment_no}"
     except SmartCareError as exc:
         error = exc.message
