@@ -102,7 +102,9 @@ def upgrade() -> None:
             booked_at         timestamptz,
             ended_at          timestamptz,                  -- cancelled, expired, checked in or marked no-show
             reminded_at       timestamptz,
-            -- bumped by the trigger at every change of state: hospitals page their feed by it
+            -- set by the trigger at every change of state: hospitals page their feed by (change_xid, change_seq),
+            -- served only below the oldest running transaction, so a change that commits late is never skipped
+            change_xid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
             change_seq        bigint NOT NULL DEFAULT nextval('booking.appointment_change')
         );
         -- one place of a slot per person at a time
@@ -112,7 +114,8 @@ def upgrade() -> None:
         CREATE INDEX appointment_account ON booking.appointment (account, created_at DESC);
         CREATE INDEX appointment_holds ON booking.appointment (held_until) WHERE state = 'held';
         CREATE INDEX appointment_open ON booking.appointment (visit_date, facility_code) WHERE state = 'booked';
-        CREATE INDEX appointment_feed ON booking.appointment (facility_code, change_seq) WHERE booked_at IS NOT NULL;
+        CREATE INDEX appointment_feed ON booking.appointment (facility_code, change_xid, change_seq)
+            WHERE booked_at IS NOT NULL;
 
         -- a withheld place coming back to the pool (or to the waitlist) at ``return_at``
         CREATE TABLE booking.seat_return (
@@ -202,6 +205,7 @@ def upgrade() -> None:
             IF NEW.state = OLD.state THEN
                 RETURN NEW;
             END IF;
+            NEW.change_xid := pg_current_xact_id();
             NEW.change_seq := nextval('booking.appointment_change');
             IF NOT ((OLD.state = 'held' AND NEW.state IN ('booked', 'expired', 'cancelled'))
                     OR (OLD.state = 'booked' AND NEW.state IN ('checked_in', 'cancelled', 'noshow'))) THEN

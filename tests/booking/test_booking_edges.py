@@ -95,15 +95,15 @@ def test_the_hospital_feed_follows_each_change(client, hospital):
     early = hold(client, p, a_slot).json()           # held first (lower id), confirmed last
     hold(client, q, b_slot, confirm=True)
 
-    def feed(since: int) -> list[dict]:
+    def feed(since: str) -> list[dict]:
         r = signed(client, hospital, "GET", "/api/v1/booking/hospital/appointments", params=f"since={since}&limit=2000")
         assert r.status_code == 200, r.text
         return r.json()
 
-    last = feed(0)[-1]["change_seq"]
+    last = feed("0.0")[-1]["cursor"]
     client.post(f"/api/v1/booking/appointments/{early['appointment_no']}/confirm", headers=p.h)
     assert [(a["appointment_no"], a["state"]) for a in feed(last)] == [(early["appointment_no"], "booked")]
-    last = feed(last)[-1]["change_seq"]
+    last = feed(last)[-1]["cursor"]
     client.post(f"/api/v1/booking/appointments/{early['appointment_no']}/cancel", headers=p.h)
     assert [(a["appointment_no"], a["state"]) for a in feed(last)] == [(early["appointment_no"], "cancelled")]
 
@@ -197,3 +197,27 @@ def test_a_released_slot_stays_released_when_sent_again_after_a_rule_change(clie
         assert hold(client, new_booker(client), slot_id).status_code == 201
     finally:
         rules(client, admin, hospital[0], release_days=None)
+
+
+def test_the_feed_never_skips_a_change_that_commits_late(client, hospital):
+    """A confirmation whose transaction is still open when later changes commit: the feed holds the later
+    ones back until it ends, then serves both — a cursor never passes a change not yet visible."""
+    from sqlalchemy import text
+
+    [slow_slot, fast_slot] = publish(client, hospital, slot_body(hospital, start=at(days=18)),
+                                     slot_body(hospital, start=at(days=18, hour=10)))
+    p, q = new_booker(client), new_booker(client)
+    slow = hold(client, p, slow_slot).json()["appointment_no"]
+
+    def feed(since: str) -> list[dict]:
+        r = signed(client, hospital, "GET", "/api/v1/booking/hospital/appointments", params=f"since={since}&limit=2000")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    start = (feed("0.0") or [{"cursor": "0.0"}])[-1]["cursor"]
+    with session_scope() as late:  # the slow confirmation: changed first, committed last
+        late.execute(text("UPDATE booking.appointment SET state = 'booked', booked_at = now(), held_until = NULL "
+                          "WHERE appointment_no = :n"), {"n": slow})
+        fast = hold(client, q, fast_slot, confirm=True).json()["appointment_no"]
+        assert [a["appointment_no"] for a in feed(start)] == []  # the later one waits for the open transaction
+    assert [a["appointment_no"] for a in feed(start)] == [slow, fast]

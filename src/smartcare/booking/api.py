@@ -189,19 +189,19 @@ def withdraw_slot(source_id: str, data: WithdrawIn, session: Session = Depends(d
 
 
 @router.get("/hospital/appointments", response_model=list[HospitalAppointmentOut])
-def hospital_appointments(visit_date: date | None = None, since: int = Query(0, ge=0, le=2**63 - 1),
+def hospital_appointments(visit_date: date | None = None, since: str = Query("0.0", max_length=42),
                           limit: int = Query(500, ge=1, le=2000), session: Session = Depends(db),
                           who: Principal = Depends(signed_client)):
-    """The hospital's booked appointments whose state changed after ``since`` (a ``change_seq``), oldest
-    change first: poll with the last ``change_seq`` seen. Every state change (booked, cancelled, checked in,
-    no-show) moves an appointment to the end of the feed."""
+    """The hospital's booked appointments changed after the cursor ``since``, oldest change first: poll
+    with the last ``cursor`` seen. Every state change (booked, cancelled, checked in, no-show) moves an
+    appointment to the end of the feed; none is skipped, however late its transaction commits."""
     rows = service.hospital_appointments(session, facility_code=who.facility(), visit_date=visit_date,
                                          since=since, limit=limit)
-    return [_hospital_out(a, s) for a, s in rows]
+    return [_hospital_out(a, s, cursor) for a, s, cursor in rows]
 
 
-def _hospital_out(a: Appointment, s: Slot) -> HospitalAppointmentOut:
-    return HospitalAppointmentOut(**appointment_out(a, s).model_dump(), change_seq=a.change_seq, empi_id=a.empi_id,
+def _hospital_out(a: Appointment, s: Slot, cursor: str | None = None) -> HospitalAppointmentOut:
+    return HospitalAppointmentOut(**appointment_out(a, s).model_dump(), cursor=cursor, empi_id=a.empi_id,
                                   slot_source_id=s.source_id)
 
 

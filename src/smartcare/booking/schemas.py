@@ -108,7 +108,7 @@ class AppointmentOut(BaseModel):
 
 
 class HospitalAppointmentOut(AppointmentOut):
-    change_seq: int
+    cursor: str | None = Field(None, description="where the feed stands after this row: pass it as ``since``")
     empi_id: str
     slot_source_id: str
 

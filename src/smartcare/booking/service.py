@@ -566,16 +566,28 @@ def _offer(session: Session, slot: Slot) -> Appointment | None:
 
 # ---------------------------------------------------------------- the hospital's side
 
+_FEED = """SELECT a.id, a.change_xid::text || '.' || a.change_seq FROM booking.appointment a
+            WHERE a.facility_code = :facility AND a.booked_at IS NOT NULL
+              AND (CAST(:day AS date) IS NULL OR a.visit_date = CAST(:day AS date))
+              AND a.change_xid < pg_snapshot_xmin(pg_current_snapshot())
+              AND (a.change_xid, a.change_seq) > (CAST(:xid AS xid8), CAST(:seq AS bigint))
+            ORDER BY a.change_xid, a.change_seq LIMIT :n"""
+
+
 def hospital_appointments(session: Session, *, facility_code: str, visit_date: date | None = None,
-                          since: int = 0, limit: int = 500) -> list[tuple[Appointment, Slot]]:
-    """A hospital's appointments (booked, and what became of them; not holds) whose state changed after
-    change number ``since``, oldest change first: a hospital pages with the last ``change_seq`` it saw."""
-    q = (select(Appointment, Slot).join(Slot, Slot.id == Appointment.slot_id)
-         .where(Appointment.facility_code == facility_code, Appointment.change_seq > since,
-                Appointment.booked_at.is_not(None)))
-    if visit_date:
-        q = q.where(Appointment.visit_date == visit_date)
-    return [tuple(r) for r in session.execute(q.order_by(Appointment.change_seq).limit(limit))]
+                          since: str = "0.0", limit: int = 500) -> list[tuple[Appointment, Slot, str]]:
+    """A hospital's appointments (booked, and what became of them; not holds) changed after the cursor
+    ``since``, oldest change first, each with its own cursor: a hospital pages with the last one it saw.
+    Changes are ordered by their transaction and served only once every older transaction has ended, so
+    one that commits late is never skipped (a long transaction elsewhere delays the feed, it loses nothing)."""
+    xid, _, seq = since.partition(".")
+    if not (xid.isdigit() and seq.isdigit()):
+        raise InvalidInput(f"cursor {since[:40]!r} is not one this feed gave (like 123456.789)", field="since")
+    rows = session.execute(text(_FEED), {"facility": facility_code, "day": visit_date, "xid": xid, "seq": int(seq),
+                                         "n": limit}).all()
+    found = {a.id: a for a in session.scalars(select(Appointment).where(Appointment.id.in_([r[0] for r in rows])))}
+    slots = {s.id: s for s in session.scalars(select(Slot).where(Slot.id.in_({a.slot_id for a in found.values()})))}
+    return [(found[i], slots[found[i].slot_id], cursor) for i, cursor in rows]
 
 
 def _checkable(session: Session, facility_code: str):
