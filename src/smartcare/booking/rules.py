@@ -67,10 +67,6 @@ def effective(session: Session, facility_code: str) -> Rules:
     return rules
 
 
-def overrides(session: Session) -> list[RuleSet]:
-    return list(session.scalars(select(RuleSet).order_by(RuleSet.facility_code)))
-
-
 def _parse(name: str, value) -> object:
     if name not in NAMES:
         raise InvalidInput(f"unknown rule {name!r}", field=name, hint=f"one of {', '.join(NAMES)}")

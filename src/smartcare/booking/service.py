@@ -470,11 +470,11 @@ def _count_towards_blacklist(session: Session, empi_id: str, reason: str, rules:
     return entry
 
 
-def blacklist(session: Session, *, current: bool = True, limit: int = 200) -> list[Blacklisting]:
-    q = select(Blacklisting)
-    if current:
-        q = q.where(Blacklisting.until > func.now(), Blacklisting.lifted_at.is_(None))
-    return list(session.scalars(q.order_by(Blacklisting.since.desc()).limit(limit)))
+def blacklist(session: Session, *, limit: int = 200) -> list[Blacklisting]:
+    """The blacklistings in force now, newest first."""
+    return list(session.scalars(select(Blacklisting).where(Blacklisting.until > func.now(),
+                                                           Blacklisting.lifted_at.is_(None))
+                                .order_by(Blacklisting.since.desc()).limit(limit)))
 
 
 def lift(session: Session, *, entry_id: int, actor: str, reason: str) -> Blacklisting:
