@@ -361,6 +361,8 @@ def build(d: Document, *, validate: bool = True) -> bytes:
 
 _T = {name: f"{{{HL7_NS}}}{name}" for name in ("code", "value", "section", "structuredBody", "component", "effectiveTime")}
 _XSI_TYPE: Final = f"{{{XSI}}}type"
+#: data elements (WS 363) and lab items (LOINC) are entries; section codes (LOINC too) are not
+_ENTRY_SYSTEMS: Final = frozenset({DE_SYSTEM, LOINC})
 _TIMESTAMP: Final = re.compile(r"\d{8}(?:\d{4}(?:\d{2})?)?")
 
 
@@ -413,16 +415,19 @@ def _infer(el: etree._Element) -> Value:
 
 
 def parse(data: bytes | etree._Element) -> ParsedDocument:
-    """Parse a WS/T 500 document of any type once: its header and every coded data element of its body."""
+    """Parse a WS/T 500 document of any type once: its header and every coded data element (WS 363 ``DE…``,
+    or a LOINC-coded lab item) of its body."""
     root = data if isinstance(data, etree._Element) else parse_xml(data)
     header = parse_header(root)
     entries: list[Entry] = []
     body = next(root.iterchildren(_T["component"]), None)
     if body is not None:
         for code in body.iter(_T["code"]):
-            if code.get("codeSystem") != DE_SYSTEM:
+            if code.get("codeSystem") not in _ENTRY_SYSTEMS:
                 continue
             parent = code.getparent()
+            if parent.tag == _T["section"]:
+                continue
             value_el = next(parent.iterchildren(_T["value"]), None)
             section = next((a for a in code.iterancestors(_T["section"])), None)
             sec_code = next(section.iterchildren(_T["code"]), None) if section is not None else None
