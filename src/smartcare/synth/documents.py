@@ -239,7 +239,7 @@ def inject(doc: cda.Document, kind: str, rng: random.Random) -> tuple[cda.Docume
         return (_set(doc, "DE05.01.024.00", replace(current, display=other)),
                 Defect(kind, "VAL-ICD10-DISPLAY", "DE05.01.024.00"))
     p = doc.patient
-    if kind == "id_birth_mismatch" and t in ("C0001", "C0002"):  # the types whose header has a birth time
+    if kind == "id_birth_mismatch" and t in ("C0001", "C0002", "C0032", "C0053"):  # the types whose header has a birth time
         return (replace(doc, patient=replace(p, birth_date=p.birth_date + timedelta(days=400))),
                 Defect(kind, "CON-ID-BIRTH", "recordTarget/patientRole/patient/birthTime"))
     if kind == "id_sex_mismatch":

@@ -297,6 +297,8 @@ def _encounter(doc: etree._Element) -> Encounter | None:
     if time_el is not None and start is None:  # IVL_TS: <low value=…/><high value=…/>
         start = _time(_find(time_el, _P["low"]), f"{where}/low")
         end = _time(_find(time_el, _P["high"]), f"{where}/high")
+    if time_el is not None and start is None and time_el.text and time_el.text.strip():
+        start = parse_cda_time(time_el.text, location=where)  # C0006/C0007's schemas allow only text here
     department = None
     for org in enc.iter(_WHOLE_ORG_TAG):  # bed, room, department, ward, hospital
         found = _organization(org)

@@ -10,6 +10,8 @@ tree with the content as a plain nested dict: child elements by local name (a li
 
 - writes elements in the schema's order, and only those the schema has (content it lacks is left
   out, so one header dict serves every document type);
+- writes ``@value`` as the text where the schema allows no attributes (C0006 and C0007 want the
+  encounter time as ``<effectiveTime>20240506083000</effectiveTime>``);
 - writes every required element even without content (empty), and required attributes the
   content does not give from HL7's structural defaults (classCode, moodCode, typeCode …) or the
   schema's single allowed value, so a document with missing data still has the right shape and
@@ -272,6 +274,8 @@ class Schema:
             text = data.get("#")
             if text is None and len(node.allowed) == 1:
                 text = node.allowed[0]
+            if text is None and not node.attrs:  # a time the schema wants as text (C0006's encounter time)
+                text = data.get("@value")
             if text is not None:
                 el.text = str(text)
         if node.content is not None:
