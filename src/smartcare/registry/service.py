@@ -252,3 +252,38 @@ def hospitals(session: Session, *, limit: int) -> list[Facility]:
     """The largest hospitals first (level, then code): the ones that send the most traffic."""
     return list(session.scalars(select(Facility).where(Facility.kind.in_(HOSPITAL_KINDS))
                                 .order_by(Facility.level.desc(), Facility.code).limit(limit)))
+
+
+# ---- 统一社会信用代码: how documents name a hospital ------------------------------------------------
+
+# GB 32100-2015: 18 characters from this alphabet (no I, O, S, V, Z), the last a check character.
+_USCC_CHARS = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+_USCC_WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
+
+
+def _uscc_check(first17: str) -> str:
+    total = sum(_USCC_CHARS.index(c) * w for c, w in zip(first17, _USCC_WEIGHTS, strict=True))
+    return _USCC_CHARS[(31 - total % 31) % 31]
+
+
+def credit_code(facility_code: str) -> str | None:
+    """The region's 统一社会信用代码 of a facility, the custodian id WS/T 500 documents carry.
+
+    Public hospitals are 事业单位 (registration authority 1, kind 2); the next six characters are the
+    district (the facility code's first six), the nine of the organisation code are the rest of the
+    facility code, left-padded with 0. None for a code that does not fit that layout.
+    """
+    district, rest = facility_code[:6], facility_code[6:]
+    if not (district.isdigit() and len(district) == 6 and 0 < len(rest) <= 9 and rest[0] != "0"
+            and all(c in _USCC_CHARS for c in rest)):
+        return None
+    first17 = f"12{district}{rest.rjust(9, '0')}"
+    return first17 + _uscc_check(first17)
+
+
+def facility_of_credit_code(session: Session, code: str) -> str | None:
+    """The registered facility a 统一社会信用代码 names, or None (unknown, malformed, wrong check character)."""
+    if len(code) != 18 or not all(c in _USCC_CHARS for c in code) or _uscc_check(code[:17]) != code[17]:
+        return None
+    candidate = code[2:8] + code[8:17].lstrip("0")
+    return candidate if session.get(Facility, candidate) is not None and credit_code(candidate) == code else None

@@ -281,14 +281,14 @@ def _drop_title(xml: bytes) -> bytes:
 
 def documents(seed: int, *, hospitals: Sequence[Hospital], people: Sequence[Person], count: int,
               defect_rate: float = 0.3, start: datetime | None = None, types: Sequence[str] = TYPES,
-              ) -> Iterator[SynthDocument]:
+              minutes_apart: int = 7) -> Iterator[SynthDocument]:
     """``count`` documents of the given types, in upload order; about ``defect_rate`` of them with one defect."""
     rng = random.Random(f"{seed}:documents")
     start = start or datetime(2026, 11, 1, 8, tzinfo=CHINA_TZ)
     earlier: dict[str, str] = {}  # hospital -> a document id it already used
     for n in range(count):
         hospital, person, type_code = rng.choice(hospitals), rng.choice(people), types[n % len(types)]
-        at = start + timedelta(minutes=7 * n, seconds=rng.randint(0, 300))
+        at = start + timedelta(minutes=minutes_apart * n, seconds=rng.randint(0, 300))
         doc = clean_document(type_code, hospital=hospital, person=person, rng=rng, at=at)
         sent_at = doc.effective_time + timedelta(minutes=rng.randint(5, 600))
         defects: list[Defect] = []
