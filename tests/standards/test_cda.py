@@ -19,12 +19,18 @@ from smartcare.standards.cda import (
     OID_ID_NUMBER,
     OID_INPATIENT_NO,
     Address,
-    Admission,
     CdaError,
+    DataElement,
+    Document,
     InstanceId,
-    build_minimal,
+    Patient,
+    Practitioner,
+    Section,
+    Visit,
+    build,
     parse_cda_time,
     parse_header,
+    st,
     template_id_for,
 )
 from smartcare.standards.xml import XmlError, parse_xml
@@ -33,47 +39,32 @@ XSD_DIR = SHARED / "standards" / "wst500-xsd"
 
 ID_NUMBER = make("500103", date(1985, 3, 7), 12, "2")  # 重庆市渝中区, a woman born 1985-03-07
 DOC_ID = uuid.UUID("6f1c9a52-0d3e-4b8a-9c55-2f7e1d0a4b11").hex
+PATIENT = Patient(id_number=ID_NUMBER, name="王秀英", sex="2", birth_date=date(1985, 3, 7), phone="13883012345",
+                  address=Address("重庆市", "重庆市", "渝中区", "解放碑街道", "民族路", "88号", "400010"),
+                  health_card_no="500103H19850307012")
 COMMON = dict(
     document_id=DOC_ID,
-    id_number=ID_NUMBER,
-    name="王秀英",
-    sex="2",
-    birth_date=date(1985, 3, 7),
+    effective_time=datetime(2024, 5, 6, 9, 30, 15, tzinfo=CHINA_TZ),
+    patient=PATIENT,
     custodian_code="12500000450416421X",
     custodian_name="重庆市第一人民医院",
-    author_id="YS0123",
-    author_name="李建国",
-    effective_time=datetime(2024, 5, 6, 9, 30, 15, tzinfo=CHINA_TZ),
+    author=Practitioner("YS0123", "李建国", "住院医师"),
+    reviewer=Practitioner("YS0001", "陈志强", "科主任"),
 )
-ADMISSION = Admission(
-    inpatient_no="ZY2024000123",
-    admitted_at=datetime(2024, 5, 6, 8, 0, tzinfo=CHINA_TZ),
-    department_code="0301",
-    department_name="心血管内科",
-    ward_code="B03",
-    ward_name="心内科一病区",
-    room_no="305",
-    bed_no="12",
-    director_id="YS0001",
-    director_name="陈志强",
-    chief_complaint="反复胸闷、气促3天",
-)
+ADMISSION = Visit(kind="3", number="ZY2024000123", start=datetime(2024, 5, 6, 8, 0, tzinfo=CHINA_TZ),
+                  department_code="0301", department_name="心血管内科", ward_code="B03", ward_name="心内科一病区",
+                  room="305", bed="12")
+OUTPATIENT = Visit(kind="1", number="MZ2024000456", start=datetime(2024, 5, 6, 9, 0, tzinfo=CHINA_TZ))
 
 
 def c0001(**overrides: object) -> bytes:
-    fields = {
-        **COMMON,
-        "health_card_no": "500103H19850307012",
-        "phone": "13883012345",
-        "address": Address("重庆市", "重庆市", "渝中区", "解放碑街道", "民族路", "88号", "400010"),
-        "past_history": "高血压病史5年",
-        **overrides,
-    }
-    return build_minimal("C0001", **fields)  # type: ignore[arg-type]
+    history = Section("11348-0", "HISTORY OF PAST ILLNESS", (DataElement("DE02.10.026.00", "疾病史（含外伤）", st("高血压病史5年")),))
+    return build(Document(**{"type_code": "C0001", "visit": OUTPATIENT, "sections": (history,), **COMMON, **overrides}))
 
 
 def c0034() -> bytes:
-    return build_minimal("C0034", **COMMON, admission=ADMISSION)  # type: ignore[arg-type]
+    complaint = Section("10154-3", "CHIEF COMPLAINT", (DataElement("DE04.01.119.00", "主诉", st("反复胸闷、气促3天")),))
+    return build(Document(type_code="C0034", visit=ADMISSION, sections=(complaint,), **COMMON))
 
 
 def schema(type_code: str) -> etree.XMLSchema:
@@ -167,7 +158,8 @@ def test_c0001_is_valid_against_its_xsd() -> None:
     xsd = schema("C0001")
     assert xsd.validate(etree.fromstring(c0001())), xsd.error_log
     # Also with only the required fields: no card, no phone, no address.
-    assert xsd.validate(etree.fromstring(build_minimal("C0001", **COMMON))), xsd.error_log  # type: ignore[arg-type]
+    bare = Patient(id_number=ID_NUMBER, name="王秀英", sex="2", birth_date=date(1985, 3, 7))
+    assert xsd.validate(etree.fromstring(c0001(patient=bare))), xsd.error_log
 
 
 def test_c0034_is_valid_against_its_xsd() -> None:
@@ -188,20 +180,14 @@ def test_template_ids_follow_the_document_type() -> None:
     [
         ({"effective_time": datetime(2024, 5, 6, 9, 30)}, "timezone-aware"),
         ({"document_id": "123"}, "32-36 characters"),
-        ({"custodian_code": "450416421"}, "18-character"),
-        ({"sex": "M"}, "GB/T 2261.1"),
+        ({"custodian_code": "450416421"}, "length of '9'.*allowed length of '18'"),
+        ({"patient": Patient(id_number=ID_NUMBER, name="王秀英", sex="M", birth_date=date(1985, 3, 7))},
+         "administrativeGenderCode.*'M' is not a valid value"),
     ],
 )
 def test_builder_refuses_bad_input(overrides: dict, message: str) -> None:
     with pytest.raises(CdaError, match=message):
         c0001(**overrides)
-
-
-def test_builder_needs_admission_exactly_for_c0034() -> None:
-    with pytest.raises(CdaError, match="admission"):
-        build_minimal("C0034", **COMMON)  # type: ignore[arg-type]
-    with pytest.raises(CdaError, match="admission"):
-        build_minimal("C0001", **COMMON, admission=ADMISSION)  # type: ignore[arg-type]
 
 
 # --- parsing headers ----------------------------------------------------------------------------

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from smartcare.standards import cda
@@ -56,12 +55,19 @@ def oru(facility: str, control_id: str, resident: dict, *, rng: random.Random | 
     return "\r".join(lines) + "\r"
 
 
-def cda_document(resident: dict, custodian_code: str, custodian_name: str, *, at: datetime | None = None) -> bytes:
-    """A schema-valid C0001 (病历概要); the custodian code is padded to the 18 characters WS/T 500 expects."""
-    return cda.build_minimal(
-        "C0001", document_id=str(uuid.uuid4()), id_number=resident["id_number"], name=resident["name"],
-        sex=resident["sex"], birth_date=resident["birth_date"], custodian_code=f"12500000{custodian_code}"[:18].ljust(18, "0"),
-        custodian_name=custodian_name, author_id="D0001", author_name="王医生", effective_time=at or datetime.now(CHINA))
+def cda_document(resident: dict, facility_code: str, facility_name: str, *, at: datetime | None = None) -> bytes:
+    """A schema-valid C0001 (病历概要) of a visit at the hospital, its custodian the hospital's 统一社会信用代码."""
+    from smartcare.registry.service import credit_code  # a pure function of the facility code
+    from smartcare.synth.documents import Hospital, Person, clean_document
+
+    hospital = Hospital(facility_code, credit_code(facility_code) or "", facility_name, (("03", "内科"),),
+                        (("D0001", "王医生", "主治医师"), ("D0002", "李主任", "主任医师")))
+    person = Person(resident["id_number"], resident["name"], resident["sex"], resident["birth_date"],
+                    resident.get("phone") or "")
+    at = at or datetime.now(CHINA)
+    doc = clean_document("C0001", hospital=hospital, person=person, rng=random.Random(f"{facility_code}:{at}"),
+                         at=at - timedelta(hours=1))
+    return cda.build(doc)
 
 
 def fhir_patient(resident: dict, facility: str) -> bytes:

@@ -19,8 +19,9 @@ from typing import Final
 from lxml import etree
 
 from smartcare.standards.cda.header import (
-    CHINA_TZ, DOC_TYPE_SYSTEM, HL7_NS, OID_DEPARTMENT, OID_HEALTH_CARD_NO, OID_ID_NUMBER, OID_INPATIENT_NO,
-    OID_ORGANIZATION, OID_OUTPATIENT_NO, OID_PRACTITIONER, SEX_SYSTEM, Address, CdaError, CdaHeader, parse_header, template_id_for,
+    CHINA_TZ, DOC_TYPE_SYSTEM, HL7_NS, OID_AUTHOR, OID_BED, OID_DEPARTMENT, OID_HEALTH_CARD_NO, OID_ID_NUMBER,
+    OID_INPATIENT_NO, OID_ORGANIZATION, OID_OUTPATIENT_NO, OID_PRACTITIONER, OID_ROOM, OID_WARD, SEX_SYSTEM, Address,
+    CdaError, CdaHeader, parse_header, template_id_for,
 )
 from smartcare.standards.cda.schema import XSI, Schema, schema
 from smartcare.standards.xml import parse_xml
@@ -28,15 +29,11 @@ from smartcare.standards.xml import parse_xml
 DE_SYSTEM: Final = "2.16.156.10011.2.2.1"  # WS 363 卫生信息数据元目录
 DE_SYSTEM_NAME: Final = "卫生信息数据元目录"
 LOINC: Final = "2.16.840.1.113883.6.1"
-OID_AUTHOR: Final = "2.16.156.10011.1.7"
 OID_RECORD_NO: Final = "2.16.156.10011.1.13"  # 病案号
 OID_SPECIMEN_NO: Final = "2.16.156.10011.1.14"  # 标本编号
 OID_PRESCRIPTION_NO: Final = "2.16.156.10011.1.20"  # 处方编号
 OID_APPLICATION_NO: Final = "2.16.156.10011.1.24"  # 电子申请单编号
 OID_REPORT_NO: Final = "2.16.156.10011.1.32"  # 检查/检验报告单号
-OID_ROOM: Final = "2.16.156.10011.1.21"
-OID_BED: Final = "2.16.156.10011.1.22"
-OID_WARD: Final = "2.16.156.10011.1.27"
 
 TITLES: Final = {
     "C0001": "病历概要", "C0002": "门急诊病历", "C0003": "急诊留观病历", "C0004": "西药处方", "C0005": "中药处方",
@@ -421,17 +418,17 @@ def parse(data: bytes | etree._Element) -> ParsedDocument:
     header = parse_header(root)
     entries: list[Entry] = []
     body = next(root.iterchildren(_T["component"]), None)
-    if body is not None:
-        for code in body.iter(_T["code"]):
+    code_tag, value_tag = _T["code"], _T["value"]
+    for section in body.iter(_T["section"]) if body is not None else ():
+        section_code = None
+        for code in section.iter(code_tag):
+            parent = code.getparent()
+            if parent is section:
+                section_code = code.get("code")
+                continue
             if code.get("codeSystem") not in _ENTRY_SYSTEMS:
                 continue
-            parent = code.getparent()
-            if parent.tag == _T["section"]:
-                continue
-            value_el = next(parent.iterchildren(_T["value"]), None)
-            section = next((a for a in code.iterancestors(_T["section"])), None)
-            sec_code = next(section.iterchildren(_T["code"]), None) if section is not None else None
+            value_el = next(parent.iterchildren(value_tag), None)
             entries.append(Entry(code.get("code") or "", code.get("displayName"),
-                                 _infer(value_el) if value_el is not None else None,
-                                 sec_code.get("code") if sec_code is not None else None, code.sourceline))
+                                 _infer(value_el) if value_el is not None else None, section_code, code.sourceline))
     return ParsedDocument(header, tuple(entries), root)

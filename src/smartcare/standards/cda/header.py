@@ -1,12 +1,10 @@
-"""WS/T 500 CDA documents (电子病历共享文档): read the header, build minimal documents.
+"""WS/T 500 CDA documents (电子病历共享文档): read the header.
 
 The exchange hub needs to know, for every incoming document, what it is (type C0001…C0053), whose
 it is (patient identifiers), who wrote it and who keeps it (author, custodian) and which visit it
 belongs to; the body is stored as received. ``parse_header`` reads exactly that and nothing more,
 and says *where* a document falls short (``ClinicalDocument/recordTarget/patientRole: …``) so a
-hospital can fix its interface. ``build_minimal`` writes the smallest document that still
-validates against the national schema (``shared/standards/wst500-xsd/C00nn.xsd``); the hub's
-simulator sends these.
+hospital can fix its interface. ``document`` builds whole documents and reads their data elements.
 
 WS/T 500 fixes the timestamps' format (``YYYYMMDDHHMMSS``, no offset) and the region works in
 Beijing time, so a timestamp without an offset is read as Asia/Shanghai and every datetime that
@@ -21,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Final, Literal
+from typing import Final
 
 from lxml import etree
 
@@ -41,7 +39,6 @@ __all__ = [
     "OID_PRACTITIONER",
     "SEX_SYSTEM",
     "Address",
-    "Admission",
     "Author",
     "CdaError",
     "CdaHeader",
@@ -49,19 +46,16 @@ __all__ = [
     "InstanceId",
     "Organization",
     "XmlError",
-    "build_minimal",
     "parse_cda_time",
     "parse_header",
     "template_id_for",
 ]
 
 HL7_NS: Final = "urn:hl7-org:v3"
-XSI_NS: Final = "http://www.w3.org/2001/XMLSchema-instance"
 # China has had no daylight saving time since 1991; a fixed offset needs no tz database.
 CHINA_TZ: Final = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 DOC_TYPE_SYSTEM: Final = "2.16.156.10011.2.4"  # 卫生信息共享文档规范编码体系, codes C0001…C0053
-DOC_TYPE_SYSTEM_NAME: Final = "卫生信息共享文档规范编码体系"
 OID_DOCUMENT: Final = "2.16.156.10011.1.1"  # 文档流水号
 OID_ID_NUMBER: Final = "2.16.156.10011.1.3"  # 患者身份证号
 OID_PRACTITIONER: Final = "2.16.156.10011.1.4"  # 医务人员
@@ -75,11 +69,8 @@ OID_BED: Final = "2.16.156.10011.1.22"  # 病床号
 OID_DEPARTMENT: Final = "2.16.156.10011.1.26"  # 科室
 OID_WARD: Final = "2.16.156.10011.1.27"  # 病区
 SEX_SYSTEM: Final = "2.16.156.10011.2.3.3.4"  # GB/T 2261.1
-_DATA_ELEMENT_SYSTEM: Final = "2.16.156.10011.2.2.1"  # WS 363 卫生信息数据元目录
-_LOINC: Final = "2.16.840.1.113883.6.1"
 
 _DOC_TYPES: Final = frozenset(f"C{n:04d}" for n in range(1, 54))
-_SEX_NAMES: Final = {"0": "未知的性别", "1": "男性", "2": "女性", "9": "未说明的性别"}
 
 
 class CdaError(ValueError):
@@ -403,7 +394,7 @@ def parse_header(data: bytes | etree._Element) -> CdaHeader:
     )
 
 
-# --- building -----------------------------------------------------------------------------------
+# --- shared with the builder (``document``) ---------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,242 +410,8 @@ class Address:
     postal_code: str = "000000"  # C0001 requires an integer; 000000 means "not known"
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What C0034 (入院记录) needs beyond the common fields: the stay and who signs for it."""
-
-    inpatient_no: str  # 住院号
-    admitted_at: datetime
-    department_code: str
-    department_name: str
-    ward_code: str
-    ward_name: str
-    room_no: str
-    bed_no: str
-    director_id: str  # 科主任 (legal authenticator): practitioner code and name
-    director_name: str
-    chief_complaint: str = "未提供"
-
-
-_TITLES: Final = {"C0001": "病历概要", "C0034": "入院记录"}
-
-
 def template_id_for(type_code: str) -> str:
     """WS/T 500 template OID of a document type: C00nn -> 2.16.156.10011.2.1.1.(20+nn)."""
     if type_code not in _DOC_TYPES:
         raise CdaError(f"{type_code!r} is not a WS/T 500 document type (C0001…C0053)")
     return f"2.16.156.10011.2.1.1.{20 + int(type_code[1:])}"
-
-
-def _ts(value: datetime, what: str) -> str:
-    if value.tzinfo is None:
-        raise CdaError(f"{what} must be timezone-aware (the platform never guesses a time zone)")
-    return value.astimezone(CHINA_TZ).strftime("%Y%m%d%H%M%S")
-
-
-def _age(born: date, on: date) -> tuple[int, str]:
-    years = on.year - born.year - ((on.month, on.day) < (born.month, born.day))
-    if years >= 1:
-        return years, "岁"
-    days = (on - born).days
-    return (days // 7, "周") if days >= 7 else (max(days, 0), "天")
-
-
-def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
-    """Append ``<tag attrs>text</tag>`` in the HL7 namespace to ``parent``."""
-    el = etree.SubElement(parent, f"{{{HL7_NS}}}{tag}", attrs)
-    if text is not None:
-        el.text = text
-    return el
-
-
-def _addr(parent: etree._Element, address: Address, *, use: str | None, postal: bool) -> None:
-    addr = _sub(parent, "addr", **({"use": use} if use else {}))
-    for tag, value in (
-        ("houseNumber", address.house_number),
-        ("streetName", address.street),
-        ("township", address.township),
-        ("county", address.county),
-        ("city", address.city),
-        ("state", address.state),
-    ):
-        _sub(addr, tag, value)
-    if postal:
-        _sub(addr, "postalCode", address.postal_code)
-
-
-def _observation_section(body: etree._Element, section: tuple[str, str], element: tuple[str, str], text: str) -> None:
-    """One body section (LOINC code, name) holding one WS 363 data element with a text value."""
-    sec = _sub(_sub(body, "component"), "section")
-    _sub(sec, "code", code=section[0], displayName=section[1], codeSystem=_LOINC, codeSystemName="LOINC")
-    _sub(sec, "text", text)
-    obs = _sub(_sub(sec, "entry"), "observation", classCode="OBS", moodCode="EVN")
-    _sub(obs, "code", code=element[0], displayName=element[1], codeSystem=_DATA_ELEMENT_SYSTEM,
-         codeSystemName="卫生信息数据元目录")
-    _sub(obs, "value", text).set(f"{{{XSI_NS}}}type", "ST")
-
-
-def _signer(doc: etree._Element, tag: str, practitioner_id: str, name: str, title: str) -> None:
-    signer = _sub(doc, tag)
-    _sub(signer, "time")
-    _sub(signer, "signatureCode")
-    entity = _sub(signer, "assignedEntity")
-    _sub(entity, "id", root=OID_PRACTITIONER, extension=practitioner_id)
-    _sub(entity, "code", displayName=title)
-    _sub(_sub(entity, "assignedPerson", classCode="PSN", determinerCode="INSTANCE"), "name", name)
-
-
-def _admission_encounter(doc: etree._Element, admission: Admission, custodian: tuple[str, str]) -> None:
-    """componentOf: admission time and the place, bed inside room inside department … inside hospital."""
-    enc = _sub(_sub(doc, "componentOf", typeCode="COMP"), "encompassingEncounter", classCode="ENC", moodCode="EVN")
-    _sub(enc, "effectiveTime", value=_ts(admission.admitted_at, "admission.admitted_at"))
-    place = _sub(enc, "location", typeCode="LOC")
-    place = _sub(place, "healthCareFacility", classCode="SDLOC")
-    place = _sub(place, "serviceProviderOrganization", classCode="ORG", determinerCode="INSTANCE")
-    for root, code, label in (
-        (OID_BED, admission.bed_no, admission.bed_no),
-        (OID_ROOM, admission.room_no, admission.room_no),
-        (OID_DEPARTMENT, admission.department_code, admission.department_name),
-        (OID_WARD, admission.ward_code, admission.ward_name),
-        (OID_ORGANIZATION, *custodian),
-    ):
-        place = _sub(_sub(place, "asOrganizationPartOf", classCode="PART"), "wholeOrganization",
-                     classCode="ORG", determinerCode="INSTANCE")
-        _sub(place, "id", root=root, extension=code)
-        _sub(place, "name", label)
-
-
-def build_minimal(
-    type_code: Literal["C0001", "C0034"] = "C0001",
-    *,
-    document_id: str,
-    id_number: str,
-    name: str,
-    sex: str,
-    birth_date: date,
-    custodian_code: str,
-    custodian_name: str,
-    author_id: str,
-    author_name: str,
-    effective_time: datetime,
-    health_card_no: str | None = None,
-    phone: str = "",
-    address: Address | None = None,
-    marital: tuple[str, str] = ("90", "未说明的婚姻状况"),
-    ethnic: tuple[str, str] = ("01", "汉族"),
-    occupation: tuple[str, str] = ("90", "其他"),
-    past_history: str = "未提供",
-    admission: Admission | None = None,
-) -> bytes:
-    """The smallest WS/T 500 document of ``type_code`` that validates against its XSD, as UTF-8.
-
-    C0001 (病历概要) needs only the common fields; the contact person its schema requires is the
-    patient (relationship 01 本人), and its one body section is 既往史 (``past_history``).
-    C0034 (入院记录) needs ``admission`` too: its history taker is the patient, its authenticator
-    the author, its body section 主诉. Fields the schemas require but the caller did not give are
-    written with their "not stated" codes (marital 90, occupation 90) or left empty.
-    """
-    if type_code not in _TITLES:
-        raise CdaError(f"can build {', '.join(_TITLES)}, not {type_code!r}")
-    if (type_code == "C0034") != (admission is not None):
-        raise CdaError("admission=Admission(...) is required for C0034 (入院记录) and only for it")
-    if not 32 <= len(document_id) <= 36:
-        raise CdaError("document_id must be 32-36 characters (a UUID)", location="ClinicalDocument/id/@extension")
-    if len(custodian_code) != 18:
-        raise CdaError("custodian_code must be the 18-character unified social credit code (统一社会信用代码)")
-    if sex not in _SEX_NAMES:
-        raise CdaError(f"sex must be a GB/T 2261.1 code ({', '.join(_SEX_NAMES)})")
-    address = address or Address()
-    written = _ts(effective_time, "effective_time")
-
-    doc = etree.Element(f"{{{HL7_NS}}}ClinicalDocument", nsmap={None: HL7_NS, "xsi": XSI_NS})
-    _sub(doc, "realmCode", code="CN")
-    _sub(doc, "typeId", root="2.16.840.1.113883.1.3", extension="POCD_MT000040")
-    _sub(doc, "templateId", root=template_id_for(type_code))
-    _sub(doc, "id", root=OID_DOCUMENT, extension=document_id)
-    _sub(doc, "code", code=type_code, codeSystem=DOC_TYPE_SYSTEM, codeSystemName=DOC_TYPE_SYSTEM_NAME)
-    _sub(doc, "title", _TITLES[type_code])
-    _sub(doc, "effectiveTime", value=written)
-    _sub(doc, "confidentialityCode", code="N", codeSystem="2.16.840.1.113883.5.25",
-         codeSystemName="Confidentiality", displayName="正常访问保密级别")
-    _sub(doc, "languageCode", code="zh-CN")
-    _sub(doc, "setId")
-    _sub(doc, "versionNumber")
-
-    # recordTarget: the patient. C0034 identifies the stay (住院号) and has no phone or birth time.
-    role = _sub(_sub(doc, "recordTarget", typeCode="RCT", contextControlCode="OP"), "patientRole", classCode="PAT")
-    if admission is not None:
-        _sub(role, "id", root=OID_INPATIENT_NO, extension=admission.inpatient_no)
-        _addr(role, address, use="H", postal=False)
-    else:
-        card = (OID_HEALTH_CARD_NO, health_card_no) if health_card_no else (OID_ID_NUMBER, id_number)
-        _sub(role, "id", root=card[0], extension=card[1])
-        _addr(role, address, use="H", postal=True)
-        _sub(role, "telecom", value=phone)
-    patient = _sub(role, "patient", classCode="PSN", determinerCode="INSTANCE")
-    _sub(patient, "id", root=OID_ID_NUMBER, extension=id_number)
-    _sub(patient, "name", name)
-    _sub(patient, "administrativeGenderCode", code=sex, codeSystem=SEX_SYSTEM,
-         codeSystemName="生理性别代码表(GB/T 2261.1)", displayName=_SEX_NAMES[sex])
-    if admission is None:
-        _sub(patient, "birthTime", value=birth_date.strftime("%Y%m%d"))
-    _sub(patient, "maritalStatusCode", code=marital[0], displayName=marital[1],
-         codeSystem="2.16.156.10011.2.3.3.5", codeSystemName="婚姻状况代码表(GB/T 2261.2)")
-    _sub(patient, "ethnicGroupCode", code=ethnic[0], displayName=ethnic[1],
-         codeSystem="2.16.156.10011.2.3.3.3", codeSystemName="民族类别代码表(GB 3304)")
-    if admission is not None:
-        age, unit = _age(birth_date, admission.admitted_at.astimezone(CHINA_TZ).date())
-        _sub(patient, "age", unit=unit, value=str(age))
-    else:
-        employer = _sub(patient, "employerOrganization")
-        _sub(employer, "name", "")
-        _sub(employer, "telecom", value="")
-    _sub(_sub(patient, "occupation"), "occupationCode", code=occupation[0], displayName=occupation[1],
-         codeSystem="2.16.156.10011.2.3.3.13", codeSystemName="从业状况(个人身体)代码表(GB/T 2261.4)")
-
-    author = _sub(doc, "author", typeCode="AUT", contextControlCode="OP")
-    _sub(author, "time", value=written)
-    assigned = _sub(author, "assignedAuthor", classCode="ASSIGNED")
-    _sub(assigned, "id", root=OID_AUTHOR, extension=author_id)
-    _sub(_sub(assigned, "assignedPerson"), "name", author_name)
-    if admission is None:
-        org = _sub(assigned, "representedOrganization")
-        _sub(org, "id", root=OID_ORGANIZATION, extension=custodian_code)
-        _sub(org, "name", custodian_name)
-    else:
-        informant = _sub(_sub(doc, "informant"), "assignedEntity")  # 病史陈述者: the patient
-        _sub(informant, "id", root=OID_ID_NUMBER, extension=id_number)
-        _sub(informant, "code", code="01", displayName="本人", codeSystem="2.16.156.10011.2.3.3.8",
-             codeSystemName="家庭关系代码表(GB/T 4761)")
-        _sub(_sub(informant, "assignedPerson"), "name", name)
-
-    custodian = _sub(_sub(doc, "custodian", typeCode="CST"), "assignedCustodian", classCode="ASSIGNED")
-    org = _sub(custodian, "representedCustodianOrganization", classCode="ORG", determinerCode="INSTANCE")
-    _sub(org, "id", root=OID_ORGANIZATION, extension=custodian_code)
-    _sub(org, "name", custodian_name)
-
-    if admission is None:
-        contact = _sub(_sub(doc, "participant", typeCode="NOT"), "associatedEntity", classCode="ECON")
-        _sub(contact, "code", code="01", displayName="本人", codeSystem="2.16.156.10011.2.3.3.8",
-             codeSystemName="家庭关系代码表")
-        _addr(contact, address, use=None, postal=True)
-        _sub(contact, "telecom", use="H", value=phone)
-        _sub(_sub(contact, "associatedPerson", classCode="PSN", determinerCode="INSTANCE"), "name", name)
-    else:
-        _signer(doc, "legalAuthenticator", admission.director_id, admission.director_name, "科主任")
-        _signer(doc, "authenticator", author_id, author_name, "住院医师")
-
-    parent = _sub(_sub(doc, "relatedDocument", typeCode="RPLC"), "parentDocument")
-    for tag in ("id", "setId", "versionNumber"):
-        _sub(parent, tag)
-
-    if admission is not None:
-        _admission_encounter(doc, admission, (custodian_code, custodian_name))
-
-    body = _sub(_sub(doc, "component"), "structuredBody")
-    if admission is not None:
-        _observation_section(body, ("10154-3", "CHIEF COMPLAINT"), ("DE04.01.119.00", "主诉"), admission.chief_complaint)
-    else:
-        _observation_section(body, ("11348-0", "HISTORY OF PAST ILLNESS"), ("DE02.10.026.00", "疾病史（含外伤）"),
-                             past_history)
-    return etree.tostring(doc, xml_declaration=True, encoding="UTF-8", pretty_print=True)

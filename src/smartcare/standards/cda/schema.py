@@ -250,11 +250,13 @@ class Schema:
         return root
 
     def errors(self, root: etree._Element) -> list[str]:
-        """Every way ``root`` breaks the schema (``line N: message``); empty when valid."""
+        """Every way ``root`` breaks the schema (``line N: message``, or the element's path for a tree
+        built in memory); empty when valid."""
         with self._lock:
             if self._xsd.validate(root):
                 return []
-            return [f"line {e.line}: {e.message}" for e in self._xsd.error_log]
+            # a tree parsed from bytes knows its lines; one built in memory only the element's path
+            return [f"line {e.line}: {e.message}" if e.line else f"{e.path}: {e.message}" for e in self._xsd.error_log]
 
     # --- the walk -------------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Clinical records: the document registry and repository (docs/records.md)."""
