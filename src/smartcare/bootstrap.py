@@ -14,12 +14,16 @@ MODEL_MODULES = (
     "smartcare.healthcard.models",
     "smartcare.payment.models",
     "smartcare.booking.models",
+    "smartcare.records.models",
+    "smartcare.quality.models",
 )
 
 #: Modules whose bus consumers must be registered before subscriptions are synced or workers start.
 CONSUMER_MODULES = (
     "smartcare.empi.events",
     "smartcare.booking.events",
+    "smartcare.records.events",
+    "smartcare.quality.events",
 )
 
 

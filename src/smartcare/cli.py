@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from datetime import datetime
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +40,9 @@ payment_app = typer.Typer(help="Mixed payment: reconciliation, and resuming sett
 app.add_typer(payment_app, name="payment")
 booking_app = typer.Typer(help="Booking: fairness rules, demo slots, the periodic upkeep.", no_args_is_help=True)
 app.add_typer(booking_app, name="booking")
+qc_app = typer.Typer(help="Data-quality control of clinical documents: check, report, the rule catalogue.",
+                     no_args_is_help=True)
+app.add_typer(qc_app, name="qc")
 sandbox_app = typer.Typer(help="Stand-ins for the insurance centre, the commercial insurer and the payment channels.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
@@ -245,6 +249,27 @@ def _demo_payment() -> None:
                        for c, name, cat, price, q in items]))
 
 
+def _demo_documents(count: int = 400) -> int:
+    """Documents of the demo hospitals for the last fortnight, registered as if sent; the workers check them."""
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from smartcare.platform.clock import CHINA_TZ, china_today
+    from smartcare.platform.db import session_scope
+    from smartcare.synth import documents, service as synth
+
+    with session_scope() as session:
+        if session.scalar(text("SELECT EXISTS (SELECT 1 FROM records.document WHERE sender LIKE 'synth:%')")):
+            return 0  # loaded already (a restart)
+        hospitals = synth.document_hospitals(session, limit=3)
+        people = synth.document_people(session, limit=200, seed=7)
+        start = datetime.combine(china_today() - timedelta(days=14), datetime.min.time(), CHINA_TZ)
+        docs = documents.documents(7, hospitals=hospitals, people=people, count=count, start=start,
+                                   minutes_apart=14 * 24 * 60 // count)
+        return len(synth.register_documents(session, docs, actor="demo"))
+
+
 def _demo_slots(days: int = 7, hospitals: int = 3) -> int:
     """Slots of a few general hospitals for the coming days, published as their systems would."""
     from datetime import timedelta
@@ -336,6 +361,8 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
     _demo_card()
     with console.status("publishing the demo hospitals' appointment slots …"):
         _demo_slots()
+    with console.status("sending the demo hospitals' clinical documents …"):
+        _demo_documents()
     sandboxes = []
     if with_sandboxes:
         with console.status("starting the payment sandboxes (insurance centre, insurer, WeChat Pay, Alipay, UnionPay) …"):
@@ -786,6 +813,64 @@ def booking_tick() -> None:
     from smartcare.booking import service as booking
 
     console.print(booking.tick())
+
+
+@qc_app.command("run")
+def qc_run(hospital: str = typer.Option(None, help="a hospital's facility code (default: every hospital)"),
+           since: datetime = typer.Option(None, formats=["%Y-%m-%d"], help="documents serviced on or after this day"),
+           ) -> None:
+    """Check registered documents again with the current rule catalogue (results replace the earlier ones)."""
+    from smartcare.platform.db import session_scope
+    from smartcare.quality import service as quality
+
+    bar = Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    with bar:
+        task = bar.add_task("checking", total=None)
+        done = quality.run(session_scope, facility_code=hospital, since=since.date() if since else None,
+                           progress=lambda n: bar.advance(task, n))
+    console.print(f"{done:,} document(s) checked")
+
+
+@qc_app.command("report")
+def qc_report(format: str = typer.Option("html", help="html, csv or json"),
+              hospital: str = typer.Option(None, help="a hospital's facility code (default: every hospital)"),
+              since: datetime = typer.Option(None, formats=["%Y-%m-%d"]),
+              until: datetime = typer.Option(None, formats=["%Y-%m-%d"]),
+              output: Path = typer.Option(None, help="file to write (default: qc-report.<format>)")) -> None:
+    """The feedback report: scores per hospital and every failing document with its rules and elements."""
+    from smartcare.platform.db import session_scope
+    from smartcare.quality import service as quality
+
+    if format not in ("html", "csv", "json"):
+        raise typer.BadParameter("format must be html, csv or json", param_hint="--format")
+    with session_scope() as session:
+        body = quality.report(session, fmt=format, facility_code=hospital, since=since.date() if since else None,
+                              until=until.date() if until else None)
+    path = output or Path(f"qc-report.{format}")
+    path.write_text(body, encoding="utf-8")
+    console.print(f"report written to {path}")
+
+
+@qc_app.command("rules")
+def qc_rules() -> None:
+    """The rule catalogue (quality/rules.yaml), validated."""
+    from rich.table import Table
+
+    from smartcare.quality.engine import DIMENSION_NAMES, catalogue
+
+    table = Table("id", "dimension", "severity", "types", "message")
+    rules = catalogue()
+    for r in rules:
+        table.add_row(r.id, DIMENSION_NAMES[r.dimension], r.severity, "all" if len(r.types) == 53 else ",".join(r.types),
+                      r.message)
+    console.print(table)
+    console.print(f"{len(rules)} rules")
+
+
+@qc_app.command("demo-documents")
+def qc_demo_documents(count: int = typer.Option(400, min=1, max=100_000)) -> None:
+    """Synthetic documents of the demo hospitals (about a third with defects) into the registry."""
+    console.print(f"{_demo_documents(count)} document(s) registered")
 
 
 @sandbox_app.command("run")

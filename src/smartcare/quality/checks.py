@@ -58,9 +58,24 @@ class Facts:
     values: dict[str, Entry] = field(default_factory=dict)
     registry: dict[str, Any] = field(default_factory=dict)  # what the registry knows (person resolved …)
 
+    _id: tuple | None = None
+
     def __post_init__(self) -> None:
         for e in self.entries:
             self.values.setdefault(e.code, e)
+
+    def id_number(self) -> tuple[idcard.IdNumber | None, str | None]:
+        """The patient's ID number parsed once for every rule: (parsed, None) or (None, why it is invalid)."""
+        if self._id is None:
+            number = self.header.id_number
+            if not number:
+                self._id = (None, None)
+            else:
+                try:
+                    self._id = (idcard.parse(number), None)
+                except idcard.InvalidIdNumber as exc:
+                    self._id = (None, exc.reason)
+        return self._id
 
 
 Check = Callable[[Facts], Hit | None]
@@ -99,13 +114,7 @@ def _filled(value: Value | None) -> bool:
 
 
 def _valid_id(facts: Facts) -> idcard.IdNumber | None:
-    number = facts.header.id_number
-    if not number:
-        return None
-    try:
-        return idcard.parse(number)
-    except idcard.InvalidIdNumber:
-        return None
+    return facts.id_number()[0]
 
 
 # --- conformance ---------------------------------------------------------------------------------
@@ -184,14 +193,8 @@ def _required(ctx: Context, element: str) -> Check:
 @kind("id_number_valid")
 def _id_number_valid(ctx: Context) -> Check:
     def check(f: Facts) -> Hit | None:
-        number = f.header.id_number
-        if not number:
-            return None
-        try:
-            idcard.parse(number)
-        except idcard.InvalidIdNumber as exc:
-            return Hit("recordTarget/patientRole/patient/id", _line(f, "patient"), exc.reason)
-        return None
+        _, problem = f.id_number()
+        return Hit("recordTarget/patientRole/patient/id", _line(f, "patient"), problem) if problem else None
     return check
 
 

@@ -175,3 +175,37 @@ def population_record(session: Session, id_number: str) -> dict | None:
                           .outerjoin(guardian, guardian.id == Resident.guardian_id)
                           .where(Resident.id_number == id_number)).mappings().first()
     return dict(row) if row else None
+
+
+def document_hospitals(session: Session, *, limit: int) -> list:
+    """The largest general hospitals as the document generator wants them (credit code, departments, doctors)."""
+    from smartcare.synth.documents import Hospital
+
+    out = []
+    for f in registry.hospitals(session, limit=limit):
+        departments = tuple((d.code, d.name) for d in registry.list_departments(session, f.code))[:10]
+        _, doctors = registry.list_practitioners(session, f.code, size=50)
+        if departments and len(doctors) >= 2:
+            out.append(Hospital(f.code, registry.credit_code(f.code), f.name, departments,
+                                tuple((p.code, p.name, p.title) for p in doctors)))
+    return out
+
+
+def document_people(session: Session, *, limit: int, seed: int) -> list:
+    from smartcare.synth.documents import Person
+
+    return [Person(r["id_number"], r["name"], r["sex"], r["birth_date"], r["phone"], "")
+            for r in random_residents(session, limit=limit, seed=seed)]
+
+
+def register_documents(session: Session, docs: Iterable, *, actor: str = "synth") -> list[int]:
+    """Put generated documents (``synth.documents.SynthDocument``) into the registry as their hospitals
+    would send them; returns the registry ids (the quality consumer checks each as it is registered)."""
+    from smartcare.records import service as records
+
+    ids = []
+    for d in docs:
+        done = records.register(session, raw=d.xml, sender=f"synth:{d.facility_code}", facility_code=d.facility_code,
+                                exchange_message_id=None, received_at=d.sent_at, actor=actor)
+        ids.append(done.document.id)
+    return ids

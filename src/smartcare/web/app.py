@@ -27,9 +27,13 @@ from smartcare.exchange.mllp_server import MllpServer, tls_context
 from smartcare.healthcard import api as healthcard_api
 from smartcare.payment.api import router as payment_router
 from smartcare.booking.api import router as booking_router
+from smartcare.quality.api import router as quality_router
+from smartcare.records.api import router as records_router
 from smartcare.platform.settings import get_settings
 from smartcare.registry.api import router as registry_router
-from smartcare.web import booking_pages, empi_pages, exchange_pages, healthcard_pages, pages, payment_pages
+from smartcare.web import (
+    booking_pages, empi_pages, exchange_pages, healthcard_pages, pages, payment_pages, quality_pages,
+)
 from smartcare.web.deps import db, principal
 
 STATIC = Path(__file__).parent / "static"
@@ -171,10 +175,13 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
     app.include_router(healthcard_api.public)
     app.include_router(payment_router)
     app.include_router(booking_router)
+    app.include_router(records_router)
+    app.include_router(quality_router)
     app.include_router(pages.router)
     app.include_router(exchange_pages.router)
     app.include_router(empi_pages.router)
     app.include_router(healthcard_pages.router)
     app.include_router(payment_pages.router)
     app.include_router(booking_pages.router)
+    app.include_router(quality_pages.router)
     return app
