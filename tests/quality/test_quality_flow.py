@@ -178,6 +178,11 @@ def test_cli_checks_again_and_writes_the_report(hospital, tmp_path, database_url
     body = json.loads(out.read_text(encoding="utf-8"))
     assert [h["group"] for h in body["hospitals"]] == [hospital[0]]
     assert all(d["facility_code"] == hospital[0] and d["findings"] for d in body["documents"])
+    html = subprocess.run([sys.executable, "-m", "smartcare.cli", "qc", "report", "--hospital", hospital[0], "--output",
+                           str(tmp_path / "qc.html")], env=env, capture_output=True, text=True, timeout=120)
+    assert html.returncode == 0, html.stderr
+    page = (tmp_path / "qc.html").read_text(encoding="utf-8")
+    assert "<html" in page and hospital[0] in page and body["documents"][0]["findings"][0]["rule_id"] in page
     bad = subprocess.run([sys.executable, "-m", "smartcare.cli", "qc", "report", "--format", "pdf"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "format must be html, csv or json" in bad.stderr

@@ -63,7 +63,8 @@ def _declares_entities(data: bytes) -> bool:
     Deliberately conservative: the pair inside a comment or CDATA section is refused too, which
     no real clinical document does.
     """
-    for doctype, entity in _MARKERS:
+    # Only UTF-16/32 text has NUL bytes; without any, the ASCII-compatible markers are all there is to look for.
+    for doctype, entity in _MARKERS if b"\x00" in data else _MARKERS[:1]:
         start = data.find(doctype)
         if start >= 0 and data.find(entity, start) >= 0:
             return True
