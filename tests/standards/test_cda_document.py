@@ -8,10 +8,11 @@ from datetime import datetime
 import pytest
 from lxml import etree
 
+from tests.conftest import shared
 from tests.quality.quality_support import HOSPITALS, PEOPLE
 from smartcare.standards import cda
 from smartcare.standards.cda.header import CHINA_TZ
-from smartcare.standards.cda.schema import XSI, SchemaError, schema
+from smartcare.standards.cda.schema import XSI, SchemaError, schema_for
 from smartcare.synth import documents as synth
 
 AT = datetime(2026, 11, 3, 9, 15, tzinfo=CHINA_TZ)
@@ -62,9 +63,9 @@ def test_a_document_the_schema_refuses_is_not_built() -> None:
 
 def test_more_repeats_than_the_schema_allows_are_refused() -> None:
     with pytest.raises(SchemaError, match="ClinicalDocument/id may occur at most 1"):
-        schema("C0001").render({"id": [{"@root": "1"}, {"@root": "2"}]})
+        schema_for("C0001").render({"id": [{"@root": "1"}, {"@root": "2"}]})
     with pytest.raises(SchemaError, match="not a WS/T 500 document type"):
-        schema("C0099")
+        schema_for("C0099")
 
 
 def test_entries_of_any_type_are_read_from_a_foreign_document() -> None:
@@ -81,3 +82,20 @@ def test_entries_of_any_type_are_read_from_a_foreign_document() -> None:
       </section></component></structuredBody></component></ClinicalDocument>""".encode()
     [entry] = cda.parse(xml).entries
     assert (entry.code, entry.value.number, entry.value.unit, entry.section) == ("DE04.10.174.00", 128, "mmHg", "8716-3")
+
+
+def test_a_february_prescription_validates_against_the_corrected_schema_only() -> None:
+    """The published C0004.xsd leaves February out of 处方开立日期 (author/time); the copy shipped with the
+    package adds it and differs in nothing else that this document touches (standards/wst500/README.md)."""
+    february = datetime(2027, 2, 14, 10, 0, tzinfo=CHINA_TZ)
+    doc = synth.clean_document("C0004", hospital=HOSPITALS[0], person=PEOPLE[2], rng=random.Random(4), at=february)
+    xml = cda.build(doc)  # validated against the corrected copy
+    published = etree.XMLSchema(etree.parse(str(shared("standards", "wst500-xsd", "C0004.xsd"))))
+    root = etree.fromstring(xml)
+    assert not published.validate(root)
+    [error] = published.error_log
+    [where] = root.xpath(error.path)
+    assert (etree.QName(where).localname, etree.QName(where.getparent()).localname) == ("time", "author")
+    march = cda.build(synth.clean_document("C0004", hospital=HOSPITALS[0], person=PEOPLE[2], rng=random.Random(4),
+                                           at=february.replace(month=3)))
+    assert published.validate(etree.fromstring(march)), published.error_log

@@ -163,7 +163,7 @@ class Engine:
         header = parsed.header
         type_code = header.type_code
         try:
-            schema_errors = cda.schema(type_code).errors(root)
+            schema_errors = cda.schema_for(type_code).errors(root)
         except SchemaError as exc:
             schema_errors = [str(exc)]
         facts = Facts(type_code, header, parsed.entries, root, schema_errors, sha, sent_at, registry=registry or {})

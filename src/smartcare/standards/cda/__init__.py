@@ -7,8 +7,8 @@ from smartcare.standards.cda.document import (
 )
 from smartcare.standards.cda.header import *  # noqa: F403
 from smartcare.standards.cda.header import __all__ as _header_all
-from smartcare.standards.cda.schema import SchemaError, schema
+from smartcare.standards.cda.schema import SchemaError, schema_for
 
 __all__ = [*_header_all, "DE_SYSTEM", "TITLES", "DataElement", "Document", "Entry", "ParsedDocument", "Patient",
            "Practitioner", "SchemaError", "Section", "Value", "Visit", "boolean", "build", "cd", "format_time",
-           "integer", "money", "parse", "pq", "schema", "st", "ts"]
+           "integer", "money", "parse", "pq", "schema_for", "st", "ts"]

@@ -23,7 +23,7 @@ from smartcare.standards.cda.header import (
     OID_INPATIENT_NO, OID_ORGANIZATION, OID_OUTPATIENT_NO, OID_PRACTITIONER, OID_ROOM, OID_WARD, SEX_SYSTEM, Address,
     CdaError, CdaHeader, parse_header, template_id_for,
 )
-from smartcare.standards.cda.schema import XSI, Schema, schema
+from smartcare.standards.cda.schema import XSI, Schema, schema_for
 from smartcare.standards.xml import parse_xml
 
 DE_SYSTEM: Final = "2.16.156.10011.2.2.1"  # WS 363 卫生信息数据元目录
@@ -345,7 +345,7 @@ def build(d: Document, *, validate: bool = True) -> bytes:
     document the schema refuses raises ``CdaError`` listing why, so nothing invalid leaves here."""
     if not 32 <= len(d.document_id) <= 36:
         raise CdaError("document_id must be 32-36 characters (a UUID)", location="ClinicalDocument/id/@extension")
-    s = schema(d.type_code)
+    s = schema_for(d.type_code)
     root = s.render({**_header(d), "component": _body(s, d)})
     if validate:
         problems = s.errors(root)

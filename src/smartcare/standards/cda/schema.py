@@ -333,7 +333,7 @@ def _load(type_code: str) -> Schema:
     return Schema(type_code, xsd)
 
 
-def schema(type_code: str) -> Schema:
+def schema_for(type_code: str) -> Schema:
     """The compiled schema of a WS/T 500 document type (C0001…C0053), compiled once per process."""
     if type_code not in _DOC_TYPES:
         raise SchemaError(f"{type_code!r} is not a WS/T 500 document type (C0001…C0053)")
