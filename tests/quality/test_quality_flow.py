@@ -115,6 +115,12 @@ def test_documents_through_the_hub_are_registered_checked_and_fed_back(client, h
     assert list(scores) == [facility] and scores[facility]["documents"] >= 2
     assert scores[facility]["dimensions"]["plausibility"] < 100 and scores[facility]["dimensions"]["completeness"] == 100
 
+    # and on the console's dashboard, with a link to the failing document
+    client.post("/login", data={"username": "admin", "password": "smartcare-admin"}, follow_redirects=False)
+    board = client.get("/admin/quality", params={"hospital": facility})
+    assert board.status_code == 200 and facility in board.text
+    assert f"/admin/quality/documents/{bad_doc['id']}" in board.text and defect.rule in board.text
+
     # the hospital fixes the value and resends the next version: it replaces the old one and is checked again
     fixed = cda.Document(**{**{f: getattr(broken, f) for f in broken.__slots__}, "document_id": str(uuid.uuid4()),
                             "version": 2, "sections": clean.sections})
