@@ -17,8 +17,8 @@ from smartcare.platform.clock import CHINA_TZ, china_today
 from smartcare.platform.db import session_scope
 from smartcare.quality import service as quality
 from smartcare.records import service as records
-from smartcare.registry import service as registry
 from smartcare.standards import cda
+from smartcare.synth import service as synth
 from smartcare.synth.documents import Defect, Hospital, Person, clean_document, inject
 from tests.e2e.conftest import login
 from tests.records.records_support import resident, sql
@@ -45,13 +45,9 @@ class Region:
 
 
 def _hospital(facility: str) -> Hospital:
-    """The seeded hospital as the document generator wants it (as ``synth.service.document_hospitals``)."""
     with session_scope() as s:
-        f = registry.get_facility(s, facility)
-        departments = tuple((d.code, d.name) for d in registry.list_departments(s, facility))[:10]
-        _, doctors = registry.list_practitioners(s, facility, size=50)
-        return Hospital(facility, registry.credit_code(facility), f.name, departments,
-                        tuple((p.code, p.name, p.title) for p in doctors))
+        [h] = synth.document_hospitals(s, codes=[facility])
+        return h
 
 
 def _register(raw: bytes, facility: str, sent_at: datetime) -> int:

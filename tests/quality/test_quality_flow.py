@@ -28,15 +28,11 @@ from tests.records.records_support import resident, signed, sql
 
 
 def _hospital(facility: str) -> Hospital:
-    with session_scope() as s:
-        [h] = [h for h in _document_hospitals(s) if h.facility_code == facility]
-        return h
-
-
-def _document_hospitals(session) -> list[Hospital]:
     from smartcare.synth import service as synth
 
-    return synth.document_hospitals(session, limit=10)
+    with session_scope() as s:
+        [h] = synth.document_hospitals(s, codes=[facility])
+        return h
 
 
 def _person(r: dict) -> Person:

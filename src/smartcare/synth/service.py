@@ -177,12 +177,14 @@ def population_record(session: Session, id_number: str) -> dict | None:
     return dict(row) if row else None
 
 
-def document_hospitals(session: Session, *, limit: int) -> list:
-    """The largest general hospitals as the document generator wants them (credit code, departments, doctors)."""
+def document_hospitals(session: Session, *, limit: int = 3, codes: Iterable[str] = ()) -> list:
+    """Hospitals as the document generator wants them (credit code, departments, doctors): the ones named
+    by ``codes``, or else the ``limit`` largest."""
     from smartcare.synth.documents import Hospital
 
     out = []
-    for f in registry.hospitals(session, limit=limit):
+    chosen = [registry.get_facility(session, c) for c in codes] or registry.hospitals(session, limit=limit)
+    for f in chosen:
         departments = tuple((d.code, d.name) for d in registry.list_departments(session, f.code))[:10]
         _, doctors = registry.list_practitioners(session, f.code, size=50)
         if departments and len(doctors) >= 2:
