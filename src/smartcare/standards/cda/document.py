@@ -258,7 +258,7 @@ def _header(d: Document) -> dict:
         "templateId": {"@root": template_id_for(d.type_code)},
         "id": _ii("2.16.156.10011.1.1", d.document_id),
         "code": {"@code": d.type_code, "@codeSystem": DOC_TYPE_SYSTEM, "@codeSystemName": "卫生信息共享文档规范编码体系"},
-        "title": TITLES.get(d.type_code, d.type_code),
+        "title": TITLES.get(d.type_code),  # None: the schema's one allowed title
         "effectiveTime": {"@value": written},
         "confidentialityCode": _code("N", "正常访问保密级别", "2.16.840.1.113883.5.25", "Confidentiality"),
         "languageCode": {"@code": "zh-CN"},
