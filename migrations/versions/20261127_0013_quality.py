@@ -22,10 +22,10 @@ def upgrade() -> None:
 
         CREATE TABLE quality.document_check (
             record_id      bigint PRIMARY KEY,            -- records.document.id
-            facility_code  varchar(32),                   -- the registered hospital, when the custodian is known
+            facility_code  varchar(64),                   -- as records.document: the hospital, or the custodian as written
             custodian_code varchar(64),
             type_code      varchar(8),
-            document_id    varchar(64),
+            document_id    varchar(200),
             service_day    date NOT NULL,
             checked_at     timestamptz NOT NULL DEFAULT now(),
             score          numeric(5, 2) NOT NULL CHECK (score BETWEEN 0 AND 100),

@@ -107,7 +107,8 @@ def test_documents_through_the_hub_are_registered_checked_and_fed_back(client, h
     assert mine.status_code == 200 and [f["rule_id"] for f in mine.json()["findings"]] == [defect.rule]
 
     # scores per hospital and dimension (the dashboard's figures) count both documents
-    scores = {s["group"]: s for s in signed(client, hospital, "GET", "/api/v1/quality/scores").json()}
+    day = {"since": visit.date().isoformat(), "until": visit.date().isoformat()}
+    scores = {s["group"]: s for s in signed(client, hospital, "GET", "/api/v1/quality/scores", params=day).json()}
     assert list(scores) == [facility] and scores[facility]["documents"] >= 2
     assert scores[facility]["dimensions"]["plausibility"] < 100 and scores[facility]["dimensions"]["completeness"] == 100
 

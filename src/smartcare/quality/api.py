@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from smartcare.platform.auth import Principal, Role
 from smartcare.platform.errors import NotFound
 from smartcare.quality import service
+from smartcare.records import service as records
 from smartcare.records.api import reader
 from smartcare.web.deps import db, require
 
@@ -45,9 +46,10 @@ def get_scores(by: Literal["hospital", "type", "day", "month"] = "hospital", hos
 
 
 @router.get("/worst-rules")
-def get_worst_rules(hospital: str | None = None, since: date | None = None, limit: int = Query(10, ge=1, le=100),
-                    who: Principal = Depends(reader), session: Session = Depends(db)) -> list[dict]:
-    return service.worst_rules(session, facility_code=_scope(who, hospital), since=since, limit=limit)
+def get_worst_rules(hospital: str | None = None, since: date | None = None, until: date | None = None,
+                    limit: int = Query(10, ge=1, le=100), who: Principal = Depends(reader),
+                    session: Session = Depends(db)) -> list[dict]:
+    return service.worst_rules(session, facility_code=_scope(who, hospital), since=since, until=until, limit=limit)
 
 
 @router.get("/report")
@@ -62,10 +64,10 @@ def get_report(format: Literal["json", "csv", "html"] = "json", hospital: str | 
 @router.get("/documents/{record_id}")
 def get_document(record_id: int = Path(ge=1, le=2**63 - 1), who: Principal = Depends(reader),
                  session: Session = Depends(db)) -> dict:
-    check, findings = service.document_check(session, record_id)
     scope = _scope(who, None)
-    if scope is not None and check.facility_code != scope:
-        raise NotFound(f"no document {record_id}", field="record_id")
+    if scope is not None and records.get(session, record_id).facility_code != scope:  # another's: as if none
+        raise NotFound(f"no document {record_id}", field="id")
+    check, findings = service.document_check(session, record_id)
     return {"record_id": check.record_id, "document_id": check.document_id, "type_code": check.type_code,
             "facility_code": check.facility_code, "service_day": check.service_day.isoformat(),
             "score": float(check.score), "errors": check.errors, "warnings": check.warnings, "current": check.current,

@@ -55,14 +55,18 @@ class Facts:
     schema_errors: list[str]
     sha256: str
     sent_at: datetime | None = None
-    values: dict[str, Entry] = field(default_factory=dict)
+    values: dict[str, Entry] = field(default_factory=dict)  # the first occurrence of each data element
+    every: dict[str, list[Entry]] = field(default_factory=dict)  # all of them (diagnoses, lab results repeat)
     registry: dict[str, Any] = field(default_factory=dict)  # what the registry knows (person resolved …)
-
     _id: tuple | None = None
 
     def __post_init__(self) -> None:
         for e in self.entries:
-            self.values.setdefault(e.code, e)
+            if e.code in self.every:
+                self.every[e.code].append(e)
+            else:
+                self.every[e.code] = [e]
+                self.values[e.code] = e
 
     def id_number(self) -> tuple[idcard.IdNumber | None, str | None]:
         """The patient's ID number parsed once for every rule: (parsed, None) or (None, why it is invalid)."""
@@ -89,9 +93,16 @@ def kind(name: str):
     return register
 
 
-def _line(facts: Facts, tag: str) -> int | None:
-    el = next(facts.root.iter(f"{{urn:hl7-org:v3}}{tag}"), None)
-    return el.sourceline if el is not None else None
+def _line(facts: Facts, path: str) -> int | None:
+    """The line of the element at ``path`` (``recordTarget/patientRole/patient/name``), or of the nearest
+    ancestor on the path that is there, so a report points where the hospital has to look."""
+    el, line = facts.root, facts.root.sourceline
+    for tag in path.split("/"):
+        el = next(el.iterchildren(f"{{urn:hl7-org:v3}}{tag}"), None)
+        if el is None:
+            break
+        line = el.sourceline
+    return line
 
 
 def _number(entry: Entry | None) -> Decimal | None:
@@ -153,7 +164,9 @@ def _time_format(ctx: Context) -> Check:
 
 # --- completeness ---------------------------------------------------------------------------------
 
-_HEADER_FIELDS: dict[str, tuple[str, Callable[[CdaHeader], Any]]] = {
+_BIRTH = "recordTarget/patientRole/patient/birthTime"
+_SEX = "recordTarget/patientRole/patient/administrativeGenderCode"
+HEADER_FIELDS: dict[str, tuple[str, Callable[[CdaHeader], Any]]] = {
     "document_id": ("id", lambda h: h.document_id.extension),
     "effective_time": ("effectiveTime", lambda h: h.effective_time),
     "patient_name": ("recordTarget/patientRole/patient/name", lambda h: h.patient_name),
@@ -170,20 +183,20 @@ _HEADER_FIELDS: dict[str, tuple[str, Callable[[CdaHeader], Any]]] = {
 
 @kind("header")
 def _header(ctx: Context, field: str) -> Check:
-    path, read = _HEADER_FIELDS[field]
+    path, read = HEADER_FIELDS[field]
 
     def check(f: Facts) -> Hit | None:
-        return None if read(f.header) else Hit(path, _line(f, path.rsplit("/", 1)[-1]))
+        return None if read(f.header) else Hit(path, _line(f, path))
     return check
 
 
 @kind("required")
 def _required(ctx: Context, element: str) -> Check:
     def check(f: Facts) -> Hit | None:
-        e = f.values.get(element)
-        if e is not None and _filled(e.value):
-            return None
-        return Hit(element, e.line if e is not None else None, "absent" if e is None else "empty")
+        found = f.every.get(element)
+        if found is None:
+            return Hit(element, None, "absent")
+        return None if any(_filled(e.value) for e in found) else Hit(element, found[0].line, "empty")
     return check
 
 
@@ -194,18 +207,19 @@ def _required(ctx: Context, element: str) -> Check:
 def _id_number_valid(ctx: Context) -> Check:
     def check(f: Facts) -> Hit | None:
         _, problem = f.id_number()
-        return Hit("recordTarget/patientRole/patient/id", _line(f, "patient"), problem) if problem else None
+        where = "recordTarget/patientRole/patient/id"
+        return Hit(where, _line(f, where), problem) if problem else None
     return check
 
 
 @kind("header_value_set")
 def _header_value_set(ctx: Context, field: str, value_set: str) -> Check:
-    path, read = _HEADER_FIELDS[field]
+    path, read = HEADER_FIELDS[field]
     codes = ctx.value_sets[value_set]
 
     def check(f: Facts) -> Hit | None:
         code = read(f.header)
-        return None if not code or code in codes else Hit(path, _line(f, path.rsplit("/", 1)[-1]), f"code {code}")
+        return None if not code or code in codes else Hit(path, _line(f, path), f"code {code}")
     return check
 
 
@@ -214,10 +228,10 @@ def _value_set(ctx: Context, element: str, value_set: str) -> Check:
     codes = ctx.value_sets[value_set]
 
     def check(f: Facts) -> Hit | None:
-        e = f.values.get(element)
-        if e is None or e.value is None or not e.value.code or e.value.code in codes:
-            return None
-        return Hit(element, e.line, f"code {e.value.code} is not in {value_set}")
+        for e in f.every.get(element, ()):
+            if e.value is not None and e.value.code and e.value.code not in codes:
+                return Hit(element, e.line, f"code {e.value.code} is not in {value_set}")
+        return None
     return check
 
 
@@ -226,23 +240,20 @@ def _code_display(ctx: Context, element: str, value_set: str) -> Check:
     codes = ctx.value_sets[value_set]
 
     def check(f: Facts) -> Hit | None:
-        e = f.values.get(element)
-        if e is None or e.value is None or e.value.code not in codes:
-            return None
-        expected = codes[e.value.code]
-        if e.value.display == expected:
-            return None
-        return Hit(element, e.line, f"{e.value.code} is {expected}, not {e.value.display}")
+        for e in f.every.get(element, ()):
+            if e.value is not None and e.value.code in codes and e.value.display != codes[e.value.code]:
+                return Hit(element, e.line, f"{e.value.code} is {codes[e.value.code]}, not {e.value.display}")
+        return None
     return check
 
 
 @kind("unit")
 def _unit(ctx: Context, element: str, unit: str) -> Check:
     def check(f: Facts) -> Hit | None:
-        e = f.values.get(element)
-        if e is None or e.value is None or not e.value.text or e.value.unit == unit:
-            return None
-        return Hit(element, e.line, f"unit {e.value.unit or '(none)'}")
+        for e in f.every.get(element, ()):
+            if e.value is not None and e.value.text and e.value.unit != unit:
+                return Hit(element, e.line, f"unit {e.value.unit or '(none)'}")
+        return None
     return check
 
 
@@ -266,7 +277,7 @@ def _id_birth(ctx: Context) -> Check:
         born = f.header.birth_date
         if parsed is None or born is None or parsed.birth_date == born:
             return None
-        return Hit("recordTarget/patientRole/patient/birthTime", _line(f, "birthTime"))
+        return Hit(_BIRTH, _line(f, _BIRTH))
     return check
 
 
@@ -277,7 +288,7 @@ def _id_sex(ctx: Context) -> Check:
         sex = f.header.sex_code
         if parsed is None or sex not in ("1", "2") or parsed.sex == sex:
             return None
-        return Hit("recordTarget/patientRole/patient/administrativeGenderCode", _line(f, "administrativeGenderCode"))
+        return Hit(_SEX, _line(f, _SEX))
     return check
 
 
@@ -329,7 +340,7 @@ def _same_text(ctx: Context, code_element: str, text_element: str, value_set: st
 
 @kind("header_time")
 def _header_time(ctx: Context, element: str, field: str) -> Check:
-    _, read = _HEADER_FIELDS[field]
+    _, read = HEADER_FIELDS[field]
 
     def check(f: Facts) -> Hit | None:
         when, header = _time(f.values.get(element)), read(f.header)
@@ -347,13 +358,15 @@ def _range(ctx: Context, element: str, min: float, max: float) -> Check:
     low, high = Decimal(str(min)), Decimal(str(max))
 
     def check(f: Facts) -> Hit | None:
-        e = f.values.get(element)
-        if e is None or e.value is None or not e.value.text:
-            return None
-        n = e.value.number
-        if n is not None and low <= n <= high:
-            return None
-        return Hit(element, e.line, f"{e.value.text} {e.value.unit or ''}".strip() if n is not None else "not a number")
+        for e in f.every.get(element, ()):
+            if e.value is None or not e.value.text:
+                continue
+            n = e.value.number
+            if n is None:
+                return Hit(element, e.line, "not a number")
+            if not low <= n <= high:
+                return Hit(element, e.line, f"{n} {e.value.unit or ''}".strip())
+        return None
     return check
 
 
@@ -367,7 +380,7 @@ def _birth_plausible(ctx: Context) -> Check:
         day = seen.date() if seen else date.today()
         if born <= day and day.year - born.year <= 120:
             return None
-        return Hit("recordTarget/patientRole/patient/birthTime", _line(f, "birthTime"))
+        return Hit(_BIRTH, _line(f, _BIRTH))
     return check
 
 
@@ -410,7 +423,7 @@ def _not_future(ctx: Context) -> Check:
 @kind("patient_resolvable")
 def _patient_resolvable(ctx: Context) -> Check:
     def check(f: Facts) -> Hit | None:
-        return None if ctx.patient_resolved(f) else Hit("recordTarget/patientRole", _line(f, "patientRole"))
+        return None if ctx.patient_resolved(f) else Hit("recordTarget/patientRole", _line(f, "recordTarget/patientRole"))
     return check
 
 
@@ -418,6 +431,6 @@ def _patient_resolvable(ctx: Context) -> Check:
 def _custodian_known(ctx: Context) -> Check:
     def check(f: Facts) -> Hit | None:
         code = f.header.custodian.code or ""
-        return None if ctx.custodian_known(code) else Hit(
-            "custodian/assignedCustodian/representedCustodianOrganization/id", _line(f, "custodian"), f"code {code}")
+        where = "custodian/assignedCustodian/representedCustodianOrganization/id"
+        return None if ctx.custodian_known(code) else Hit(where, _line(f, where), f"code {code}")
     return check

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,10 +22,12 @@ from typing import Final
 
 import yaml
 
-from smartcare.quality.checks import KINDS, Check, Context, Facts, Hit
+from smartcare.quality.checks import HEADER_FIELDS, KINDS, Check, Context, Facts, Hit
 from smartcare.standards import cda
 from smartcare.standards.cda.schema import SchemaError
 from smartcare.standards.xml import XmlError, parse_xml
+
+log = logging.getLogger(__name__)
 
 DIMENSIONS: Final = ("conformance", "completeness", "validity", "consistency", "plausibility", "uniqueness",
                      "timeliness", "integration")
@@ -88,10 +91,16 @@ class Report:
 
 
 def _rule(raw: dict, n: int) -> Rule:
+    if not isinstance(raw, dict):
+        raise CatalogueError(f"rule #{n}: a rule is a mapping of id, dimension, kahn, severity, types, message, check")
     where = f"rule #{n} ({raw.get('id', 'no id')})"
     for key in ("id", "dimension", "kahn", "severity", "types", "message", "check"):
         if key not in raw:
             raise CatalogueError(f"{where}: missing '{key}'")
+    if not isinstance(raw["check"], dict):
+        raise CatalogueError(f"{where}: check is a mapping with a kind and its parameters")
+    if raw["types"] != "all" and not (isinstance(raw["types"], list) and raw["types"]):
+        raise CatalogueError(f"{where}: types is 'all' or a list of document types")
     if raw["dimension"] not in DIMENSIONS:
         raise CatalogueError(f"{where}: dimension must be one of {', '.join(DIMENSIONS)}")
     if raw["severity"] not in SEVERITIES:
@@ -108,6 +117,11 @@ def _rule(raw: dict, n: int) -> Rule:
     given = set(check) - {"kind"}
     if wanted != given:
         raise CatalogueError(f"{where}: check {kind} takes {sorted(wanted) or 'no parameters'}, got {sorted(given)}")
+    for name in ("min", "max", "max_hours"):
+        if name in check and (isinstance(check[name], bool) or not isinstance(check[name], int | float)):
+            raise CatalogueError(f"{where}: {name} must be a number")
+    if "field" in check and check["field"] not in HEADER_FIELDS:
+        raise CatalogueError(f"{where}: field must be one of {', '.join(HEADER_FIELDS)}")
     return Rule(raw["id"], raw["dimension"], raw["kahn"], raw["severity"], types, raw["message"], check)
 
 
@@ -116,6 +130,8 @@ def load_rules(text: str | None = None) -> list[Rule]:
     if text is None:
         text = resources.files("smartcare.quality").joinpath("rules.yaml").read_text(encoding="utf-8")
     raw = yaml.safe_load(text) or []
+    if not isinstance(raw, list):
+        raise CatalogueError("the catalogue is a list of rules (each starting with '- id: …')")
     rules = [_rule(r, n) for n, r in enumerate(raw, 1)]
     seen: set[str] = set()
     for r in rules:
@@ -140,6 +156,9 @@ class Engine:
     def __init__(self, ctx: Context, rules: Iterable[Rule] | None = None):
         self.ctx = ctx
         self.rules = tuple(rules if rules is not None else catalogue())
+        for r in self.rules:
+            if "value_set" in r.check and r.check["value_set"] not in ctx.value_sets:
+                raise CatalogueError(f"rule {r.id}: value set {r.check['value_set']!r} is not in the registry")
         compiled = [(r, KINDS[r.check["kind"]](ctx, **{k: v for k, v in r.check.items() if k != "kind"}))
                     for r in self.rules]
         self._by_type: dict[str, list[tuple[Rule, Check]]] = {
@@ -171,7 +190,11 @@ class Engine:
         applied, failed = report.applied, report.failed
         for rule, fn in self._by_type.get(type_code, ()):
             applied[rule.dimension] = applied.get(rule.dimension, 0) + 1
-            hit: Hit | None = fn(facts)
+            try:
+                hit: Hit | None = fn(facts)
+            except Exception as exc:  # noqa: BLE001 — one odd value must not cost the document its other checks
+                log.warning("rule %s could not check document %s: %s", rule.id, report.document_id, type(exc).__name__)
+                hit = Hit("ClinicalDocument", None, f"could not be checked ({type(exc).__name__})")
             if hit is not None:
                 failed[rule.dimension] = failed.get(rule.dimension, 0) + 1
                 report.findings.append(Finding(rule, hit.element, hit.line, hit.detail))

@@ -21,10 +21,10 @@ class DocumentCheck(Base):
     __table_args__ = {"schema": SCHEMA}
 
     record_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    facility_code: Mapped[str | None] = mapped_column(String(32))
+    facility_code: Mapped[str | None] = mapped_column(String(64))
     custodian_code: Mapped[str | None] = mapped_column(String(64))
     type_code: Mapped[str | None] = mapped_column(String(8))
-    document_id: Mapped[str | None] = mapped_column(String(64))
+    document_id: Mapped[str | None] = mapped_column(String(200))
     service_day: Mapped[date] = mapped_column(Date)
     checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     score: Mapped[Decimal] = mapped_column(Numeric(5, 2))

@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -28,8 +30,13 @@ from smartcare.records import service as records
 from smartcare.registry import service as registry
 
 
+_VALUE_SETS_TTL = 300.0  # seconds: a terminology change reaches the checks within five minutes
+_cached = threading.local()  # per thread (consumers run in threads): (engine, its context, built at)
+
+
 class DbContext:
-    """The registry's terminology and hospitals and the records' history, read once per batch."""
+    """What rules need from other capabilities: the registry's terminology (read once, kept a few minutes),
+    its hospitals and the records' history (asked per document, through the session of the check)."""
 
     def __init__(self, session: Session):
         self.session = session
@@ -54,24 +61,37 @@ class DbContext:
 
 
 def engine(session: Session) -> Engine:
-    return Engine(DbContext(session))
+    """This thread's engine, its rules compiled once and its terminology refreshed every few minutes,
+    bound to ``session`` for what it asks per document."""
+    built = getattr(_cached, "engine", None)
+    if built is None or time.monotonic() - _cached.at > _VALUE_SETS_TTL:
+        built = Engine(DbContext(session))
+        _cached.engine, _cached.at = built, time.monotonic()
+    ctx = built.ctx
+    assert isinstance(ctx, DbContext)
+    if ctx.session is not session:
+        ctx.session, ctx._custodians = session, {}
+    return built
 
 
 def _service_day(doc) -> date:
     return doc.service_time.astimezone(CHINA_TZ).date()
 
 
-def check_record(session: Session, *, record_id: int, with_engine: Engine | None = None) -> Report:
-    """Check one registered document and store the result (replacing an earlier one)."""
-    eng = with_engine or engine(session)
-    doc = records.get(session, record_id)
+def check_record(session: Session, *, record_id: int) -> Report:
+    """Check one registered document and store the result (replacing an earlier one). The document's row is
+    share-locked meanwhile, so a registration replacing it is ordered before or after this check, never
+    inside it: "current" follows the registry."""
+    eng = engine(session)
+    doc = records.status_for_check(session, record_id)
     raw = records.content(session, doc.sha256)
     assert isinstance(eng.ctx, DbContext)
     eng.ctx.record_id = record_id
     report = eng.check(raw, sent_at=doc.received_at, registry={"person_id": doc.person_id})
     _store(session, doc, report)
-    if doc.replaces_id is not None:
-        session.execute(update(DocumentCheck).where(DocumentCheck.record_id == doc.replaces_id).values(current=False))
+    replaced = records.replaced_by(session, record_id)
+    if replaced:
+        session.execute(update(DocumentCheck).where(DocumentCheck.record_id.in_(replaced)).values(current=False))
     return report
 
 
@@ -92,20 +112,40 @@ def _store(session: Session, doc, report: Report) -> None:
 def run(session_factory: Callable, *, facility_code: str | None = None, since: date | None = None,
         batch: int = 200, progress: Callable[[int], None] | None = None) -> int:
     """Check again every current document (of one hospital, serviced since a day), in batches of
-    ``batch`` per transaction; returns how many were checked."""
+    ``batch`` per transaction, then retire the checks of documents replaced meanwhile; returns how many
+    were checked."""
     done, after = 0, 0
     while True:
         with session_factory() as session:
             ids = records.current_ids(session, facility_code=facility_code, since=since, after_id=after, limit=batch)
             if not ids:
-                return done
-            eng = engine(session)
+                break
             for record_id in ids:
-                check_record(session, record_id=record_id, with_engine=eng)
+                check_record(session, record_id=record_id)
             after = ids[-1]
         done += len(ids)
         if progress:
             progress(len(ids))
+    with session_factory() as session:
+        _retire_replaced(session, facility_code=facility_code)
+    return done
+
+
+def _retire_replaced(session: Session, *, facility_code: str | None, batch: int = 1000) -> None:
+    """Checks still counted although the registry has replaced their document (a check that failed, an
+    interrupted run): no longer counted."""
+    after = 0
+    while True:
+        stmt = select(DocumentCheck.record_id).where(DocumentCheck.current, DocumentCheck.record_id > after)
+        if facility_code:
+            stmt = stmt.where(DocumentCheck.facility_code == facility_code)
+        ids = list(session.scalars(stmt.order_by(DocumentCheck.record_id).limit(batch)))
+        if not ids:
+            return
+        stale = records.replaced_among(session, ids)
+        if stale:
+            session.execute(update(DocumentCheck).where(DocumentCheck.record_id.in_(stale)).values(current=False))
+        after = ids[-1]
 
 
 # --- reading the results --------------------------------------------------------------------------
@@ -119,7 +159,8 @@ def document_check(session: Session, record_id: int) -> tuple[DocumentCheck, lis
     return check, findings
 
 
-_GROUPS = {"hospital": "facility_code", "type": "type_code", "day": "service_day", "month": "date_trunc('month', service_day)::date"}
+_GROUPS = {"hospital": "facility_code", "type": "type_code", "day": "service_day",
+           "month": "date_trunc('month', service_day)::date"}
 
 
 def scores(session: Session, *, by: str = "hospital", facility_code: str | None = None, since: date | None = None,
@@ -127,41 +168,45 @@ def scores(session: Session, *, by: str = "hospital", facility_code: str | None 
     """Mean score, documents, errors and the score of each dimension (rules passed / applied), per group."""
     if by not in _GROUPS:
         raise ValueError(f"by must be one of {', '.join(_GROUPS)}")
-    key = _GROUPS[by]
     rows = session.execute(text(f"""
         WITH c AS (
-            SELECT * FROM quality.document_check
+            SELECT {_GROUPS[by]} AS grp, score, errors, warnings, applied, failed FROM quality.document_check
             WHERE current AND (CAST(:f AS text) IS NULL OR facility_code = :f)
               AND (CAST(:since AS date) IS NULL OR service_day >= :since)
               AND (CAST(:until AS date) IS NULL OR service_day <= :until)
-        ), d AS (
-            SELECT {key} AS grp, a.key AS dimension, sum(a.value::int) AS applied,
+        ), totals AS (
+            SELECT grp, count(*) AS documents, round(avg(score), 2) AS score, sum(errors) AS errors,
+                   sum(warnings) AS warnings, count(*) FILTER (WHERE errors = 0) AS clean
+            FROM c GROUP BY grp
+        ), per_dimension AS (
+            SELECT grp, a.key AS dimension, sum(a.value::int) AS applied,
                    sum(coalesce((c.failed ->> a.key)::int, 0)) AS failed
-            FROM c, jsonb_each_text(c.applied) a GROUP BY 1, 2
+            FROM c, jsonb_each_text(c.applied) a GROUP BY grp, a.key
+        ), dimensions AS (
+            SELECT grp, jsonb_object_agg(dimension, round(100.0 * (applied - failed) / nullif(applied, 0), 2)) AS d
+            FROM per_dimension GROUP BY grp
         )
-        SELECT {key} AS grp, count(*) AS documents, round(avg(score), 2) AS score, sum(errors) AS errors,
-               sum(warnings) AS warnings, count(*) FILTER (WHERE errors = 0) AS clean,
-               (SELECT jsonb_object_agg(d.dimension, round(100.0 * (d.applied - d.failed) / nullif(d.applied, 0), 2))
-                FROM d WHERE d.grp IS NOT DISTINCT FROM {key}) AS dimensions
-        FROM c GROUP BY 1 ORDER BY 1
+        SELECT t.*, d.d AS dimensions FROM totals t LEFT JOIN dimensions d ON d.grp IS NOT DISTINCT FROM t.grp
+        ORDER BY t.grp
     """), {"f": facility_code, "since": since, "until": until}).mappings().all()
     names = registry.facility_names(session, [r["grp"] for r in rows]) if by == "hospital" else {}
     return [{"group": str(r["grp"]) if r["grp"] is not None else None, "name": names.get(r["grp"]),
              "documents": r["documents"], "score": float(r["score"] or 0), "errors": r["errors"],
              "warnings": r["warnings"], "clean": r["clean"],
-             "dimensions": {d: float(v) for d, v in (r["dimensions"] or {}).items()}} for r in rows]
+             "dimensions": {d: float(v) for d, v in (r["dimensions"] or {}).items() if v is not None}} for r in rows]
 
 
 def worst_rules(session: Session, *, facility_code: str | None = None, since: date | None = None,
-                limit: int = 10) -> list[dict]:
+                until: date | None = None, limit: int = 10) -> list[dict]:
     rules = {r.id: r for r in catalogue()}
     rows = session.execute(text("""
         SELECT f.rule_id, count(*) AS findings, count(DISTINCT f.record_id) AS documents
         FROM quality.finding f JOIN quality.document_check c USING (record_id)
         WHERE c.current AND (CAST(:f AS text) IS NULL OR c.facility_code = :f)
           AND (CAST(:since AS date) IS NULL OR c.service_day >= :since)
+          AND (CAST(:until AS date) IS NULL OR c.service_day <= :until)
         GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit
-    """), {"f": facility_code, "since": since, "limit": limit}).mappings().all()
+    """), {"f": facility_code, "since": since, "until": until, "limit": limit}).mappings().all()
     return [{"rule_id": r["rule_id"], "findings": r["findings"], "documents": r["documents"],
              "message": rules[r["rule_id"]].message if r["rule_id"] in rules else "",
              "dimension": rules[r["rule_id"]].dimension if r["rule_id"] in rules else ""} for r in rows]
@@ -179,26 +224,38 @@ class FailingDocument:
 
 
 def failing_documents(session: Session, *, facility_code: str | None = None, since: date | None = None,
-                      until: date | None = None, limit: int = 1000) -> Iterator[FailingDocument]:
+                      until: date | None = None, limit: int | None = None, page: int = 500) -> Iterator[FailingDocument]:
     """Current documents with at least one finding, newest first, each with its findings: the feedback a
-    hospital works through (fix and resend; the new version replaces the old and is checked again)."""
+    hospital works through (fix and resend; the new version replaces the old and is checked again).
+    Read ``page`` documents at a time, so a report of a whole year streams."""
     rules = {r.id: r for r in catalogue()}
-    checks = list(session.scalars(
-        select(DocumentCheck).where(DocumentCheck.current, (DocumentCheck.errors + DocumentCheck.warnings) > 0,
-                                    *( [DocumentCheck.facility_code == facility_code] if facility_code else []),
-                                    *( [DocumentCheck.service_day >= since] if since else []),
-                                    *( [DocumentCheck.service_day <= until] if until else []))
-        .order_by(DocumentCheck.service_day.desc(), DocumentCheck.record_id.desc()).limit(limit)))
-    by_record: dict[int, list[dict]] = {c.record_id: [] for c in checks}
-    if by_record:
+    base = select(DocumentCheck).where(DocumentCheck.current, (DocumentCheck.errors + DocumentCheck.warnings) > 0)
+    if facility_code:
+        base = base.where(DocumentCheck.facility_code == facility_code)
+    if since:
+        base = base.where(DocumentCheck.service_day >= since)
+    if until:
+        base = base.where(DocumentCheck.service_day <= until)
+    order = (DocumentCheck.service_day.desc(), DocumentCheck.record_id.desc())
+    left, last = limit, None
+    while left is None or left > 0:
+        stmt = base if last is None else base.where(
+            tuple_(DocumentCheck.service_day, DocumentCheck.record_id) < tuple_(*last))
+        checks = list(session.scalars(stmt.order_by(*order).limit(page if left is None else min(page, left))))
+        if not checks:
+            return
+        by_record: dict[int, list[dict]] = {c.record_id: [] for c in checks}
         for f in session.scalars(select(Finding).where(Finding.record_id.in_(by_record)).order_by(Finding.id)):
             rule = rules.get(f.rule_id)
             by_record[f.record_id].append({"rule_id": f.rule_id, "severity": f.severity, "dimension": f.dimension,
                                            "element": f.element, "line": f.line, "detail": f.detail,
                                            "message": rule.message if rule else ""})
-    for c in checks:
-        yield FailingDocument(c.record_id, c.document_id, c.type_code, c.facility_code, c.service_day,
-                              float(c.score), by_record[c.record_id])
+        for c in checks:
+            yield FailingDocument(c.record_id, c.document_id, c.type_code, c.facility_code, c.service_day,
+                                  float(c.score), by_record[c.record_id])
+        last = (checks[-1].service_day, checks[-1].record_id)
+        if left is not None:
+            left -= len(checks)
 
 
 def report(session: Session, *, fmt: str, facility_code: str | None = None, since: date | None = None,

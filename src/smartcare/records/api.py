@@ -132,8 +132,8 @@ def get(id: int = _id(), session: Session = Depends(db), who: Principal = Depend
 @router.get("/documents/{id}/content", response_class=Response,
             responses={200: {"content": {"application/xml": {"schema": {"type": "string"}}}}})
 def content(id: int = _id(), reason: str | None = Query(None, max_length=200, description="why it is read (audited)"),
-            session: Session = Depends(db), who: Principal = Depends(reader)):
-    """The document exactly as received. Every read is audited with who and why."""
+            session: Session = Depends(db, scope="function"), who: Principal = Depends(reader)):
+    """The document exactly as received. Every read is audited with who and why (committed before it is sent)."""
     _visible(session, id, who)
     raw = service.retrieve(session, id=id, actor=who.username, reason=reason)
     return Response(raw, media_type="application/xml")

@@ -100,6 +100,23 @@ def _parent_id(root: etree._Element) -> str | None:
     return None
 
 
+_MAX_VERSION = 2**31 - 1  # the column is an integer
+_EARLIEST, _LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _plausible_times(header: cda.CdaHeader) -> None:
+    """Times the registry can store and read back: a document is from 1900–2100 (a year 0001 or 9999 stamp
+    is a sender's bug, and PostgreSQL would keep it where the driver cannot read it back)."""
+    encounter = header.encounter
+    for where, value in (("ClinicalDocument/effectiveTime", header.effective_time),
+                         ("ClinicalDocument/componentOf/encompassingEncounter/effectiveTime",
+                          encounter.start if encounter else None),
+                         ("ClinicalDocument/componentOf/encompassingEncounter/effectiveTime/high",
+                          encounter.end if encounter else None)):
+        if value is not None and not _EARLIEST <= value < _LATEST:
+            raise InvalidInput(f"{where}: not a time between 1900 and 2100", field="body")
+
+
 def read(raw: bytes) -> Parsed:
     """Parse once; a document the registry cannot file raises ``InvalidInput`` naming where it falls short."""
     try:
@@ -110,6 +127,9 @@ def read(raw: bytes) -> Parsed:
     if header.type_code not in TYPE_CODES:
         raise InvalidInput(f"ClinicalDocument/code/@code: {header.type_code[:20]!r} is not a WS/T 500 document type "
                            "(C0001…C0053)", field="body")
+    _plausible_times(header)
+    if header.version_number is not None and header.version_number > _MAX_VERSION:
+        raise InvalidInput(f"ClinicalDocument/versionNumber: larger than {_MAX_VERSION}", field="body")
     where = "ClinicalDocument/custodian/assignedCustodian/representedCustodianOrganization/id/@extension"
     parsed = Parsed(
         header=header,
@@ -418,7 +438,10 @@ def query(session: Session, *, person_id: int | None = None, empi_id: str | None
     if until is not None:
         stmt = stmt.where(Document.service_time < until)
     if before_id is not None:
-        at = session.scalar(select(Document.service_time).where(Document.id == before_id))
+        page_from = select(Document.service_time).where(Document.id == before_id)
+        if facility_code is not None:  # another hospital's id is no place to page from (nor a hint of its time)
+            page_from = page_from.where(Document.facility_code == facility_code)
+        at = session.scalar(page_from)
         if at is None:
             raise NotFound(f"no document {before_id} to page from", field="before")
         stmt = stmt.where(tuple_(Document.service_time, Document.id) < tuple_(at, before_id))
@@ -458,6 +481,27 @@ def current_ids(session: Session, *, facility_code: str | None = None, since: da
     if since:
         stmt = stmt.where(Document.service_time >= datetime.combine(since, time(), CHINA_TZ))
     return list(session.scalars(stmt.order_by(Document.id).limit(limit)))
+
+
+def status_for_check(session: Session, id: int) -> Document:
+    """A document for its quality check, its row share-locked so that a registration replacing it waits for
+    the check to commit (or the check sees it replaced): the check's "current" never goes stale."""
+    row = session.scalar(select(Document).where(Document.id == id).with_for_update(read=True))
+    if row is None:
+        raise NotFound(f"no document {id}", field="id")
+    return row
+
+
+def replaced_by(session: Session, id: int) -> list[int]:
+    """The documents that ``id`` replaced (a registration can replace several versions at once)."""
+    return list(session.scalars(select(Document.id).where(Document.replaced_by_id == id)))
+
+
+def replaced_among(session: Session, ids: list[int]) -> list[int]:
+    """Which of ``ids`` have been replaced."""
+    if not ids:
+        return []
+    return list(session.scalars(select(Document.id).where(Document.id.in_(ids), Document.status == "replaced")))
 
 
 def other_content_before(session: Session, *, custodian_code: str, document_id: str, sha256: str,

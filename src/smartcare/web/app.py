@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from pathlib import Path
@@ -73,8 +74,18 @@ async def _smartcare_error(request: Request, exc: SmartCareError) -> Response:
                         headers={"Retry-After": str(max(1, math.ceil(retry)))} if retry else None)
 
 
+_NUL_BODY = json.dumps({"error": "invalid_input", "message": "the URL contains a NUL character (%00)",
+                        "hint": "no identifier, code or date contains one; check how the URL is built"}).encode()
+
+
+def _has_nul(scope) -> bool:
+    """PostgreSQL text cannot hold NUL: a %00 in a path or query value would fail deep down as a 500."""
+    return b"%00" in scope.get("query_string", b"") or b"%00" in scope.get("raw_path", b"") or "\x00" in scope["path"]
+
+
 class RequestMetrics:
-    """Counts and times every HTTP request by route template (a plain ASGI middleware: no per-request task)."""
+    """Counts and times every HTTP request by route template (a plain ASGI middleware: no per-request task);
+    refuses a URL with a NUL character at the door."""
 
     def __init__(self, app):
         self.app = app
@@ -82,6 +93,11 @@ class RequestMetrics:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if _has_nul(scope):
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(_NUL_BODY)).encode())]})
+            await send({"type": "http.response.body", "body": _NUL_BODY})
+            return
         start = time.perf_counter()
         status = 500
 

@@ -60,9 +60,12 @@ def _date(value: str | None, default: date, field: str) -> date:
     if not value:
         return default
     try:
-        return date.fromisoformat(value)
+        chosen = date.fromisoformat(value)
     except ValueError:
         raise InvalidInput(f"{field} is a date like 2026-11-27", field=field) from None
+    if not date(1900, 1, 1) <= chosen <= date(2100, 1, 1):
+        raise InvalidInput(f"{field} must be between 1900 and 2100", field=field)
+    return chosen
 
 
 def _overall(rows: list[dict]) -> dict:
@@ -85,12 +88,11 @@ def trend_chart(days: list[dict]) -> dict:
 
 
 def console_context(session: Session, hospital: str | None, since: date, until: date) -> dict:
-    where = {"facility_code": hospital, "since": since}
-    hospitals = sorted(service.scores(session, by="hospital", until=until, **where),
-                       key=lambda h: (h["score"], h["group"] or ""))
-    days = service.scores(session, by="day", until=until, **where)
-    types = service.scores(session, by="type", until=until, **where)
-    failing = list(service.failing_documents(session, until=until, limit=FAILING_SHOWN, **where))
+    where = {"facility_code": hospital, "since": since, "until": until}
+    hospitals = sorted(service.scores(session, by="hospital", **where), key=lambda h: (h["score"], h["group"] or ""))
+    days = service.scores(session, by="day", **where)
+    types = service.scores(session, by="type", **where)
+    failing = list(service.failing_documents(session, limit=FAILING_SHOWN, **where))
     return {"hospitals": hospitals, "days": days, "types": types, "total": _overall(hospitals),
             "worst": service.worst_rules(session, limit=WORST_RULES, **where), "failing": failing,
             "failing_names": registry.facility_names(session, {d.facility_code for d in failing}),

@@ -64,9 +64,10 @@ class Value:
         if self.kind not in ("PQ", "INT", "REAL", "MO") or not self.text:
             return None
         try:
-            return Decimal(self.text)
+            n = Decimal(self.text)
         except ArithmeticError:
             return None
+        return n if n.is_finite() else None  # NaN and Infinity are no measurement
 
 
 def st(text: str) -> Value:

@@ -256,7 +256,8 @@ class Schema:
             if self._xsd.validate(root):
                 return []
             # a tree parsed from bytes knows its lines; one built in memory only the element's path
-            return [f"line {e.line}: {e.message}" if e.line else f"{e.path}: {e.message}" for e in self._xsd.error_log]
+            return [f"line {e.line}: {_unquoted(e.message)}" if e.line else f"{e.path}: {_unquoted(e.message)}"
+                    for e in self._xsd.error_log]
 
     # --- the walk -------------------------------------------------------------------------------
 
@@ -305,6 +306,15 @@ class Schema:
             for value in values:
                 child = etree.SubElement(el, f"{{{HL7}}}{item.name}")
                 self._fill(child, item, value, where)
+
+
+# libxml2 quotes the offending value ("The value '19430404' is not accepted …", "'M' is not a valid value …");
+# a value may be a birth date or an ID number, and these messages are stored and shown: the values go.
+_QUOTED_VALUE = re.compile(r"[Tt]he value '[^']*'|(?<=: )'[^']*'(?= is not a valid value)")
+
+
+def _unquoted(message: str) -> str:
+    return _QUOTED_VALUE.sub(lambda m: "the value" if m.group(0)[0] in "'t" else "The value", message)
 
 
 def _free(el: etree._Element, data: dict) -> None:
