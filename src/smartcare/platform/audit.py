@@ -104,3 +104,9 @@ def verify(session: Session) -> VerifyResult:
         prev_hash = e.hash
         checked += 1
     return VerifyResult(True, checked)
+
+
+def entries(session: Session, *, targets: list[str], actions: tuple[str, ...], limit: int = 100) -> list[AuditLog]:
+    """The entries about some targets, of some actions, newest first (indexed on target)."""
+    return list(session.scalars(select(AuditLog).where(AuditLog.target.in_(targets), AuditLog.action.in_(actions))
+                                .order_by(AuditLog.id.desc()).limit(limit)))

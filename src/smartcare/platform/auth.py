@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -47,9 +48,21 @@ class Principal:
     username: str
     roles: frozenset[str]
     facility_code: str | None = None
+    #: SMART on FHIR scopes the token was issued with (``patient/*.read``, ``user/Observation.read`` …);
+    #: None: a token asked without scopes, limited only by the roles
+    scopes: frozenset[str] | None = None
 
     def has(self, *roles: str) -> bool:
         return bool(self.roles.intersection(roles))
+
+    def may_read(self, resource_type: str) -> bool:
+        """Whether the token's SMART scopes let it read this FHIR resource type (patient/ for residents,
+        user/ for staff)."""
+        if self.scopes is None:
+            return True
+        context = "patient" if self.has(Role.RESIDENT) else "user"
+        return bool({f"{context}/*.read", f"{context}/{resource_type}.read", f"{context}/*.*",
+                     f"{context}/{resource_type}.*"} & self.scopes)
 
     def facility(self) -> str:
         """The facility a hospital system acts for; a client that belongs to none may not act for one."""
@@ -88,7 +101,12 @@ def authenticate(session: Session, *, username: str, password: str) -> Principal
     return Principal(user.username, frozenset(user.roles), user.facility_code)
 
 
-def issue_token(principal: Principal, *, minutes: int | None = None) -> str:
+SCOPE_PATTERN = re.compile(r"^(patient|user)/(\*|[A-Z][A-Za-z]+)\.(read|\*)$")
+
+
+def issue_token(principal: Principal, *, minutes: int | None = None, scope: str | None = None) -> str:
+    """A bearer token; with ``scope`` (space-separated SMART scopes) it reads only what they name: a
+    resident may ask ``patient/…`` scopes (their own records), staff ``user/…`` ones."""
     settings = get_settings()
     now = datetime.now(UTC)
     claims = {
@@ -98,6 +116,14 @@ def issue_token(principal: Principal, *, minutes: int | None = None) -> str:
         "iat": now,
         "exp": now + timedelta(minutes=minutes or settings.session_minutes),
     }
+    if scope is not None:
+        asked = scope.split()
+        context = "patient" if principal.has(Role.RESIDENT) else "user"
+        bad = [s for s in asked if not SCOPE_PATTERN.match(s) or not s.startswith(f"{context}/")]
+        if bad:
+            raise InvalidInput(f"scope {bad[0][:60]!r} is not a SMART scope this account may have ({context}/<Type|*>.read)",
+                               field="scope")
+        claims["scope"] = " ".join(asked)
     return jwt.encode(claims, settings.resolved_secret_key(), algorithm=_JWT_ALG)
 
 
@@ -109,7 +135,9 @@ def read_token(token: str) -> Principal:
         raise Unauthorized("session expired", hint="log in again") from None
     except jwt.InvalidTokenError:
         raise Unauthorized("invalid session token", hint="log in again") from None
-    return Principal(claims["sub"], frozenset(claims.get("roles", [])), claims.get("fac"))
+    scope = claims.get("scope")
+    return Principal(claims["sub"], frozenset(claims.get("roles", [])), claims.get("fac"),
+                     frozenset(scope.split()) if scope is not None else None)
 
 
 # ---- hospital systems: HMAC request signing ------------------------------------------------

@@ -29,6 +29,7 @@ from datetime import UTC, date, datetime, time
 
 from lxml import etree
 from sqlalchemy import select, text, tuple_
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from smartcare.empi import matching
@@ -38,7 +39,8 @@ from smartcare.platform import audit, bus, idcard
 from smartcare.platform.clock import CHINA_TZ
 from smartcare.platform.db import driver
 from smartcare.platform.errors import Conflict, Forbidden, InvalidInput, NotFound
-from smartcare.records.models import Content, Document
+from smartcare.records import clinical
+from smartcare.records.models import Content, Document, Item
 from smartcare.registry import service as registry
 from smartcare.standards import cda
 from smartcare.standards.xml import XmlError, parse_xml
@@ -71,6 +73,7 @@ class Parsed:
     custodian_code: str
     set_id: str | None
     parent_id: str | None  # relatedDocument[@typeCode='RPLC']/parentDocument/id
+    root: etree._Element  # the document, parsed once: the clinical items are read from it too
 
 
 # --- reading a document --------------------------------------------------------------------------
@@ -137,6 +140,7 @@ def read(raw: bytes) -> Parsed:
         custodian_code=_bounded(header.custodian.code, 64, where),
         set_id=_bounded(_ii(header.set_id), 200, "ClinicalDocument/setId"),
         parent_id=_bounded(_parent_id(root), 200, "ClinicalDocument/relatedDocument/parentDocument/id"),
+        root=root,
     )
     _bounded(_author_code(header), 64, "ClinicalDocument/author/assignedAuthor/id")
     _bounded(_card(header), 64, "ClinicalDocument/recordTarget/patientRole/id")
@@ -327,6 +331,10 @@ def _register(session: Session, *, raw: bytes, parsed: Parsed, sender: str, faci
         exchange_message_id=exchange_message_id, sender=sender)
     session.add(row)
     session.flush()
+    rows = clinical.items(cda.read_entries(parsed.root), record_id=row.id, person_id=row.person_id,
+                          facility_code=facility, type_code=row.type_code, at=row.service_time)
+    if rows:
+        session.execute(insert(Item), rows)
     for old in plan.replaced:
         old.status, old.replaced_by_id = "replaced", row.id
     session.flush()

@@ -29,6 +29,7 @@ from smartcare.healthcard import api as healthcard_api
 from smartcare.payment.api import router as payment_router
 from smartcare.booking.api import router as booking_router
 from smartcare.quality.api import router as quality_router
+from smartcare.records import phr_api
 from smartcare.records.api import router as records_router
 from smartcare.platform.settings import get_settings
 from smartcare.registry.api import router as registry_router
@@ -43,6 +44,7 @@ STATIC = Path(__file__).parent / "static"
 class TokenIn(BaseModel):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=200)
+    scope: str | None = Field(None, max_length=500, description="SMART scopes, e.g. 'patient/*.read'")
 
 
 def _field(loc: tuple) -> str:
@@ -178,7 +180,9 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
     def token(data: TokenIn, session: Session = Depends(db)) -> dict:
         """Exchange a username and password for a bearer token (JWT)."""
         who = auth.authenticate(session, username=data.username, password=data.password)
-        return {"access_token": auth.issue_token(who), "token_type": "bearer", "roles": sorted(who.roles)}
+        body = {"access_token": auth.issue_token(who, scope=data.scope), "token_type": "bearer",
+                "roles": sorted(who.roles)}
+        return {**body, "scope": data.scope} if data.scope is not None else body
 
     @app.get("/api/v1/auth/me", tags=["auth"])
     def me(who: auth.Principal = Depends(principal)) -> dict:
@@ -192,6 +196,8 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
     app.include_router(payment_router)
     app.include_router(booking_router)
     app.include_router(records_router)
+    app.include_router(phr_api.fhir)
+    app.include_router(phr_api.router)
     app.include_router(quality_router)
     app.include_router(pages.router)
     app.include_router(exchange_pages.router)

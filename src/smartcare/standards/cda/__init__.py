@@ -3,7 +3,7 @@ whole documents built and parsed (``document``)."""
 
 from smartcare.standards.cda.document import (
     DE_SYSTEM, TITLES, DataElement, Document, Entry, ParsedDocument, Patient, Practitioner, Section, Value, Visit,
-    boolean, build, cd, format_time, integer, money, parse, pq, st, ts,
+    boolean, build, cd, format_time, integer, money, parse, pq, read_entries, st, ts,
 )
 from smartcare.standards.cda.header import *  # noqa: F403
 from smartcare.standards.cda.header import __all__ as _header_all
@@ -11,4 +11,4 @@ from smartcare.standards.cda.schema import SchemaError, schema_for
 
 __all__ = [*_header_all, "DE_SYSTEM", "TITLES", "DataElement", "Document", "Entry", "ParsedDocument", "Patient",
            "Practitioner", "SchemaError", "Section", "Value", "Visit", "boolean", "build", "cd", "format_time",
-           "integer", "money", "parse", "pq", "schema_for", "st", "ts"]
+           "integer", "money", "parse", "pq", "read_entries", "schema_for", "st", "ts"]

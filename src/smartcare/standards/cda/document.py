@@ -416,7 +416,11 @@ def parse(data: bytes | etree._Element) -> ParsedDocument:
     """Parse a WS/T 500 document of any type once: its header and every coded data element (WS 363 ``DE…``,
     or a LOINC-coded lab item) of its body."""
     root = data if isinstance(data, etree._Element) else parse_xml(data)
-    header = parse_header(root)
+    return ParsedDocument(parse_header(root), read_entries(root), root)
+
+
+def read_entries(root: etree._Element) -> tuple[Entry, ...]:
+    """The coded data elements of a parsed document's body, in document order, each with its section and line."""
     entries: list[Entry] = []
     body = next(root.iterchildren(_T["component"]), None)
     code_tag, value_tag = _T["code"], _T["value"]
@@ -432,4 +436,4 @@ def parse(data: bytes | etree._Element) -> ParsedDocument:
             value_el = next(parent.iterchildren(value_tag), None)
             entries.append(Entry(code.get("code") or "", code.get("displayName"),
                                  _infer(value_el) if value_el is not None else None, section_code, code.sourceline))
-    return ParsedDocument(header, tuple(entries), root)
+    return tuple(entries)

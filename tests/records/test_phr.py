@@ -1,0 +1,229 @@
+"""Personal health records: a resident reads their records from two hospitals (H5 JSON and FHIR), a doctor
+only with the resident's consent (its period and sensitive categories), a revoked consent stops access at
+once, break-glass works and is flagged, requests are approved by the resident, SMART scopes limit tokens,
+and every read and refusal is in the audit chain, which verifies."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from smartcare.platform import audit, auth
+from smartcare.platform.clock import CHINA_TZ, china_today
+from smartcare.platform.db import session_scope
+from smartcare.records import phr, service as records
+from smartcare.standards import cda
+from smartcare.synth import service as synth
+from smartcare.synth.documents import Person, clean_document
+from tests.healthcard.card_support import headers, issue, person, resident
+
+
+@dataclass(frozen=True)
+class Patient:
+    who: dict  # the resident's bearer headers (+ _user)
+    empi_id: str
+    hospitals: tuple[str, str]
+    sensitive_record: int
+    old_record: int  # serviced 200 days ago
+
+
+def _doctor(client, facility: str) -> dict:
+    username = f"d{uuid.uuid4().hex[:10]}"
+    with session_scope() as s:
+        auth.create_user(s, username=username, password="doctor-pass", display_name="医生", roles=["doctor"],
+                         facility_code=facility)
+    token = client.post("/api/v1/auth/token", json={"username": username, "password": "doctor-pass"}).json()
+    return {"Authorization": f"Bearer {token['access_token']}", "_user": username}
+
+
+def _register(doc: cda.Document, facility: str) -> int:
+    with session_scope() as s:
+        return records.register(s, raw=cda.build(doc), sender="test", facility_code=facility,
+                                received_at=doc.effective_time + timedelta(hours=1), actor="test").document.id
+
+
+@pytest.fixture(scope="module")
+def patient(client_module, hospital, other_hospital) -> Patient:
+    client = client_module
+    p = person()
+    who = resident(client)
+    r = issue(client, who, name=p["name"], id_number=p["id_number"], phone=p["phone"])
+    assert r.status_code == 201, r.text
+    empi_id = r.json()["empi_id"]
+    with session_scope() as s:
+        hospitals = {h.facility_code: h for h in synth.document_hospitals(s, codes=[hospital[0], other_hospital[0]])}
+        born = s.execute(text("SELECT sex, birth_date FROM synth.resident WHERE id_number = :n"),
+                         {"n": p["id_number"]}).one()
+    me = Person(p["id_number"], p["name"], born.sex, born.birth_date, p["phone"])
+    rng = random.Random(empi_id)
+    recent = datetime.combine(china_today() - timedelta(days=10), datetime.min.time(), CHINA_TZ).replace(hour=9)
+    for type_code in ("C0002", "C0007", "C0004"):
+        _register(clean_document(type_code, hospital=hospitals[hospital[0]], person=me, rng=rng, at=recent), hospital[0])
+    _register(clean_document("C0053", hospital=hospitals[other_hospital[0]], person=me, rng=rng,
+                             at=recent - timedelta(days=20)), other_hospital[0])
+    old = _register(clean_document("C0002", hospital=hospitals[other_hospital[0]], person=me, rng=rng,
+                                   at=recent - timedelta(days=200)), other_hospital[0])
+    mental = clean_document("C0002", hospital=hospitals[other_hospital[0]], person=me, rng=rng, at=recent - timedelta(days=5))
+    sections = tuple(replace(sec, elements=tuple(
+        replace(e, value=cda.cd("F32.9", "抑郁发作", "2.16.156.10011.2.3.3.11", "ICD-10")) if e.code == "DE05.01.024.00"
+        else replace(e, value=cda.st("抑郁发作")) if e.code == "DE05.01.025.00" else e for e in sec.elements))
+        for sec in mental.sections)
+    sensitive = _register(replace(mental, sections=sections), other_hospital[0])
+    return Patient(who, empi_id, (hospital[0], other_hospital[0]), sensitive, old)
+
+
+@pytest.fixture(scope="module")
+def client_module(app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        yield c
+
+
+def _everything(client, h: dict, empi_id: str, **params):
+    return client.get(f"/fhir/Patient/{empi_id}/$everything", params=params, headers=headers(h))
+
+
+def _record_ids(bundle: dict) -> set[int]:
+    return {int(e["resource"]["id"][1:]) for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"}
+
+
+def test_a_resident_reads_every_hospital_and_the_bundle_validates(client_module, patient):
+    client = client_module
+    r = _everything(client, patient.who, patient.empi_id)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/fhir+json"), r.text
+    body = r.json()
+    kinds = {e["resource"]["resourceType"] for e in body["entry"]}
+    assert kinds == set(phr.RESOURCE_TYPES)
+    for e in body["entry"]:
+        phr.validate(e["resource"])
+    providers = {e["resource"]["serviceProvider"]["identifier"]["value"] for e in body["entry"]
+                 if e["resource"]["resourceType"] == "Encounter"}
+    assert providers == set(patient.hospitals)
+    assert patient.sensitive_record in _record_ids(body), "the patient sees their own sensitive records"
+    labs = [e["resource"] for e in body["entry"] if e["resource"]["resourceType"] == "Observation"
+            and e["resource"]["category"][0]["coding"][0]["code"] == "laboratory"]
+    [report] = [e["resource"] for e in body["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"
+                and e["resource"]["category"][0]["coding"][0]["code"] == "LAB"]
+    assert {f"Observation/{o['id']}" for o in labs} == {ref["reference"] for ref in report["result"]}
+
+    timeline = client.get(f"/api/v1/phr/{patient.empi_id}/timeline", headers=headers(patient.who)).json()
+    assert timeline["basis"] == "self" and len(timeline["visits"]) == 5
+    assert {v["facility_code"] for v in timeline["visits"]} == set(patient.hospitals)
+    assert "抑郁发作" in {d["name"] for d in timeline["summary"]["diagnoses"]}
+
+    page = _everything(client, patient.who, patient.empi_id, _count=5).json()
+    assert len(page["entry"]) == 5 and page["total"] == len(body["entry"])
+    assert any(link["relation"] == "next" and "_page=2" in link["url"] for link in page["link"])
+    since = _everything(client, patient.who, patient.empi_id, start=(china_today() - timedelta(days=30)).isoformat(),
+                        _type="DocumentReference").json()
+    assert patient.old_record not in _record_ids(since) and patient.sensitive_record in _record_ids(since)
+
+
+def test_a_resident_never_sees_another_persons_records(client_module, patient):
+    client = client_module
+    stranger = resident(client)
+    for url in (f"/fhir/Patient/{patient.empi_id}/$everything", f"/fhir/Patient/{patient.empi_id}",
+                f"/fhir/Observation?patient=Patient/{patient.empi_id}", f"/api/v1/phr/{patient.empi_id}/timeline",
+                f"/api/v1/phr/documents/{patient.old_record}", "/fhir/Patient/E999999999/$everything"):
+        r = client.get(url, headers=headers(stranger))
+        assert r.status_code == 403, (url, r.text)
+    with session_scope() as s:
+        refused = audit.entries(s, targets=[f"person:{patient.empi_id}"], actions=("records.phr.refused",), limit=50)
+    assert {e.actor for e in refused} >= {stranger["_user"]}
+
+
+def test_a_doctor_reads_exactly_what_the_consent_shares_until_it_is_revoked(client_module, patient):
+    client = client_module
+    doctor = _doctor(client, patient.hospitals[0])
+    denied = _everything(client, doctor, patient.empi_id)
+    assert denied.status_code == 403 and "no consent" in denied.json()["message"]
+
+    grant = client.post("/api/v1/phr/consents", headers=headers(patient.who), json={
+        "empi_id": patient.empi_id, "facility_code": patient.hospitals[0], "purpose": "treatment", "days": 7,
+        "records_since": (china_today() - timedelta(days=60)).isoformat()})
+    assert grant.status_code == 201, grant.text
+    seen = _everything(client, doctor, patient.empi_id)
+    assert seen.status_code == 200, seen.text
+    ids = _record_ids(seen.json())
+    assert patient.old_record not in ids, "outside the consented period"
+    assert patient.sensitive_record not in ids, "sensitive, not opted in"
+    assert len(ids) == 4
+    assert client.get(f"/api/v1/phr/documents/{patient.sensitive_record}", headers=headers(doctor)).status_code == 403
+
+    other = _doctor(client, patient.hospitals[1])
+    assert _everything(client, other, patient.empi_id).status_code == 403, "the consent is for one hospital"
+
+    revoked = client.post(f"/api/v1/phr/consents/{grant.json()['id']}/revoke", headers=headers(patient.who))
+    assert revoked.status_code == 200 and revoked.json()["state"] == "revoked"
+    assert _everything(client, doctor, patient.empi_id).status_code == 403, "revoked: refused at once"
+
+    looked = client.get(f"/api/v1/phr/{patient.empi_id}/accesses", headers=headers(patient.who)).json()
+    mine = [a for a in looked if a["who"] == doctor["_user"]]
+    assert {a["action"] for a in mine} == {"read", "refused"}
+    assert any(a["basis"] == "consent" and a["purpose"] == "treatment" for a in mine if a["action"] == "read")
+
+
+def test_sensitive_categories_only_when_opted_in_and_requests_approved_by_the_resident(client_module, patient):
+    client = client_module
+    doctor = _doctor(client, patient.hospitals[1])
+    asked = client.post("/api/v1/phr/requests", headers=headers(doctor),
+                        json={"empi_id": patient.empi_id, "purpose": "referral", "reason": "转诊前需了解既往诊疗"})
+    assert asked.status_code == 201, asked.text
+    [pending] = [r for r in client.get("/api/v1/phr/requests", headers=headers(patient.who)).json()
+                 if r["id"] == asked.json()["id"]]
+    assert pending["doctor"] == doctor["_user"] and pending["state"] == "pending"
+    answered = client.post(f"/api/v1/phr/requests/{pending['id']}/answer", headers=headers(patient.who),
+                           json={"approve": True, "days": 3, "sensitive": ["mental"]})
+    assert answered.status_code == 200 and answered.json()["state"] == "approved"
+    ids = _record_ids(_everything(client, doctor, patient.empi_id).json())
+    assert patient.sensitive_record in ids and patient.old_record in ids
+    colleague = _doctor(client, patient.hospitals[1])
+    assert _everything(client, colleague, patient.empi_id).status_code == 403, "the consent names one doctor"
+
+
+def test_break_glass_is_flagged_for_review(client_module, patient):
+    client = client_module
+    doctor = _doctor(client, patient.hospitals[0])
+    short = client.post("/api/v1/phr/break-glass", headers=headers(doctor), json={"empi_id": patient.empi_id, "reason": "急"})
+    assert short.status_code == 422
+    opened = client.post("/api/v1/phr/break-glass", headers=headers(doctor),
+                         json={"empi_id": patient.empi_id, "reason": "患者昏迷送急诊，需了解既往病史与用药"})
+    assert opened.status_code == 201, opened.text
+    ids = _record_ids(_everything(client, doctor, patient.empi_id).json())
+    assert patient.old_record in ids and patient.sensitive_record not in ids
+    auditor = client.post("/api/v1/auth/token", json={"username": "auditor", "password": "smartcare-audit"}).json()
+    bearer = {"Authorization": f"Bearer {auditor['access_token']}"}
+    report = client.get("/api/v1/phr/audit-report", headers=bearer).json()
+    [glass] = [g for g in report["break_glass"] if g["id"] == opened.json()["id"]]
+    assert glass["doctor"] == doctor["_user"] and not glass["reviewed"]
+    assert client.post(f"/api/v1/phr/break-glass/{glass['id']}/review", headers=bearer, json={"note": "急诊属实"}).status_code == 200
+    assert client.get("/api/v1/phr/audit-report", headers=headers(patient.who)).status_code == 403
+    looked = client.get(f"/api/v1/phr/{patient.empi_id}/accesses", headers=headers(patient.who)).json()
+    assert any(a["who"] == doctor["_user"] and a["basis"] == "break_glass" for a in looked)
+    with session_scope() as s:
+        assert audit.verify(s).ok
+
+
+def test_smart_scopes_limit_what_a_token_reads(client_module, patient):
+    client = client_module
+    username = patient.who["_user"]
+    r = client.post("/api/v1/auth/token", json={"username": username, "password": "resident-pass",
+                                                 "scope": "patient/Observation.read"})
+    assert r.status_code == 200 and r.json()["scope"] == "patient/Observation.read"
+    only = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    body = client.get(f"/fhir/Patient/{patient.empi_id}/$everything", headers=only).json()
+    assert {e["resource"]["resourceType"] for e in body["entry"]} == {"Observation"}
+    assert client.get(f"/fhir/Patient/{patient.empi_id}", headers=only).status_code == 403
+    assert client.get(f"/fhir/Condition?patient={patient.empi_id}", headers=only).status_code == 403
+    wrong = client.post("/api/v1/auth/token", json={"username": username, "password": "resident-pass",
+                                                     "scope": "user/*.read"})
+    assert wrong.status_code == 422 and "patient/" in wrong.json()["message"]
+    admin = client.post("/api/v1/auth/token", json={"username": "admin", "password": "smartcare-admin"}).json()
+    assert client.get(f"/fhir/Patient/{patient.empi_id}/$everything",
+                      headers={"Authorization": f"Bearer {admin['access_token']}"}).status_code == 403
