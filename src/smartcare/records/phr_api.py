@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from smartcare.platform.auth import Principal, Role
 from smartcare.platform.errors import Forbidden, InvalidInput, NotFound
-from smartcare.records import access as consent, phr, service
+from smartcare.platform import audit
+from smartcare.records import access as consent, deid, phr, service
 from smartcare.records.clinical import SENSITIVE
 from smartcare.web.deps import db, principal, require
 
@@ -289,3 +290,17 @@ def audit_report(days: int = Query(30, ge=1, le=366), reads_per_day: int = Query
                              "reviewed": g.reviewed_at is not None} for g in report["break_glass"]],
             "refused": report["refused"],
             "unusual": [{**r, "day": r["day"].isoformat()} for r in report["unusual"]]}
+
+
+@router.get("/extract", dependencies=[Depends(require(Role.ADMIN))])
+def deidentified_extract(since: date | None = None, until: date | None = None, k: int = Query(5, ge=2, le=1000),
+                         who: Principal = Depends(principal), session: Session = Depends(db)) -> dict:
+    """A de-identified extract for research (pseudonyms, birth year, district, service month; k-anonymous on
+    birth year, sex and district) with its report. Audited: who took which extract."""
+    rows, report = deid.extract(session, since=since, until=until, k=k)
+    audit.record(session, actor=who.username, action="records.extract", target="records:deidentified",
+                 detail={"since": str(since), "until": str(until), "k": k, "rows": report.rows,
+                         "persons_kept": report.persons_kept, "persons_suppressed": report.persons_suppressed})
+    return {"report": deid.report_dict(report),
+            "rows": [{**r, "value_number": float(r["value_number"]) if r["value_number"] is not None else None}
+                     for r in rows]}

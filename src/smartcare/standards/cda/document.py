@@ -205,7 +205,7 @@ def _age(born: date, on: date) -> dict:
     years = on.year - born.year - ((on.month, on.day) < (born.month, born.day))
     if years >= 1:
         return {"@value": str(years), "@unit": "岁"}
-    return {"@value": str(max((on - born).days, 0)), "@unit": "天"}
+    return {"@value": str(max((on - born).days, 1)), "@unit": "天"}  # the schemas want a positive age: day 1
 
 
 def _patient_ids(d: Document) -> list[dict]:
