@@ -54,6 +54,8 @@ DEMO_USERS = (
     ("admin", "smartcare-admin", "区域平台管理员", ["admin"], None),
     ("auditor", "smartcare-audit", "审计员", ["auditor"], None),
     ("resident", "smartcare-demo", "演示居民", ["resident"], None),
+    # bound to the region's largest hospital (the first demo hospital), known once the region exists
+    ("doctor", "smartcare-doctor", "演示医生", ["doctor"], None),
 )
 
 
@@ -141,11 +143,19 @@ def _ensure_demo_users() -> None:
     from smartcare.platform.db import session_scope
     from smartcare.platform.models import UserAccount
 
+    from smartcare.registry import service as registry
+
     with session_scope() as session:
         for username, password, display, roles, facility in DEMO_USERS:
-            if session.scalar(select(UserAccount.id).where(UserAccount.username == username)) is None:
-                auth.create_user(session, username=username, password=password, display_name=display, roles=roles,
-                                 facility_code=facility)
+            if session.scalar(select(UserAccount.id).where(UserAccount.username == username)) is not None:
+                continue
+            if "doctor" in roles and facility is None:
+                largest = registry.hospitals(session, limit=1)
+                if not largest:
+                    continue  # no region yet: the doctor is created with its hospital on the next start
+                facility = largest[0].code
+            auth.create_user(session, username=username, password=password, display_name=display, roles=roles,
+                             facility_code=facility)
 
 
 def _demo_card() -> None:
@@ -250,7 +260,8 @@ def _demo_payment() -> None:
 
 
 def _demo_documents(count: int = 400) -> int:
-    """Documents of the demo hospitals for the last fortnight, registered as if sent; the workers check them."""
+    """Documents of the demo hospitals for the last fortnight, registered as if sent (the workers check
+    them), and the demo resident's own visits to two of them (their health record's timeline)."""
     from datetime import timedelta
 
     from sqlalchemy import text
@@ -259,15 +270,56 @@ def _demo_documents(count: int = 400) -> int:
     from smartcare.platform.db import session_scope
     from smartcare.synth import documents, service as synth
 
+    registered = 0
     with session_scope() as session:
-        if session.scalar(text("SELECT EXISTS (SELECT 1 FROM records.document WHERE sender LIKE 'synth:%')")):
-            return 0  # loaded already (a restart)
         hospitals = synth.document_hospitals(session, limit=3)
-        people = synth.document_people(session, limit=200, seed=7)
-        start = datetime.combine(china_today() - timedelta(days=14), datetime.min.time(), CHINA_TZ)
-        docs = documents.documents(7, hospitals=hospitals, people=people, count=count, start=start,
-                                   minutes_apart=14 * 24 * 60 // count)
-        return len(synth.register_documents(session, docs, actor="demo"))
+        if not session.scalar(text("SELECT EXISTS (SELECT 1 FROM records.document WHERE sender LIKE 'synth:%')")):
+            people = synth.document_people(session, limit=200, seed=7)
+            start = datetime.combine(china_today() - timedelta(days=14), datetime.min.time(), CHINA_TZ)
+            docs = documents.documents(7, hospitals=hospitals, people=people, count=count, start=start,
+                                       minutes_apart=14 * 24 * 60 // count)
+            registered += len(synth.register_documents(session, docs, actor="demo"))
+        registered += _demo_resident_documents(session, hospitals[:2])
+    return registered
+
+
+DEMO_RESIDENT_SENDER = "demo:resident"
+
+
+def _demo_resident_documents(session, hospitals: list) -> int:
+    """The demo resident's (``synth.demo_family``'s adult, whose card ``_demo_card`` issued) visits: an
+    outpatient visit with a lab report and a prescription at one hospital, a stay at another, an exam
+    there earlier. Sent once: a restart finds them (by their sender) and adds nothing."""
+    import random
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from smartcare.platform import idcard
+    from smartcare.platform.clock import CHINA_TZ, china_today
+    from smartcare.records import service as records
+    from smartcare.standards import cda
+    from smartcare.synth import documents, service as synth
+
+    if len(hospitals) < 2 or session.scalar(text("SELECT EXISTS (SELECT 1 FROM records.document WHERE sender = :s)"),
+                                            {"s": DEMO_RESIDENT_SENDER}):
+        return 0
+    adult, _ = synth.demo_family(session)
+    born = idcard.parse(adult["id_number"])
+    me = documents.Person(adult["id_number"], adult["name"], born.sex, born.birth_date, adult["phone"])
+    rng = random.Random(f"demo-resident:{adult['id_number']}")
+    today = datetime.combine(china_today(), datetime.min.time(), CHINA_TZ)
+    visits = ((hospitals[0], today - timedelta(days=9) + timedelta(hours=9), ("C0002", "C0007", "C0004")),
+              (hospitals[1], today - timedelta(days=48) + timedelta(hours=10), ("C0034", "C0053")),
+              (hospitals[1], today - timedelta(days=120) + timedelta(hours=14), ("C0002", "C0006")))
+    n = 0
+    for hospital, at, types in visits:
+        for type_code in types:
+            doc = documents.clean_document(type_code, hospital=hospital, person=me, rng=rng, at=at)
+            records.register(session, raw=cda.build(doc), sender=DEMO_RESIDENT_SENDER, facility_code=hospital.facility_code,
+                             received_at=doc.effective_time + timedelta(hours=1), actor="demo")
+            n += 1
+    return n
 
 
 def _demo_slots(days: int = 7, hospitals: int = 3) -> int:
@@ -376,6 +428,7 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
     table = Table(title="SmartCare is running — Ctrl-C stops it", show_header=False)
     table.add_row("admin console", f"{base}/admin   (admin / smartcare-admin, auditor / smartcare-audit)")
     table.add_row("resident H5", f"{base}/h5   (resident / smartcare-demo)")
+    table.add_row("doctor console", f"{base}/admin/records   (doctor / smartcare-doctor)")
     table.add_row("API docs", f"{base}/docs")
     table.add_row("health", f"{base}/health · {base}/ready · {base}/metrics")
     if settings.mllp_port > 0:

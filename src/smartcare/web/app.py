@@ -34,7 +34,7 @@ from smartcare.records.api import router as records_router
 from smartcare.platform.settings import get_settings
 from smartcare.registry.api import router as registry_router
 from smartcare.web import (
-    booking_pages, empi_pages, exchange_pages, healthcard_pages, pages, payment_pages, quality_pages,
+    booking_pages, empi_pages, exchange_pages, healthcard_pages, pages, payment_pages, phr_pages, quality_pages,
 )
 from smartcare.web.deps import db, principal
 
@@ -206,4 +206,5 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
     app.include_router(payment_pages.router)
     app.include_router(booking_pages.router)
     app.include_router(quality_pages.router)
+    app.include_router(phr_pages.router)
     return app

@@ -32,7 +32,9 @@ CONSOLE_ROLES = (Role.ADMIN, Role.AUDITOR)
 
 
 def _home_for(who: auth.Principal) -> str:
-    return "/admin" if who.has(*CONSOLE_ROLES) else "/h5"
+    if who.has(*CONSOLE_ROLES):
+        return "/admin"
+    return "/admin/records" if who.has(Role.DOCTOR) else "/h5"  # a doctor's console is 病历调阅 only
 
 
 def _safe_next(target: str | None) -> str | None:
