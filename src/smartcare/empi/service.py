@@ -406,3 +406,13 @@ def goldens(session: Session, person_ids: Iterable[int]) -> dict[int, dict]:
     if not ids:
         return {}
     return dict(session.execute(select(Person.id, Person.golden).where(Person.id.in_(ids))).all())
+
+
+def current_person(session: Session, empi_id: str) -> Person:
+    """The active person an EMPI id stands for now (following merges), without their visit cards."""
+    person = session.scalar(select(Person).where(Person.empi_id == empi_id))
+    if person is None:
+        raise NotFound(f"no person {empi_id}", field="empi_id")
+    while person.state == "merged" and person.merged_into:
+        person = session.get(Person, person.merged_into)
+    return person

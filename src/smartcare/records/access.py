@@ -68,7 +68,7 @@ def _now() -> datetime:
 
 def _person(session: Session, empi_id: str) -> tuple[int, str]:
     """The active person behind an EMPI id (following merges)."""
-    person, _ = empi.xref(session, empi_id)
+    person = empi.current_person(session, empi_id)
     return person.id, person.empi_id
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date, datetime
 from typing import Any, Final
 
@@ -71,6 +72,11 @@ class Visit:
     def id(self) -> str:
         return f"e{self.documents[0].id}"
 
+    @cached_property
+    def when(self) -> str:
+        """The service time as FHIR writes it, computed once for the visit's resources."""
+        return _instant(self.at)
+
     @property
     def inpatient(self) -> bool:
         return any(d.type_code in _CLASS for d in self.documents)
@@ -101,7 +107,8 @@ def visits(session: Session, access: Access, *, facility_code: str | None = None
     docs = session.execute(stmt.order_by(doc.service_time.desc(), doc.id)).all()
     items_by_doc: dict[int, list] = defaultdict(list)
     if docs:
-        for item in session.execute(select(Item.__table__).where(Item.record_id.in_([d.id for d in docs]))
+        of_these = stmt.with_only_columns(doc.id).scalar_subquery()
+        for item in session.execute(select(Item.__table__).where(Item.record_id.in_(of_these))
                                     .order_by(Item.record_id, Item.position)):
             items_by_doc[item.record_id].append(item)
     shown: list = []
@@ -150,8 +157,7 @@ def _instant(at: datetime) -> str:
 
 
 def patient(session: Session, access: Access) -> dict:
-    person, _ = empi.xref(session, access.empi_id)
-    golden = person.golden or {}
+    golden = empi.current_person(session, access.empi_id).golden or {}
     out: dict[str, Any] = {"resourceType": "Patient", "id": access.empi_id,
                            "identifier": [{"system": EMPI_SYSTEM, "value": access.empi_id}], "active": True}
     if golden.get("name"):
@@ -167,7 +173,7 @@ def _encounter(v: Visit, subject: dict) -> dict:
     cls = ("IMP", "inpatient encounter") if v.inpatient else ("AMB", "ambulatory")
     return {"resourceType": "Encounter", "id": v.id, "status": "finished",
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": cls[0], "display": cls[1]},
-            "subject": subject, "period": {"start": _instant(v.at)},
+            "subject": subject, "period": {"start": v.when},
             "serviceProvider": {"identifier": {"system": "urn:smartcare:facility", "value": v.facility_code},
                                 **({"display": v.facility_name} if v.facility_name else {})}}
 
@@ -181,7 +187,7 @@ def _condition(i: Item, v: Visit, subject: dict) -> dict:
                                            "code": "active"}]},
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
                                       "code": "encounter-diagnosis"}]}],
-            "code": {"coding": [coding], "text": i.value_display or i.value_code}, "recordedDate": _instant(v.at)}
+            "code": {"coding": [coding], "text": i.value_display or i.value_code}, "recordedDate": v.when}
 
 
 def _observation(i: Item, v: Visit, subject: dict) -> dict:
@@ -198,7 +204,7 @@ def _observation(i: Item, v: Visit, subject: dict) -> dict:
            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                                      "code": category}]}],
            "code": {"coding": codings, "text": i.name or i.code}, "subject": subject,
-           "encounter": _ref("Encounter", v.id), "effectiveDateTime": _instant(v.at)}
+           "encounter": _ref("Encounter", v.id), "effectiveDateTime": v.when}
     if i.value_number is not None:
         out["valueQuantity"] = {"value": float(i.value_number), **({"unit": i.unit} if i.unit else {})}
     elif i.value_text:
@@ -223,7 +229,7 @@ def _medication(d: Document, items: list[Item], v: Visit, subject: dict) -> dict
                                                    **({"unit": parts["dose"].unit} if parts["dose"].unit else {})}}]
     return {"resourceType": "MedicationRequest", "id": f"m{d.id}", "status": "completed", "intent": "order",
             "medicationCodeableConcept": {"text": parts["drug"].value_text or "未知药物"}, "subject": subject,
-            "encounter": _ref("Encounter", v.id), "authoredOn": _instant(v.at), "dosageInstruction": [dosage]}
+            "encounter": _ref("Encounter", v.id), "authoredOn": v.when, "dosageInstruction": [dosage]}
 
 
 def _report(d: Document, items: list[Item], v: Visit, subject: dict) -> dict:
@@ -234,7 +240,7 @@ def _report(d: Document, items: list[Item], v: Visit, subject: dict) -> dict:
                                      "code": "LAB" if lab else "RAD"}]}],
            "code": {"coding": [{"system": DOC_TYPE_SYSTEM, "code": d.type_code, "display": TITLES.get(d.type_code, "")}],
                     "text": TITLES.get(d.type_code, d.type_code)},
-           "subject": subject, "encounter": _ref("Encounter", v.id), "effectiveDateTime": _instant(v.at),
+           "subject": subject, "encounter": _ref("Encounter", v.id), "effectiveDateTime": v.when,
            "result": [_ref("Observation", f"o{i.id}") for i in items if i.kind == "lab"]}
     if not out["result"]:
         del out["result"]

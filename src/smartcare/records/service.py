@@ -520,3 +520,8 @@ def other_content_before(session: Session, *, custodian_code: str, document_id: 
     if before_id is not None:
         stmt = stmt.where(Document.id < before_id)
     return session.scalar(stmt.limit(1)) is not None
+
+
+def sensitivity(session: Session, id: int) -> str | None:
+    """A document's sensitive category (read at registration with its items), or None."""
+    return session.scalar(select(Item.sensitive).where(Item.record_id == id, Item.sensitive.is_not(None)).limit(1))
