@@ -35,7 +35,8 @@ def upgrade() -> None:
             value_system   varchar(100),
             at             timestamptz NOT NULL,           -- the document's service time
             section        varchar(40),
-            sensitive      varchar(16) CHECK (sensitive IN ('mental', 'hiv', 'reproductive')),
+            sensitive      varchar(16)[] NOT NULL DEFAULT '{}'  -- the document's sensitive categories
+                           CHECK (sensitive <@ ARRAY['mental', 'hiv', 'reproductive']::varchar(16)[]),
             position       integer NOT NULL                -- order within the document
         );
         CREATE INDEX ix_item_person_at ON records.item (person_id, at);

@@ -133,7 +133,7 @@ def test_a_resident_never_sees_another_persons_records(client_module, patient):
     stranger = resident(client)
     for url in (f"/fhir/Patient/{patient.empi_id}/$everything", f"/fhir/Patient/{patient.empi_id}",
                 f"/fhir/Observation?patient=Patient/{patient.empi_id}", f"/api/v1/phr/{patient.empi_id}/timeline",
-                f"/api/v1/phr/documents/{patient.old_record}", "/fhir/Patient/E999999999/$everything"):
+                f"/api/v1/phr/documents/{patient.old_record}", "/fhir/Patient/E99999999999/$everything"):
         r = client.get(url, headers=headers(stranger))
         assert r.status_code == 403, (url, r.text)
     with session_scope() as s:
@@ -157,7 +157,10 @@ def test_a_doctor_reads_exactly_what_the_consent_shares_until_it_is_revoked(clie
     assert patient.old_record not in ids, "outside the consented period"
     assert patient.sensitive_record not in ids, "sensitive, not opted in"
     assert len(ids) == 4
-    assert client.get(f"/api/v1/phr/documents/{patient.sensitive_record}", headers=headers(doctor)).status_code == 403
+    assert client.get(f"/api/v1/phr/documents/{patient.sensitive_record}", headers=headers(doctor)).status_code == 404
+    with session_scope() as s:
+        [hidden] = audit.entries(s, targets=[f"person:{patient.empi_id}"], actions=("records.phr.refused",), limit=1)
+    assert hidden.actor == doctor["_user"] and hidden.detail["what"] == f"DocumentReference/d{patient.sensitive_record}"
 
     other = _doctor(client, patient.hospitals[1])
     assert _everything(client, other, patient.empi_id).status_code == 403, "the consent is for one hospital"
@@ -230,3 +233,65 @@ def test_smart_scopes_limit_what_a_token_reads(client_module, patient):
     admin = client.post("/api/v1/auth/token", json={"username": "admin", "password": "smartcare-admin"}).json()
     assert client.get(f"/fhir/Patient/{patient.empi_id}/$everything",
                       headers={"Authorization": f"Bearer {admin['access_token']}"}).status_code == 403
+
+
+def test_review_findings_stay_fixed(client_module, patient, hospital):
+    """From the security review: every sensitive category must be shared, a visit is as sensitive as its most
+    sensitive document, break-glass sees past a narrow consent, scoped tokens stay in /fhir, bad input is
+    refused at the door and an ID number never reaches the audit log."""
+    client = client_module
+    with session_scope() as s:
+        [h] = synth.document_hospitals(s, codes=[patient.hospitals[0]])
+    # one visit: an outpatient record with a psychiatric and an HIV diagnosis, and the prescription of that visit
+    with session_scope() as s:
+        row = s.execute(text("SELECT id_number, name, sex, birth_date, phone FROM synth.resident WHERE id_number = "
+                             "(SELECT golden->>'id_number' FROM empi.person WHERE empi_id = :e)"),
+                        {"e": patient.empi_id}).one()
+    me = Person(row.id_number, row.name, row.sex, row.birth_date, row.phone or "")
+    at = datetime.combine(china_today() - timedelta(days=3), datetime.min.time(), CHINA_TZ).replace(hour=10)
+    rng = random.Random("review")
+    record = clean_document("C0002", hospital=h, person=me, rng=rng, at=at)
+    dx = (cda.DataElement("DE05.01.024.00", "诊断代码", cda.cd("F20.0", "偏执型精神分裂症", "2.16.156.10011.2.3.3.11", "ICD-10")),
+          cda.DataElement("DE05.01.024.00", "诊断代码", cda.cd("B20", "人类免疫缺陷病毒[HIV]病", "2.16.156.10011.2.3.3.11", "ICD-10")))
+    record = replace(record, effective_time=at, sections=(*record.sections[:-1], replace(record.sections[-1], elements=dx)))
+    prescription = replace(clean_document("C0004", hospital=h, person=me, rng=rng, at=at), effective_time=at)
+    record_id, rx_id = _register(record, patient.hospitals[0]), _register(prescription, patient.hospitals[0])
+
+    doctor = _doctor(client, patient.hospitals[0])
+    grant = client.post("/api/v1/phr/consents", headers=headers(patient.who), json={
+        "empi_id": patient.empi_id, "facility_code": patient.hospitals[0], "days": 1, "sensitive": ["mental"],
+        "records_since": (china_today() - timedelta(days=30)).isoformat()})
+    assert grant.status_code == 201, grant.text
+    ids = _record_ids(_everything(client, doctor, patient.empi_id).json())
+    assert record_id not in ids, "opting into mental does not share HIV"
+    assert rx_id not in ids, "the prescription of that visit says as much as its diagnoses"
+    assert patient.old_record not in ids  # outside the consented period …
+    glass = client.post("/api/v1/phr/break-glass", headers=headers(doctor),
+                        json={"empi_id": patient.empi_id, "reason": "急诊抢救，需查看全部既往病史"})
+    assert glass.status_code == 201
+    ids = _record_ids(_everything(client, doctor, patient.empi_id).json())
+    assert patient.old_record in ids, "… which an emergency sees past"
+    assert record_id not in ids and rx_id not in ids, "sensitive stays as the consent shares it"
+
+    scoped = client.post("/api/v1/auth/token", json={"username": patient.who["_user"], "password": "resident-pass",
+                                                      "scope": "patient/*.read"}).json()["access_token"]
+    bearer = {"Authorization": f"Bearer {scoped}"}
+    assert client.get(f"/fhir/Patient/{patient.empi_id}", headers=bearer).status_code == 200
+    assert client.get(f"/api/v1/phr/{patient.empi_id}/timeline", headers=bearer).status_code == 401
+    assert client.post("/api/v1/phr/consents", headers=bearer, json={
+        "empi_id": patient.empi_id, "facility_code": patient.hospitals[1]}).status_code == 401
+
+    assert _everything(client, patient.who, patient.empi_id, _since="0001-01-01T00:00:00+08:00").status_code == 422
+    nul = client.post("/api/v1/phr/requests", headers=headers(doctor),
+                      json={"empi_id": patient.empi_id, "purpose": "treatment", "reason": "need\u0000it"})
+    assert nul.status_code == 422 and "NUL" in nul.json()["message"]
+    id_number = me.id_number
+    assert client.get(f"/fhir/Patient/{id_number}", headers=headers(doctor)).status_code == 422
+    assert client.post("/api/v1/phr/consents", headers=headers(patient.who), json={
+        "empi_id": patient.empi_id, "facility_code": "NOPE"}).status_code == 422
+    with session_scope() as s:
+        assert not s.execute(text("SELECT count(*) FROM platform.audit_log WHERE target LIKE :t"),
+                             {"t": f"%{id_number}%"}).scalar()
+    auditor = client.post("/api/v1/auth/token", json={"username": "auditor", "password": "smartcare-audit"}).json()
+    assert client.post(f"/api/v1/phr/break-glass/{glass.json()['id']}/review",
+                       headers={"Authorization": f"Bearer {auditor['access_token']}"}, json={"note": "属实"}).status_code == 200

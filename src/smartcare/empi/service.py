@@ -416,3 +416,11 @@ def current_person(session: Session, empi_id: str) -> Person:
     while person.state == "merged" and person.merged_into:
         person = session.get(Person, person.merged_into)
     return person
+
+
+def current_id(session: Session, person_id: int) -> int:
+    """The id of the active person ``person_id`` is now (itself, or the one it was merged into)."""
+    row = driver(session).execute(_RESOLVE, {"p": person_id}).fetchone()
+    if row is None:
+        raise NotFound(f"no person {person_id}", field="person_id")
+    return row[0]

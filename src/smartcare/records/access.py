@@ -17,6 +17,8 @@ records and an auditor sees who tried.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
@@ -32,6 +34,7 @@ from smartcare.platform.db import session_scope
 from smartcare.platform.errors import Conflict, Forbidden, InvalidInput, NotFound
 from smartcare.records.clinical import SENSITIVE
 from smartcare.records.models import AccessRequest, BreakGlass, Consent
+from smartcare.registry import service as registry
 
 PURPOSES: Final = {"treatment": "诊疗", "referral": "转诊", "second_opinion": "会诊"}
 BREAK_GLASS_HOURS: Final = 4
@@ -54,9 +57,10 @@ class Access:
     records_until: date | None = None
     sensitive: frozenset[str] = frozenset(SENSITIVE)  # the sensitive categories this caller may see
 
-    def shows(self, sensitive: str | None, on: date) -> bool:
-        """Whether a record of this sensitivity and service day is within what the caller may see."""
-        if sensitive is not None and sensitive not in self.sensitive:
+    def shows(self, sensitive: Iterable[str], on: date) -> bool:
+        """Whether a record of these sensitive categories (all must be shared) and service day is within what
+        the caller may see."""
+        if not set(sensitive) <= self.sensitive:
             return False
         return (self.records_since is None or on >= self.records_since) and (
             self.records_until is None or on <= self.records_until)
@@ -66,24 +70,70 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+EMPI_ID: Final = re.compile(r"E[0-9]{11}")
+
+
 def _person(session: Session, empi_id: str) -> tuple[int, str]:
-    """The active person behind an EMPI id (following merges)."""
+    """The active person behind an EMPI id (following merges). Anything that is not an EMPI id is refused
+    before it reaches a query, an error message or the audit log (a typed ID number must not)."""
+    if not EMPI_ID.fullmatch(empi_id or ""):
+        raise InvalidInput("not an EMPI id (E and 11 digits)", field="empi_id")
     person = empi.current_person(session, empi_id)
     return person.id, person.empi_id
 
 
+ADULT_AGE: Final = 18  # a guardian's access ends when the child comes of age
+PRIVATE_AGE: Final = 14  # from here on, a guardian no longer sees the child's sensitive categories
+
+
+def _age(born: date, on: date) -> int:
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
 def held_persons(session: Session, username: str) -> dict[str, str]:
-    """EMPI ids of the people whose cards the account holds -> ``self`` or ``guardian``."""
-    return {card.empi_id: "self" if relation == "self" else "guardian"
-            for card, relation in healthcard.held_cards(session, username)}
+    """EMPI ids of the people whose cards the account holds -> ``self``, ``guardian`` (a child under 14) or
+    ``guardian_teen`` (14–17: no sensitive categories). A card keeps the EMPI id it was issued under; after a
+    merge the person's current id is listed too, so consents, requests and the trail filed under either are
+    the holder's. A guardian's card of a child who has come of age gives nothing."""
+    out: dict[str, str] = {}
+    today = datetime.now(UTC).date()
+    for card, relation in healthcard.held_cards(session, username):
+        if relation == "self":
+            role = "self"
+        else:
+            age = _age(card.birth_date, today)
+            if age >= ADULT_AGE:
+                continue
+            role = "guardian" if age < PRIVATE_AGE else "guardian_teen"
+        out[card.empi_id] = role
+        try:
+            out.setdefault(empi.current_person(session, card.empi_id).empi_id, role)
+        except NotFound:
+            pass
+    return out
 
 
-def _refuse(who: Principal, empi_id: str, what: str, why: str) -> Forbidden:
+def audit_refusal(who: Principal, empi_id: str, what: str, why: str) -> None:
     """A refusal is audited in a transaction of its own: the request that asked fails and rolls back.
-    (So ``decide`` comes before any audited write of the same request, which would hold the log's lock.)"""
+    (So a refusal comes before any audited write of the same request, which would hold the log's lock.)"""
     with session_scope() as own:
         audit.record(own, actor=who.username, action=REFUSED, target=f"person:{empi_id}",
                      detail={"role": _role(who), "facility_code": who.facility_code, "what": what, "reason": why})
+
+
+def people(session: Session, username: str) -> dict[str, str]:
+    """The people the account may read, once each, by their current EMPI id -> relation."""
+    out: dict[str, str] = {}
+    for empi_id, relation in held_persons(session, username).items():
+        try:
+            out.setdefault(empi.current_person(session, empi_id).empi_id, relation)
+        except NotFound:
+            continue
+    return out
+
+
+def _refuse(who: Principal, empi_id: str, what: str, why: str) -> Forbidden:
+    audit_refusal(who, empi_id, what, why)
     return Forbidden(why, field="patient")
 
 
@@ -98,6 +148,8 @@ def decide(session: Session, who: Principal, empi_id: str, *, what: str) -> Acce
     """The caller's access to a person's records, or Forbidden — audited (and committed with the
     request) either way by the caller's ``record_read`` or here for a refusal. Unknown and forbidden
     persons are refused alike, so a guessed id reveals nothing."""
+    if not EMPI_ID.fullmatch(empi_id or ""):
+        raise _refuse(who, "(not an EMPI id)", what, "no access to this patient's records")
     try:
         person_id, current = _person(session, empi_id)
     except NotFound:
@@ -107,6 +159,8 @@ def decide(session: Session, who: Principal, empi_id: str, *, what: str) -> Acce
         relation = held.get(current) or held.get(empi_id)
         if relation is None:
             raise _refuse(who, empi_id, what, "no access to this patient's records")
+        if relation == "guardian_teen":
+            return Access(person_id, current, "guardian", "self", sensitive=frozenset())
         return Access(person_id, current, relation, "self")
     if who.has(Role.DOCTOR) and who.facility_code:
         now = _now()
@@ -116,17 +170,19 @@ def decide(session: Session, who: Principal, empi_id: str, *, what: str) -> Acce
                                   (Consent.doctor.is_(None)) | (Consent.doctor == who.username),
                                   Consent.valid_from <= now, Consent.valid_until > now)
             .order_by(Consent.doctor.is_(None), Consent.valid_until.desc()).limit(1))
+        glass = session.scalar(select(BreakGlass).where(BreakGlass.person_id == person_id,
+                                                        BreakGlass.doctor == who.username,
+                                                        BreakGlass.facility_code == who.facility_code,
+                                                        BreakGlass.expires_at > now)
+                               .order_by(BreakGlass.expires_at.desc()).limit(1))
+        if glass is not None:  # an emergency sees the whole history, whatever a narrower consent shares
+            return Access(person_id, current, "break_glass", "emergency", break_glass_id=glass.id,
+                          consent_id=consent.id if consent else None,
+                          sensitive=frozenset(consent.sensitive) if consent else frozenset())
         if consent is not None:
             return Access(person_id, current, "consent", consent.purpose, consent_id=consent.id,
                           records_since=consent.records_since, records_until=consent.records_until,
                           sensitive=frozenset(consent.sensitive))
-        glass = session.scalar(select(BreakGlass).where(BreakGlass.person_id == person_id,
-                                                        BreakGlass.doctor == who.username,
-                                                        BreakGlass.expires_at > now)
-                               .order_by(BreakGlass.expires_at.desc()).limit(1))
-        if glass is not None:
-            return Access(person_id, current, "break_glass", "emergency", break_glass_id=glass.id,
-                          sensitive=frozenset())
         raise _refuse(who, empi_id, what, "no consent of this patient for you or your hospital")
     raise _refuse(who, empi_id, what, "only the patient, their guardian or a consented doctor reads records")
 
@@ -162,6 +218,8 @@ def grant(session: Session, *, username: str, empi_id: str, facility_code: str, 
         raise InvalidInput(f"sensitive categories are {', '.join(SENSITIVE)}", field="sensitive")
     if records_since and records_until and records_since > records_until:
         raise InvalidInput("records_since must not be after records_until", field="records_since")
+    if not registry.facility_names(session, [facility_code]):
+        raise InvalidInput("no registered hospital has this code", field="facility_code")
     now = _now()
     consent = Consent(person_id=person_id, empi_id=current, facility_code=facility_code, doctor=doctor or None,
                       purpose=purpose, valid_from=now, valid_until=now + timedelta(days=days),
@@ -265,6 +323,10 @@ def review_break_glass(session: Session, *, id: int, reviewer: str, note: str) -
     glass = session.get(BreakGlass, id, with_for_update=True)
     if glass is None:
         raise NotFound(f"no break-glass access {id}", field="id")
+    if glass.doctor == reviewer:
+        raise Forbidden("an emergency access is reviewed by someone other than the doctor who opened it", field="id")
+    if glass.reviewed_at is not None:
+        raise Conflict(f"break-glass access {id} was reviewed by {glass.reviewed_by}", field="id")
     glass.reviewed_at, glass.reviewed_by, glass.review_note = _now(), reviewer, note.strip()[:500] or "reviewed"
     audit.record(session, actor=reviewer, action="records.break_glass.review", target=f"person:{glass.empi_id}",
                  detail={"break_glass_id": id})
@@ -272,6 +334,13 @@ def review_break_glass(session: Session, *, id: int, reviewer: str, note: str) -
 
 
 # --- the trail ------------------------------------------------------------------------------------
+
+
+def same_person(session: Session, username: str, empi_id: str) -> list[str]:
+    """The ids the account holds for the person ``empi_id`` is now (the card's and, after a merge, the
+    current one): the trail and the consents about them are filed under either."""
+    current = empi.current_person(session, empi_id).empi_id
+    return sorted({e for e in held_persons(session, username) if e in (empi_id, current)} | {current})
 
 
 def accesses(session: Session, *, empi_ids: list[str], limit: int = 100) -> list:

@@ -83,7 +83,7 @@ class Item(Base):
     value_system: Mapped[str | None] = mapped_column(String(100))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     section: Mapped[str | None] = mapped_column(String(40))
-    sensitive: Mapped[str | None] = mapped_column(String(16))  # mental | hiv | reproductive
+    sensitive: Mapped[list[str]] = mapped_column(ARRAY(String(16)), default=list)  # the document's: mental, hiv, reproductive
     position: Mapped[int] = mapped_column(Integer)
 
 

@@ -81,6 +81,11 @@ class Visit:
     def inpatient(self) -> bool:
         return any(d.type_code in _CLASS for d in self.documents)
 
+    @cached_property
+    def sensitive(self) -> frozenset[str]:
+        """The sensitive categories of any of the visit's documents (the visit is as sensitive as its most)."""
+        return frozenset(c for items in self.items.values() for i in items for c in (i.sensitive or ()))
+
     def of_kind(self, kind: str) -> list[Item]:
         return [i for d in self.documents for i in self.items.get(d.id, ()) if i.kind == kind]
 
@@ -98,12 +103,6 @@ def visits(session: Session, access: Access, *, facility_code: str | None = None
     doc = Document.__table__.c
     stmt = select(doc.id, doc.facility_code, doc.type_code, doc.type_name, doc.service_time, doc.registered_at).where(
         doc.person_id.in_(person_ids(session, person_id=access.person_id)), doc.status == "current")
-    if facility_code:
-        stmt = stmt.where(doc.facility_code == facility_code)
-    if type_code:
-        stmt = stmt.where(doc.type_code == type_code)
-    if since:
-        stmt = stmt.where(doc.registered_at >= since)
     docs = session.execute(stmt.order_by(doc.service_time.desc(), doc.id)).all()
     items_by_doc: dict[int, list] = defaultdict(list)
     if docs:
@@ -111,24 +110,33 @@ def visits(session: Session, access: Access, *, facility_code: str | None = None
         for item in session.execute(select(Item.__table__).where(Item.record_id.in_(of_these))
                                     .order_by(Item.record_id, Item.position)):
             items_by_doc[item.record_id].append(item)
-    shown: list = []
-    for d in docs:
-        day = _day(d.service_time)
-        if (start and day < start) or (end and day > end):
-            continue
-        category = next((i.sensitive for i in items_by_doc[d.id] if i.sensitive), None)
-        if access.shows(category, day):
-            shown.append(d)
-    names = registry.facility_names(session, {d.facility_code for d in shown})
+    # Visits first, over every document: a visit's sensitive categories are those of all its documents, so a
+    # filter (one type, one hospital) never shows the prescription of a visit whose diagnosis it hides.
     grouped: dict[tuple[str, datetime], Visit] = {}
-    for d in shown:
+    for d in docs:
         key = (d.facility_code, d.service_time)
         visit = grouped.get(key)
         if visit is None:
-            visit = grouped[key] = Visit(d.facility_code, names.get(d.facility_code), d.service_time)
+            visit = grouped[key] = Visit(d.facility_code, None, d.service_time)
         visit.documents.append(d)
         visit.items[d.id] = items_by_doc[d.id]
-    return list(grouped.values())
+    shown: list[Visit] = []
+    for visit in grouped.values():
+        day = _day(visit.at)
+        if (start and day < start) or (end and day > end) or not access.shows(visit.sensitive, day):
+            continue
+        if facility_code and visit.facility_code != facility_code:
+            continue
+        if type_code or since:
+            visit.documents = [d for d in visit.documents if (not type_code or d.type_code == type_code)
+                               and (not since or d.registered_at >= since)]
+            if not visit.documents:
+                continue
+        shown.append(visit)
+    names = registry.facility_names(session, {v.facility_code for v in shown})
+    for visit in shown:
+        visit.facility_name = names.get(visit.facility_code)
+    return shown
 
 
 def summary(found: list[Visit]) -> dict:

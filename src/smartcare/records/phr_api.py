@@ -30,6 +30,8 @@ from smartcare.web.deps import db, principal, require
 fhir = APIRouter(prefix="/fhir", tags=["fhir"])
 router = APIRouter(prefix="/api/v1/phr", tags=["phr"])
 FHIR_JSON = "application/fhir+json"
+#: an EMPI id and nothing else: a typed ID number must never reach a query, an error or the audit log
+EMPI_ID = r"^E[0-9]{11}$"
 MAX_PAGE = 5000  # $everything of a long history (200 visits ≈ 1,300 resources) in one request
 SEARCHABLE = ("Encounter", "Condition", "Observation", "MedicationRequest", "DiagnosticReport", "DocumentReference")
 AUDITOR = require(Role.AUDITOR, Role.ADMIN)
@@ -38,7 +40,7 @@ COMMITTED = Depends(db, scope="function")
 
 
 def _empi():
-    return Path(pattern=r"^[A-Za-z0-9\-]{1,20}$", description="the patient's EMPI id")
+    return Path(pattern=EMPI_ID, description="the patient's EMPI id")
 
 
 def _fhir(body: dict, headers: dict | None = None) -> Response:
@@ -89,8 +91,12 @@ def everything(request: Request, empi_id: str = _empi(), start: date | None = No
     """Everything the caller may see of one patient, across hospitals (``start``/``end``: service days,
     ``_since``: registered since, ``_type``: resource types), one page of ``_count`` resources at a time."""
     types = _types(who, type_)
+    if since is not None:
+        since = since if since.tzinfo else since.replace(tzinfo=CHINA_TZ)  # the region's clock, as everywhere
+        if not datetime(1900, 1, 1, tzinfo=UTC) <= since <= datetime(2100, 1, 1, tzinfo=UTC):
+            raise InvalidInput("_since must be between 1900 and 2100", field="_since")
     access = consent.decide(session, who, empi_id, what="Patient/$everything")
-    found = phr.visits(session, access, start=start, end=end, since=since.astimezone(UTC) if since and since.tzinfo else since)
+    found = phr.visits(session, access, start=start, end=end, since=since)
     entries = ([phr.patient(session, access)] if "Patient" in types else []) + phr.resources(found, access.empi_id, types)
     response = _fhir(_page(entries, request, count, page))
     consent.record_read(session, who, access, what="Patient/$everything")
@@ -99,7 +105,7 @@ def everything(request: Request, empi_id: str = _empi(), start: date | None = No
 
 @fhir.get("/{resource_type}")
 def search(request: Request, resource_type: str = Path(pattern=r"^[A-Z][A-Za-z]{2,30}$"),
-           patient: str = Query(..., pattern=r"^(Patient/)?[A-Za-z0-9\-]{1,20}$"),
+           patient: str = Query(..., pattern=r"^(Patient/)?E[0-9]{11}$"),
            start: date | None = None, end: date | None = None,
            count: int = Query(200, alias="_count", ge=1, le=1000), page: int = Query(1, alias="_page", ge=1, le=10_000),
            who: Principal = Depends(principal), session: Session = COMMITTED):
@@ -134,7 +140,7 @@ def visit_out(v: phr.Visit) -> dict:
 @router.get("/me")
 def my_people(who: Principal = Depends(require(Role.RESIDENT)), session: Session = Depends(db)) -> list[dict]:
     """The people whose records this account may read (itself, children it is guardian of)."""
-    return [{"empi_id": e, "relation": r} for e, r in consent.held_persons(session, who.username).items()]
+    return [{"empi_id": e, "relation": r} for e, r in consent.people(session, who.username).items()]
 
 
 @router.get("/{empi_id}/timeline")
@@ -157,8 +163,9 @@ def document_content(record_id: int = Path(ge=1, le=2**63 - 1), who: Principal =
     if doc.empi_id is None or doc.status != "current":
         raise NotFound(f"no document {record_id}", field="record_id")
     access = consent.decide(session, who, doc.empi_id, what=f"DocumentReference/d{record_id}")
-    if not access.shows(service.sensitivity(session, record_id), doc.service_time.astimezone(CHINA_TZ).date()):
-        raise Forbidden("this document is outside what the consent shares", field="record_id")
+    if not access.shows(service.visit_sensitivity(session, record_id), doc.service_time.astimezone(CHINA_TZ).date()):
+        consent.audit_refusal(who, access.empi_id, f"DocumentReference/d{record_id}", "outside what the consent shares")
+        raise NotFound(f"no document {record_id}", field="record_id")  # as if there were none: hidden is hidden
     raw = service.content(session, doc.sha256)
     consent.record_read(session, who, access, what=f"DocumentReference/d{record_id}")
     return Response(raw, media_type="application/xml")
@@ -185,11 +192,11 @@ def who_looked(empi_id: str = _empi(), who: Principal = Depends(require(Role.RES
         raise Forbidden("you hold no card of this person", field="empi_id")
     return [{"at": e.at.isoformat(), "who": e.actor, "action": "read" if e.action == consent.READ else "refused",
              **{k: e.detail.get(k) for k in ("role", "facility_code", "what", "purpose", "basis")}}
-            for e in consent.accesses(session, empi_ids=[empi_id])]
+            for e in consent.accesses(session, empi_ids=consent.same_person(session, who.username, empi_id))]
 
 
 class ConsentIn(BaseModel):
-    empi_id: str = Field(pattern=r"^[A-Za-z0-9\-]{1,20}$")
+    empi_id: str = Field(pattern=EMPI_ID)
     facility_code: str = Field(min_length=1, max_length=64)
     doctor: str | None = Field(None, max_length=64, description="one doctor's username; empty: every doctor there")
     purpose: str = Field("treatment", pattern="^(treatment|referral|second_opinion)$")
@@ -227,7 +234,7 @@ def revoke(consent_id: int = Path(ge=1, le=2**63 - 1), who: Principal = Depends(
 
 
 class RequestIn(BaseModel):
-    empi_id: str = Field(pattern=r"^[A-Za-z0-9\-]{1,20}$")
+    empi_id: str = Field(pattern=EMPI_ID)
     purpose: str = Field("treatment", pattern="^(treatment|referral|second_opinion)$")
     reason: str = Field(min_length=4, max_length=500)
 
@@ -263,7 +270,7 @@ def answer(data: AnswerIn, request_id: int = Path(ge=1, le=2**63 - 1), who: Prin
 
 
 class BreakGlassIn(BaseModel):
-    empi_id: str = Field(pattern=r"^[A-Za-z0-9\-]{1,20}$")
+    empi_id: str = Field(pattern=EMPI_ID)
     reason: str = Field(min_length=10, max_length=500)
 
 

@@ -522,6 +522,12 @@ def other_content_before(session: Session, *, custodian_code: str, document_id: 
     return session.scalar(stmt.limit(1)) is not None
 
 
-def sensitivity(session: Session, id: int) -> str | None:
-    """A document's sensitive category (read at registration with its items), or None."""
-    return session.scalar(select(Item.sensitive).where(Item.record_id == id, Item.sensitive.is_not(None)).limit(1))
+def visit_sensitivity(session: Session, id: int) -> set[str]:
+    """The sensitive categories of a document's visit: of every current document of the same person, hospital
+    and service time (as the personal health record groups them)."""
+    return set(session.scalars(text(
+        """SELECT DISTINCT c FROM records.document x
+           JOIN records.document d ON d.person_id = x.person_id AND d.facility_code = x.facility_code
+                AND d.service_time = x.service_time AND d.status = 'current'
+           JOIN records.item i ON i.record_id = d.id, unnest(i.sensitive) AS c
+           WHERE x.id = :id"""), {"id": id}))

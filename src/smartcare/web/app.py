@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DataError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -65,6 +66,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     fields = [{"field": _field(e["loc"]), "message": e["msg"]} for e in errors]
     summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
     return JSONResponse(status_code=422, content={"error": "invalid_input", "message": summary, "errors": fields})
+
+
+async def _data_error(request: Request, exc: DataError) -> JSONResponse:
+    """A value PostgreSQL cannot store (a NUL character in text, a number out of range) is the caller's
+    input, not a server fault; the value itself is never echoed."""
+    problem = "text contains a NUL character" if "NUL" in str(exc.orig) else "a value is out of the range it can be stored in"
+    return JSONResponse(status_code=422, content={"error": "invalid_input", "message": problem,
+                                                  "hint": "check the request's text and numbers"})
 
 
 async def _smartcare_error(request: Request, exc: SmartCareError) -> Response:
@@ -143,6 +152,7 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(SmartCareError, _smartcare_error)
+    app.add_exception_handler(DataError, _data_error)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     app.add_middleware(RequestMetrics)

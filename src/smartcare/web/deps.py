@@ -27,9 +27,14 @@ def optional_principal(request: Request) -> auth.Principal | None:
     if not token:
         return None
     try:
-        return auth.read_token(token)
+        who = auth.read_token(token)
     except Unauthorized:
         return None
+    # A token with SMART scopes was given to an app for the FHIR read API, and for nothing else: it may not
+    # grant consents, show a card's code, pay … on the account's behalf.
+    if who.scopes is not None and not request.url.path.startswith("/fhir/"):
+        return None
+    return who
 
 
 async def principal(request: Request) -> auth.Principal:

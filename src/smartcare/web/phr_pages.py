@@ -110,7 +110,7 @@ class VisitView:
     facility_name: str | None
     at: datetime
     inpatient: bool
-    documents: list[tuple[str, str | None]] = field(default_factory=list)  # (type name, sensitive category)
+    documents: list[tuple[str, str | None]] = field(default_factory=list)  # (type name, its sensitive categories)
     diagnoses: list[Item] = field(default_factory=list)
     vitals: list[Item] = field(default_factory=list)
     labs: list[Item] = field(default_factory=list)
@@ -121,16 +121,14 @@ class VisitView:
 
 
 def visit_view(v: phr.Visit) -> VisitView:
-    out = VisitView(v.id, v.facility_code, v.facility_name, v.at, v.inpatient)
+    out = VisitView(v.id, v.facility_code, v.facility_name, v.at, v.inpatient, sensitive=sorted(v.sensitive))
     diagnoses: dict[str, Item] = {}
     seen: set[tuple] = set()
     lists = {"vital": out.vitals, "lab": out.labs, "finding": out.findings, "note": out.notes}
     for d in v.documents:
         items = v.items.get(d.id, [])
-        category = next((i.sensitive for i in items if i.sensitive), None)
-        out.documents.append((d.type_name or TITLES.get(d.type_code, d.type_code), category))
-        if category and category not in out.sensitive:
-            out.sensitive.append(category)
+        categories = sorted({c for i in items for c in (i.sensitive or ())})
+        out.documents.append((d.type_name or TITLES.get(d.type_code, d.type_code), ",".join(categories) or None))
         rx: dict | None = None
         for i in items:
             if i.kind == "condition":
@@ -175,10 +173,13 @@ class Person:
 
 
 def people(session: Session, username: str) -> list[Person]:
+    """The cards' people this account may read (a guardian's card of a child come of age is not listed)."""
+    readable = consent.held_persons(session, username)
     out: dict[str, Person] = {}
     for card, relation in healthcard.held_cards(session, username):
-        out.setdefault(card.empi_id, Person(card.empi_id, card.name_masked,
-                                            "self" if relation == "self" else "guardian"))
+        if card.empi_id in readable:
+            out.setdefault(card.empi_id, Person(card.empi_id, card.name_masked,
+                                                "self" if relation == "self" else "guardian"))
     return list(out.values())
 
 
@@ -235,7 +236,7 @@ def h5_records(request: Request, empi_id: str = Query("", max_length=40), hospit
 
 
 @router.get("/h5/records/{empi_id}/summary.pdf")
-def h5_summary_pdf(empi_id: str = Path(pattern=r"^[A-Za-z0-9\-]{1,20}$"), session: Session = COMMITTED,
+def h5_summary_pdf(empi_id: str = Path(pattern=r"^E[0-9]{11}$"), session: Session = COMMITTED,
                    who: auth.Principal = Depends(RESIDENT)):
     """The summary and the timeline as a PDF to print or hand to a doctor (a read like any other: audited)."""
     access = consent.decide(session, who, empi_id, what="summary.pdf")
@@ -263,7 +264,8 @@ def consent_context(session: Session, who: auth.Principal, *, error: SmartCareEr
     names = {p.empi_id: p.name for p in mine}
     granted = consent.consents(session, username=who.username)
     asked = consent.requests_for(session, username=who.username)
-    trail = consent.accesses(session, empi_ids=list(names)) if names else []
+    held = list(consent.held_persons(session, who.username))  # the cards' ids and, after merges, the current ones
+    trail = consent.accesses(session, empi_ids=held) if held else []
     codes = {c.facility_code for c in granted} | {r.facility_code for r in asked} | \
         {e.detail.get("facility_code") for e in trail}
     return {"who": who, "people": mine, "names": names, "error": error, "notice": notice,
