@@ -43,6 +43,8 @@ app.add_typer(booking_app, name="booking")
 qc_app = typer.Typer(help="Data-quality control of clinical documents: check, report, the rule catalogue.",
                      no_args_is_help=True)
 app.add_typer(qc_app, name="qc")
+records_app = typer.Typer(help="Clinical records: the registry's clinical items.", no_args_is_help=True)
+app.add_typer(records_app, name="records")
 sandbox_app = typer.Typer(help="Stand-ins for the insurance centre, the commercial insurer and the payment channels.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
@@ -866,6 +868,31 @@ def booking_tick() -> None:
     from smartcare.booking import service as booking
 
     console.print(booking.tick())
+
+
+@records_app.command("reindex")
+def records_reindex(batch: int = typer.Option(200, min=1, max=10_000)) -> None:
+    """Read every registered document's clinical items again (after the classification of sensitive
+    diagnoses changes): one transaction per batch, with a progress bar."""
+    from sqlalchemy import text
+
+    from smartcare.platform.db import session_scope
+    from smartcare.records import service as records
+
+    with session_scope() as session:
+        total = session.scalar(text("SELECT count(*) FROM records.document"))
+    bar = Progress(TextColumn("reindexing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    after, done = 0, 0
+    with bar:
+        task = bar.add_task("reindexing", total=total)
+        while True:
+            with session_scope() as session:
+                ids = records.reindex(session, after_id=after, limit=batch)
+            if not ids:
+                break
+            after, done = ids[-1], done + len(ids)
+            bar.advance(task, len(ids))
+    console.print(f"{done:,} document(s) reindexed")
 
 
 @qc_app.command("run")

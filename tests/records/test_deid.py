@@ -89,3 +89,21 @@ def test_administrators_take_extracts_through_the_api_and_it_is_audited(client, 
 
         [entry] = audit.entries(s, targets=["records:deidentified"], actions=("records.extract",), limit=1)
         assert entry.actor == "admin" and entry.detail["rows"] == body["report"]["rows"]
+
+
+def test_reindex_reads_the_items_again(people, database_url):
+    """After the classification changes, `smartcare records reindex` rewrites every document's items."""
+    import os
+    import subprocess
+    import sys
+
+    from sqlalchemy import text
+
+    with session_scope() as s:
+        before = s.execute(text("SELECT count(*), count(DISTINCT record_id) FROM records.item")).one()
+        s.execute(text("DELETE FROM records.item WHERE record_id IN (SELECT min(id) FROM records.document)"))
+    run = subprocess.run([sys.executable, "-m", "smartcare.cli", "records", "reindex", "--batch", "50"],
+                         env={**os.environ, "DATABASE_URL": database_url}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    with session_scope() as s:
+        assert s.execute(text("SELECT count(*), count(DISTINCT record_id) FROM records.item")).one() == before

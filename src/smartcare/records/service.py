@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 
 from lxml import etree
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import delete, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -531,3 +531,20 @@ def visit_sensitivity(session: Session, id: int) -> set[str]:
                 AND d.service_time = x.service_time AND d.status = 'current'
            JOIN records.item i ON i.record_id = d.id, unnest(i.sensitive) AS c
            WHERE x.id = :id"""), {"id": id}))
+
+
+def reindex(session: Session, *, after_id: int = 0, limit: int = 200) -> list[int]:
+    """Read the clinical items of up to ``limit`` documents (id order, after ``after_id``) again from their
+    content: after the classification changes (a new sensitive code), or for documents filed before items were
+    kept. Returns the ids done; the caller commits each batch."""
+    rows = session.execute(select(Document.id, Document.sha256, Document.person_id, Document.facility_code,
+                                  Document.type_code, Document.service_time)
+                           .where(Document.id > after_id).order_by(Document.id).limit(limit)).all()
+    for row in rows:
+        root = parse_xml(content(session, row.sha256))
+        items = clinical.items(cda.read_entries(root), record_id=row.id, person_id=row.person_id,
+                               facility_code=row.facility_code, type_code=row.type_code, at=row.service_time)
+        session.execute(delete(Item).where(Item.record_id == row.id))
+        if items:
+            session.execute(insert(Item), items)
+    return [r.id for r in rows]
