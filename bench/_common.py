@@ -1,16 +1,22 @@
-"""Helpers shared by the benchmark scripts: a scratch database, timing, peak memory, a free port."""
+"""Helpers shared by the benchmark scripts: a scratch database, timing, peak memory, a free port, the app
+under uvicorn in a child process, PostgreSQL's processes of a run."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import resource
+import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import psutil
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -69,3 +75,73 @@ class Timer:
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def postgres_processes(database: str):
+    """PostgreSQL's processes that work for this run: the backends connected to ``database`` and the
+    server's own (WAL writer, checkpointer …), not other databases' backends (another job on the machine)."""
+
+    def find() -> list[psutil.Process]:
+        out = []
+        for p in psutil.process_iter(["name", "cmdline"]):
+            if not (p.info["name"] or "").startswith("postgres"):
+                continue
+            title = " ".join(p.info["cmdline"] or [])
+            backend = "(" in title or "[local]" in title  # "postgres: 15/main: user db 127.0.0.1(5432) idle"
+            if not backend or f" {database} " in title:
+                out.append(p)
+        return out
+
+    return find
+
+
+class Server:
+    """``uvicorn --factory smartcare.web.app:create_app`` (the app ``smartcare serve`` runs) with ``workers``
+    processes, its log in a file."""
+
+    def __init__(self, url: str, workers: int, log: Path):
+        self.port, self.workers, self.log = free_port(), workers, log
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "DATABASE_URL": url.replace("postgresql+psycopg://", "postgresql://", 1),
+               "SMARTCARE_LOG_LEVEL": "WARNING", "SMARTCARE_MLLP_PORT": "0"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "smartcare.web.app:create_app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
+            env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200 and \
+                        len(self.processes()) >= workers:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"the server did not start:\n{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+
+    def processes(self) -> list[psutil.Process]:
+        try:
+            main = psutil.Process(self.process.pid)
+            return [main] if self.workers == 1 else main.children()
+        except psutil.NoSuchProcess:
+            return []
+
+    def peak_rss(self) -> float:
+        return max((process_peak_rss_mib(p.pid) for p in self.processes()), default=0.0)
+
+    def stop(self) -> None:
+        try:
+            leftovers = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            leftovers = []
+        self.process.send_signal(signal.SIGINT)  # uvicorn's supervisor stops its workers
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        for child in leftovers:  # a worker that outlived its supervisor: only the ones it started
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()

@@ -54,14 +54,12 @@ migrated, the demo region seeded, dropped at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import queue
 import random
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -81,7 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import psutil
-from _common import free_port, peak_rss_mib, process_peak_rss_mib, scratch_database
+from _common import Server, peak_rss_mib, postgres_processes, scratch_database
 
 BOOK = "/api/v1/booking/appointments"
 PASSWORD = "bench-resident-pass"
@@ -575,24 +573,6 @@ class WaitSampler:
 # ---- CPU per process group ----------------------------------------------------------------------------------------
 
 
-def postgres_processes(database: str):
-    """PostgreSQL's processes that work for this run: the backends connected to ``database`` and the
-    server's own (WAL writer, checkpointer …), not other databases' backends (another job on the machine)."""
-
-    def find() -> list[psutil.Process]:
-        out = []
-        for p in psutil.process_iter(["name", "cmdline"]):
-            if not (p.info["name"] or "").startswith("postgres"):
-                continue
-            title = " ".join(p.info["cmdline"] or [])
-            backend = "(" in title or "[local]" in title  # "postgres: 15/main: user db 127.0.0.1(5432) idle"
-            if not backend or f" {database} " in title:
-                out.append(p)
-        return out
-
-    return find
-
-
 class CpuMeter:
     """CPU seconds per group of processes between ``start`` and ``stop`` (processes that appear in between —
     new database connections — count from zero; those that end in between are counted through their parent,
@@ -633,58 +613,6 @@ class CpuMeter:
 
 
 # ---- the server -----------------------------------------------------------------------------------------------------
-
-
-class Server:
-    """``uvicorn --factory smartcare.web.app:create_app`` (the app ``smartcare serve`` runs) with ``workers``
-    processes, its log in a file."""
-
-    def __init__(self, url: str, workers: int, log: Path):
-        self.port, self.workers, self.log = free_port(), workers, log
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "DATABASE_URL": url.replace("postgresql+psycopg://", "postgresql://", 1),
-               "SMARTCARE_LOG_LEVEL": "WARNING", "SMARTCARE_MLLP_PORT": "0"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "smartcare.web.app:create_app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
-            env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200 and \
-                        len(self.processes()) >= workers:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"the server did not start:\n{log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.2)
-
-    def processes(self) -> list[psutil.Process]:
-        try:
-            main = psutil.Process(self.process.pid)
-            return [main] if self.workers == 1 else main.children()
-        except psutil.NoSuchProcess:
-            return []
-
-    def peak_rss(self) -> float:
-        return max((process_peak_rss_mib(p.pid) for p in self.processes()), default=0.0)
-
-    def stop(self) -> None:
-        try:
-            leftovers = psutil.Process(self.process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            leftovers = []
-        self.process.send_signal(signal.SIGINT)  # uvicorn's supervisor stops its workers
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        for child in leftovers:  # a worker that outlived its supervisor: only the ones it started
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
 
 
 # ---- the baseline ---------------------------------------------------------------------------------------------------
