@@ -79,7 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import psutil
-from _common import Server, peak_rss_mib, postgres_processes, scratch_database
+from _common import CpuMeter, Server, peak_rss_mib, postgres_processes, scratch_database
 
 BOOK = "/api/v1/booking/appointments"
 PASSWORD = "bench-resident-pass"
@@ -571,45 +571,6 @@ class WaitSampler:
 
 
 # ---- CPU per process group ----------------------------------------------------------------------------------------
-
-
-class CpuMeter:
-    """CPU seconds per group of processes between ``start`` and ``stop`` (processes that appear in between —
-    new database connections — count from zero; those that end in between are counted through their parent,
-    PostgreSQL's postmaster, which may also reap other databases' backends), how busy the machine was and how
-    much of that was other processes."""
-
-    def __init__(self, groups):
-        self.groups = groups  # name → callable returning processes
-
-    def snapshot(self) -> dict:
-        out = {}
-        for name, find in self.groups.items():
-            for p in find():
-                try:
-                    t = p.cpu_times()
-                    # PostgreSQL's postmaster also counts its exited children: backends that came and went
-                    out[(name, p.pid, p.create_time())] = t.user + t.system + (
-                        t.children_user + t.children_system if name == "PostgreSQL" else 0.0)
-                except psutil.NoSuchProcess:
-                    pass
-        return out
-
-    def start(self) -> None:
-        self.before, self.machine = self.snapshot(), psutil.cpu_times()
-
-    def stop(self) -> dict:
-        after, machine = self.snapshot(), psutil.cpu_times()
-        used = defaultdict(float)
-        for key, seconds in after.items():
-            used[key[0]] += seconds - self.before.get(key, 0.0)
-        total = sum(machine) - sum(self.machine)
-        idle = (machine.idle + machine.iowait) - (self.machine.idle + self.machine.iowait)
-        used["busy %"] = 100 * (1 - idle / total) if total else 0.0
-        # CPU of everything else on the machine (another job would make the figures noisy)
-        ours = sum(v for k, v in used.items() if k != "busy %")
-        used["others %"] = 100 * max(0.0, (total - idle) - ours) / total if total else 0.0
-        return dict(used)
 
 
 # ---- the server -----------------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import psutil
-from _common import Server, peak_rss_mib, postgres_processes, scratch_database
+from _common import CpuMeter, Server, peak_rss_mib, postgres_processes, scratch_database
 
 from smartcare.records.phr_api import MAX_PAGE
 
@@ -539,37 +539,6 @@ class WaitSampler:
 
 
 # ---- CPU per process group -----------------------------------------------------------------------------------
-
-
-class CpuMeter:
-    """CPU seconds per group of processes between ``start`` and ``stop``, and how busy the machine was."""
-
-    def __init__(self, groups):
-        self.groups = groups
-
-    def snapshot(self) -> dict:
-        out = {}
-        for name, find in self.groups.items():
-            for p in find():
-                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                    t = p.cpu_times()
-                    out[(name, p.pid, p.create_time())] = t.user + t.system
-        return out
-
-    def start(self) -> None:
-        self.before, self.machine = self.snapshot(), psutil.cpu_times()
-
-    def stop(self) -> dict:
-        after, machine = self.snapshot(), psutil.cpu_times()
-        used: dict = defaultdict(float)
-        for key, seconds in after.items():
-            used[key[0]] += seconds - self.before.get(key, 0.0)
-        total = sum(machine) - sum(self.machine)
-        idle = (machine.idle + machine.iowait) - (self.machine.idle + self.machine.iowait)
-        used["busy %"] = 100 * (1 - idle / total) if total else 0.0
-        ours = sum(v for k, v in used.items() if k != "busy %")  # the rest: other jobs on the machine (noise)
-        used["others %"] = 100 * max(0.0, (total - idle) - ours) / total if total else 0.0
-        return dict(used)
 
 
 # ---- where the time goes: one request's phases in process ----------------------------------------------------
