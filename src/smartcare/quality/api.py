@@ -17,8 +17,7 @@ from smartcare.platform.auth import Principal, Role
 from smartcare.platform.errors import NotFound
 from smartcare.quality import service
 from smartcare.records import service as records
-from smartcare.records.api import reader
-from smartcare.web.deps import db, require
+from smartcare.web.deps import db, hospital_reader, require
 
 router = APIRouter(prefix="/api/v1/quality", tags=["quality"])
 ADMIN = require(Role.ADMIN)
@@ -40,21 +39,21 @@ def list_rules() -> list[dict]:
 
 @router.get("/scores")
 def get_scores(by: Literal["hospital", "type", "day", "month"] = "hospital", hospital: str | None = None,
-               since: date | None = None, until: date | None = None, who: Principal = Depends(reader),
+               since: date | None = None, until: date | None = None, who: Principal = Depends(hospital_reader),
                session: Session = Depends(db)) -> list[dict]:
     return service.scores(session, by=by, facility_code=_scope(who, hospital), since=since, until=until)
 
 
 @router.get("/worst-rules")
 def get_worst_rules(hospital: str | None = None, since: date | None = None, until: date | None = None,
-                    limit: int = Query(10, ge=1, le=100), who: Principal = Depends(reader),
+                    limit: int = Query(10, ge=1, le=100), who: Principal = Depends(hospital_reader),
                     session: Session = Depends(db)) -> list[dict]:
     return service.worst_rules(session, facility_code=_scope(who, hospital), since=since, until=until, limit=limit)
 
 
 @router.get("/report")
 def get_report(format: Literal["json", "csv", "html"] = "json", hospital: str | None = None,
-               since: date | None = None, until: date | None = None, who: Principal = Depends(reader),
+               since: date | None = None, until: date | None = None, who: Principal = Depends(hospital_reader),
                session: Session = Depends(db)) -> Response:
     """Every current document with findings, each with its rules and elements (fix, resend: it is checked again)."""
     body = service.report(session, fmt=format, facility_code=_scope(who, hospital), since=since, until=until)
@@ -62,7 +61,7 @@ def get_report(format: Literal["json", "csv", "html"] = "json", hospital: str | 
 
 
 @router.get("/documents/{record_id}")
-def get_document(record_id: int = Path(ge=1, le=2**63 - 1), who: Principal = Depends(reader),
+def get_document(record_id: int = Path(ge=1, le=2**63 - 1), who: Principal = Depends(hospital_reader),
                  session: Session = Depends(db)) -> dict:
     scope = _scope(who, None)
     if scope is not None and records.get(session, record_id).facility_code != scope:  # another's: as if none

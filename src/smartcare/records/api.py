@@ -14,7 +14,6 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
-from smartcare.platform import auth
 from smartcare.platform.auth import Principal, Role
 from smartcare.platform.clock import CHINA_TZ
 from smartcare.platform.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge
@@ -22,7 +21,7 @@ from smartcare.platform.settings import get_settings
 from smartcare.records import service
 from smartcare.records.models import Document
 from smartcare.records.schemas import DocumentOut, RegistrationOut
-from smartcare.web.deps import db, principal, signed_client
+from smartcare.web.deps import db, hospital_reader, signed_client
 
 router = APIRouter(prefix="/api/v1/records", tags=["records"])
 
@@ -46,16 +45,6 @@ async def xml_body(request: Request) -> bytes:
     if not body.strip():
         raise InvalidInput("the request body is empty: send the CDA document as application/xml", field="body")
     return body
-
-
-async def reader(request: Request) -> Principal:
-    """A signed hospital system, a hospital's staff (bearer token bound to a facility) or an administrator."""
-    if request.headers.get(auth.HEADER_CLIENT):
-        return await signed_client(request)
-    who = await principal(request)
-    if who.has(Role.ADMIN) or (who.has(Role.HOSPITAL_STAFF) and who.facility_code):
-        return who
-    raise Forbidden("documents are read by the hospital that keeps them or by an administrator")
 
 
 def _scope(who: Principal) -> str | None:
@@ -112,7 +101,7 @@ def query(person: int | None = Query(None, ge=1, le=2**63 - 1, description="EMPI
           status: str = Query("current", pattern="^(current|replaced|all)$"),
           limit: int = Query(50, ge=1, le=service.MAX_LIMIT),
           before: int | None = Query(None, ge=1, le=2**63 - 1, description="the last id of the previous page"),
-          session: Session = Depends(db), who: Principal = Depends(reader)):
+          session: Session = Depends(db), who: Principal = Depends(hospital_reader)):
     """Documents by patient, type, hospital and service time, newest first; page with ``before``."""
     scope = _scope(who)
     if scope is not None and hospital not in (None, scope):
@@ -124,7 +113,7 @@ def query(person: int | None = Query(None, ge=1, le=2**63 - 1, description="EMPI
 
 
 @router.get("/documents/{id}", response_model=DocumentOut)
-def get(id: int = _id(), session: Session = Depends(db), who: Principal = Depends(reader)):
+def get(id: int = _id(), session: Session = Depends(db), who: Principal = Depends(hospital_reader)):
     """A document's registry entry (no content)."""
     return DocumentOut.model_validate(_visible(session, id, who))
 
@@ -132,7 +121,7 @@ def get(id: int = _id(), session: Session = Depends(db), who: Principal = Depend
 @router.get("/documents/{id}/content", response_class=Response,
             responses={200: {"content": {"application/xml": {"schema": {"type": "string"}}}}})
 def content(id: int = _id(), reason: str | None = Query(None, max_length=200, description="why it is read (audited)"),
-            session: Session = Depends(db, scope="function"), who: Principal = Depends(reader)):
+            session: Session = Depends(db, scope="function"), who: Principal = Depends(hospital_reader)):
     """The document exactly as received. Every read is audited with who and why (committed before it is sent)."""
     _visible(session, id, who)
     raw = service.retrieve(session, id=id, actor=who.username, reason=reason)
@@ -140,7 +129,7 @@ def content(id: int = _id(), reason: str | None = Query(None, max_length=200, de
 
 
 @router.get("/documents/{id}/versions", response_model=list[DocumentOut])
-def versions(id: int = _id(), session: Session = Depends(db), who: Principal = Depends(reader)):
+def versions(id: int = _id(), session: Session = Depends(db), who: Principal = Depends(hospital_reader)):
     """Every version linked to the document by replacement, in the order they were registered."""
     _visible(session, id, who)
     scope = _scope(who)

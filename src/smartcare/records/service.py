@@ -408,11 +408,11 @@ def get(session: Session, id: int) -> Document:
 def retrieve(session: Session, *, id: int, actor: str, reason: str | None = None) -> bytes:
     """The document as received. It is personal data: every retrieval is audited."""
     row = get(session, id)
-    content = session.get(Content, row.sha256)
+    raw = content(session, row.sha256)
     audit.record(session, actor=actor, action="records.document.retrieve", target=f"document:{id}",
                  detail={"facility_code": row.facility_code, "type_code": row.type_code, "empi_id": row.empi_id,
                          "reason": reason or ""})
-    return bytes(content.raw)
+    return raw
 
 
 def person_ids(session: Session, *, person_id: int | None = None, empi_id: str | None = None) -> list[int]:

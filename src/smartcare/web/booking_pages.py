@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse
@@ -30,7 +30,7 @@ from smartcare.platform.db import session_scope
 from smartcare.platform.errors import InvalidInput, SmartCareError
 from smartcare.registry import service as registry
 from smartcare.web.deps import action, db, require
-from smartcare.web.pages import CONSOLE_ROLES, templates
+from smartcare.web.pages import CONSOLE_ROLES, form_day, templates
 
 router = APIRouter(include_in_schema=False)
 RESIDENT = require(Role.RESIDENT)
@@ -91,15 +91,6 @@ async def search_terms(request: Request) -> Search:
     return Search(**{k: str(data.get(k) or "").strip() for k in ("card_no", "facility", "department", "day")})
 
 
-def _day(value: str) -> date | None:
-    if not value:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput("the day is a date like 2026-11-28", field="day") from None
-
-
 def _seconds_left(until: datetime | None) -> int:
     return max(0, int((until - datetime.now(UTC)).total_seconds())) if until else 0
 
@@ -120,7 +111,7 @@ def h5_context(session: Session, who: auth.Principal, search: Search, *, error: 
     departments = {d.code: d.name for d in registry.list_departments(session, search.facility)} if search.facility else {}
     department = search.department if search.department in departments else ""
     try:
-        day = _day(search.day)
+        day = form_day(search.day, "day")
     except InvalidInput as exc:
         day, error = None, error or exc
     slots = service.search(session, facility_code=search.facility or None, department_code=department or None,

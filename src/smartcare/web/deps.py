@@ -97,3 +97,14 @@ def same_site_action(request: Request) -> None:
 
 
 action = Depends(same_site_action)
+
+
+async def hospital_reader(request: Request) -> auth.Principal:
+    """A signed hospital system, a hospital's staff (bearer token bound to a facility) or an administrator:
+    who reads a hospital's own data (its documents, their quality); callers scope a hospital to its own."""
+    if request.headers.get(auth.HEADER_CLIENT):
+        return await signed_client(request)
+    who = await principal(request)
+    if who.has(auth.Role.ADMIN) or (who.has(auth.Role.HOSPITAL_STAFF) and who.facility_code):
+        return who
+    raise Forbidden("read by the hospital the data belongs to, or by an administrator")

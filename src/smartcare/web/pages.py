@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from smartcare.platform import auth
 from smartcare.platform.auth import Role
-from smartcare.platform.errors import Unauthorized
+from smartcare.platform.errors import InvalidInput, Unauthorized
 from smartcare.platform.masking import mask_name, mask_text
 from smartcare.platform.money import format_yuan
 from smartcare.platform.settings import get_settings
@@ -21,6 +22,20 @@ from smartcare.synth import service as synth
 from smartcare.web.deps import SESSION_COOKIE, db, optional_principal, require
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+
+def form_day(value: str | None, field: str, default: date | None = None) -> date | None:
+    """A day a page's form or query gives (``2026-11-27``), or ``default`` when empty; a clear error naming
+    the field for anything else, and for days outside 1900–2100 (they would fail deeper down)."""
+    if not value or not value.strip():
+        return default
+    try:
+        chosen = date.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidInput(f"{field} is a date like 2026-11-27", field=field) from None
+    if not date(1900, 1, 1) <= chosen <= date(2100, 1, 1):
+        raise InvalidInput(f"{field} must be between 1900 and 2100", field=field)
+    return chosen
 templates.env.filters["yuan"] = format_yuan
 templates.env.filters["mask_name"] = mask_name
 templates.env.filters["mask"] = mask_text

@@ -29,7 +29,7 @@ from smartcare.platform.masking import mask_mapping, mask_text
 from smartcare.platform.money import parse_yuan
 from smartcare.registry import service as registry
 from smartcare.web.deps import action, db, require
-from smartcare.web.pages import CONSOLE_ROLES, templates
+from smartcare.web.pages import CONSOLE_ROLES, form_day, templates
 
 router = APIRouter(include_in_schema=False)
 CONSOLE = require(*CONSOLE_ROLES)
@@ -177,15 +177,6 @@ def settlement_page(request: Request, settlement_no: str, session: Session = Dep
 # ---- console: reconciliation ------------------------------------------------------------------------
 
 
-def _parse_day(value: str | None) -> date:
-    if not value:
-        return china_today()
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput("the day is a date like 2026-11-27", field="day") from None
-
-
 def reconciliation_context(session: Session, day: date) -> dict:
     runs = {r.party: r for r in session.scalars(select(ReconRun).where(ReconRun.day == day))}
     items = list(session.scalars(select(ReconItem).where(ReconItem.day == day)
@@ -205,7 +196,7 @@ def _recon_partial(request: Request, session: Session, who: auth.Principal, day:
 @router.get("/admin/payment/reconciliation", response_class=HTMLResponse)
 def reconciliation_page(request: Request, day: str | None = Query(None), session: Session = Depends(db),
                         who: auth.Principal = Depends(CONSOLE)):
-    chosen = _parse_day(day)
+    chosen = form_day(day, "day", china_today())
     return templates.TemplateResponse(request, "payment/reconciliation.html", {
         "who": who, "can_act": who.has(Role.ADMIN), "today": china_today(), **reconciliation_context(session, chosen)})
 
@@ -214,7 +205,7 @@ def reconciliation_page(request: Request, day: str | None = Query(None), session
 def reconciliation_run(request: Request, day: str = Form(""), session: Session = Depends(db),
                        who: auth.Principal = Depends(ADMIN)):
     """Reconcile the day with every party now (a party that does not answer shows as an error)."""
-    chosen = _parse_day(day)
+    chosen = form_day(day, "day", china_today())
     if chosen > china_today():
         return _recon_partial(request, session, who, chosen, error="不能对账未来的日期")
     results = reconcile.run(session, parties.current(), day=chosen, actor=who.username)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import io
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from html import escape
 from typing import TYPE_CHECKING, Final
@@ -40,7 +40,7 @@ from smartcare.records.clinical import SENSITIVE, SENSITIVE_NAMES
 from smartcare.registry import service as registry
 from smartcare.standards.cda import TITLES
 from smartcare.web.deps import action, db, require
-from smartcare.web.pages import templates
+from smartcare.web.pages import form_day, templates
 
 if TYPE_CHECKING:
     from smartcare.records.models import Item
@@ -151,18 +151,6 @@ def visit_view(v: phr.Visit) -> VisitView:
     return out
 
 
-def _date(value: str, name: str) -> date | None:
-    if not value:
-        return None
-    try:
-        chosen = date.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(f"{name} is a date like 2026-11-27", field=name) from None
-    if not date(1900, 1, 1) <= chosen <= date(2100, 1, 1):
-        raise InvalidInput(f"{name} must be between 1900 and 2100", field=name)
-    return chosen
-
-
 @dataclass(frozen=True)
 class Person:
     """Someone whose card the account holds: the records it may read."""
@@ -213,7 +201,7 @@ def h5_records(request: Request, empi_id: str = Query("", max_length=40), hospit
     if not chosen:
         return _records_page(request, context)
     try:
-        since, until = _date(filters.start, "start"), _date(filters.end, "end")
+        since, until = form_day(filters.start, "start"), form_day(filters.end, "end")
     except InvalidInput as exc:
         since = until = None
         context["error"] = exc
@@ -316,8 +304,8 @@ def h5_grant(request: Request, empi_id: str = Form(""), facility_code: str = For
         hospital = registry.get_facility(session, facility_code.strip())
         c = consent.grant(session, username=who.username, empi_id=empi_id.strip(), facility_code=hospital.code,
                           doctor=doctor.strip()[:64] or None, purpose=purpose, days=_days(days),
-                          records_since=_date(records_since.strip(), "records_since"),
-                          records_until=_date(records_until.strip(), "records_until"), sensitive=tuple(sensitive))
+                          records_since=form_day(records_since, "records_since"),
+                          records_until=form_day(records_until, "records_until"), sensitive=tuple(sensitive))
         whom = f"{hospital.name}的医生 {c.doctor}" if c.doctor else f"{hospital.name}的医生"
         return f"已授权{whom}调阅健康档案（{consent.PURPOSES[c.purpose]}），有效至 " \
                f"{c.valid_until.astimezone(CHINA_TZ):%Y-%m-%d %H:%M}"

@@ -30,7 +30,7 @@ from smartcare.records import service as records
 from smartcare.registry import service as registry
 from smartcare.standards.cda import TITLES
 from smartcare.web.deps import db, require
-from smartcare.web.pages import CONSOLE_ROLES, templates
+from smartcare.web.pages import CONSOLE_ROLES, form_day, templates
 
 router = APIRouter(include_in_schema=False)
 CONSOLE = require(*CONSOLE_ROLES)
@@ -54,18 +54,6 @@ templates.env.filters.setdefault(
 
 
 # ---- 质控看板 ----------------------------------------------------------------------------------------
-
-
-def _date(value: str | None, default: date, field: str) -> date:
-    if not value:
-        return default
-    try:
-        chosen = date.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(f"{field} is a date like 2026-11-27", field=field) from None
-    if not date(1900, 1, 1) <= chosen <= date(2100, 1, 1):
-        raise InvalidInput(f"{field} must be between 1900 and 2100", field=field)
-    return chosen
 
 
 def _overall(rows: list[dict]) -> dict:
@@ -106,8 +94,8 @@ def console_home(request: Request, hospital: str = Query("", max_length=32), sin
                  who: auth.Principal = Depends(CONSOLE)):
     """质控看板 over the documents serviced between ``since`` and ``until`` (default the last 30 days)."""
     today = china_today()
-    chosen_until = _date(until, today, "until")
-    chosen_since = _date(since, chosen_until - timedelta(days=DEFAULT_DAYS - 1), "since")
+    chosen_until = form_day(until, "until", today)
+    chosen_since = form_day(since, "since", chosen_until - timedelta(days=DEFAULT_DAYS - 1))
     if chosen_since > chosen_until:
         raise InvalidInput("since must not be after until", field="since")
     code = hospital.strip() or None
