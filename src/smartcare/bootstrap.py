@@ -24,6 +24,7 @@ CONSUMER_MODULES = (
     "smartcare.booking.events",
     "smartcare.records.events",
     "smartcare.quality.events",
+    "smartcare.warehouse.events",
 )
 
 

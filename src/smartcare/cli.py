@@ -45,6 +45,9 @@ qc_app = typer.Typer(help="Data-quality control of clinical documents: check, re
 app.add_typer(qc_app, name="qc")
 records_app = typer.Typer(help="Clinical records: the registry's clinical items.", no_args_is_help=True)
 app.add_typer(records_app, name="records")
+warehouse_app = typer.Typer(help="The warehouse: star schema, indicators, exports, the analyst role.",
+                            no_args_is_help=True)
+app.add_typer(warehouse_app, name="warehouse")
 sandbox_app = typer.Typer(help="Stand-ins for the insurance centre, the commercial insurer and the payment channels.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
@@ -252,7 +255,7 @@ def _demo_payment() -> None:
         payment.credit_personal_account(session, empi_id=empi_id, amount=80_000,
                                         transfer_id=uuid.uuid5(saga.LEDGER_NS, f"demo-alloc:{empi_id}"))
         session.add(DirectPayConsent(empi_id=empi_id, insurer=parties.INSURER, granted_by="resident"))
-        for n, items in enumerate(([("A001", "血常规", "甲", 2_500, 1), ("B001", "头孢克肟", "乙", 4_800, 2)],
+        for n, items in enumerate(([("A001", "血常规", "甲", 2_500, 1), ("XJ01DDK019", "头孢克肟", "乙", 4_800, 2)],
                                    [("P001", "CT", "甲", 32_000, 1), ("C001", "进口敷料", "丙", 6_000, 1),
                                     ("S001", "门诊手术", "甲", 150_000, 1)]), start=1):
             payment.create_bill(session, facility_code=facility, actor="demo", data=BillIn(
@@ -951,6 +954,183 @@ def qc_rules() -> None:
 def qc_demo_documents(count: int = typer.Option(400, min=1, max=100_000)) -> None:
     """Synthetic documents of the demo hospitals (about a third with defects) into the registry."""
     console.print(f"{_demo_documents(count)} document(s) registered")
+
+
+def _demo_activity(days: int = 365, hospitals: int = 20, seed: int = 2026) -> dict[str, int]:
+    """A year (by default) of synthetic activity of the region's largest public hospitals, up to yesterday,
+    landed and built into the star schema — only into an empty warehouse (running it again changes nothing)."""
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from smartcare.platform.clock import china_today
+    from smartcare.platform.db import session_scope
+    from smartcare.synth.activity import activity
+    from smartcare.warehouse import service as warehouse
+
+    with session_scope() as session:
+        if session.scalar(text("SELECT EXISTS (SELECT 1 FROM warehouse.src_encounter)")):
+            return {}
+        chosen = warehouse.synthetic_hospitals(session, limit=hospitals)
+        bar = Progress(TextColumn("landing synthetic activity"), BarColumn(), TextColumn("{task.completed:,} rows"),
+                       TimeElapsedColumn(), console=console)
+        with bar:
+            task = bar.add_task("landing", total=None)
+            landed = warehouse.land_synthetic(
+                session, activity(chosen, start=china_today() - timedelta(days=days), days=days, seed=seed,
+                                  persons=20_000 * len(chosen)),
+                progress=lambda n: bar.advance(task, n))
+    with session_scope() as session, console.status("building the star schema …"):
+        warehouse.rebuild(session)
+    return landed
+
+
+@warehouse_app.command("demo-activity")
+def warehouse_demo_activity(days: int = typer.Option(365, min=1, max=3660),
+                            hospitals: int = typer.Option(20, min=1, max=500, help="the largest public hospitals"),
+                            seed: int = 2026) -> None:
+    """Land synthetic activity (visits, stays, charges, settlements, bookings, card uses, documents, messages)
+    of the largest public hospitals up to yesterday, and build the star schema (only into an empty warehouse)."""
+    landed = _demo_activity(days, hospitals, seed)
+    if not landed:
+        console.print("the warehouse already holds visits: nothing landed")
+        return
+    console.print(f"{sum(landed.values()):,} landing rows: " + ", ".join(f"{t} {n:,}" for t, n in landed.items()))
+
+
+@warehouse_app.command("rebuild")
+def warehouse_rebuild() -> None:
+    """Empty the star schema and make it again from the landing tables (the same statements as the live load)."""
+    from smartcare.platform.db import session_scope
+    from smartcare.warehouse import service as warehouse
+
+    started = time.monotonic()
+    with session_scope() as session, console.status("rebuilding dimensions, facts and the daily mart …"):
+        counts = warehouse.rebuild(session)
+    table = Table("table", "rows", title=f"rebuilt in {time.monotonic() - started:.1f} s")
+    for name, n in counts.items():
+        table.add_row(name, f"{n:,}")
+    console.print(table)
+
+
+@warehouse_app.command("backfill")
+def warehouse_backfill(since: datetime = typer.Option(None, formats=["%Y-%m-%d"],
+                                                      help="hub messages and card uses from this day (default: 30 days)"),
+                       batch: int = typer.Option(1000, min=1, max=50_000)) -> None:
+    """Land again everything the capabilities hold (documents with QC scores, settlements, bookings, hub
+    messages, card uses) and apply it: after a gap, or to fill a new warehouse. Idempotent."""
+    from smartcare.platform.db import session_scope
+    from smartcare.warehouse import service as warehouse
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} rows"),
+                   TimeElapsedColumn(), console=console)
+    with bar:
+        tasks: dict[str, int] = {}
+
+        def progress(source: str, n: int) -> None:
+            if source not in tasks:
+                tasks[source] = bar.add_task(f"backfilling {source}s", total=None)
+            bar.advance(tasks[source], n)
+
+        done = warehouse.backfill(session_scope, since=since.date() if since else None, batch=batch, progress=progress)
+    console.print(", ".join(f"{source} {n:,}" for source, n in done.items()))
+
+
+@warehouse_app.command("tick")
+def warehouse_tick() -> None:
+    """Pull hub messages and card uses into the warehouse now (the worker does it every 2 seconds)."""
+    from smartcare.platform.db import session_scope
+    from smartcare.warehouse import service as warehouse
+
+    console.print(f"{warehouse.tick(session_scope):,} source row(s) changed")
+
+
+@warehouse_app.command("check")
+def warehouse_check() -> None:
+    """The schema's tests (unique, not null, accepted values, relationships), as dbt would run them."""
+    from smartcare.platform.db import session_scope
+    from smartcare.warehouse import checks
+
+    with session_scope() as session:
+        results = checks.run(session)
+    table = Table("test", "failing rows")
+    for name, failing in results:
+        table.add_row(name, f"[red]{failing:,}[/red]" if failing else "0")
+    console.print(table)
+    failed = sum(1 for _, n in results if n)
+    console.print(f"{len(results) - failed} passed, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+@warehouse_app.command("indicators")
+def warehouse_indicators(start: datetime = typer.Option(..., formats=["%Y-%m-%d"]),
+                         end: datetime = typer.Option(..., formats=["%Y-%m-%d"]),
+                         by: str = typer.Option("district", help="facility or district"),
+                         grain: str = typer.Option("month", help="day or month"),
+                         hospital: str = typer.Option(None, help="one hospital's facility code"),
+                         output: Path = typer.Option(None, help="write CSV here instead of printing")) -> None:
+    """Indicators per hospital or district and per day or month (definitions: docs/warehouse.md)."""
+    from smartcare.platform.db import session_scope
+    from smartcare.platform.errors import SmartCareError
+    from smartcare.warehouse import indicators
+    from smartcare.warehouse.service import to_csv
+
+    try:
+        with session_scope() as session:
+            rows = indicators.compute(session, by=by, grain=grain, start=start.date(), end=end.date(),
+                                      facility_code=hospital)
+    except SmartCareError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    codes = [i.code for i in indicators.INDICATORS]
+    if output:
+        output.write_text(to_csv(["code", "name", "period", *codes],
+                                 [(r["code"], r["name"], r["period"], *(r[c] for c in codes)) for r in rows],
+                                 header=True), encoding="utf-8")
+        console.print(f"{len(rows)} row(s) written to {output}")
+        return
+    table = Table("group", "period", *[i.name for i in indicators.INDICATORS])
+    for r in rows:
+        table.add_row(r["name"], r["period"], *["" if r[c] is None else str(r[c]) for c in codes])
+    console.print(table)
+
+
+@warehouse_app.command("export")
+def warehouse_export(table: str = typer.Argument(..., help="a dim_*, fct_* or mart_* table"),
+                     format: str = typer.Option("csv", help="csv or parquet"),
+                     output: Path = typer.Option(None, help="default: <table>.<format>")) -> None:
+    """Export a whole dimension, fact or mart table as CSV or Parquet, streamed in batches."""
+    from smartcare.platform.db import session_scope
+    from smartcare.platform.errors import SmartCareError
+    from smartcare.warehouse import service as warehouse
+
+    if format not in ("csv", "parquet"):
+        raise typer.BadParameter("format must be csv or parquet", param_hint="--format")
+    path = output or Path(f"{table}.{format}")
+    try:
+        with session_scope() as session:
+            rows = warehouse.write_export(session, table, format, path)
+    except SmartCareError as exc:
+        err.print(f"[red]{exc.message}[/red]" + (f" ({exc.hint})" if exc.hint else ""))
+        raise typer.Exit(2) from None
+    console.print(f"{rows:,} row(s) written to {path}")
+
+
+@warehouse_app.command("grant-analyst")
+def warehouse_grant_analyst(login: str = typer.Argument(..., help="an existing PostgreSQL login role")) -> None:
+    """Make a PostgreSQL login an analyst: read-only access to the warehouse schema and nothing else."""
+    from smartcare.platform.db import session_scope
+    from smartcare.platform.errors import SmartCareError
+    from smartcare.warehouse import service as warehouse
+
+    try:
+        with session_scope() as session:
+            warehouse.grant_analyst(session, login)
+    except SmartCareError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"{login} may now read the warehouse schema (role smartcare_analyst)")
 
 
 @sandbox_app.command("run")

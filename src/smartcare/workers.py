@@ -50,13 +50,14 @@ def resume_payments() -> int:
 
 class Workers:
     def __init__(self, *, poll_seconds: float = 2.0, housekeeping_seconds: float = 300.0, reload_seconds: float = 10.0,
-                 payment_seconds: float = 2.0, booking_seconds: float = 2.0):
+                 payment_seconds: float = 2.0, booking_seconds: float = 2.0, warehouse_seconds: float = 2.0):
         self.bus_worker = bus.make_worker(all_consumers(), poll_seconds=poll_seconds)
         self.router = Router(poll_seconds=poll_seconds)
         self.housekeeping_seconds = housekeeping_seconds
         self.reload_seconds = reload_seconds
         self.payment_seconds = payment_seconds
         self.booking_seconds = booking_seconds
+        self.warehouse_seconds = warehouse_seconds
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
 
@@ -88,10 +89,25 @@ class Workers:
             except Exception:
                 log.exception("booking upkeep failed; trying again next round")
 
+    def _warehouse(self) -> None:
+        """Hub messages and card uses into the warehouse; the registry's hospitals into its dimensions now and then."""
+        from smartcare.warehouse import service as warehouse
+
+        last_reference = None
+        while not self.stopping.wait(self.warehouse_seconds):
+            try:
+                if last_reference is None or time.monotonic() - last_reference >= self.housekeeping_seconds:
+                    with session_scope() as session:
+                        warehouse.refresh_reference(session)
+                    last_reference = time.monotonic()
+                warehouse.tick(session_scope)
+            except Exception:
+                log.exception("warehouse round failed; trying again next round")
+
     def start(self) -> None:
         for name, target in (("bus-worker", self.bus_worker.run), ("exchange-router", self.router.run),
                              ("housekeeping", self._upkeep), ("payment-recovery", self._payments),
-                             ("booking", self._booking)):
+                             ("booking", self._booking), ("warehouse", self._warehouse)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self.threads.append(thread)

@@ -806,3 +806,14 @@ class AttemptCounter:
 
 
 attempts = AttemptCounter()
+
+
+def appointments_for_warehouse(session: Session, *, numbers: list[str] | None = None, after_id: int = 0,
+                               limit: int = 1000) -> list[dict]:
+    """Booked appointments (by number, or the next ``limit`` after id ``after_id``) as the warehouse lands
+    them; holds that were never booked are not appointments."""
+    where = "appointment_no = ANY(:numbers)" if numbers is not None else "id > :after"
+    return [dict(r._mapping) for r in session.execute(text(
+        f"SELECT id, appointment_no, empi_id, facility_code, department_code, practitioner_code, visit_date, state, "
+        f"booked_at FROM booking.appointment WHERE {where} AND booked_at IS NOT NULL ORDER BY id LIMIT :limit"),
+        {"numbers": numbers, "after": after_id, "limit": limit})]

@@ -424,3 +424,11 @@ def current_id(session: Session, person_id: int) -> int:
     if row is None:
         raise NotFound(f"no person {person_id}", field="person_id")
     return row[0]
+
+
+def profiles(session: Session, empi_ids: Iterable[str]) -> dict[str, dict]:
+    """Generalised attributes of persons by EMPI id (birth year, sex, district), for statistics: no name,
+    no number, no address below the district."""
+    rows = session.execute(select(Person.empi_id, Person.golden).where(Person.empi_id.in_(list(set(empi_ids))))).all()
+    return {empi_id: {"birth_year": int(g["birth_date"][:4]) if g.get("birth_date") else None,
+                      "sex": g.get("sex"), "district_code": g.get("district_code")} for empi_id, g in rows}

@@ -3,6 +3,7 @@
 | source | event topic |
 |---|---|
 | HL7 v2 ADT A01 / A04 / A28 | ``patient.registered`` (+ ``encounter.recorded`` for A01/A04) |
+| HL7 v2 ADT A03 / A11 | ``encounter.recorded`` (status ``finished`` with the discharge time / ``cancelled``) |
 | HL7 v2 ADT A08 / A31 | ``patient.updated`` |
 | HL7 v2 ADT A40 / A34 | ``patient.merged`` |
 | HL7 v2 ORU^R01 | ``lab.result`` (one per OBX) |
@@ -103,15 +104,16 @@ def _patient(msg: hl7v2.Message, pid: str = "PID") -> dict:
     }
 
 
-def _encounter(msg: hl7v2.Message, patient: dict) -> dict | None:
+def _encounter(msg: hl7v2.Message, patient: dict, status: str = "in-progress") -> dict | None:
+    """The visit of an ADT message (PV1); ``surgeries`` counts its PR1 procedures (a discharge lists them)."""
     pv1 = msg.get("PV1")
     if pv1 is None:
         return None
     return {"source_id": pv1.value("19.1") or None, "patient_ref": patient["source_id"],
-            "class": _CLASS.get(pv1.value("2").strip().upper(), "AMB"), "status": "in-progress",
+            "class": _CLASS.get(pv1.value("2").strip().upper(), "AMB"), "status": status,
             "start": _hl7_time(pv1.value("44")) or _hl7_time(msg.value("EVN-2")) or _hl7_time(msg.timestamp),
             "end": _hl7_time(pv1.value("45")), "department": pv1.value("3.1") or None,
-            "attending": pv1.value("7.1") or None}
+            "attending": pv1.value("7.1") or None, "surgeries": len(msg.all("PR1"))}
 
 
 def _lab_results(msg: hl7v2.Message) -> list[Event]:
@@ -206,6 +208,9 @@ def hl7_events(msg: hl7v2.Message) -> list[Event]:
             if trigger != "A28" and (encounter := _encounter(msg, patient)):
                 events.append(("encounter.recorded", encounter))
             return events
+        if trigger in ("A03", "A11"):
+            encounter = _encounter(msg, _patient(msg), "finished" if trigger == "A03" else "cancelled")
+            return [("encounter.recorded", encounter)] if encounter else []
         if trigger in ("A08", "A31"):
             return [("patient.updated", _patient(msg))]
         if trigger in ("A40", "A34"):

@@ -219,3 +219,10 @@ def prune(session: Session, *, today: date | None = None, actor: str = "system")
     audit.record(session, actor=actor, action="exchange.prune", target="exchange.message",
                  detail={k: (len(v) if isinstance(v, list) else v) for k, v in result.items()})
     return result
+
+
+def messages_between(session: Session, start: datetime, end: datetime) -> list[dict]:
+    """Messages received in [start, end), without their payloads (for the warehouse)."""
+    return [dict(r._mapping) for r in session.execute(text(
+        "SELECT id AS message_id, facility_code, sender, kind, message_type, state, received_at, processed_at "
+        "FROM exchange.message WHERE received_at >= :a AND received_at < :b"), {"a": start, "b": end})]

@@ -593,3 +593,10 @@ def stats(session: Session, *, day: date | None = None) -> dict:
 
 def sms_outbox(session: Session, limit: int = 50) -> list[SmsMessage]:
     return list(session.scalars(select(SmsMessage).order_by(SmsMessage.id.desc()).limit(limit)))
+
+
+def uses_between(session: Session, start: datetime, end: datetime) -> list[dict]:
+    """Card uses recorded in [start, end) (for the warehouse; only the card's internal id, no token)."""
+    return [dict(r._mapping) for r in session.execute(text(
+        "SELECT id AS use_id, card_id, facility_code, step, channel, at AS used_at FROM healthcard.card_use "
+        "WHERE at >= :a AND at < :b"), {"a": start, "b": end})]

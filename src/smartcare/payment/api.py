@@ -31,7 +31,7 @@ RESIDENT = require(Role.RESIDENT, Role.ADMIN)
 def _bill_out(session: Session, bill: Bill) -> BillOut:
     items = [ItemOut(line=i.line, code=i.code, name=i.name, category=i.category, unit_price=i.unit_price,
                      quantity=i.quantity, price_cap=i.price_cap, amount=i.amount) for i in service.bill_items(session, bill)]
-    return BillOut(bill_no=bill.bill_no, facility_code=bill.facility_code, empi_id=bill.empi_id,
+    return BillOut(bill_no=bill.bill_no, facility_code=bill.facility_code, empi_id=bill.empi_id, encounter_id=bill.encounter_id,
                    insurance_type=bill.insurance_type, hospital_level=bill.hospital_level, total=bill.total,
                    state=bill.state, items=items)
 

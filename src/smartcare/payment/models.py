@@ -61,6 +61,7 @@ class Bill(Base):
     facility_code: Mapped[str] = mapped_column(String(32))
     bill_no: Mapped[str] = mapped_column(String(64))
     empi_id: Mapped[str | None] = mapped_column(String(20))
+    encounter_id: Mapped[str | None] = mapped_column(String(64))  # the hospital's visit number (PV1-19)
     insurance_type: Mapped[str] = mapped_column(String(10))
     hospital_level: Mapped[int] = mapped_column(SmallInteger)
     total: Mapped[int] = mapped_column(BigInteger)

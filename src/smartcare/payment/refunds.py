@@ -24,7 +24,7 @@ from smartcare.payment import ledger
 from smartcare.payment.models import Bill, Refund, Settlement, SettlementEvent
 from smartcare.payment.parties import Parties
 from smartcare.payment.remote import OutcomeUnknown, Refused
-from smartcare.payment.saga import LEDGER_NS, accounts, event, receivable
+from smartcare.payment.saga import LEDGER_NS, accounts, changed, event, receivable
 from smartcare.platform.clock import CHINA_TZ, china_now
 from smartcare.platform.db import get_engine, session_scope
 from smartcare.platform.errors import Conflict, InvalidInput, NotFound
@@ -154,6 +154,7 @@ def _run(parties: Parties, refund_id: int) -> str:
         settlement = session.get(Settlement, s.id)
         if settlement.refunded == settlement.total:
             session.execute(update(Bill).where(Bill.id == s.bill_id).values(state="refunded"))
+        changed(session, s.settlement_no)
     return "succeeded"
 
 

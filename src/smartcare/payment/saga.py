@@ -38,6 +38,7 @@ from smartcare.payment.channels.base import Order
 from smartcare.payment.models import Bill, DirectPayConsent, Settlement, SettlementEvent, Transfer
 from smartcare.payment.parties import INSURER, Parties
 from smartcare.payment.remote import OutcomeUnknown, Refused
+from smartcare.platform import bus
 from smartcare.platform.clock import china_now
 from smartcare.platform.db import session_scope
 from smartcare.platform.errors import Conflict, InvalidInput, NotFound
@@ -95,6 +96,15 @@ def open_accounts(session: Session, *, facility_code: str, insurance_type: str, 
 
 def event(session: Session, settlement_id: int, step: str, outcome: str, **detail) -> None:
     session.add(SettlementEvent(settlement_id=settlement_id, step=step, outcome=outcome, detail=detail))
+
+
+#: Published when a settlement finishes (completed or compensated) or a refund of it succeeds.
+CHANGED_TOPIC = "payment.settlement.changed"
+
+
+def changed(session: Session, settlement_no: str) -> None:
+    """Tell the warehouse (and anyone else) that a settlement's outcome changed, in the same transaction."""
+    bus.publish(session, CHANGED_TOPIC, {"settlement_no": settlement_no})
 
 
 # ---- starting --------------------------------------------------------------------------------------
@@ -469,6 +479,7 @@ class Orchestrator:
             settlement.state, settlement.step, settlement.finished_at = "completed", "done", china_now()
             settlement.lease_owner = settlement.lease_until = None
             event(session, settlement.id, "finish", "ok", **shares)
+            changed(session, s.settlement_no)
 
     # -- compensation, in reverse payer order --
 
@@ -539,6 +550,7 @@ class Orchestrator:
             settlement.state, settlement.step, settlement.finished_at = "compensated", "done", china_now()
             settlement.lease_owner = settlement.lease_until = None
             event(session, settlement.id, "compensate", "ok", reason=s.reason)
+            changed(session, s.settlement_no)
 
 
 def _add_accumulators(session: Session, *, empi_id: str, insurance_type: str, deductible: int, fund: int) -> None:

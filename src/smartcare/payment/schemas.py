@@ -38,10 +38,12 @@ class BillIn(BaseModel):
     bill_no: str = Field(min_length=1, max_length=64, pattern=NUMBER,
                          description="letters, digits, '.', '_' and '-' (it appears in URLs)")
     empi_id: str | None = Field(None, max_length=20, description="the patient, from a scanned health card")
+    encounter_id: str | None = Field(None, max_length=64, pattern=NUMBER,
+                                     description="the hospital's visit number this bill charges (HL7 PV1-19)")
     insurance_type: Literal["employee", "resident", "none"] = "none"
     items: list[ItemIn] = Field(min_length=1, max_length=500)
 
-    _text = field_validator("bill_no", "empi_id")(_no_nul)
+    _text = field_validator("bill_no", "empi_id", "encounter_id")(_no_nul)
 
 
 class ItemOut(ItemIn):
@@ -53,6 +55,7 @@ class BillOut(BaseModel):
     bill_no: str
     facility_code: str
     empi_id: str | None
+    encounter_id: str | None = None
     insurance_type: str
     hospital_level: int
     total: int

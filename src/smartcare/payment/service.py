@@ -32,7 +32,8 @@ def policies() -> dict[tuple[str, int], Policy]:
 def _same_bill(bill: Bill, items: list[BillItem], data: BillIn) -> bool:
     mine = [(i.code, i.name, i.category, i.unit_price, i.quantity, i.price_cap) for i in items]
     theirs = [(i.code, i.name, i.category, i.unit_price, i.quantity, i.price_cap) for i in data.items]
-    return (bill.empi_id, bill.insurance_type, mine) == (data.empi_id, data.insurance_type, theirs)
+    return ((bill.empi_id, bill.encounter_id, bill.insurance_type, mine)
+            == (data.empi_id, data.encounter_id, data.insurance_type, theirs))
 
 
 def create_bill(session: Session, *, facility_code: str, data: BillIn, actor: str) -> tuple[Bill, bool]:
@@ -50,6 +51,7 @@ def create_bill(session: Session, *, facility_code: str, data: BillIn, actor: st
     try:
         with session.begin_nested():
             bill = Bill(facility_code=facility_code, bill_no=data.bill_no, empi_id=data.empi_id,
+                        encounter_id=data.encounter_id,
                         insurance_type=data.insurance_type, hospital_level=level, state="open",
                         total=sum(i.unit_price * i.quantity for i in data.items))
             session.add(bill)
@@ -126,3 +128,40 @@ def credit_personal_account(session: Session, *, empi_id: str, amount: int, tran
     ledger.open_account(session, code=personal_account_code(empi_id), kind="personal_account", debits_within_credits=True)
     ledger.transfer(session, id=transfer_id, debit="fund:allocation", credit=personal_account_code(empi_id),
                     amount=amount, code="allocation", reference=f"alloc:{empi_id}")
+
+
+# ---------------------------------------------------------------- for the warehouse
+
+def settlements_for_warehouse(session: Session, *, numbers: list[str] | None = None, after_id: int = 0,
+                              limit: int = 1000) -> tuple[list[dict], list[dict]]:
+    """Finished settlements (by number, or the next ``limit`` after id ``after_id``) with each payer's part
+    net of succeeded refunds (a medical-insurance refund takes back the pooled fund first), and their bills'
+    lines: what the warehouse lands. Returns (settlements with their ``id``, charge lines)."""
+    where = "s.settlement_no = ANY(:numbers)" if numbers is not None else "s.id > :after"
+    rows = [dict(r._mapping) for r in session.execute(text(f"""
+        SELECT s.id, s.settlement_no, s.facility_code, b.bill_no, b.encounter_id, s.empi_id, b.insurance_type,
+               s.state, coalesce(s.finished_at, s.updated_at) AS settled_at, s.total,
+               coalesce(s.hifp_pay, 0) AS hifp, coalesce(s.acct_pay, 0) AS acct,
+               coalesce(s.insurer_pay, 0) AS insurer_pay, coalesce(s.cash_pay, 0) AS cash,
+               s.insurer, s.channel, b.id AS bill_id,
+               coalesce(r.cash, 0) AS r_cash, coalesce(r.insurer, 0) AS r_insurer, coalesce(r.medins, 0) AS r_medins
+        FROM payment.settlement s JOIN payment.bill b ON b.id = s.bill_id
+        LEFT JOIN LATERAL (SELECT sum(cash_part) AS cash, sum(insurer_part) AS insurer, sum(medins_part) AS medins
+                           FROM payment.refund WHERE settlement_id = s.id AND state = 'succeeded') r ON true
+        WHERE {where} AND s.state IN ('completed', 'compensated', 'failed')
+        ORDER BY s.id LIMIT :limit"""), {"numbers": numbers, "after": after_id, "limit": limit})]
+    settlements = []
+    for r in rows:
+        fund_back = min(r["r_medins"], r["hifp"])
+        settlements.append({
+            "id": r["id"], "settlement_no": r["settlement_no"], "facility_code": r["facility_code"],
+            "bill_no": r["bill_no"], "encounter_id": r["encounter_id"], "empi_id": r["empi_id"],
+            "insurance_type": r["insurance_type"], "state": r["state"], "settled_at": r["settled_at"],
+            "fund_pay": r["hifp"] - fund_back, "account_pay": r["acct"] - (r["r_medins"] - fund_back),
+            "insurer_pay": r["insurer_pay"] - r["r_insurer"], "cash_pay": r["cash"] - r["r_cash"],
+            "total": r["total"] - r["r_cash"] - r["r_insurer"] - r["r_medins"],
+            "insurer": r["insurer"], "channel": r["channel"], "bill_id": r["bill_id"]})
+    lines = [dict(r._mapping) for r in session.execute(text(
+        "SELECT bill_id, line, code, name, category, amount FROM payment.bill_item WHERE bill_id = ANY(:ids)"),
+        {"ids": [s["bill_id"] for s in settlements]})]
+    return settlements, lines

@@ -34,7 +34,7 @@ from smartcare.platform.db import session_scope
 
 #: a small hospital catalogue: (code, name, category, unit price fen, price cap)
 CATALOGUE = (("A001", "血常规", "甲", 2_500, None), ("A002", "尿常规", "甲", 1_200, None),
-             ("B001", "头孢克肟", "乙", 4_800, None), ("B002", "阿托伐他汀", "乙", 3_600, None),
+             ("XJ01DDK019", "头孢克肟", "乙", 4_800, None), ("XC10AAA072", "阿托伐他汀", "乙", 3_600, None),
              ("C001", "进口敷料", "丙", 6_000, None), ("P001", "CT", "甲", 32_000, 30_000),
              ("P002", "核磁共振", "乙", 68_000, 60_000), ("S001", "门诊手术", "甲", 150_000, None))
 CRASH_POINTS = ("before:presettle", "before:authorise", "authorise:sent", "before:reserve", "before:pay_cash",

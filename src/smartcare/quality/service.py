@@ -21,6 +21,7 @@ from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from smartcare.platform import bus
 from smartcare.platform.clock import CHINA_TZ
 from smartcare.platform.errors import NotFound
 from smartcare.quality.checks import Facts
@@ -60,6 +61,9 @@ class DbContext:
                                             sha256=sha256, before_id=self.record_id)
 
 
+#: Published when a document has been checked (its score), in the checking transaction.
+CHECKED_TOPIC = "quality.document.checked"
+
 def engine(session: Session) -> Engine:
     """This thread's engine, its rules compiled once and its terminology refreshed every few minutes,
     bound to ``session`` for what it asks per document."""
@@ -92,6 +96,8 @@ def check_record(session: Session, *, record_id: int) -> Report:
     replaced = records.replaced_by(session, record_id)
     if replaced:
         session.execute(update(DocumentCheck).where(DocumentCheck.record_id.in_(replaced)).values(current=False))
+    bus.publish(session, CHECKED_TOPIC, {"record_id": record_id, "facility_code": doc.facility_code,
+                                         "score": float(report.score)})
     return report
 
 
@@ -288,3 +294,9 @@ def report(session: Session, *, fmt: str, facility_code: str | None = None, sinc
 
 def rules() -> list[Rule]:
     return list(catalogue())
+
+
+def scores_of(session: Session, record_ids: list[int]) -> dict[int, float]:
+    """The score of each checked document (for the warehouse)."""
+    return dict(session.execute(select(DocumentCheck.record_id, DocumentCheck.score)
+                                .where(DocumentCheck.record_id.in_(record_ids))).all())

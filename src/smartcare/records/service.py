@@ -548,3 +548,20 @@ def reindex(session: Session, *, after_id: int = 0, limit: int = 200) -> list[in
         if items:
             session.execute(insert(Item), items)
     return [r.id for r in rows]
+
+
+# ---------------------------------------------------------------- for the warehouse
+
+def documents_for_warehouse(session: Session, *, ids: list[int] | None = None, after_id: int = 0,
+                            limit: int = 1000) -> tuple[list[dict], list[dict]]:
+    """Documents (by ``ids``, or the next ``limit`` after ``after_id``) as the warehouse lands them, with
+    their diagnoses and lab results: what a document says, never its text."""
+    where = "d.id = ANY(:ids)" if ids is not None else "d.id > :after"
+    docs = [dict(r._mapping) for r in session.execute(text(
+        f"SELECT d.id AS record_id, d.facility_code, d.type_code, d.empi_id, d.service_time AS service_at, "
+        f"d.received_at, d.status = 'current' AS current FROM records.document d WHERE {where} "
+        f"ORDER BY d.id LIMIT :limit"), {"ids": ids, "after": after_id, "limit": limit})]
+    items = [dict(r._mapping) for r in session.execute(text(
+        "SELECT record_id, position, kind, code, name, value_number, unit, at FROM records.item "
+        "WHERE record_id = ANY(:ids) AND kind IN ('condition', 'lab')"), {"ids": [d["record_id"] for d in docs]})]
+    return docs, items

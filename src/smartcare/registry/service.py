@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -287,3 +287,18 @@ def facility_of_credit_code(session: Session, code: str) -> str | None:
         return None
     candidate = code[2:8] + code[8:17].lstrip("0")
     return candidate if session.get(Facility, candidate) is not None and credit_code(candidate) == code else None
+
+
+def reference_for_warehouse(session: Session) -> dict[str, list[dict]]:
+    """Facilities (with their district's name), departments and practitioners (code, department, title:
+    never names or ID numbers) as the warehouse's dimensions hold them."""
+    def rows(sql: str) -> list[dict]:
+        return [dict(r._mapping) for r in session.execute(text(sql))]
+
+    return {
+        "facilities": rows("SELECT f.code, f.name, f.kind, f.level, f.grade, f.ownership, f.district_code, "
+                           "d.name AS district_name, f.beds FROM registry.facility f "
+                           "LEFT JOIN registry.district d ON d.code = f.district_code"),
+        "departments": rows("SELECT facility_code, code, name FROM registry.department"),
+        "practitioners": rows("SELECT facility_code, code, department_code, title FROM registry.practitioner"),
+    }

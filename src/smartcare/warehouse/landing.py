@@ -1,0 +1,265 @@
+"""Landing: each source's records, as the warehouse keeps them (``warehouse.src_*``), read through the
+owning capability's service or taken from its event. Every function is an idempotent upsert and returns
+the :class:`Changes` it made, which :func:`smartcare.warehouse.service.apply` turns into facts.
+
+Persons are observed as facts land: their district (EMPI golden record) and insurance type (from their
+settlements) make a new SCD-2 row in ``src_person`` only when one of them changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from smartcare.platform.db import driver
+
+#: The first version of a person holds from here: facts older than their first observation still find one.
+BEGINNING = datetime(1900, 1, 1, tzinfo=UTC)
+#: Pulled sources (messages, card uses) are read again this far back each time, so rows that committed
+#: late, or changed state (a message processed), are caught up.
+PULL_OVERLAP = timedelta(minutes=2)
+
+
+@dataclass
+class Changes:
+    """Source keys whose landing rows changed, per landing table (keys as text tuples)."""
+
+    keys: dict[str, set[tuple[str, ...]]] = field(default_factory=dict)
+    persons: set[str] = field(default_factory=set)
+
+    def add(self, source: str, *key) -> None:
+        self.keys.setdefault(source, set()).add(tuple(str(k) for k in key))
+
+    def merge(self, other: Changes) -> Changes:
+        for source, keys in other.keys.items():
+            self.keys.setdefault(source, set()).update(keys)
+        self.persons |= other.persons
+        return self
+
+    def __bool__(self) -> bool:
+        return any(self.keys.values()) or bool(self.persons)
+
+    def count(self) -> int:
+        return sum(len(k) for k in self.keys.values())
+
+
+def _upsert(session: Session, table: str, columns: tuple[str, ...], key: tuple[str, ...], rows: list[dict]) -> None:
+    if not rows:
+        return
+    names = ", ".join(columns)
+    values = ", ".join(f"%({c})s" for c in columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    driver(session).cursor().executemany(
+        f"INSERT INTO warehouse.{table} ({names}) VALUES ({values}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}", rows)
+
+
+# ---------------------------------------------------------------- encounters (hub events)
+
+_ENCOUNTER = """
+INSERT INTO warehouse.src_encounter AS e (facility_code, encounter_id, empi_id, class, department_code,
+    practitioner_code, start_at, end_at, status, surgeries)
+VALUES (%(facility_code)s, %(encounter_id)s, %(empi_id)s, %(class)s, %(department_code)s, %(practitioner_code)s,
+        %(start_at)s, %(end_at)s, %(status)s, %(surgeries)s)
+ON CONFLICT (facility_code, encounter_id) DO UPDATE SET
+    empi_id = coalesce(excluded.empi_id, e.empi_id),
+    class = excluded.class,
+    department_code = coalesce(excluded.department_code, e.department_code),
+    practitioner_code = coalesce(excluded.practitioner_code, e.practitioner_code),
+    start_at = least(excluded.start_at, e.start_at),
+    end_at = coalesce(excluded.end_at, e.end_at),
+    -- a visit only moves forward: a late or redelivered admission does not reopen a discharge
+    status = CASE WHEN e.status = 'cancelled' OR excluded.status = 'cancelled' THEN 'cancelled'
+                  WHEN e.status = 'finished' OR excluded.status = 'finished' THEN 'finished'
+                  ELSE 'in-progress' END,
+    surgeries = greatest(excluded.surgeries, e.surgeries),
+    landed_at = now()
+"""
+
+
+def land_encounters(session: Session, rows: list[dict]) -> Changes:
+    """Visits as the hub's ``encounter.recorded`` events carry them, with the EMPI id already resolved."""
+    changes = Changes()
+    rows = [r for r in rows if r.get("encounter_id") and r.get("start_at")]
+    if rows:
+        driver(session).cursor().executemany(_ENCOUNTER, [{"surgeries": 0, **r} for r in rows])
+    for r in rows:
+        changes.add("encounter", r["facility_code"], r["encounter_id"])
+    observe_persons(session, {r["empi_id"]: None for r in rows if r.get("empi_id")}, changes)
+    return changes
+
+
+# ---------------------------------------------------------------- documents (records + quality)
+
+_DOCUMENT_COLUMNS = ("record_id", "facility_code", "type_code", "empi_id", "service_at", "received_at", "current",
+                     "qc_score")
+
+
+def land_documents(session: Session, docs: list[dict], items: list[dict], scores: dict[int, float]) -> Changes:
+    changes = Changes()
+    if not docs:
+        return changes
+    ids = [d["record_id"] for d in docs]
+    _upsert(session, "src_document", _DOCUMENT_COLUMNS, ("record_id",),
+            [{**d, "qc_score": scores.get(d["record_id"])} for d in docs])
+    session.execute(text("DELETE FROM warehouse.src_document_item WHERE record_id = ANY(:ids)"), {"ids": ids})
+    if items:
+        driver(session).cursor().executemany(
+            "INSERT INTO warehouse.src_document_item (record_id, position, kind, code, name, value_number, unit, at) "
+            "VALUES (%(record_id)s, %(position)s, %(kind)s, %(code)s, %(name)s, %(value_number)s, %(unit)s, %(at)s)",
+            items)
+    for record_id in ids:
+        changes.add("document", record_id)
+    observe_persons(session, {d["empi_id"]: None for d in docs if d.get("empi_id")}, changes)
+    return changes
+
+
+# ---------------------------------------------------------------- settlements and their charges (payment)
+
+_SETTLEMENT_COLUMNS = ("settlement_no", "facility_code", "bill_no", "encounter_id", "empi_id", "insurance_type",
+                       "state", "settled_at", "total", "fund_pay", "account_pay", "insurer_pay", "cash_pay", "insurer",
+                       "channel")
+
+
+def land_settlements(session: Session, settlements: list[dict], lines: list[dict]) -> Changes:
+    """A completed settlement lands with its bill's lines as charges; a compensated one, or one refunded
+    in full, takes its charges away (they were never paid for)."""
+    changes = Changes()
+    if not settlements:
+        return changes
+    _upsert(session, "src_settlement", _SETTLEMENT_COLUMNS, ("settlement_no",), settlements)
+    numbers = [s["settlement_no"] for s in settlements]
+    old = session.execute(text("DELETE FROM warehouse.src_charge WHERE settlement_no = ANY(:n) "
+                               "RETURNING facility_code, bill_no"), {"n": numbers}).all()
+    by_bill: dict[int, list[dict]] = {}
+    for line in lines:
+        by_bill.setdefault(line["bill_id"], []).append(line)
+    charges = [{"facility_code": s["facility_code"], "bill_no": s["bill_no"], "line": line["line"],
+                "settlement_no": s["settlement_no"], "encounter_id": s["encounter_id"], "empi_id": s["empi_id"],
+                "code": line["code"], "name": line["name"], "category": line["category"], "amount": line["amount"],
+                "charged_at": s["settled_at"]}
+               for s in settlements if s["state"] == "completed" and s["total"] > 0
+               for line in by_bill.get(s["bill_id"], [])]
+    _upsert(session, "src_charge", ("facility_code", "bill_no", "line", "settlement_no", "encounter_id", "empi_id",
+                                    "code", "name", "category", "amount", "charged_at"),
+            ("facility_code", "bill_no", "line"), charges)
+    for s in settlements:
+        changes.add("settlement", s["settlement_no"])
+        changes.add("charge", s["facility_code"], s["bill_no"])
+    for facility_code, bill_no in old:
+        changes.add("charge", facility_code, bill_no)
+    observe_persons(session, {s["empi_id"]: s["insurance_type"] for s in settlements
+                              if s.get("empi_id") and s["insurance_type"] != "none"}, changes)
+    return changes
+
+
+# ---------------------------------------------------------------- bookings
+
+_BOOKING_COLUMNS = ("appointment_no", "empi_id", "facility_code", "department_code", "practitioner_code", "visit_date",
+                    "state", "booked_at")
+
+
+def land_bookings(session: Session, appointments: list[dict]) -> Changes:
+    changes = Changes()
+    _upsert(session, "src_booking", _BOOKING_COLUMNS, ("appointment_no",), appointments)
+    for a in appointments:
+        changes.add("booking", a["appointment_no"])
+    observe_persons(session, {a["empi_id"]: None for a in appointments}, changes)
+    return changes
+
+
+# ---------------------------------------------------------------- pulled: messages and card uses
+
+_MESSAGE_COLUMNS = ("message_id", "facility_code", "sender", "kind", "message_type", "state", "received_at",
+                    "processed_at")
+_CARD_USE_COLUMNS = ("use_id", "card_id", "facility_code", "step", "channel", "used_at")
+
+
+def _land_changed(session: Session, table: str, columns: tuple[str, ...], key: str, rows: list[dict]) -> list:
+    """Upsert rows, returning the keys of those that were new or differed (an unchanged re-read is no change)."""
+    if not rows:
+        return []
+    names = ", ".join(columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
+    differs = " OR ".join(f"t.{c} IS DISTINCT FROM excluded.{c}" for c in columns if c != key)
+    cur = driver(session).cursor()
+    changed = []
+    for start in range(0, len(rows), 1000):
+        part = rows[start:start + 1000]
+        cur.execute(f"INSERT INTO warehouse.{table} AS t ({names}) SELECT {names} FROM jsonb_populate_recordset("
+                    f"NULL::warehouse.{table}, %(rows)s::jsonb) ON CONFLICT ({key}) DO UPDATE SET {updates} "
+                    f"WHERE {differs} RETURNING {key}", {"rows": _json(part)})
+        changed += [r[0] for r in cur.fetchall()]
+    return changed
+
+
+def _json(rows: list[dict]) -> str:
+    return orjson.dumps(rows, default=str).decode()
+
+
+def land_messages(session: Session, rows: list[dict]) -> Changes:
+    changes = Changes()
+    for message_id in _land_changed(session, "src_message", _MESSAGE_COLUMNS, "message_id", rows):
+        changes.add("message", message_id)
+    return changes
+
+
+def land_card_uses(session: Session, rows: list[dict]) -> Changes:
+    changes = Changes()
+    for use_id in _land_changed(session, "src_card_use", _CARD_USE_COLUMNS, "use_id", rows):
+        changes.add("card_use", use_id)
+    return changes
+
+
+def watermark(session: Session, source: str, *, now: datetime) -> datetime:
+    """Where the next pull of ``source`` starts (its overlap included); the first pull reads the last hour."""
+    read_to = session.scalar(text("SELECT read_to FROM warehouse.watermark WHERE source = :s FOR UPDATE"),
+                             {"s": source})
+    return (read_to or now - timedelta(hours=1)) - PULL_OVERLAP
+
+
+def advance(session: Session, source: str, to: datetime) -> None:
+    session.execute(text("INSERT INTO warehouse.watermark (source, read_to) VALUES (:s, :t) "
+                         "ON CONFLICT (source) DO UPDATE SET read_to = greatest(watermark.read_to, excluded.read_to)"),
+                    {"s": source, "t": to})
+
+
+# ---------------------------------------------------------------- persons (SCD type 2 observations)
+
+def observe_persons(session: Session, insurance: dict[str, str | None], changes: Changes, *,
+                    at: datetime | None = None) -> None:
+    """Record what the persons look like now (district from the EMPI, insurance type when the caller
+    knows it, else as last seen); a new version only when district or insurance type changed."""
+    if not insurance:
+        return
+    from smartcare.empi import service as empi
+
+    profiles = empi.profiles(session, insurance)
+    latest = {r.empi_id: r for r in session.execute(text(
+        "SELECT DISTINCT ON (empi_id) empi_id, valid_from, birth_year, sex, district_code, insurance_type "
+        "FROM warehouse.src_person WHERE empi_id = ANY(:ids) ORDER BY empi_id, valid_from DESC"),
+        {"ids": list(insurance)})}
+    rows = []
+    for empi_id, insurance_type in insurance.items():
+        profile = profiles.get(empi_id, {})
+        last = latest.get(empi_id)
+        insurance_type = insurance_type or (last.insurance_type if last else None)
+        district = profile.get("district_code") or (last.district_code if last else None)
+        if last is None:
+            valid_from = BEGINNING
+        elif (last.district_code, last.insurance_type) != (district, insurance_type):
+            valid_from = at or datetime.now(UTC)
+        elif (last.birth_year, last.sex) != (profile.get("birth_year"), profile.get("sex")) and profile:
+            valid_from = last.valid_from  # a correction of a type-1 attribute: the version is mended in place
+        else:
+            continue
+        rows.append({"empi_id": empi_id, "valid_from": valid_from, "birth_year": profile.get("birth_year"),
+                     "sex": profile.get("sex"), "district_code": district, "insurance_type": insurance_type})
+        changes.persons.add(empi_id)
+    _upsert(session, "src_person", ("empi_id", "valid_from", "birth_year", "sex", "district_code", "insurance_type"),
+            ("empi_id", "valid_from"), rows)
+

@@ -1,0 +1,389 @@
+"""The warehouse's operations: apply landed changes to the star schema, rebuild it from the landing
+tables, backfill the landing tables from the capabilities, pull the polled sources, export.
+
+Writers of the star schema take one transaction-scoped advisory lock, so the mart's per-day rows are
+never computed by two transactions at once (each event's work is small; a rebuild holds it throughout).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from smartcare.platform.errors import InvalidInput
+from smartcare.standards.cda.document import TITLES
+from smartcare.warehouse import landing
+from smartcare.warehouse.landing import Changes
+from smartcare.warehouse.marts import (DIMENSION_SQL, FACTS, FEEDS, MART_DELETE_SQL, MART_SQL, PERSON_SQL, Fact,
+                                       all_days_sql, delete_sql, insert_sql)
+
+LOCK_KEY = 0x5743_4152_4548  # "WCAREH"
+#: The landing table whose key filter each dimension statement uses (the fact of that source that shares its key).
+_KEYED_BY = {"charge": "fct_charge_item", "settlement": "fct_settlement_payer", "document": "fct_document",
+             "encounter": "fct_outpatient_visit", "message": "fct_message", "card_use": "fct_card_use",
+             "booking": "fct_booking"}
+#: Codes each landing table names, that dimensions must hold (as "unregistered" members until the registry has them).
+_MEMBERS = {
+    "encounter": [("facility", "s.facility_code"), ("department", "s.facility_code", "s.department_code"),
+                  ("practitioner", "s.facility_code", "s.practitioner_code")],
+    "charge": [("facility", "s.facility_code")],
+    "settlement": [("facility", "s.facility_code")],
+    "document": [("facility", "s.facility_code"), ("document_type", "s.type_code")],
+    "message": [("facility", "coalesce(s.facility_code, s.sender)")],
+    "card_use": [("facility", "s.facility_code")],
+    "booking": [("facility", "s.facility_code"), ("department", "s.facility_code", "s.department_code")],
+}
+_MEMBER_SQL = {
+    "facility": "INSERT INTO warehouse.dim_facility (facility_key, code, name, kind, is_public, beds) "
+                "SELECT warehouse.skey(a), a, a, 'unregistered', false, 0 FROM (SELECT DISTINCT a FROM ({rows}) x) y "
+                "WHERE a IS NOT NULL "
+                "ON CONFLICT DO NOTHING",
+    "department": "INSERT INTO warehouse.dim_department (department_key, facility_code, code, name) "
+                  "SELECT warehouse.skey(a, b), a, b, b FROM (SELECT DISTINCT a, b FROM ({rows}) x) y WHERE b IS NOT NULL "
+                  "ON CONFLICT DO NOTHING",
+    "practitioner": "INSERT INTO warehouse.dim_practitioner (practitioner_key, facility_code, code) "
+                    "SELECT warehouse.skey(a, b), a, b FROM (SELECT DISTINCT a, b FROM ({rows}) x) y WHERE b IS NOT NULL "
+                    "ON CONFLICT DO NOTHING",
+    "document_type": "INSERT INTO warehouse.dim_document_type (document_type_key, code, name) "
+                     "SELECT warehouse.skey(a), a, a FROM (SELECT DISTINCT a FROM ({rows}) x) y WHERE a IS NOT NULL "
+                     "ON CONFLICT DO NOTHING",
+}
+_LANDING_TABLE = {"encounter": "src_encounter", "charge": "src_charge", "settlement": "src_settlement",
+                  "document": "src_document", "message": "src_message", "card_use": "src_card_use",
+                  "booking": "src_booking"}
+DIMENSIONS = ("dim_facility", "dim_department", "dim_practitioner", "dim_person", "dim_diagnosis", "dim_charge_item",
+              "dim_payer", "dim_document_type")
+TABLES = (*DIMENSIONS, *FACTS, "mart_facility_day")
+
+
+def _lock(session: Session) -> None:
+    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
+    session.execute(text("CREATE TEMP TABLE IF NOT EXISTS _touched (facility_key bigint, date_key integer) "
+                         "ON COMMIT DELETE ROWS"))
+    session.execute(text("TRUNCATE _touched"))
+
+
+def _where(fact: Fact) -> str:
+    width = len(fact.source_key)
+    arrays = ", ".join(f"CAST(:k{i} AS text[])" for i in range(1, width + 1))
+    names = ", ".join(f"k{i}" for i in range(1, width + 1))
+    return f"({', '.join(fact.source_key)}) IN (SELECT {', '.join(fact.key_cast)} FROM unnest({arrays}) AS keys({names}))"
+
+
+def _members(session: Session, source: str, where: str, params: dict) -> None:
+    for dim, *columns in _MEMBERS[source]:
+        names = ("a", "b")[:len(columns)]
+        rows = (f"SELECT {', '.join(f'{c} AS {n}' for c, n in zip(columns, names))} "
+                f"FROM warehouse.{_LANDING_TABLE[source]} s WHERE {where}")
+        session.execute(text(_MEMBER_SQL[dim].format(rows=rows)), params)
+
+
+def apply(session: Session, changes: Changes) -> int:
+    """Bring dimensions, facts and the daily mart up to date with ``changes`` (in the caller's transaction);
+    returns how many (hospital, day) rows of the mart were computed again."""
+    if not changes:
+        return 0
+    _lock(session)
+    for source, keys in sorted(changes.keys.items()):
+        if not keys:
+            continue
+        keyed = FACTS[_KEYED_BY[source]]
+        width = len(keyed.source_key)
+        ordered = sorted(keys)
+        params = {f"k{i + 1}": [k[i] for k in ordered] for i in range(width)}
+        where = _where(keyed)
+        _members(session, source, where, params)
+        if source in DIMENSION_SQL:
+            session.execute(text(DIMENSION_SQL[source].format(where=where)), params)
+        for table in FEEDS[source]:
+            fact = FACTS[table]
+            session.execute(text(delete_sql(fact)), params)
+            session.execute(text(insert_sql(fact, incremental=True)), params)
+    if changes.persons:
+        persons = {"p": sorted(changes.persons)}
+        session.execute(text("DELETE FROM warehouse.dim_person WHERE empi_id = ANY(:p)"), persons)
+        session.execute(text(PERSON_SQL.format(where="s.empi_id = ANY(:p)")), persons)
+    session.execute(text(MART_DELETE_SQL))
+    return session.execute(text(MART_SQL)).rowcount
+
+
+def refresh_reference(session: Session) -> None:
+    """Facilities, departments and practitioners from the registry, document types from WS/T 500 (upserts:
+    an "unregistered" member becomes the real one once the registry has it)."""
+    ref = reference_rows(session)
+    for f in ref["facilities"]:
+        f["is_public"] = f["ownership"] == "public"
+    if ref["facilities"]:
+        session.execute(text(
+            "INSERT INTO warehouse.dim_facility (facility_key, code, name, kind, level, grade, ownership, is_public, "
+            "district_code, district_name, beds) VALUES (warehouse.skey(:code), :code, :name, :kind, :level, :grade, "
+            ":ownership, :is_public, :district_code, :district_name, :beds) ON CONFLICT (facility_key) DO UPDATE SET "
+            "name = excluded.name, kind = excluded.kind, level = excluded.level, grade = excluded.grade, "
+            "ownership = excluded.ownership, is_public = excluded.is_public, district_code = excluded.district_code, "
+            "district_name = excluded.district_name, beds = excluded.beds"), ref["facilities"])
+    if ref["departments"]:
+        session.execute(text(
+            "INSERT INTO warehouse.dim_department (department_key, facility_code, code, name) "
+            "VALUES (warehouse.skey(:facility_code, :code), :facility_code, :code, :name) "
+            "ON CONFLICT (department_key) DO UPDATE SET name = excluded.name"), ref["departments"])
+    if ref["practitioners"]:
+        session.execute(text(
+            "INSERT INTO warehouse.dim_practitioner (practitioner_key, facility_code, code, department_code, title) "
+            "VALUES (warehouse.skey(:facility_code, :code), :facility_code, :code, :department_code, :title) "
+            "ON CONFLICT (practitioner_key) DO UPDATE SET department_code = excluded.department_code, "
+            "title = excluded.title"), ref["practitioners"])
+    session.execute(text(
+        "INSERT INTO warehouse.dim_document_type (document_type_key, code, name) "
+        "VALUES (warehouse.skey(:code), :code, :name) ON CONFLICT (document_type_key) DO UPDATE SET name = excluded.name"),
+        [{"code": c, "name": n} for c, n in TITLES.items()])
+
+
+def rebuild(session: Session) -> dict[str, int]:
+    """Empty the star schema and make it again from the landing tables, by the statements the incremental
+    runs use; returns the rows of every table."""
+    _lock(session)
+    session.execute(text("TRUNCATE " + ", ".join(f"warehouse.{t}" for t in TABLES)))
+    refresh_reference(session)
+    for source in _LANDING_TABLE:
+        _members(session, source, "true", {})
+        if source in DIMENSION_SQL:
+            session.execute(text(DIMENSION_SQL[source].format(where="true")))
+    for fact in FACTS.values():
+        session.execute(text(insert_sql(fact, incremental=False)))
+    session.execute(text(PERSON_SQL.format(where="true")))
+    session.execute(text(all_days_sql()))
+    session.execute(text(MART_SQL))
+    session.execute(text("ANALYZE " + ", ".join(f"warehouse.{t}" for t in TABLES)))
+    return counts(session)
+
+
+def counts(session: Session) -> dict[str, int]:
+    return {t: session.scalar(text(f"SELECT count(*) FROM warehouse.{t}")) for t in TABLES}
+
+
+# ---------------------------------------------------------------- reading the sources
+
+def documents(session: Session, ids: list[int]) -> Changes:
+    """Land the documents (and the ones they replaced: no longer current) as the registry and QC hold them now."""
+    from smartcare.quality import service as quality
+    from smartcare.records import service as records
+
+    docs, items = records.documents_for_warehouse(session, ids=ids)
+    return landing.land_documents(session, docs, items, quality.scores_of(session, [d["record_id"] for d in docs]))
+
+
+def settlements(session: Session, numbers: list[str]) -> Changes:
+    from smartcare.payment import service as payment
+
+    rows, lines = payment.settlements_for_warehouse(session, numbers=numbers)
+    return landing.land_settlements(session, rows, lines)
+
+
+def bookings(session: Session, numbers: list[str]) -> Changes:
+    from smartcare.booking import service as booking
+
+    return landing.land_bookings(session, booking.appointments_for_warehouse(session, numbers=numbers))
+
+
+def pull(session: Session, *, now: datetime | None = None) -> Changes:
+    """Read the polled sources (hub messages, card uses) since their watermark, and land what changed."""
+    from smartcare.exchange import service as exchange
+    from smartcare.healthcard import service as healthcard
+
+    now = now or session.scalar(text("SELECT now()"))
+    changes = Changes()
+    for source, read, land in (("message", exchange.messages_between, landing.land_messages),
+                               ("card_use", healthcard.uses_between, landing.land_card_uses)):
+        start = landing.watermark(session, source, now=now)
+        changes.merge(land(session, read(session, start, now)))
+        landing.advance(session, source, now)
+    return changes
+
+
+def tick(session_factory: Callable) -> int:
+    """One round of the worker: pull the polled sources and apply; returns how many source rows changed."""
+    with session_factory() as session:
+        changes = pull(session)
+        apply(session, changes)
+    return changes.count()
+
+
+def backfill(session_factory: Callable, *, since: date | None = None, batch: int = 1000,
+             progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
+    """Land every record the capabilities hold now (documents, settlements, bookings; hub messages and card
+    uses since ``since``, default 30 days) and apply it, one batch per transaction. Visits come only as the
+    hub's events: re-run the hub's messages (``smartcare exchange rerun``) to land them again."""
+    from smartcare.booking import service as booking
+    from smartcare.exchange import service as exchange
+    from smartcare.healthcard import service as healthcard
+    from smartcare.payment import service as payment
+    from smartcare.quality import service as quality
+    from smartcare.records import service as records
+
+    def by_id(name: str, read: Callable[[Session, int], tuple[list[dict], Changes]], id_key: str) -> int:
+        after, total = 0, 0
+        while True:
+            with session_factory() as session:
+                rows, changes = read(session, after)
+                if not rows:
+                    return total
+                apply(session, changes)
+            after = max(r[id_key] for r in rows)
+            total += len(rows)
+            if progress:
+                progress(name, len(rows))
+
+    def read_documents(session: Session, after: int):
+        docs, items = records.documents_for_warehouse(session, after_id=after, limit=batch)
+        scores = quality.scores_of(session, [d["record_id"] for d in docs])
+        return docs, landing.land_documents(session, docs, items, scores)
+
+    def read_settlements(session: Session, after: int):
+        rows, lines = payment.settlements_for_warehouse(session, after_id=after, limit=batch)
+        return rows, landing.land_settlements(session, rows, lines)
+
+    def read_bookings(session: Session, after: int):
+        rows = booking.appointments_for_warehouse(session, after_id=after, limit=batch)
+        return rows, landing.land_bookings(session, rows)
+
+    done = {"document": by_id("document", read_documents, "record_id"),
+            "settlement": by_id("settlement", read_settlements, "id"),
+            "booking": by_id("booking", read_bookings, "id")}
+    start = datetime.combine(since or (date.today() - timedelta(days=30)), datetime.min.time(), UTC)
+    with session_factory() as session:
+        end = session.scalar(text("SELECT now()"))
+    for name, read, land in (("message", exchange.messages_between, landing.land_messages),
+                             ("card_use", healthcard.uses_between, landing.land_card_uses)):
+        done[name] = 0
+        day = start
+        while day < end:
+            with session_factory() as session:
+                rows = read(session, day, min(day + timedelta(days=1), end))
+                apply(session, land(session, rows))
+            done[name] += len(rows)
+            if progress:
+                progress(name, len(rows))
+            day += timedelta(days=1)
+    return done
+
+
+# ---------------------------------------------------------------- export
+
+EXPORTABLE = (*TABLES,)
+
+
+def export_rows(session: Session, table: str, *, batch: int = 50_000) -> Iterator[tuple[list[str], list[tuple]]]:
+    """The rows of a dimension, fact or mart, in batches (with the column names), for CSV or Parquet."""
+    if table not in EXPORTABLE:
+        raise InvalidInput(f"unknown table {table!r}", field="table", hint="one of " + ", ".join(EXPORTABLE))
+    result = session.execute(text(f"SELECT * FROM warehouse.{table}")).yield_per(batch)
+    names = list(result.keys())
+    for part in result.partitions():
+        yield names, [tuple(r) for r in part]
+
+
+def to_csv(columns: list[str], rows: list[tuple], *, header: bool) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    if header:
+        writer.writerow(columns)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------- synthetic activity
+
+def synthetic_hospitals(session: Session, *, limit: int | None = None) -> list:
+    """The registry's public hospitals with beds (largest first), as the activity generator wants them."""
+    from smartcare.synth.activity import Hospital
+
+    ref = reference_rows(session)
+    departments: dict[str, list[str]] = {}
+    for d in ref["departments"]:
+        departments.setdefault(d["facility_code"], []).append(d["code"])
+    hospitals = sorted((f for f in ref["facilities"] if f["ownership"] == "public" and (f["beds"] or 0) > 0),
+                       key=lambda f: (-f["beds"], f["code"]))
+    return [Hospital(f["code"], f["level"] or 0, f["beds"], f["district_code"] or "000000",
+                     tuple(sorted(departments.get(f["code"], ()))))
+            for f in hospitals[:limit]]
+
+
+def reference_rows(session: Session) -> dict[str, list[dict]]:
+    from smartcare.registry import service as registry
+
+    return registry.reference_for_warehouse(session)
+
+
+def land_synthetic(session: Session, rows, *, chunk: int = 50_000, progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    """COPY generated landing rows ((table, row) pairs) into the landing tables; returns rows per table."""
+    from smartcare.platform.db import copy_rows
+    from smartcare.synth.activity import TABLES
+
+    buffers: dict[str, list[tuple]] = {t: [] for t in TABLES}
+    done = dict.fromkeys(TABLES, 0)
+
+    def flush(table: str) -> None:
+        copy_rows(session, f"warehouse.{table}", TABLES[table], buffers[table])
+        done[table] += len(buffers[table])
+        if progress:
+            progress(len(buffers[table]))
+        buffers[table].clear()
+
+    for table, row in rows:
+        buffers[table].append(row)
+        if len(buffers[table]) >= chunk:
+            flush(table)
+    for table in TABLES:
+        if buffers[table]:
+            flush(table)
+    return done
+
+
+def write_export(session: Session, table: str, fmt: str, path) -> int:
+    """Stream a table to a CSV or Parquet file; returns how many rows were written."""
+    rows_written = 0
+    if fmt == "csv":
+        with open(path, "w", encoding="utf-8", newline="") as out:
+            for i, (columns, rows) in enumerate(export_rows(session, table)):
+                out.write(to_csv(columns, rows, header=i == 0))
+                rows_written += len(rows)
+            if rows_written == 0:
+                out.write(to_csv(_columns(session, table), [], header=True))
+        return rows_written
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    try:
+        for columns, rows in export_rows(session, table):
+            batch = pa.Table.from_pylist([dict(zip(columns, r)) for r in rows])
+            writer = writer or pq.ParquetWriter(path, batch.schema)
+            writer.write_table(batch.cast(writer.schema))
+            rows_written += len(rows)
+        if writer is None:
+            pq.write_table(pa.table({c: pa.array([], pa.string()) for c in _columns(session, table)}), path)
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows_written
+
+
+def _columns(session: Session, table: str) -> list[str]:
+    return list(session.execute(text(f"SELECT * FROM warehouse.{table} LIMIT 0")).keys())
+
+
+def grant_analyst(session: Session, login: str) -> None:
+    """Grant the read-only analyst role to an existing login (the role may read the warehouse schema only)."""
+    import re
+
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", login):
+        raise InvalidInput("a login is lower-case letters, digits and '_'", field="login")
+    if not session.scalar(text("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :r AND rolcanlogin)"),
+                          {"r": login}):
+        raise InvalidInput(f"no PostgreSQL login {login!r}", field="login", hint="CREATE ROLE … LOGIN first")
+    session.execute(text(f'GRANT smartcare_analyst TO "{login}"'))
