@@ -133,7 +133,8 @@ def compute(session: Session, *, by: str = "facility", grain: str = "month", sta
         f"SELECT {group}, sum(f.beds) FROM warehouse.dim_facility f WHERE {' AND '.join(filters)} GROUP BY 1"),
         params).all())
     occupied = _occupied(session, group=group, filters=filters, params=params, periods=periods, as_of=as_of)
-    sums_by = {(r.code, r.period): {c: getattr(r, c) or 0 for c in MEASURES} | {"name": r.name} for r in rows}
+    sums_by = {(r.code, r.period): {c: (float if c == "qc_score_sum" else int)(getattr(r, c) or 0) for c in MEASURES}
+               | {"name": r.name} for r in rows}
     names = {code: v["name"] for (code, _), v in sums_by.items()}
     out = []
     for code in sorted(beds if not (facility_code or district_code) else {*beds, *names}):
@@ -143,17 +144,16 @@ def compute(session: Session, *, by: str = "facility", grain: str = "month", sta
             measures = {**base, "beds": beds.get(code) or 0, "occupied_bed_days": occupied.get((code, i), 0),
                         "bed_days_open": (beds.get(code) or 0) * ((b - a).days + 1)}
             values = {ind.code: _value(ind, measures) for ind in INDICATORS if ind.code != "avg_outpatient_cost_growth"}
-            cost, before = values["avg_outpatient_cost"], previous
-            values["avg_outpatient_cost_growth"] = (round((cost - before) / before * 100, 2)
-                                                    if cost is not None and before else None)
+            cost = measures["outpatient_cost"] / measures["outpatient_visits"] if measures["outpatient_visits"] else None
+            values["avg_outpatient_cost_growth"] = (round((cost - previous) / previous * 100, 2)
+                                                    if cost is not None and previous else None)
             previous = cost
             if i == 0:
                 continue
             if only:
                 values = {k: v for k, v in values.items() if k in only}
             out.append({"code": code, "name": names.get(code, code), "period": label, **values,
-                        "measures": {k: int(v) if k != "qc_score_sum" else float(v) for k, v in measures.items()
-                                     if k != "name"}})
+                        "measures": {k: v for k, v in measures.items() if k != "name"}})
     return out
 
 
