@@ -396,6 +396,7 @@ def upgrade() -> None:
             qc_score_sum        numeric(14, 2) NOT NULL,
             messages            integer NOT NULL,
             messages_failed     integer NOT NULL,
+            last_data_at        timestamptz,          -- the newest message or document received that day
             PRIMARY KEY (facility_key, date_key)
         );
         CREATE INDEX ix_mart_day ON warehouse.mart_facility_day (date_key);

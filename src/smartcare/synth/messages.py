@@ -39,7 +39,7 @@ def adt(facility: str, control_id: str, resident: dict, *, trigger: str = "A04",
         _msh(facility, f"ADT^{trigger}^ADT_A01", control_id, at),
         f"EVN|{trigger}|{_now(at)}",
         _pid(facility, resident),
-        f"PV1|1|O|03^内科^^{facility}||||D0001^王^医生|||||||||||V{control_id}",
+        f"PV1|1|O|03^内科^^{facility}||||D0001^王^医生||||||||||||V{control_id}",  # PV1-19: the visit number
     ]) + "\r"
 
 

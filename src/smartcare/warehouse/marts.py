@@ -231,6 +231,7 @@ payers AS (SELECT p.facility_key, p.date_key, count(*) AS n, sum(p.amount) AS to
 cards AS (SELECT u.facility_key, u.date_key, count(*) AS n, count(DISTINCT u.card_id) AS visits
           FROM warehouse.fct_card_use u JOIN t USING (facility_key, date_key) GROUP BY 1, 2),
 documents AS (SELECT d.facility_key, d.date_key, count(*) AS n, count(*) FILTER (WHERE d.on_time) AS on_time,
+                     max(d.received_at) AS last_at,
                      count(d.qc_score) FILTER (WHERE d.is_current) AS checked,
                      coalesce(sum(d.qc_score) FILTER (WHERE d.is_current), 0) AS score
               FROM warehouse.fct_document d JOIN t USING (facility_key, date_key) GROUP BY 1, 2),
@@ -238,7 +239,8 @@ other AS (SELECT x.facility_key, x.date_key, count(*) AS n FROM (
               SELECT facility_key, date_key FROM warehouse.fct_diagnosis JOIN t USING (facility_key, date_key)
               UNION ALL SELECT facility_key, date_key FROM warehouse.fct_lab_result JOIN t USING (facility_key, date_key)) x
           GROUP BY 1, 2),
-messages AS (SELECT m.facility_key, m.date_key, count(*) AS n, count(*) FILTER (WHERE m.failed) AS failed
+messages AS (SELECT m.facility_key, m.date_key, count(*) AS n, count(*) FILTER (WHERE m.failed) AS failed,
+                    max(m.received_at) AS last_at
              FROM warehouse.fct_message m JOIN t USING (facility_key, date_key) GROUP BY 1, 2)
 INSERT INTO warehouse.mart_facility_day
 SELECT t.facility_key, t.date_key, coalesce(visits.n, 0), coalesce(visits.cost, 0), coalesce(admissions.n, 0),
@@ -246,7 +248,8 @@ SELECT t.facility_key, t.date_key, coalesce(visits.n, 0), coalesce(visits.cost, 
        coalesce(discharges.surgeries, 0), coalesce(charges.total, 0), coalesce(charges.drug, 0),
        coalesce(bookings.visits, 0), coalesce(payers.total, 0), coalesce(payers.fund, 0), coalesce(payers.self, 0),
        coalesce(cards.visits, 0), coalesce(documents.n, 0), coalesce(documents.on_time, 0), coalesce(documents.checked, 0),
-       coalesce(documents.score, 0), coalesce(messages.n, 0), coalesce(messages.failed, 0)
+       coalesce(documents.score, 0), coalesce(messages.n, 0), coalesce(messages.failed, 0),
+       greatest(documents.last_at, messages.last_at)
 FROM t
 LEFT JOIN visits USING (facility_key, date_key) LEFT JOIN admissions USING (facility_key, date_key)
 LEFT JOIN discharges USING (facility_key, date_key) LEFT JOIN charges USING (facility_key, date_key)

@@ -30,12 +30,14 @@ from smartcare.healthcard import api as healthcard_api
 from smartcare.payment.api import router as payment_router
 from smartcare.booking.api import router as booking_router
 from smartcare.quality.api import router as quality_router
+from smartcare.warehouse.api import router as warehouse_router
 from smartcare.records import phr_api
 from smartcare.records.api import router as records_router
 from smartcare.platform.settings import get_settings
 from smartcare.registry.api import router as registry_router
 from smartcare.web import (
     booking_pages, empi_pages, exchange_pages, healthcard_pages, pages, payment_pages, phr_pages, quality_pages,
+    warehouse_pages,
 )
 from smartcare.web.deps import db, principal
 
@@ -209,6 +211,7 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
     app.include_router(phr_api.fhir)
     app.include_router(phr_api.router)
     app.include_router(quality_router)
+    app.include_router(warehouse_router)
     app.include_router(pages.router)
     app.include_router(exchange_pages.router)
     app.include_router(empi_pages.router)
@@ -217,4 +220,5 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
     app.include_router(booking_pages.router)
     app.include_router(quality_pages.router)
     app.include_router(phr_pages.router)
+    app.include_router(warehouse_pages.router)
     return app
