@@ -420,6 +420,7 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
         _demo_slots()
     with console.status("sending the demo hospitals' clinical documents …"):
         _demo_documents()
+    _demo_activity(days=DEMO_ACTIVITY_DAYS, hospitals=3, level=2)
     sandboxes = []
     if with_sandboxes:
         with console.status("starting the payment sandboxes (insurance centre, insurer, WeChat Pay, Alipay, UnionPay) …"):
@@ -432,6 +433,7 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
     base = f"http://{host}:{port}"
     table = Table(title="SmartCare is running — Ctrl-C stops it", show_header=False)
     table.add_row("admin console", f"{base}/admin   (admin / smartcare-admin, auditor / smartcare-audit)")
+    table.add_row("hospital monitoring", f"{base}/admin/warehouse   (the warehouse: live and daily indicators)")
     table.add_row("resident H5", f"{base}/h5   (resident / smartcare-demo)")
     table.add_row("doctor console", f"{base}/admin/records   (doctor / smartcare-doctor)")
     table.add_row("API docs", f"{base}/docs")
@@ -956,9 +958,14 @@ def qc_demo_documents(count: int = typer.Option(400, min=1, max=100_000)) -> Non
     console.print(f"{_demo_documents(count)} document(s) registered")
 
 
-def _demo_activity(days: int = 365, hospitals: int = 20, seed: int = 2026) -> dict[str, int]:
-    """A year (by default) of synthetic activity of the region's largest public hospitals, up to yesterday,
-    landed and built into the star schema — only into an empty warehouse (running it again changes nothing)."""
+#: ``make run``'s warehouse: two weeks of three 二级 general hospitals (~1.5 million fact rows, ~30 s);
+#: ``smartcare warehouse demo-activity`` lands more.
+DEMO_ACTIVITY_DAYS = 14
+
+
+def _demo_activity(days: int = 365, hospitals: int = 20, seed: int = 2026, level: int | None = None) -> dict[str, int]:
+    """Synthetic activity (a year by default) of the region's largest public hospitals (of one level if
+    given), up to yesterday, landed and built into the star schema — only into an empty warehouse."""
     from datetime import timedelta
 
     from sqlalchemy import text
@@ -971,7 +978,7 @@ def _demo_activity(days: int = 365, hospitals: int = 20, seed: int = 2026) -> di
     with session_scope() as session:
         if session.scalar(text("SELECT EXISTS (SELECT 1 FROM warehouse.src_encounter)")):
             return {}
-        chosen = warehouse.synthetic_hospitals(session, limit=hospitals)
+        chosen = warehouse.synthetic_hospitals(session, limit=hospitals, level=level)
         bar = Progress(TextColumn("landing synthetic activity"), BarColumn(), TextColumn("{task.completed:,} rows"),
                        TimeElapsedColumn(), console=console)
         with bar:
@@ -988,10 +995,12 @@ def _demo_activity(days: int = 365, hospitals: int = 20, seed: int = 2026) -> di
 @warehouse_app.command("demo-activity")
 def warehouse_demo_activity(days: int = typer.Option(365, min=1, max=3660),
                             hospitals: int = typer.Option(20, min=1, max=500, help="the largest public hospitals"),
+                            level: int = typer.Option(None, min=0, max=3, help="only hospitals of this level"),
                             seed: int = 2026) -> None:
     """Land synthetic activity (visits, stays, charges, settlements, bookings, card uses, documents, messages)
-    of the largest public hospitals up to yesterday, and build the star schema (only into an empty warehouse)."""
-    landed = _demo_activity(days, hospitals, seed)
+    of the largest public hospitals up to yesterday, and build the star schema (only into an empty warehouse).
+    At city proportions a 三级 hospital-day is ~80,000 fact rows: mind the size of a year of twenty."""
+    landed = _demo_activity(days, hospitals, seed, level)
     if not landed:
         console.print("the warehouse already holds visits: nothing landed")
         return

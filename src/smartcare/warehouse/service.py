@@ -320,15 +320,17 @@ def to_csv(columns: list[str], rows: list[tuple], *, header: bool) -> str:
 
 # ---------------------------------------------------------------- synthetic activity
 
-def synthetic_hospitals(session: Session, *, limit: int | None = None) -> list:
-    """The registry's public hospitals with beds (largest first), as the activity generator wants them."""
+def synthetic_hospitals(session: Session, *, limit: int | None = None, level: int | None = None) -> list:
+    """The registry's public hospitals with beds (of one level if given; largest first), as the activity
+    generator wants them."""
     from smartcare.synth.activity import Hospital
 
     ref = reference_rows(session)
     departments: dict[str, list[str]] = {}
     for d in ref["departments"]:
         departments.setdefault(d["facility_code"], []).append(d["code"])
-    hospitals = sorted((f for f in ref["facilities"] if f["ownership"] == "public" and (f["beds"] or 0) > 0),
+    hospitals = sorted((f for f in ref["facilities"] if f["ownership"] == "public" and (f["beds"] or 0) > 0
+                        and (level is None or f["level"] == level)),
                        key=lambda f: (-f["beds"], f["code"]))
     return [Hospital(f["code"], f["level"] or 0, f["beds"], f["district_code"] or "000000",
                      tuple(sorted(departments.get(f["code"], ()))))
