@@ -277,8 +277,9 @@ def upgrade() -> None:
             surgeries          smallint NOT NULL,
             PRIMARY KEY (facility_key, encounter_id)
         );
-        CREATE INDEX ix_fct_stay_discharge ON warehouse.fct_inpatient_stay (facility_key, discharge_date_key);
-        CREATE INDEX ix_fct_stay_admit ON warehouse.fct_inpatient_stay (facility_key, admit_date_key);
+        CREATE INDEX ix_fct_stay_discharge ON warehouse.fct_inpatient_stay (discharge_date_key);
+        CREATE INDEX ix_fct_stay_admit ON warehouse.fct_inpatient_stay (admit_date_key);
+        CREATE INDEX ix_fct_stay_open ON warehouse.fct_inpatient_stay (admit_date_key) WHERE discharge_date_key IS NULL;
         CREATE TABLE warehouse.fct_charge_item (
             facility_key    bigint NOT NULL,
             bill_no         varchar(64) NOT NULL,

@@ -92,8 +92,10 @@ def _pay(rng: random.Random, total: int, insurance: str, commercial: bool) -> tu
 
 
 def activity(hospitals: list[Hospital], *, start: date, days: int, seed: int = 2026,
-             persons: int = 200_000) -> Iterator[tuple[str, tuple]]:
-    """(landing table, row) for every day of every hospital; persons first."""
+             persons: int = 200_000, now: datetime | None = None) -> Iterator[tuple[str, tuple]]:
+    """(landing table, row) for every day of every hospital; persons first. Stays that would end after
+    ``now`` (default: the present) are still open: no discharge, bill or discharge documents yet."""
+    now = now or datetime.now(UTC)
     rng = random.Random(seed)
     ids = _Ids(9_000_000_000)
     districts = sorted({h.district_code for h in hospitals}) or ["000000"]
@@ -114,11 +116,11 @@ def activity(hospitals: list[Hospital], *, start: date, days: int, seed: int = 2
             admissions = max(0, int(h.beds / 9 * weekday_factor * rng.uniform(0.8, 1.2)))
             for n in range(visits + admissions):
                 inpatient = n >= visits
-                yield from _encounter(rng, ids, h, day, inpatient, rng.choice(people), insurance_of)
+                yield from _encounter(rng, ids, h, day, inpatient, rng.choice(people), insurance_of, now)
 
 
 def _encounter(rng: random.Random, ids: _Ids, h: Hospital, day: date, inpatient: bool, empi_id: str,
-               insurance_of: dict[str, str]) -> Iterator[tuple[str, tuple]]:
+               insurance_of: dict[str, str], now: datetime) -> Iterator[tuple[str, tuple]]:
     start_at = _at(day, rng)
     encounter_id = f"{'Z' if inpatient else 'M'}{day:%y%m%d}{rng.getrandbits(40):012x}"
     department = rng.choice(h.departments) if h.departments else None
@@ -126,6 +128,12 @@ def _encounter(rng: random.Random, ids: _Ids, h: Hospital, day: date, inpatient:
         stay = max(1, min(30, int(rng.gauss(9, 4))))
         end_at = start_at + timedelta(days=stay, hours=rng.randint(-3, 3))
         surgeries = 1 if rng.random() < 0.35 else 0
+        if end_at > now:  # still in hospital: admitted, nothing more yet
+            yield "src_encounter", (h.code, encounter_id, empi_id, "IMP", department, None, start_at, None,
+                                    "in-progress", 0)
+            yield "src_message", (ids.next("message"), h.code, h.code, "hl7v2", "ADT^A01", "processed",
+                                  start_at + timedelta(seconds=5), start_at + timedelta(seconds=5, milliseconds=30))
+            return
         yield "src_encounter", (h.code, encounter_id, empi_id, "IMP", department, None, start_at, end_at, "finished",
                                 surgeries)
         lines = [*rng.sample(DRUGS, 3), *rng.sample(SERVICES[:5], 3)]

@@ -41,8 +41,9 @@ INDICATORS: tuple[Indicator, ...] = (
     Indicator("drug_cost_ratio", "药占比", "%", "drug_cost", "charge_total", 100,
               "charges for drugs (NHSA drug codes: X 西药, Z 中成药, T 中药饮片) ÷ all charges, by charge day"),
     Indicator("bed_occupancy", "床位使用率", "%", "occupied_bed_days", "bed_days_open", 100,
-              "bed days occupied in the period (each stay from its admission day for its bed days, open stays "
-              "up to the day of the query) ÷ (beds × days in the period)"),
+              "bed days occupied in the period (the sum of each day's midnight census: patients admitted on or "
+              "before the day and not discharged by its end; open stays up to the day of the query) ÷ (beds × "
+              "days in the period)"),
     Indicator("avg_length_of_stay", "平均住院日", "日", "discharged_bed_days", "discharges",
               definition="bed days of the stays discharged in the period (discharge day − admission day, at "
                          "least 1) ÷ discharges"),
@@ -170,23 +171,38 @@ def _value(ind: Indicator, m: dict) -> float | None:
 
 
 def _occupied(session: Session, *, group: str, filters: list[str], params: dict, periods: list, as_of: date) -> dict:
-    """Bed days occupied per (group, period): each stay holds a bed from its admission day for its bed days
-    (an open stay up to and including ``as_of``), counted within the period."""
+    """Bed days occupied per (group, period): the midnight census of each day (patients admitted on or
+    before it and not discharged by its end; open stays up to ``as_of``), summed over the period's days.
+
+    The census moves by admissions and discharges, so it is the census before the first day (one count)
+    plus running sums of each day's admissions and discharges (two grouped counts over the window only)."""
+    lo, hi = periods[0][1], min(periods[-1][2], as_of)
     out: dict[tuple[str, int], int] = {}
-    lo, hi = periods[0][1], periods[-1][2]
-    rows = session.execute(text(f"""
-        WITH s AS (
-            SELECT {group} AS code, a.day AS first_day,
-                   CASE WHEN st.bed_days IS NOT NULL THEN a.day + st.bed_days ELSE CAST(:as_of AS date) + 1 END AS stop
-            FROM warehouse.fct_inpatient_stay st
-            JOIN warehouse.dim_facility f ON f.facility_key = st.facility_key
-            JOIN warehouse.dim_date a ON a.date_key = st.admit_date_key
-            WHERE st.admit_date_key <= :hi_key AND (st.discharge_date_key IS NULL OR st.discharge_date_key >= :lo_key)
-              AND {' AND '.join(filters)})
-        SELECT code, p.i, sum(greatest(0, least(s.stop, p.b + 1) - greatest(s.first_day, p.a)))
-        FROM s CROSS JOIN unnest(CAST(:starts AS date[]), CAST(:ends AS date[])) WITH ORDINALITY AS p(a, b, i)
-        GROUP BY 1, 2"""), {**params, "as_of": as_of, "lo_key": _key(lo), "hi_key": _key(hi),
-                            "starts": [a for _, a, _ in periods], "ends": [b for _, _, b in periods]}).all()
-    for code, i, days in rows:
-        out[(code, int(i) - 1)] = int(days or 0)
+    if hi < lo:
+        return out
+    where = " AND ".join(filters)
+    keys = {**params, "lo": _key(lo), "hi": _key(hi)}
+    census = dict(session.execute(text(f"""
+        SELECT {group}, count(*) FROM warehouse.fct_inpatient_stay s
+        JOIN warehouse.dim_facility f ON f.facility_key = s.facility_key
+        WHERE s.admit_date_key < :lo AND (s.discharge_date_key >= :lo OR s.discharge_date_key IS NULL) AND {where}
+        GROUP BY 1"""), keys).all())
+    moves: dict[str, dict[int, int]] = {}
+    for column, sign in (("admit_date_key", 1), ("discharge_date_key", -1)):
+        for code, day, n in session.execute(text(f"""
+                SELECT {group}, s.{column}, count(*) FROM warehouse.fct_inpatient_stay s
+                JOIN warehouse.dim_facility f ON f.facility_key = s.facility_key
+                WHERE s.{column} BETWEEN :lo AND :hi AND {where} GROUP BY 1, 2"""), keys).all():
+            by_day = moves.setdefault(code, {})
+            by_day[day] = by_day.get(day, 0) + sign * n
+    for code in {*census, *moves}:
+        running, by_day = census.get(code, 0), moves.get(code, {})
+        day = lo
+        while day <= hi:
+            running += by_day.get(_key(day), 0)
+            for i, (_, a, b) in enumerate(periods):
+                if a <= day <= b:
+                    out[(code, i)] = out.get((code, i), 0) + running
+                    break
+            day += timedelta(days=1)
     return out
