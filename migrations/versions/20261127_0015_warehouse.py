@@ -54,6 +54,10 @@ def upgrade() -> None:
                               WHERE left(code, 3) BETWEEN lo AND hi)
                    END $$;
 
+        -- the order a visit moves in: a correction of a later stage overrides, an earlier one does not
+        CREATE FUNCTION warehouse.visit_stage(text) RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE
+            AS $$ SELECT CASE $1 WHEN 'cancelled' THEN 3 WHEN 'finished' THEN 2 ELSE 1 END $$;
+
         -- landing: one row per source record, its latest state -------------------------------------
         CREATE TABLE warehouse.src_encounter (
             facility_code     varchar(32) NOT NULL,
@@ -194,6 +198,7 @@ def upgrade() -> None:
             grade         varchar(2),
             ownership     varchar(8),
             is_public     boolean NOT NULL,
+            is_hospital   boolean NOT NULL,          -- a hospital (not a community or township health centre)
             district_code varchar(6),
             district_name varchar(50),
             beds          integer NOT NULL
@@ -215,8 +220,7 @@ def upgrade() -> None:
         );
         CREATE TABLE warehouse.dim_person (
             person_key     bigint PRIMARY KEY,        -- skey(empi_id, valid_from): one version
-            person_id      bigint NOT NULL,           -- skey(empi_id): the durable key facts carry
-            empi_id        varchar(20) NOT NULL,
+            person_id      bigint NOT NULL,           -- skey(empi_id): the durable key facts carry (no EMPI id here)
             birth_year     smallint,
             sex            varchar(1),
             district_code  varchar(6),
@@ -226,6 +230,7 @@ def upgrade() -> None:
             is_current     boolean NOT NULL
         );
         CREATE UNIQUE INDEX ux_dim_person_current ON warehouse.dim_person (person_id) WHERE is_current;
+        CREATE UNIQUE INDEX ux_dim_person_version ON warehouse.dim_person (person_id, valid_from);
         CREATE TABLE warehouse.dim_diagnosis (
             diagnosis_key bigint PRIMARY KEY,
             code          varchar(40) NOT NULL UNIQUE,
@@ -410,8 +415,13 @@ def upgrade() -> None:
             END IF;
         END $$;
         GRANT USAGE ON SCHEMA warehouse TO smartcare_analyst;
-        GRANT SELECT ON ALL TABLES IN SCHEMA warehouse TO smartcare_analyst;
-        ALTER DEFAULT PRIVILEGES IN SCHEMA warehouse GRANT SELECT ON TABLES TO smartcare_analyst;
+        -- the star schema only: not the landing tables (they hold EMPI ids and card ids)
+        GRANT SELECT ON warehouse.dim_date, warehouse.dim_facility, warehouse.dim_department,
+            warehouse.dim_practitioner, warehouse.dim_person, warehouse.dim_diagnosis, warehouse.dim_charge_item,
+            warehouse.dim_payer, warehouse.dim_document_type, warehouse.fct_outpatient_visit,
+            warehouse.fct_inpatient_stay, warehouse.fct_charge_item, warehouse.fct_settlement_payer,
+            warehouse.fct_diagnosis, warehouse.fct_lab_result, warehouse.fct_document, warehouse.fct_message,
+            warehouse.fct_card_use, warehouse.fct_booking, warehouse.mart_facility_day TO smartcare_analyst;
         """
     )
 

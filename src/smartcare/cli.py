@@ -965,7 +965,7 @@ DEMO_ACTIVITY_DAYS = 14
 
 def _demo_activity(days: int = 365, hospitals: int = 20, seed: int = 2026, level: int | None = None) -> dict[str, int]:
     """Synthetic activity (a year by default) of the region's largest public hospitals (of one level if
-    given), up to yesterday, landed and built into the star schema — only into an empty warehouse."""
+    given), up to now, landed and built into the star schema — only into an empty warehouse."""
     from datetime import timedelta
 
     from sqlalchemy import text
@@ -984,7 +984,7 @@ def _demo_activity(days: int = 365, hospitals: int = 20, seed: int = 2026, level
         with bar:
             task = bar.add_task("landing", total=None)
             landed = warehouse.land_synthetic(
-                session, activity(chosen, start=china_today() - timedelta(days=days), days=days, seed=seed,
+                session, activity(chosen, start=china_today() - timedelta(days=days - 1), days=days, seed=seed,
                                   persons=20_000 * len(chosen)),
                 progress=lambda n: bar.advance(task, n))
     with session_scope() as session, console.status("building the star schema …"):
@@ -998,7 +998,7 @@ def warehouse_demo_activity(days: int = typer.Option(365, min=1, max=3660),
                             level: int = typer.Option(None, min=0, max=3, help="only hospitals of this level"),
                             seed: int = 2026) -> None:
     """Land synthetic activity (visits, stays, charges, settlements, bookings, card uses, documents, messages)
-    of the largest public hospitals up to yesterday, and build the star schema (only into an empty warehouse).
+    of the largest public hospitals up to now, and build the star schema (only into an empty warehouse).
     At city proportions a 三级 hospital-day is ~80,000 fact rows: mind the size of a year of twenty."""
     landed = _demo_activity(days, hospitals, seed, level)
     if not landed:
@@ -1109,7 +1109,8 @@ def warehouse_indicators(start: datetime = typer.Option(..., formats=["%Y-%m-%d"
 def warehouse_export(table: str = typer.Argument(..., help="a dim_*, fct_* or mart_* table"),
                      format: str = typer.Option("csv", help="csv or parquet"),
                      output: Path = typer.Option(None, help="default: <table>.<format>")) -> None:
-    """Export a whole dimension, fact or mart table as CSV or Parquet, streamed in batches."""
+    """Export a whole dimension, fact or mart table as CSV or Parquet, streamed in batches (audited)."""
+    from smartcare.platform import audit
     from smartcare.platform.db import session_scope
     from smartcare.platform.errors import SmartCareError
     from smartcare.warehouse import service as warehouse
@@ -1120,6 +1121,8 @@ def warehouse_export(table: str = typer.Argument(..., help="a dim_*, fct_* or ma
     try:
         with session_scope() as session:
             rows = warehouse.write_export(session, table, format, path)
+            audit.record(session, actor="cli", action="warehouse.export", target=f"warehouse.{table}",
+                         detail={"format": format, "rows": rows, "file": str(path)})
     except SmartCareError as exc:
         err.print(f"[red]{exc.message}[/red]" + (f" ({exc.hint})" if exc.hint else ""))
         raise typer.Exit(2) from None

@@ -125,6 +125,7 @@ def test_analyst_role_reads_the_warehouse_only(database_url, filled):
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM warehouse.fct_outpatient_visit")).scalar() > 0
             for forbidden in ("INSERT INTO warehouse.dim_payer VALUES (1, 'x', 'self', 'x')",
+                              "SELECT count(*) FROM warehouse.src_person", "SELECT count(*) FROM warehouse.src_card_use",
                               "SELECT count(*) FROM empi.person", "SELECT count(*) FROM payment.bill"):
                 with pytest.raises(Exception, match="permission denied"):
                     conn.execute(text(forbidden))

@@ -33,7 +33,7 @@ def _land(s, f: str) -> None:
               "code, name, category, amount, charged_at) VALUES (:f, :b, :l, :x, :e, :p, :code, :code, '甲', :a, :at)")
     for b, line, e, code, amount, at in (
             ("B0", 1, "V0", "001102000010000", 20_000, "2026-02-10 10:00+08"),
-            ("B1", 1, "V1", "XJ01DDK019", 5_000, "2026-03-02 10:00+08"),
+            ("B1", 1, "V1", "T000100011", 5_000, "2026-03-02 10:00+08"),  # 中药饮片: a drug too
             ("B1", 2, "V1", "001102000010000", 10_000, "2026-03-02 10:00+08"),
             ("B2", 1, "V2", "002502000010000", 25_000, "2026-03-02 23:50+08"),
             ("BS1", 1, "S1", "ZA04AAA001", 100_000, "2026-03-03 09:00+08"),
@@ -129,7 +129,7 @@ def test_days_districts_and_bad_requests(march):
         mine = [r for r in region if r["code"] == district]
         assert mine and mine[0]["outpatient_visits"] == 3
         district_beds = s.scalar(text("SELECT sum(beds) FROM warehouse.dim_facility WHERE district_code = :d "
-                                      "AND is_public"), {"d": district})
+                                      "AND is_public AND is_hospital"), {"d": district})
         assert mine[0]["bed_turnover"] == round(2 / district_beds, 2)
         for bad in ({"by": "ward"}, {"grain": "week"}):
             with pytest.raises(InvalidInput):

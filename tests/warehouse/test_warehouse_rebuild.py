@@ -62,12 +62,34 @@ def test_rebuild_equals_incremental_after_corrections(seeded):
                                   "WHERE cash_pay > 0 ORDER BY settlement_no LIMIT 1")).one()
         s.execute(text("UPDATE warehouse.src_settlement SET total = total - cash_pay, cash_pay = 0 "
                        "WHERE settlement_no = :n"), {"n": refunded[0]})
+        # a bill refunded in full (its charges go, its charge items stay in the catalogue), a department corrected
+        whole = s.execute(text("SELECT settlement_no, facility_code, bill_no FROM warehouse.src_settlement "
+                               "ORDER BY settlement_no DESC LIMIT 1")).one()
+        s.execute(text("UPDATE warehouse.src_settlement SET total = 0, fund_pay = 0, account_pay = 0, insurer_pay = 0, "
+                       "cash_pay = 0 WHERE settlement_no = :n"), {"n": whole[0]})
+        s.execute(text("UPDATE warehouse.src_charge SET code = 'XREFUNDED1' WHERE settlement_no = :n"), {"n": whole[0]})
+        only_there = Changes()
+        only_there.add("charge", whole[1], whole[2])
+        service.apply(s, only_there)  # the item was seen once …
+        s.execute(text("DELETE FROM warehouse.src_charge WHERE settlement_no = :n"), {"n": whole[0]})
+        moved = s.execute(text("SELECT facility_code, encounter_id FROM warehouse.src_encounter WHERE class = 'AMB' "
+                               "ORDER BY encounter_id DESC LIMIT 1")).one()
+        s.execute(text("UPDATE warehouse.src_encounter SET department_code = 'DEPT-TYPO' "
+                       "WHERE facility_code = :f AND encounter_id = :e"), {"f": moved[0], "e": moved[1]})
+        typo = Changes()
+        typo.add("encounter", *moved)
+        service.apply(s, typo)
+        s.execute(text("UPDATE warehouse.src_encounter SET department_code = 'DEPT-FIXED' "
+                       "WHERE facility_code = :f AND encounter_id = :e"), {"f": moved[0], "e": moved[1]})
         corrections = Changes()
         corrections.add("encounter", *stay)
         corrections.add("encounter", *visit)
+        corrections.add("encounter", *moved)
         corrections.add("document", replaced)
         corrections.add("settlement", refunded[0])
         corrections.add("charge", refunded[1], refunded[2])
+        corrections.add("settlement", whole[0])
+        corrections.add("charge", whole[1], whole[2])
         service.apply(s, corrections)
         kept = snapshot(s)
         # the same change again (a redelivered event): nothing moves
@@ -83,6 +105,12 @@ def test_rebuild_equals_incremental_after_corrections(seeded):
         assert s.scalar(text("SELECT count(*) FROM warehouse.fct_diagnosis WHERE record_id = :r"), {"r": replaced}) == 0
         assert s.scalar(text("SELECT count(*) FROM warehouse.fct_settlement_payer WHERE settlement_no = :n "
                              "AND payer_kind = 'self'"), {"n": refunded[0]}) == 0
+        assert s.scalar(text("SELECT count(*) FROM warehouse.fct_settlement_payer WHERE settlement_no = :n"),
+                        {"n": whole[0]}) == 0
+        assert s.scalar(text("SELECT count(*) FROM warehouse.fct_charge_item WHERE bill_no = :b"), {"b": whole[2]}) == 0
+        # dimensions are catalogues: what was seen stays (and a rebuild keeps it)
+        assert s.scalar(text("SELECT count(*) FROM warehouse.dim_charge_item WHERE code = 'XREFUNDED1'")) == 1
+        assert s.scalar(text("SELECT count(*) FROM warehouse.dim_department WHERE code IN ('DEPT-TYPO', 'DEPT-FIXED')")) == 2
         assert kept["mart_facility_day"], "the mart has rows"
         assert all(n == 0 for _, n in checks.run(s)), [c for c in checks.run(s) if c[1]]
 

@@ -105,13 +105,16 @@ def _patient(msg: hl7v2.Message, pid: str = "PID") -> dict:
 
 
 def _encounter(msg: hl7v2.Message, patient: dict, status: str = "in-progress") -> dict | None:
-    """The visit of an ADT message (PV1); ``surgeries`` counts its PR1 procedures (a discharge lists them)."""
+    """The visit of an ADT message (PV1); ``surgeries`` counts its PR1 procedures (a discharge lists them).
+    A new visit without PV1-44 starts when the event happened; a discharge or cancellation without it has no
+    start (the event's time is not the admission's)."""
     pv1 = msg.get("PV1")
     if pv1 is None:
         return None
+    event_time = (_hl7_time(msg.value("EVN-2")) or _hl7_time(msg.timestamp)) if status == "in-progress" else None
     return {"source_id": pv1.value("19.1") or None, "patient_ref": patient["source_id"],
             "class": _CLASS.get(pv1.value("2").strip().upper(), "AMB"), "status": status,
-            "start": _hl7_time(pv1.value("44")) or _hl7_time(msg.value("EVN-2")) or _hl7_time(msg.timestamp),
+            "start": _hl7_time(pv1.value("44")) or event_time,
             "end": _hl7_time(pv1.value("45")), "department": pv1.value("3.1") or None,
             "attending": pv1.value("7.1") or None, "surgeries": len(msg.all("PR1"))}
 
@@ -209,7 +212,10 @@ def hl7_events(msg: hl7v2.Message) -> list[Event]:
                 events.append(("encounter.recorded", encounter))
             return events
         if trigger in ("A03", "A11"):
-            encounter = _encounter(msg, _patient(msg), "finished" if trigger == "A03" else "cancelled")
+            patient = _patient(msg) if msg.get("PID") else {"source_id": None}
+            encounter = _encounter(msg, patient, "finished" if trigger == "A03" else "cancelled")
+            if encounter and trigger == "A03" and not encounter["end"]:  # discharged when the event says
+                encounter["end"] = _hl7_time(msg.value("EVN-2")) or _hl7_time(msg.timestamp)
             return [("encounter.recorded", encounter)] if encounter else []
         if trigger in ("A08", "A31"):
             return [("patient.updated", _patient(msg))]

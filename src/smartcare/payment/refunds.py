@@ -173,6 +173,7 @@ def _failed(s: Settlement, refund: Refund, payer: str, exc: Refused) -> str:
                         .values(refunded=Settlement.refunded - undone))
         event(session, s.id, f"refund:{payer}", "refused", refund_no=refund.refund_no, code=exc.code,
               error=exc.message, not_refunded=undone)
+        changed(session, s.settlement_no)  # the parts refunded before the refusal did move money
     return "failed"
 
 

@@ -135,8 +135,9 @@ def credit_personal_account(session: Session, *, empi_id: str, amount: int, tran
 def settlements_for_warehouse(session: Session, *, numbers: list[str] | None = None, after_id: int = 0,
                               limit: int = 1000) -> tuple[list[dict], list[dict]]:
     """Finished settlements (by number, or the next ``limit`` after id ``after_id``) with each payer's part
-    net of succeeded refunds (a medical-insurance refund takes back the pooled fund first), and their bills'
-    lines: what the warehouse lands. Returns (settlements with their ``id``, charge lines)."""
+    net of the refund parts that succeeded (also of a refund that stopped at a later part; a medical-insurance
+    refund takes back the pooled fund first), and their bills' lines: what the warehouse lands. Returns
+    (settlements with their ``id``, charge lines)."""
     where = "s.settlement_no = ANY(:numbers)" if numbers is not None else "s.id > :after"
     rows = [dict(r._mapping) for r in session.execute(text(f"""
         SELECT s.id, s.settlement_no, s.facility_code, b.bill_no, b.encounter_id, s.empi_id, b.insurance_type,
@@ -146,8 +147,10 @@ def settlements_for_warehouse(session: Session, *, numbers: list[str] | None = N
                s.insurer, s.channel, b.id AS bill_id,
                coalesce(r.cash, 0) AS r_cash, coalesce(r.insurer, 0) AS r_insurer, coalesce(r.medins, 0) AS r_medins
         FROM payment.settlement s JOIN payment.bill b ON b.id = s.bill_id
-        LEFT JOIN LATERAL (SELECT sum(cash_part) AS cash, sum(insurer_part) AS insurer, sum(medins_part) AS medins
-                           FROM payment.refund WHERE settlement_id = s.id AND state = 'succeeded') r ON true
+        LEFT JOIN LATERAL (SELECT sum(cash_part) FILTER (WHERE cash_status = 'succeeded') AS cash,
+                                  sum(insurer_part) FILTER (WHERE insurer_status = 'succeeded') AS insurer,
+                                  sum(medins_part) FILTER (WHERE medins_status = 'succeeded') AS medins
+                           FROM payment.refund WHERE settlement_id = s.id) r ON true
         WHERE {where} AND s.state IN ('completed', 'compensated', 'failed')
         ORDER BY s.id LIMIT :limit"""), {"numbers": numbers, "after": after_id, "limit": limit})]
     settlements = []

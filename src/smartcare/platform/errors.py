@@ -61,6 +61,13 @@ class RateLimited(SmartCareError):
     retry_after: float | None = None
 
 
+class Unavailable(SmartCareError):
+    """Busy for a moment (e.g. a rebuild holds the tables): try again shortly."""
+
+    status = 503
+    code = "unavailable"
+
+
 class ConfigurationError(SmartCareError):
     status = 500
     code = "configuration"

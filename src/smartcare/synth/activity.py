@@ -93,8 +93,9 @@ def _pay(rng: random.Random, total: int, insurance: str, commercial: bool) -> tu
 
 def activity(hospitals: list[Hospital], *, start: date, days: int, seed: int = 2026,
              persons: int = 200_000, now: datetime | None = None) -> Iterator[tuple[str, tuple]]:
-    """(landing table, row) for every day of every hospital; persons first. Stays that would end after
-    ``now`` (default: the present) are still open: no discharge, bill or discharge documents yet."""
+    """(landing table, row) for every day of every hospital; persons first. Nothing happens after ``now``
+    (default: the present): later visits are left out, stays that would end later are still open (no
+    discharge, bill or discharge documents yet), documents not yet received are not there."""
     now = now or datetime.now(UTC)
     rng = random.Random(seed)
     ids = _Ids(9_000_000_000)
@@ -122,6 +123,8 @@ def activity(hospitals: list[Hospital], *, start: date, days: int, seed: int = 2
 def _encounter(rng: random.Random, ids: _Ids, h: Hospital, day: date, inpatient: bool, empi_id: str,
                insurance_of: dict[str, str], now: datetime) -> Iterator[tuple[str, tuple]]:
     start_at = _at(day, rng)
+    if start_at > now:
+        return
     encounter_id = f"{'Z' if inpatient else 'M'}{day:%y%m%d}{rng.getrandbits(40):012x}"
     department = rng.choice(h.departments) if h.departments else None
     if inpatient:
@@ -146,6 +149,8 @@ def _encounter(rng: random.Random, ids: _Ids, h: Hospital, day: date, inpatient:
         lines = rng.sample(DRUGS, rng.randint(0, 2)) + rng.sample(SERVICES[:4], rng.randint(1, 2))
         quantities = [rng.randint(1, 3) for _ in lines]
         settled_at = start_at + timedelta(minutes=rng.randint(20, 120))
+    if settled_at > now:
+        settled_at = now
     bill_no = f"B{encounter_id}"
     settlement_no = f"S{encounter_id}"
     total = 0
@@ -168,6 +173,8 @@ def _encounter(rng: random.Random, ids: _Ids, h: Hospital, day: date, inpatient:
         record_id = ids.next("record")
         service_at = end_at if inpatient else start_at
         delay = timedelta(hours=rng.choice((1, 2, 4, 8, 20, 30, 50)) if rng.random() < 0.9 else rng.randint(24, 96))
+        if service_at + delay > now:
+            continue
         yield "src_document", (record_id, h.code, type_code, empi_id, service_at, service_at + delay, True,
                                round(min(100.0, max(40.0, rng.gauss(88, 7))), 2))
         yield "src_document_item", (record_id, 1, "condition", rng.choice(DIAGNOSES), None, None, None, service_at)
@@ -175,7 +182,7 @@ def _encounter(rng: random.Random, ids: _Ids, h: Hospital, day: date, inpatient:
             code, unit = rng.choice(LABS)
             yield "src_document_item", (record_id, 2, "lab", code, None, round(rng.uniform(1, 200), 1), unit, service_at)
     for kind in (("A01", "A03") if inpatient else ("A04",)):
-        received = start_at + timedelta(seconds=rng.randint(1, 30))
+        received = min(now, start_at + timedelta(seconds=rng.randint(1, 30)))
         failed = rng.random() < 0.01
         yield "src_message", (ids.next("message"), h.code, h.code, "hl7v2", f"ADT^{kind}",
                               "failed" if failed else "processed", received, received + timedelta(milliseconds=rng.randint(5, 80)))

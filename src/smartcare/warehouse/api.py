@@ -26,18 +26,21 @@ _MEDIA = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.p
 @router.get("/overview")
 def overview(session: Session = Depends(db), who: Principal = Depends(CONSOLE)) -> dict:
     """The region now: districts, every public hospital's freshness and today, the live minute, alerts."""
-    return monitor.overview(session)
+    with monitor.reading(session):
+        return monitor.overview(session)
 
 
 @router.get("/hospitals/{code}")
 def hospital(code: str, days: int = Query(30, ge=1, le=366), session: Session = Depends(db),
              who: Principal = Depends(CONSOLE)) -> dict:
-    return monitor.hospital(session, code, days=days)
+    with monitor.reading(session):
+        return monitor.hospital(session, code, days=days)
 
 
 @router.get("/alerts")
 def alerts(session: Session = Depends(db), who: Principal = Depends(CONSOLE)) -> list[dict]:
-    return monitor.alerts(session)
+    with monitor.reading(session):
+        return monitor.alerts(session)
 
 
 @router.get("/indicators/definitions")
@@ -52,8 +55,9 @@ def indicator_values(start: date, end: date, by: Literal["facility", "district"]
                      district: str | None = Query(None, max_length=6),
                      format: Literal["json", "csv"] = "json", session: Session = Depends(db),
                      who: Principal = Depends(CONSOLE)):
-    rows = indicators.compute(session, by=by, grain=grain, start=start, end=end, facility_code=hospital,
-                              district_code=district)
+    with monitor.reading(session):
+        rows = indicators.compute(session, by=by, grain=grain, start=start, end=end, facility_code=hospital,
+                                  district_code=district)
     if format == "json":
         return rows
     codes = [i.code for i in indicators.INDICATORS]

@@ -10,7 +10,7 @@ from smartcare.warehouse.marts import FACTS
 
 UNIQUE = {
     "dim_facility": "code", "dim_department": "facility_code, code", "dim_practitioner": "facility_code, code",
-    "dim_person": "empi_id, valid_from", "dim_diagnosis": "code", "dim_charge_item": "code", "dim_payer": "code",
+    "dim_person": "person_id, valid_from", "dim_diagnosis": "code", "dim_charge_item": "code", "dim_payer": "code",
     "dim_document_type": "code", "mart_facility_day": "facility_key, date_key",
 }
 NOT_NULL = {

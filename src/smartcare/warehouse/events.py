@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 PERSON_RETRIES = 3
 
 
+#: HL7 v3 ActCode classes as the hub writes them (v2 PV1-2 mapped, FHIR as sent) → the warehouse's three;
+#: pre-admissions and anything else are not visits.
+_CLASSES = {"AMB": "AMB", "VR": "AMB", "HH": "AMB", "FLD": "AMB", "EMER": "EMER", "IMP": "IMP", "ACUTE": "IMP",
+            "NONAC": "IMP", "SS": "IMP", "OBSENC": "EMER"}
+#: FHIR Encounter.status (and the hub's own) → the warehouse's three.
+_STATUSES = {"finished": "finished", "cancelled": "cancelled", "entered-in-error": "cancelled"}
+
+
 class PersonNotYetLinked(RuntimeError):
     pass
 
@@ -64,20 +72,24 @@ def encounters(session: Session, message: Message) -> None:
         log.warning("exchange message %s: a visit without a visit number (PV1-19) is not counted",
                     source.get("message_id"))
         return
-    row = {"facility_code": facility, "encounter_id": str(data["source_id"])[:64], "empi_id": empi_id,
-           "class": data.get("class") if data.get("class") in ("AMB", "EMER", "IMP") else "AMB",
-           "department_code": data.get("department"), "practitioner_code": data.get("attending"),
+    visit_class = _CLASSES.get(str(data.get("class") or "AMB").upper())
+    if visit_class is None:
+        log.info("exchange message %s: a %s encounter is not a visit; not counted", source.get("message_id"),
+                 data.get("class"))
+        return
+    row = {"facility_code": facility[:32], "encounter_id": str(data["source_id"])[:64], "empi_id": empi_id,
+           "class": visit_class, "department_code": (data.get("department") or "")[:32] or None,
+           "practitioner_code": (data.get("attending") or "")[:32] or None,
            "start_at": _time(data.get("start")), "end_at": _time(data.get("end")),
-           "status": data.get("status") or "in-progress", "surgeries": int(data.get("surgeries") or 0)}
+           "status": _STATUSES.get(str(data.get("status") or ""), "in-progress"),
+           "surgeries": int(data.get("surgeries") or 0)}
     service.apply(session, landing.land_encounters(session, [row]))
 
 
 @consumer("warehouse.documents", "records.document.registered", "quality.document.checked", backoff_seconds=2.0)
 def documents(session: Session, message: Message) -> None:
     p = message.payload
-    ids = [int(p.get("id") or p["record_id"])]
-    if p.get("replaces_id"):
-        ids.append(int(p["replaces_id"]))
+    ids = [int(p.get("id") or p["record_id"])]  # the documents it replaced are landed with it
     service.apply(session, service.documents(session, ids))
 
 

@@ -13,6 +13,7 @@ from datetime import date, timedelta
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from smartcare.platform.clock import china_today
 from smartcare.platform.errors import InvalidInput
 
 
@@ -101,22 +102,24 @@ def _previous(start: date, grain: str) -> tuple[date, date]:
 def compute(session: Session, *, by: str = "facility", grain: str = "month", start: date, end: date,
             facility_code: str | None = None, district_code: str | None = None, as_of: date | None = None,
             only: tuple[str, ...] | None = None) -> list[dict]:
-    """Indicators per (hospital or district, period) over [start, end]; ``as_of`` is the day open stays
-    count up to (default: today). Rows: group code and name, period, and one value per indicator (None
-    when its denominator is zero)."""
+    """Indicators of public hospitals (not primary-care centres) per (hospital or district, period) over
+    [start, end]; ``as_of`` is the day open stays count up to (default: today in China). Rows: group code and
+    name, period, and one value per indicator (None when its denominator is zero)."""
     if by not in ("facility", "district"):
         raise InvalidInput(f"unknown grouping {by!r}", field="by", hint="facility or district")
     if grain not in ("day", "month"):
         raise InvalidInput(f"unknown grain {grain!r}", field="grain", hint="day or month")
     if end < start or (end - start).days > 1100:
         raise InvalidInput("the period must run forwards and span at most three years", field="end")
-    as_of = as_of or date.today()
+    if grain == "day" and (end - start).days > 400:
+        raise InvalidInput("days over at most 400 days; ask for months beyond that", field="end")
+    as_of = as_of or china_today()
     periods = _periods(start, end, grain)
     prev_start, prev_end = _previous(start, grain)
     periods = [("previous", prev_start, prev_end), *periods]
     group = "f.code" if by == "facility" else "f.district_code"
     group_name = "min(f.name)" if by == "facility" else "min(f.district_name)"
-    filters, params = ["f.is_public", "f.kind <> 'unregistered'"], {}
+    filters, params = ["f.is_public", "f.is_hospital"], {}
     if facility_code:
         filters.append("f.code = :facility")
         params["facility"] = facility_code

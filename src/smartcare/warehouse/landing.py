@@ -64,32 +64,39 @@ _ENCOUNTER = """
 INSERT INTO warehouse.src_encounter AS e (facility_code, encounter_id, empi_id, class, department_code,
     practitioner_code, start_at, end_at, status, surgeries)
 VALUES (%(facility_code)s, %(encounter_id)s, %(empi_id)s, %(class)s, %(department_code)s, %(practitioner_code)s,
-        %(start_at)s, %(end_at)s, %(status)s, %(surgeries)s)
+        coalesce(%(start_at)s, %(end_at)s), %(end_at)s, %(status)s, %(surgeries)s)
 ON CONFLICT (facility_code, encounter_id) DO UPDATE SET
+    -- a visit only moves forward (in progress → finished → cancelled): an event of the same or a later stage
+    -- carries the hospital's correction and wins; a late or redelivered earlier one fills only what is missing
     empi_id = coalesce(excluded.empi_id, e.empi_id),
-    class = excluded.class,
-    department_code = coalesce(excluded.department_code, e.department_code),
-    practitioner_code = coalesce(excluded.practitioner_code, e.practitioner_code),
-    start_at = least(excluded.start_at, e.start_at),
-    end_at = coalesce(excluded.end_at, e.end_at),
-    -- a visit only moves forward: a late or redelivered admission does not reopen a discharge
-    status = CASE WHEN e.status = 'cancelled' OR excluded.status = 'cancelled' THEN 'cancelled'
-                  WHEN e.status = 'finished' OR excluded.status = 'finished' THEN 'finished'
-                  ELSE 'in-progress' END,
-    surgeries = greatest(excluded.surgeries, e.surgeries),
+    class = CASE WHEN warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status) THEN excluded.class
+                 ELSE e.class END,
+    department_code = CASE WHEN warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status)
+                           THEN coalesce(excluded.department_code, e.department_code) ELSE e.department_code END,
+    practitioner_code = CASE WHEN warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status)
+                             THEN coalesce(excluded.practitioner_code, e.practitioner_code) ELSE e.practitioner_code END,
+    start_at = CASE WHEN warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status)
+                    THEN coalesce(CAST(%(start_at)s AS timestamptz), e.start_at) ELSE e.start_at END,
+    end_at = CASE WHEN warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status)
+                  THEN coalesce(excluded.end_at, e.end_at) ELSE e.end_at END,
+    surgeries = CASE WHEN warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status)
+                     THEN excluded.surgeries ELSE e.surgeries END,
+    status = CASE WHEN warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status)
+                  THEN excluded.status ELSE e.status END,
     landed_at = now()
 """
 
 
 def land_encounters(session: Session, rows: list[dict]) -> Changes:
-    """Visits as the hub's ``encounter.recorded`` events carry them, with the EMPI id already resolved."""
+    """Visits as the hub's ``encounter.recorded`` events carry them, with the EMPI id already resolved. A
+    discharge or cancellation without the admission time keeps the one known (or starts at its own time)."""
     changes = Changes()
-    rows = [r for r in rows if r.get("encounter_id") and r.get("start_at")]
+    rows = [r for r in rows if r.get("encounter_id") and (r.get("start_at") or r.get("end_at"))]
     if rows:
         driver(session).cursor().executemany(_ENCOUNTER, [{"surgeries": 0, **r} for r in rows])
     for r in rows:
         changes.add("encounter", r["facility_code"], r["encounter_id"])
-    observe_persons(session, {r["empi_id"]: None for r in rows if r.get("empi_id")}, changes)
+    observe_persons(session, {r["empi_id"]: (None, None) for r in rows if r.get("empi_id")}, changes)
     return changes
 
 
@@ -114,7 +121,7 @@ def land_documents(session: Session, docs: list[dict], items: list[dict], scores
             items)
     for record_id in ids:
         changes.add("document", record_id)
-    observe_persons(session, {d["empi_id"]: None for d in docs if d.get("empi_id")}, changes)
+    observe_persons(session, {d["empi_id"]: (None, None) for d in docs if d.get("empi_id")}, changes)
     return changes
 
 
@@ -152,7 +159,7 @@ def land_settlements(session: Session, settlements: list[dict], lines: list[dict
         changes.add("charge", s["facility_code"], s["bill_no"])
     for facility_code, bill_no in old:
         changes.add("charge", facility_code, bill_no)
-    observe_persons(session, {s["empi_id"]: s["insurance_type"] for s in settlements
+    observe_persons(session, {s["empi_id"]: (s["insurance_type"], s["settled_at"]) for s in settlements
                               if s.get("empi_id") and s["insurance_type"] != "none"}, changes)
     return changes
 
@@ -168,7 +175,7 @@ def land_bookings(session: Session, appointments: list[dict]) -> Changes:
     _upsert(session, "src_booking", _BOOKING_COLUMNS, ("appointment_no",), appointments)
     for a in appointments:
         changes.add("booking", a["appointment_no"])
-    observe_persons(session, {a["empi_id"]: None for a in appointments}, changes)
+    observe_persons(session, {a["empi_id"]: (None, None) for a in appointments}, changes)
     return changes
 
 
@@ -216,10 +223,11 @@ def land_card_uses(session: Session, rows: list[dict]) -> Changes:
 
 
 def watermark(session: Session, source: str, *, now: datetime) -> datetime:
-    """Where the next pull of ``source`` starts (its overlap included); the first pull reads the last hour."""
+    """Where the next pull of ``source`` starts (its overlap included); a new warehouse starts now (its
+    history comes by ``backfill``)."""
     read_to = session.scalar(text("SELECT read_to FROM warehouse.watermark WHERE source = :s FOR UPDATE"),
                              {"s": source})
-    return (read_to or now - timedelta(hours=1)) - PULL_OVERLAP
+    return (read_to or now) - PULL_OVERLAP
 
 
 def advance(session: Session, source: str, to: datetime) -> None:
@@ -230,30 +238,35 @@ def advance(session: Session, source: str, to: datetime) -> None:
 
 # ---------------------------------------------------------------- persons (SCD type 2 observations)
 
-def observe_persons(session: Session, insurance: dict[str, str | None], changes: Changes, *,
-                    at: datetime | None = None) -> None:
-    """Record what the persons look like now (district from the EMPI, insurance type when the caller
-    knows it, else as last seen); a new version only when district or insurance type changed."""
-    if not insurance:
+def observe_persons(session: Session, seen: dict[str, tuple[str | None, datetime | None]], changes: Changes) -> None:
+    """Record what persons look like: ``seen`` maps an EMPI id to (insurance type if this source knows it,
+    when that was so). District, birth year and sex come from the EMPI now. A new version starts at that
+    time only when district or insurance type changed; an observation older than the person's latest version
+    (a late or repeated event) changes nothing, so versions never flip back and redeliveries add none."""
+    if not seen:
         return
     from smartcare.empi import service as empi
 
-    profiles = empi.profiles(session, insurance)
+    profiles = empi.profiles(session, seen)
     latest = {r.empi_id: r for r in session.execute(text(
         "SELECT DISTINCT ON (empi_id) empi_id, valid_from, birth_year, sex, district_code, insurance_type "
         "FROM warehouse.src_person WHERE empi_id = ANY(:ids) ORDER BY empi_id, valid_from DESC"),
-        {"ids": list(insurance)})}
+        {"ids": list(seen)})}
     rows = []
-    for empi_id, insurance_type in insurance.items():
+    now = datetime.now(UTC)
+    for empi_id, (insurance_type, at) in seen.items():
         profile = profiles.get(empi_id, {})
         last = latest.get(empi_id)
+        at = at or now
+        if last is not None and at < last.valid_from:
+            continue
         insurance_type = insurance_type or (last.insurance_type if last else None)
         district = profile.get("district_code") or (last.district_code if last else None)
         if last is None:
             valid_from = BEGINNING
         elif (last.district_code, last.insurance_type) != (district, insurance_type):
-            valid_from = at or datetime.now(UTC)
-        elif (last.birth_year, last.sex) != (profile.get("birth_year"), profile.get("sex")) and profile:
+            valid_from = at
+        elif profile and (last.birth_year, last.sex) != (profile.get("birth_year"), profile.get("sex")):
             valid_from = last.valid_from  # a correction of a type-1 attribute: the version is mended in place
         else:
             continue
@@ -262,4 +275,3 @@ def observe_persons(session: Session, insurance: dict[str, str | None], changes:
         changes.persons.add(empi_id)
     _upsert(session, "src_person", ("empi_id", "valid_from", "birth_year", "sex", "district_code", "insurance_type"),
             ("empi_id", "valid_from"), rows)
-

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 W = "warehouse"
 
 _PERSON = "CASE WHEN s.empi_id IS NOT NULL THEN warehouse.skey(s.empi_id) END"
+#: NHSA drug codes: 西药 X and 中成药 Z followed by a letter (ATC-like), 中药饮片 T followed by digits.
+DRUG_CODE = "^([XZ][A-Z]|T[0-9])"
 _CHINA_DAY = "(({0}) AT TIME ZONE 'Asia/Shanghai')::date"
 
 
@@ -64,7 +66,7 @@ FACTS: dict[str, Fact] = {f.table: f for f in (
          ("facility_key", "bill_no", "line", "encounter_id", "date_key", "person_id", "charge_item_key", "is_drug",
           "amount"),
          f"""SELECT warehouse.skey(s.facility_code), s.bill_no, s.line, s.encounter_id, warehouse.day_key(s.charged_at),
-                    {_PERSON}, warehouse.skey(s.code), s.code ~ '^[XZT][A-Z]', s.amount
+                    {_PERSON}, warehouse.skey(s.code), s.code ~ '{DRUG_CODE}', s.amount
              FROM warehouse.src_charge s WHERE {{where}}""",
          ("s.facility_code", "s.bill_no"), ("warehouse.skey(k1)", "k2")),
     Fact("fct_settlement_payer",
@@ -266,7 +268,7 @@ WHERE coalesce(visits.n, 0) + coalesce(admissions.n, 0) + coalesce(discharges.n,
 DIMENSION_SQL = {
     "charge": """
         INSERT INTO warehouse.dim_charge_item (charge_item_key, code, name, category, is_drug)
-        SELECT warehouse.skey(code), code, min(name), min(category), code ~ '^[XZT][A-Z]'
+        SELECT warehouse.skey(code), code, min(name), min(category), code ~ '""" + DRUG_CODE + """'
         FROM warehouse.src_charge s WHERE {where} GROUP BY code
         ON CONFLICT (charge_item_key) DO UPDATE SET name = least(dim_charge_item.name, excluded.name),
                                                      category = least(dim_charge_item.category, excluded.category)""",
@@ -288,11 +290,11 @@ DIMENSION_SQL = {
 }
 
 #: Persons as SCD type 2: the versions of the given persons, made again from their observations
-#: (after deleting them: ``DELETE FROM warehouse.dim_person s WHERE {where}``).
+#: (after deleting them: ``DELETE FROM warehouse.dim_person WHERE person_id = ANY(…)``).
 PERSON_SQL = """
-INSERT INTO warehouse.dim_person (person_key, person_id, empi_id, birth_year, sex, district_code, insurance_type,
+INSERT INTO warehouse.dim_person (person_key, person_id, birth_year, sex, district_code, insurance_type,
                                   valid_from, valid_to, is_current)
-SELECT warehouse.skey(s.empi_id, s.valid_from::text), warehouse.skey(s.empi_id), s.empi_id, s.birth_year, s.sex,
+SELECT warehouse.skey(s.empi_id, s.valid_from::text), warehouse.skey(s.empi_id), s.birth_year, s.sex,
        s.district_code, s.insurance_type, s.valid_from,
        lead(s.valid_from) OVER w, lead(s.valid_from) OVER w IS NULL
 FROM warehouse.src_person s WHERE {where}

@@ -7,13 +7,18 @@ facts of the last hour (by their receive-time index). Nothing here reads another
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
+
+from psycopg.errors import LockNotAvailable
+from sqlalchemy.exc import OperationalError
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from smartcare.platform.clock import CHINA_TZ
-from smartcare.platform.errors import NotFound
+from smartcare.platform.errors import NotFound, Unavailable
 from smartcare.warehouse import indicators
 
 SILENT_MINUTES = 60          # a hospital that sent data this week but nothing for an hour
@@ -25,6 +30,23 @@ QC_MIN_DOCUMENTS = 5
 HEADLINE = ("outpatient_visits", "discharges", "avg_outpatient_cost", "avg_inpatient_cost", "drug_cost_ratio",
             "bed_occupancy", "avg_length_of_stay", "appointment_visit_ratio", "fund_share", "card_use_rate",
             "upload_timeliness", "qc_score")
+
+
+#: A console query waits at most this long for a table lock (a rebuild holds them all): then 503, not a
+#: pile of blocked requests holding the connection pool.
+LOCK_TIMEOUT = "2s"
+
+
+@contextlib.contextmanager
+def reading(session: Session) -> Iterator[None]:
+    """Run console queries that give up quickly, with a clear answer, while a rebuild holds the tables."""
+    session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+    try:
+        yield
+    except OperationalError as exc:
+        if isinstance(exc.orig, LockNotAvailable):
+            raise Unavailable("the warehouse is being rebuilt", hint="try again in a minute") from None
+        raise
 
 
 def _key(day: date) -> int:
@@ -43,7 +65,7 @@ def _hospitals(session: Session, facility_code: str | None = None) -> list:
     where = "AND f.code = :code" if facility_code else ""
     return session.execute(text(
         f"SELECT f.facility_key, f.code, f.name, f.level, f.beds, f.district_code, f.district_name "
-        f"FROM warehouse.dim_facility f WHERE f.is_public AND f.kind <> 'unregistered' {where} ORDER BY f.code"),
+        f"FROM warehouse.dim_facility f WHERE f.is_public AND f.is_hospital {where} ORDER BY f.code"),
         {"code": facility_code}).all()
 
 

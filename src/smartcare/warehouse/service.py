@@ -39,8 +39,8 @@ _MEMBERS = {
     "booking": [("facility", "s.facility_code"), ("department", "s.facility_code", "s.department_code")],
 }
 _MEMBER_SQL = {
-    "facility": "INSERT INTO warehouse.dim_facility (facility_key, code, name, kind, is_public, beds) "
-                "SELECT warehouse.skey(a), a, a, 'unregistered', false, 0 FROM (SELECT DISTINCT a FROM ({rows}) x) y "
+    "facility": "INSERT INTO warehouse.dim_facility (facility_key, code, name, kind, is_public, is_hospital, beds) "
+                "SELECT warehouse.skey(a), a, a, 'unregistered', false, false, 0 FROM (SELECT DISTINCT a FROM ({rows}) x) y "
                 "WHERE a IS NOT NULL "
                 "ON CONFLICT DO NOTHING",
     "department": "INSERT INTO warehouse.dim_department (department_key, facility_code, code, name) "
@@ -59,9 +59,15 @@ _LANDING_TABLE = {"encounter": "src_encounter", "charge": "src_charge", "settlem
 DIMENSIONS = ("dim_facility", "dim_department", "dim_practitioner", "dim_person", "dim_diagnosis", "dim_charge_item",
               "dim_payer", "dim_document_type")
 TABLES = (*DIMENSIONS, *FACTS, "mart_facility_day")
+#: What a rebuild empties: the facts, the mart and the person versions (made from ``src_person``). The other
+#: dimensions are catalogues that keep every member ever seen (a charge item whose only bill was refunded
+#: stays a charge item), so a rebuild upserts them again as the live path does, and never loses a member.
+REBUILT = (*FACTS, "mart_facility_day", "dim_person")
 
 
 def _lock(session: Session) -> None:
+    """Take the warehouse's write lock for this transaction. Callers take it before they read a source, so
+    two writers landing the same record land them in the order they read them (the later state last)."""
     session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
     session.execute(text("CREATE TEMP TABLE IF NOT EXISTS _touched (facility_key bigint, date_key integer) "
                          "ON COMMIT DELETE ROWS"))
@@ -106,7 +112,8 @@ def apply(session: Session, changes: Changes) -> int:
             session.execute(text(insert_sql(fact, incremental=True)), params)
     if changes.persons:
         persons = {"p": sorted(changes.persons)}
-        session.execute(text("DELETE FROM warehouse.dim_person WHERE empi_id = ANY(:p)"), persons)
+        session.execute(text("DELETE FROM warehouse.dim_person WHERE person_id IN "
+                             "(SELECT warehouse.skey(e) FROM unnest(CAST(:p AS text[])) AS e)"), persons)
         session.execute(text(PERSON_SQL.format(where="s.empi_id = ANY(:p)")), persons)
     session.execute(text(MART_DELETE_SQL))
     return session.execute(text(MART_SQL)).rowcount
@@ -114,40 +121,53 @@ def apply(session: Session, changes: Changes) -> int:
 
 def refresh_reference(session: Session) -> None:
     """Facilities, departments and practitioners from the registry, document types from WS/T 500 (upserts:
-    an "unregistered" member becomes the real one once the registry has it)."""
+    an "unregistered" member becomes the real one once the registry has it); rows that did not change are
+    not written."""
+    from smartcare.registry.service import HOSPITAL_KINDS
+
     ref = reference_rows(session)
+    _lock(session)
     for f in ref["facilities"]:
         f["is_public"] = f["ownership"] == "public"
+        f["is_hospital"] = f["kind"] in HOSPITAL_KINDS
     if ref["facilities"]:
         session.execute(text(
-            "INSERT INTO warehouse.dim_facility (facility_key, code, name, kind, level, grade, ownership, is_public, "
-            "district_code, district_name, beds) VALUES (warehouse.skey(:code), :code, :name, :kind, :level, :grade, "
-            ":ownership, :is_public, :district_code, :district_name, :beds) ON CONFLICT (facility_key) DO UPDATE SET "
-            "name = excluded.name, kind = excluded.kind, level = excluded.level, grade = excluded.grade, "
-            "ownership = excluded.ownership, is_public = excluded.is_public, district_code = excluded.district_code, "
-            "district_name = excluded.district_name, beds = excluded.beds"), ref["facilities"])
+            "INSERT INTO warehouse.dim_facility AS d (facility_key, code, name, kind, level, grade, ownership, "
+            "is_public, is_hospital, district_code, district_name, beds) VALUES (warehouse.skey(:code), :code, :name, "
+            ":kind, :level, :grade, :ownership, :is_public, :is_hospital, :district_code, :district_name, :beds) "
+            "ON CONFLICT (facility_key) DO UPDATE SET name = excluded.name, kind = excluded.kind, level = excluded.level, "
+            "grade = excluded.grade, ownership = excluded.ownership, is_public = excluded.is_public, "
+            "is_hospital = excluded.is_hospital, district_code = excluded.district_code, "
+            "district_name = excluded.district_name, beds = excluded.beds "
+            "WHERE (d.name, d.kind, d.level, d.grade, d.ownership, d.is_public, d.is_hospital, d.district_code, "
+            "d.district_name, d.beds) IS DISTINCT FROM (excluded.name, excluded.kind, excluded.level, excluded.grade, "
+            "excluded.ownership, excluded.is_public, excluded.is_hospital, excluded.district_code, "
+            "excluded.district_name, excluded.beds)"), ref["facilities"])
     if ref["departments"]:
         session.execute(text(
-            "INSERT INTO warehouse.dim_department (department_key, facility_code, code, name) "
+            "INSERT INTO warehouse.dim_department AS d (department_key, facility_code, code, name) "
             "VALUES (warehouse.skey(:facility_code, :code), :facility_code, :code, :name) "
-            "ON CONFLICT (department_key) DO UPDATE SET name = excluded.name"), ref["departments"])
+            "ON CONFLICT (department_key) DO UPDATE SET name = excluded.name WHERE d.name IS DISTINCT FROM excluded.name"),
+            ref["departments"])
     if ref["practitioners"]:
         session.execute(text(
-            "INSERT INTO warehouse.dim_practitioner (practitioner_key, facility_code, code, department_code, title) "
+            "INSERT INTO warehouse.dim_practitioner AS d (practitioner_key, facility_code, code, department_code, title) "
             "VALUES (warehouse.skey(:facility_code, :code), :facility_code, :code, :department_code, :title) "
             "ON CONFLICT (practitioner_key) DO UPDATE SET department_code = excluded.department_code, "
-            "title = excluded.title"), ref["practitioners"])
+            "title = excluded.title WHERE (d.department_code, d.title) IS DISTINCT FROM "
+            "(excluded.department_code, excluded.title)"), ref["practitioners"])
     session.execute(text(
-        "INSERT INTO warehouse.dim_document_type (document_type_key, code, name) "
-        "VALUES (warehouse.skey(:code), :code, :name) ON CONFLICT (document_type_key) DO UPDATE SET name = excluded.name"),
+        "INSERT INTO warehouse.dim_document_type AS d (document_type_key, code, name) "
+        "VALUES (warehouse.skey(:code), :code, :name) ON CONFLICT (document_type_key) DO UPDATE SET name = excluded.name "
+        "WHERE d.name IS DISTINCT FROM excluded.name"),
         [{"code": c, "name": n} for c, n in TITLES.items()])
 
 
 def rebuild(session: Session) -> dict[str, int]:
-    """Empty the star schema and make it again from the landing tables, by the statements the incremental
-    runs use; returns the rows of every table."""
+    """Empty the facts, the mart and the person versions and make them again from the landing tables (and
+    upsert the catalogue dimensions), by the statements the incremental runs use; returns the rows of every table."""
     _lock(session)
-    session.execute(text("TRUNCATE " + ", ".join(f"warehouse.{t}" for t in TABLES)))
+    session.execute(text("TRUNCATE " + ", ".join(f"warehouse.{t}" for t in REBUILT)))
     session.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
     refresh_reference(session)
     for source in _LANDING_TABLE:
@@ -191,10 +211,12 @@ def counts(session: Session) -> dict[str, int]:
 # ---------------------------------------------------------------- reading the sources
 
 def documents(session: Session, ids: list[int]) -> Changes:
-    """Land the documents (and the ones they replaced: no longer current) as the registry and QC hold them now."""
+    """Land the documents (and every one they replaced: no longer current) as the registry and QC hold them now."""
     from smartcare.quality import service as quality
     from smartcare.records import service as records
 
+    _lock(session)
+    ids = sorted({*ids, *(r for i in ids for r in records.replaced_by(session, i))})
     docs, items = records.documents_for_warehouse(session, ids=ids)
     return landing.land_documents(session, docs, items, quality.scores_of(session, [d["record_id"] for d in docs]))
 
@@ -202,6 +224,7 @@ def documents(session: Session, ids: list[int]) -> Changes:
 def settlements(session: Session, numbers: list[str]) -> Changes:
     from smartcare.payment import service as payment
 
+    _lock(session)
     rows, lines = payment.settlements_for_warehouse(session, numbers=numbers)
     return landing.land_settlements(session, rows, lines)
 
@@ -209,22 +232,30 @@ def settlements(session: Session, numbers: list[str]) -> Changes:
 def bookings(session: Session, numbers: list[str]) -> Changes:
     from smartcare.booking import service as booking
 
+    _lock(session)
     return landing.land_bookings(session, booking.appointments_for_warehouse(session, numbers=numbers))
 
 
 def pull(session: Session, *, now: datetime | None = None) -> Changes:
-    """Read the polled sources (hub messages, card uses) since their watermark, and land what changed."""
+    """Read the polled sources (hub messages, card uses) since their watermark — at most ``PULL_STEP`` of
+    them a round, so a worker back from an outage catches up in small transactions — and land what changed."""
     from smartcare.exchange import service as exchange
     from smartcare.healthcard import service as healthcard
 
+    _lock(session)
     now = now or session.scalar(text("SELECT now()"))
     changes = Changes()
     for source, read, land in (("message", exchange.messages_between, landing.land_messages),
                                ("card_use", healthcard.uses_between, landing.land_card_uses)):
         start = landing.watermark(session, source, now=now)
-        changes.merge(land(session, read(session, start, now)))
-        landing.advance(session, source, now)
+        end = min(now, start + landing.PULL_OVERLAP + PULL_STEP)
+        changes.merge(land(session, read(session, start, end)))
+        landing.advance(session, source, end)
     return changes
+
+
+#: The most of a polled source one round reads (besides the overlap it reads again).
+PULL_STEP = timedelta(minutes=5)
 
 
 def tick(session_factory: Callable) -> int:
@@ -261,15 +292,18 @@ def backfill(session_factory: Callable, *, since: date | None = None, batch: int
                 progress(name, len(rows))
 
     def read_documents(session: Session, after: int):
+        _lock(session)
         docs, items = records.documents_for_warehouse(session, after_id=after, limit=batch)
         scores = quality.scores_of(session, [d["record_id"] for d in docs])
         return docs, landing.land_documents(session, docs, items, scores)
 
     def read_settlements(session: Session, after: int):
+        _lock(session)
         rows, lines = payment.settlements_for_warehouse(session, after_id=after, limit=batch)
         return rows, landing.land_settlements(session, rows, lines)
 
     def read_bookings(session: Session, after: int):
+        _lock(session)
         rows = booking.appointments_for_warehouse(session, after_id=after, limit=batch)
         return rows, landing.land_bookings(session, rows)
 
@@ -282,15 +316,16 @@ def backfill(session_factory: Callable, *, since: date | None = None, batch: int
     for name, read, land in (("message", exchange.messages_between, landing.land_messages),
                              ("card_use", healthcard.uses_between, landing.land_card_uses)):
         done[name] = 0
-        day = start
-        while day < end:
+        step = start
+        while step < end:  # an hour a transaction: a day of a city's messages is millions
             with session_factory() as session:
-                rows = read(session, day, min(day + timedelta(days=1), end))
+                _lock(session)
+                rows = read(session, step, min(step + timedelta(hours=1), end))
                 apply(session, land(session, rows))
             done[name] += len(rows)
             if progress:
                 progress(name, len(rows))
-            day += timedelta(days=1)
+            step += timedelta(hours=1)
     return done
 
 
@@ -301,8 +336,7 @@ EXPORTABLE = (*TABLES,)
 
 def export_rows(session: Session, table: str, *, batch: int = 50_000) -> Iterator[tuple[list[str], list[tuple]]]:
     """The rows of a dimension, fact or mart, in batches (with the column names), for CSV or Parquet."""
-    if table not in EXPORTABLE:
-        raise InvalidInput(f"unknown table {table!r}", field="table", hint="one of " + ", ".join(EXPORTABLE))
+    _exportable(table)
     result = session.execute(text(f"SELECT * FROM warehouse.{table}")).yield_per(batch)
     names = list(result.keys())
     for part in result.partitions():
@@ -321,16 +355,18 @@ def to_csv(columns: list[str], rows: list[tuple], *, header: bool) -> str:
 # ---------------------------------------------------------------- synthetic activity
 
 def synthetic_hospitals(session: Session, *, limit: int | None = None, level: int | None = None) -> list:
-    """The registry's public hospitals with beds (of one level if given; largest first), as the activity
-    generator wants them."""
+    """The registry's public hospitals with beds (not primary-care centres; of one level if given; largest
+    first), as the activity generator wants them."""
     from smartcare.synth.activity import Hospital
 
     ref = reference_rows(session)
     departments: dict[str, list[str]] = {}
     for d in ref["departments"]:
         departments.setdefault(d["facility_code"], []).append(d["code"])
+    from smartcare.registry.service import HOSPITAL_KINDS
+
     hospitals = sorted((f for f in ref["facilities"] if f["ownership"] == "public" and (f["beds"] or 0) > 0
-                        and (level is None or f["level"] == level)),
+                        and f["kind"] in HOSPITAL_KINDS and (level is None or f["level"] == level)),
                        key=lambda f: (-f["beds"], f["code"]))
     return [Hospital(f["code"], f["level"] or 0, f["beds"], f["district_code"] or "000000",
                      tuple(sorted(departments.get(f["code"], ()))))
@@ -369,36 +405,43 @@ def land_synthetic(session: Session, rows, *, chunk: int = 50_000, progress: Cal
 
 
 def write_export(session: Session, table: str, fmt: str, path) -> int:
-    """Stream a table to a CSV or Parquet file; returns how many rows were written."""
+    """Stream a table to a CSV or Parquet file (the table checked before the file is opened); returns how many
+    rows were written. Parquet columns take their types from PostgreSQL's (numeric as double)."""
+    _exportable(table)
     rows_written = 0
     if fmt == "csv":
         with open(path, "w", encoding="utf-8", newline="") as out:
-            for i, (columns, rows) in enumerate(export_rows(session, table)):
-                out.write(to_csv(columns, rows, header=i == 0))
+            out.write(to_csv([c for c, _ in _columns(session, table)], [], header=True))
+            for _, rows in export_rows(session, table):
+                out.write(to_csv([], rows, header=False))
                 rows_written += len(rows)
-            if rows_written == 0:
-                out.write(to_csv(_columns(session, table), [], header=True))
         return rows_written
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    writer = None
-    try:
-        for columns, rows in export_rows(session, table):
-            batch = pa.Table.from_pylist([dict(zip(columns, r)) for r in rows])
-            writer = writer or pq.ParquetWriter(path, batch.schema)
-            writer.write_table(batch.cast(writer.schema))
+    types = {"bigint": pa.int64(), "integer": pa.int32(), "smallint": pa.int16(), "numeric": pa.float64(),
+             "boolean": pa.bool_(), "date": pa.date32(), "timestamp with time zone": pa.timestamp("us", tz="UTC")}
+    columns = _columns(session, table)
+    schema = pa.schema([(name, types.get(kind, pa.string())) for name, kind in columns])
+    numeric = [kind == "numeric" for _, kind in columns]
+    with pq.ParquetWriter(path, schema) as writer:
+        for _, rows in export_rows(session, table):
+            arrays = [pa.array([None if r[i] is None else float(r[i]) for r in rows] if numeric[i]
+                               else [r[i] for r in rows], type=schema.field(i).type) for i in range(len(columns))]
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
             rows_written += len(rows)
-        if writer is None:
-            pq.write_table(pa.table({c: pa.array([], pa.string()) for c in _columns(session, table)}), path)
-    finally:
-        if writer is not None:
-            writer.close()
     return rows_written
 
 
-def _columns(session: Session, table: str) -> list[str]:
-    return list(session.execute(text(f"SELECT * FROM warehouse.{table} LIMIT 0")).keys())
+def _exportable(table: str) -> None:
+    if table not in EXPORTABLE:
+        raise InvalidInput(f"unknown table {table!r}", field="table", hint="one of " + ", ".join(EXPORTABLE))
+
+
+def _columns(session: Session, table: str) -> list[tuple[str, str]]:
+    return [tuple(r) for r in session.execute(text(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'warehouse' "
+        "AND table_name = :t ORDER BY ordinal_position"), {"t": table})]
 
 
 def grant_analyst(session: Session, login: str) -> None:

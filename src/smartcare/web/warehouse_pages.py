@@ -20,11 +20,15 @@ CONSOLE = require(*CONSOLE_ROLES)
 
 @router.get("", response_class=HTMLResponse)
 def region(request: Request, session: Session = Depends(db), who: auth.Principal = Depends(CONSOLE)):
+    with monitor.reading(session):
+        snapshot = monitor.overview(session)
     return templates.TemplateResponse(request, "warehouse/region.html", {
-        "who": who, "snapshot": jsonable_encoder(monitor.overview(session)), "indicators": indicators.INDICATORS})
+        "who": who, "snapshot": jsonable_encoder(snapshot), "indicators": indicators.INDICATORS})
 
 
 @router.get("/hospitals/{code}", response_class=HTMLResponse)
 def hospital(request: Request, code: str, session: Session = Depends(db), who: auth.Principal = Depends(CONSOLE)):
+    with monitor.reading(session):
+        snapshot = monitor.hospital(session, code)
     return templates.TemplateResponse(request, "warehouse/hospital.html", {
-        "who": who, "snapshot": jsonable_encoder(monitor.hospital(session, code)), "code": code})
+        "who": who, "snapshot": jsonable_encoder(snapshot), "code": code})
