@@ -1078,12 +1078,12 @@ def warehouse_indicators(start: datetime = typer.Option(..., formats=["%Y-%m-%d"
                          by: str = typer.Option("district", help="facility or district"),
                          grain: str = typer.Option("month", help="day or month"),
                          hospital: str = typer.Option(None, help="one hospital's facility code"),
-                         output: Path = typer.Option(None, help="write CSV here instead of printing")) -> None:
+                         output: Path = typer.Option(None, help="write a file instead of printing: CSV, or Parquet "
+                                                                "when its name ends in .parquet")) -> None:
     """Indicators per hospital or district and per day or month (definitions: docs/warehouse.md)."""
     from smartcare.platform.db import session_scope
     from smartcare.platform.errors import SmartCareError
     from smartcare.warehouse import indicators
-    from smartcare.warehouse.service import to_csv
 
     try:
         with session_scope() as session:
@@ -1094,9 +1094,7 @@ def warehouse_indicators(start: datetime = typer.Option(..., formats=["%Y-%m-%d"
         raise typer.Exit(2) from None
     codes = [i.code for i in indicators.INDICATORS]
     if output:
-        output.write_text(to_csv(["code", "name", "period", *codes],
-                                 [(r["code"], r["name"], r["period"], *(r[c] for c in codes)) for r in rows],
-                                 header=True), encoding="utf-8")
+        output.write_bytes(indicators.as_file(rows, "parquet" if output.suffix == ".parquet" else "csv"))
         console.print(f"{len(rows)} row(s) written to {output}")
         return
     table = Table("group", "period", *[i.name for i in indicators.INDICATORS])

@@ -72,6 +72,12 @@ def test_indicators_csv_and_clear_errors(client, filled):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     lines = r.text.strip().splitlines()
     assert lines[0].startswith("code,name,period,outpatient_visits") and len(lines) == 1 + 10
+    parquet = client.get("/api/v1/warehouse/indicators", headers=admin, params={
+        "start": DAY.isoformat(), "end": "2026-03-31", "by": "district", "format": "parquet"})
+    table = pq.read_table(io.BytesIO(parquet.content))
+    assert parquet.status_code == 200 and table.num_rows > 0
+    assert str(table.schema.field("outpatient_visits").type) == "int64"
+    assert str(table.schema.field("bed_occupancy").type) == "double"
     bad = client.get("/api/v1/warehouse/indicators", headers=admin, params={"start": "2026-03-11", "end": "2026-03-01"})
     assert bad.status_code == 422 and "forwards" in bad.text
     wrong = client.get("/api/v1/warehouse/indicators", headers=admin, params={"start": "2026-03-01", "end": "2026-03-02",
@@ -104,6 +110,10 @@ def test_cli_rebuild_check_indicators_export(filled, tmp_path):
     result = runner.invoke(cli.app, ["warehouse", "indicators", "--start", "2026-03-01", "--end", "2026-03-31",
                                      "--output", str(out)])
     assert result.exit_code == 0 and out.read_text(encoding="utf-8").startswith("code,name,period")
+    as_parquet = tmp_path / "ind.parquet"
+    result = runner.invoke(cli.app, ["warehouse", "indicators", "--start", "2026-03-01", "--end", "2026-03-31",
+                                     "--by", "facility", "--output", str(as_parquet)])
+    assert result.exit_code == 0 and pq.read_table(as_parquet).num_rows == 3  # the three hospitals with data
     parquet = tmp_path / "visits.parquet"
     result = runner.invoke(cli.app, ["warehouse", "export", "fct_outpatient_visit", "--format", "parquet",
                                      "--output", str(parquet)])

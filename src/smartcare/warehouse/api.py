@@ -53,18 +53,16 @@ def definitions() -> list[dict]:
 def indicator_values(start: date, end: date, by: Literal["facility", "district"] = "district",
                      grain: Literal["day", "month"] = "month", hospital: str | None = Query(None, max_length=32),
                      district: str | None = Query(None, max_length=6),
-                     format: Literal["json", "csv"] = "json", session: Session = Depends(db),
+                     format: Literal["json", "csv", "parquet"] = "json", session: Session = Depends(db),
                      who: Principal = Depends(CONSOLE)):
+    """Indicators per hospital or district and day or month, as JSON, CSV or Parquet."""
     with monitor.reading(session):
         rows = indicators.compute(session, by=by, grain=grain, start=start, end=end, facility_code=hospital,
                                   district_code=district)
     if format == "json":
         return rows
-    codes = [i.code for i in indicators.INDICATORS]
-    body = service.to_csv(["code", "name", "period", *codes],
-                          [(r["code"], r["name"], r["period"], *(r[c] for c in codes)) for r in rows], header=True)
-    return Response(body, media_type=_MEDIA["csv"],
-                    headers={"Content-Disposition": f'attachment; filename="indicators-{by}-{grain}.csv"'})
+    return Response(indicators.as_file(rows, format), media_type=_MEDIA[format],
+                    headers={"Content-Disposition": f'attachment; filename="indicators-{by}-{grain}.{format}"'})
 
 
 @router.get("/export/{table}")

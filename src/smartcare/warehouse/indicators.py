@@ -209,3 +209,30 @@ def _occupied(session: Session, *, group: str, filters: list[str], params: dict,
                     break
             day += timedelta(days=1)
     return out
+
+
+def as_file(rows: list[dict], fmt: str) -> bytes:
+    """Indicator rows as a CSV or Parquet file: group code and name, period, one column per indicator
+    (counts as integers, the rest as doubles; empty where a denominator was zero)."""
+    names = [i.code for i in INDICATORS]
+    if fmt == "csv":
+        import csv
+        import io
+
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["code", "name", "period", *names])
+        writer.writerows([r["code"], r["name"], r["period"], *(r[c] for c in names)] for r in rows)
+        return out.getvalue().encode("utf-8")
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("code", pa.string()), ("name", pa.string()), ("period", pa.string())]
+                       + [(i.code, pa.int64() if i.denominator is None and i.scale == 1.0 else pa.float64())
+                          for i in INDICATORS])
+    table = pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema)
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    return out.getvalue()
