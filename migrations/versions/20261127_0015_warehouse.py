@@ -31,6 +31,10 @@ def upgrade() -> None:
             AS $$ SELECT hashtextextended($1, 0) $$;
         CREATE FUNCTION warehouse.skey(text, text) RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE
             AS $$ SELECT hashtextextended($1 || '|' || $2, 0) $$;
+        -- a person's pseudonym: keyed by a secret the writers set per transaction (smartcare.person_seed,
+        -- derived from the platform's secret key, never stored here), so EMPI ids cannot be hashed to it
+        CREATE FUNCTION warehouse.person_key(text) RETURNS bigint LANGUAGE sql STABLE PARALLEL SAFE
+            AS $$ SELECT hashtextextended($1, current_setting('smartcare.person_seed')::bigint) $$;
         -- the day in China (the region's calendar), as the date dimension's key yyyymmdd
         CREATE FUNCTION warehouse.day_key(timestamptz) RETURNS integer
             LANGUAGE sql IMMUTABLE PARALLEL SAFE  -- date_part, not to_char: twice as fast on a load
@@ -63,11 +67,12 @@ def upgrade() -> None:
             facility_code     varchar(32) NOT NULL,
             encounter_id      varchar(64) NOT NULL,     -- the hospital's visit number (PV1-19)
             empi_id           varchar(20),
-            class             varchar(8) NOT NULL CHECK (class IN ('AMB', 'EMER', 'IMP')),
+            class             varchar(8) CHECK (class IN ('AMB', 'EMER', 'IMP')),  -- NULL: not said yet (AMB)
             department_code   varchar(32),
             practitioner_code varchar(32),
-            start_at          timestamptz NOT NULL,
+            start_at          timestamptz,              -- NULL: not said yet (a discharge before its admission)
             end_at            timestamptz,
+            recorded_at       timestamptz NOT NULL,     -- when the first event of it happened (the fallback start)
             status            varchar(12) NOT NULL CHECK (status IN ('in-progress', 'finished', 'cancelled')),
             surgeries         smallint NOT NULL DEFAULT 0,
             landed_at         timestamptz NOT NULL DEFAULT now(),
@@ -219,8 +224,8 @@ def upgrade() -> None:
             UNIQUE (facility_code, code)
         );
         CREATE TABLE warehouse.dim_person (
-            person_key     bigint PRIMARY KEY,        -- skey(empi_id, valid_from): one version
-            person_id      bigint NOT NULL,           -- skey(empi_id): the durable key facts carry (no EMPI id here)
+            person_key     bigint PRIMARY KEY,        -- person_key(empi_id|valid_from): one version
+            person_id      bigint NOT NULL,           -- person_key(empi_id): the durable key facts carry (no EMPI id)
             birth_year     smallint,
             sex            varchar(1),
             district_code  varchar(6),

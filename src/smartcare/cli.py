@@ -1108,6 +1108,8 @@ def warehouse_export(table: str = typer.Argument(..., help="a dim_*, fct_* or ma
                      format: str = typer.Option("csv", help="csv or parquet"),
                      output: Path = typer.Option(None, help="default: <table>.<format>")) -> None:
     """Export a whole dimension, fact or mart table as CSV or Parquet, streamed in batches (audited)."""
+    import getpass
+
     from smartcare.platform import audit
     from smartcare.platform.db import session_scope
     from smartcare.platform.errors import SmartCareError
@@ -1119,7 +1121,7 @@ def warehouse_export(table: str = typer.Argument(..., help="a dim_*, fct_* or ma
     try:
         with session_scope() as session:
             rows = warehouse.write_export(session, table, format, path)
-            audit.record(session, actor="cli", action="warehouse.export", target=f"warehouse.{table}",
+            audit.record(session, actor=f"cli:{getpass.getuser()}", action="warehouse.export", target=f"warehouse.{table}",
                          detail={"format": format, "rows": rows, "file": str(path)})
     except SmartCareError as exc:
         err.print(f"[red]{exc.message}[/red]" + (f" ({exc.hint})" if exc.hint else ""))

@@ -18,7 +18,7 @@ E1, E2 = "E90000000001", "E90000000002"
 
 def _land(s, f: str) -> None:
     enc = ("INSERT INTO warehouse.src_encounter (facility_code, encounter_id, empi_id, class, department_code, start_at, "
-           "end_at, status, surgeries) VALUES (:f, :e, :p, :c, NULL, :s, :end, :st, :n)")
+           "end_at, recorded_at, status, surgeries) VALUES (:f, :e, :p, :c, NULL, :s, :end, :s, :st, :n)")
     for e, c, start, end, status, n in (
             ("V0", "AMB", "2026-02-10 09:00+08", None, "in-progress", 0),
             ("V1", "AMB", "2026-03-02 09:00+08", None, "in-progress", 0),
@@ -113,6 +113,15 @@ def test_every_indicator_matches_the_hand_computed_value(march):
     }
     assert {k: mar[k] for k in expected} == expected
     assert {i.code for i in indicators.INDICATORS} == set(expected)
+
+
+def test_a_month_asked_mid_month_counts_its_beds_up_to_that_day(march):
+    f, beds = march
+    with session_scope() as s:
+        [row] = indicators.compute(s, by="facility", grain="month", start=date(2026, 3, 1), end=date(2026, 3, 31),
+                                   facility_code=f, as_of=date(2026, 3, 15))
+    # nights by the 15th: S1 on the 1st and 2nd, S2 on the 10th and 11th; beds open 15 days so far
+    assert row["bed_occupancy"] == round(4 / (beds * 15) * 100, 2)
 
 
 def test_days_districts_and_bad_requests(march):

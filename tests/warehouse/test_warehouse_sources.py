@@ -91,3 +91,65 @@ def test_a_discharge_without_pid_or_times_keeps_the_admission(seeded):
                              "WHERE e.encounter_id = :e"), {"e": stay}).one()
     assert row.status == "finished" and row.bed_days == 4
     assert row.start_at == datetime(2026, 3, 2, 0, 0, tzinfo=UTC)  # 08:00 in China, from the admission
+
+
+def _land_hl7(facility: str, message: str) -> None:
+    for topic, data in canonical.hl7_events(hl7v2.parse(message)):
+        if topic == "encounter.recorded":
+            with session_scope() as s:
+                events.encounters(s, Message(id=uuid.uuid4(), topic="t", payload={
+                    "topic": topic, "source": {"message_id": 0, "facility_code": facility},
+                    "data": {**data, "patient_ref": None}}))
+
+
+def _adt(facility: str, trigger: str, visit: str, when: str, pv1_tail: str = "") -> str:
+    """An ADT message; PV1 from field 2 on is ``pv1_tail`` (field 19 the visit number). Admissions and
+    registrations carry a PID, discharges and cancellations do not."""
+    pid = f"PID|1||MZ1^^^{facility}^MR\r" if trigger in ("A01", "A04") else ""
+    return (f"MSH|^~\\&|HIS|{facility}|SC|R|{when}||ADT^{trigger}|{visit}{trigger}|P|2.5\rEVN|{trigger}|{when}\r"
+            f"{pid}PV1|1|{pv1_tail}")
+
+
+def test_a_discharge_before_its_admission_and_a_bare_cancellation(seeded):
+    with session_scope() as s:
+        facility = small_hospitals(s, 1)[0].code
+    stay = f"ZY{uuid.uuid4().hex[:8]}"
+    # the discharge (no class, no admission time) lands first; the admission, arriving late, fills in
+    _land_hl7(facility, _adt(facility, "A03", stay, "20260306100000", "|" * 17 + f"{stay}\r"))
+    _land_hl7(facility, _adt(facility, "A01", stay, "20260302080000",
+                             f"I|03||||||||||||||||{stay}" + "|" * 25 + "20260302080000\r"))
+    with session_scope() as s:
+        row = s.execute(text("SELECT admit_date_key, discharge_date_key, bed_days, department_key IS NOT NULL AS dept "
+                             "FROM warehouse.fct_inpatient_stay WHERE encounter_id = :e"), {"e": stay}).one()
+    assert tuple(row) == (20260302, 20260306, 4, True)
+    # an A11 with a bare PV1 cancels the visit it names
+    visit = f"V{uuid.uuid4().hex[:8]}"
+    _land_hl7(facility, _adt(facility, "A04", visit, "20260302090000", f"O|03||||||||||||||||{visit}\r"))
+    with session_scope() as s:
+        assert s.scalar(text("SELECT count(*) FROM warehouse.fct_outpatient_visit WHERE encounter_id = :e"),
+                        {"e": visit}) == 1
+    _land_hl7(facility, _adt(facility, "A11", visit, "20260302093000", "|" * 17 + f"{visit}\r"))
+    with session_scope() as s:
+        assert s.scalar(text("SELECT count(*) FROM warehouse.fct_outpatient_visit WHERE encounter_id = :e"),
+                        {"e": visit}) == 0
+        assert s.scalar(text("SELECT status FROM warehouse.src_encounter WHERE encounter_id = :e"),
+                        {"e": visit}) == "cancelled"
+
+
+def test_an_insurance_change_dates_from_its_settlement_a_district_change_from_now(seeded):
+    march, june = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 6, 1, tzinfo=UTC)
+    with session_scope() as s:
+        empi_id, district = s.execute(text(
+            "SELECT empi_id, golden->>'district_code' FROM empi.person WHERE golden->>'district_code' IS NOT NULL "
+            "AND empi_id NOT IN (SELECT empi_id FROM warehouse.src_person) LIMIT 1")).one()
+        changes = landing.Changes()
+        landing.observe_persons(s, {empi_id: ("resident", march)}, changes)
+        # the warehouse had them elsewhere; the EMPI says where they live now — a move seen today, not in June
+        s.execute(text("UPDATE warehouse.src_person SET district_code = '000000' WHERE empi_id = :e"), {"e": empi_id})
+        landing.observe_persons(s, {empi_id: ("employee", june)}, changes)
+        versions = [tuple(r) for r in s.execute(text(
+            "SELECT valid_from = :june, valid_from >= now() - interval '1 minute', insurance_type, district_code "
+            "FROM warehouse.src_person WHERE empi_id = :e ORDER BY valid_from"), {"e": empi_id, "june": june})]
+        s.rollback()
+    assert versions == [(False, False, "resident", "000000"), (True, False, "employee", "000000"),
+                        (False, True, "employee", district)]

@@ -111,10 +111,10 @@ def _encounter(msg: hl7v2.Message, patient: dict, status: str = "in-progress") -
     pv1 = msg.get("PV1")
     if pv1 is None:
         return None
-    event_time = (_hl7_time(msg.value("EVN-2")) or _hl7_time(msg.timestamp)) if status == "in-progress" else None
+    event_time = _hl7_time(msg.value("EVN-2")) or _hl7_time(msg.timestamp)
     return {"source_id": pv1.value("19.1") or None, "patient_ref": patient["source_id"],
-            "class": _CLASS.get(pv1.value("2").strip().upper(), "AMB"), "status": status,
-            "start": _hl7_time(pv1.value("44")) or event_time,
+            "class": _CLASS.get(pv1.value("2").strip().upper(), "AMB"), "status": status, "recorded": event_time,
+            "start": _hl7_time(pv1.value("44")) or (event_time if status == "in-progress" else None),
             "end": _hl7_time(pv1.value("45")), "department": pv1.value("3.1") or None,
             "attending": pv1.value("7.1") or None, "surgeries": len(msg.all("PR1"))}
 
@@ -215,7 +215,9 @@ def hl7_events(msg: hl7v2.Message) -> list[Event]:
             patient = _patient(msg) if msg.get("PID") else {"source_id": None}
             encounter = _encounter(msg, patient, "finished" if trigger == "A03" else "cancelled")
             if encounter and trigger == "A03" and not encounter["end"]:  # discharged when the event says
-                encounter["end"] = _hl7_time(msg.value("EVN-2")) or _hl7_time(msg.timestamp)
+                encounter["end"] = encounter["recorded"]
+            if encounter and not msg.value("PV1-2").strip():  # a discharge need not repeat the patient class
+                encounter["class"] = None
             return [("encounter.recorded", encounter)] if encounter else []
         if trigger in ("A08", "A31"):
             return [("patient.updated", _patient(msg))]

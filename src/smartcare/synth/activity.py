@@ -35,7 +35,7 @@ CHANNELS = ("wechat", "alipay", "unionpay")
 
 TABLES = {
     "src_encounter": ("facility_code", "encounter_id", "empi_id", "class", "department_code", "practitioner_code",
-                      "start_at", "end_at", "status", "surgeries"),
+                      "start_at", "end_at", "recorded_at", "status", "surgeries"),
     "src_settlement": ("settlement_no", "facility_code", "bill_no", "encounter_id", "empi_id", "insurance_type", "state",
                        "settled_at", "total", "fund_pay", "account_pay", "insurer_pay", "cash_pay", "insurer", "channel"),
     "src_charge": ("facility_code", "bill_no", "line", "settlement_no", "encounter_id", "empi_id", "code", "name",
@@ -132,20 +132,20 @@ def _encounter(rng: random.Random, ids: _Ids, h: Hospital, day: date, inpatient:
         end_at = start_at + timedelta(days=stay, hours=rng.randint(-3, 3))
         surgeries = 1 if rng.random() < 0.35 else 0
         if end_at > now:  # still in hospital: admitted, nothing more yet
-            yield "src_encounter", (h.code, encounter_id, empi_id, "IMP", department, None, start_at, None,
+            yield "src_encounter", (h.code, encounter_id, empi_id, "IMP", department, None, start_at, None, start_at,
                                     "in-progress", 0)
             yield "src_message", (ids.next("message"), h.code, h.code, "hl7v2", "ADT^A01", "processed",
                                   start_at + timedelta(seconds=5), start_at + timedelta(seconds=5, milliseconds=30))
             return
-        yield "src_encounter", (h.code, encounter_id, empi_id, "IMP", department, None, start_at, end_at, "finished",
-                                surgeries)
+        yield "src_encounter", (h.code, encounter_id, empi_id, "IMP", department, None, start_at, end_at, start_at,
+                                "finished", surgeries)
         lines = [*rng.sample(DRUGS, 3), *rng.sample(SERVICES[:5], 3)]
         quantities = [rng.randint(stay, stay * 3) for _ in lines]
         settled_at = end_at
     else:
         end_at, surgeries = None, 0
         yield "src_encounter", (h.code, encounter_id, empi_id, "EMER" if rng.random() < 0.08 else "AMB", department,
-                                None, start_at, None, "in-progress", 0)
+                                None, start_at, None, start_at, "in-progress", 0)
         lines = rng.sample(DRUGS, rng.randint(0, 2)) + rng.sample(SERVICES[:4], rng.randint(1, 2))
         quantities = [rng.randint(1, 3) for _ in lines]
         settled_at = start_at + timedelta(minutes=rng.randint(20, 120))

@@ -73,7 +73,8 @@ def export(table: str, format: Literal["csv", "parquet"] = "csv", session: Sessi
     handle.close()
     path = Path(handle.name)
     try:
-        rows = service.write_export(session, table, format, path)
+        with monitor.reading(session):
+            rows = service.write_export(session, table, format, path)
     except Exception:
         path.unlink(missing_ok=True)
         raise

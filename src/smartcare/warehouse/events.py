@@ -58,6 +58,7 @@ def encounters(session: Session, message: Message) -> None:
     from smartcare.empi import service as empi
 
     data, source = message.payload["data"], message.payload["source"]
+    service.lock(session)  # before anything is read or landed, as every warehouse writer
     facility = source.get("facility_code") or source.get("sender")
     empi_id = None
     if data.get("patient_ref") and facility:
@@ -72,8 +73,8 @@ def encounters(session: Session, message: Message) -> None:
         log.warning("exchange message %s: a visit without a visit number (PV1-19) is not counted",
                     source.get("message_id"))
         return
-    visit_class = _CLASSES.get(str(data.get("class") or "AMB").upper())
-    if visit_class is None:
+    visit_class = _CLASSES.get(str(data["class"]).upper()) if data.get("class") else None
+    if data.get("class") and visit_class is None:
         log.info("exchange message %s: a %s encounter is not a visit; not counted", source.get("message_id"),
                  data.get("class"))
         return
@@ -81,6 +82,7 @@ def encounters(session: Session, message: Message) -> None:
            "class": visit_class, "department_code": (data.get("department") or "")[:32] or None,
            "practitioner_code": (data.get("attending") or "")[:32] or None,
            "start_at": _time(data.get("start")), "end_at": _time(data.get("end")),
+           "recorded_at": _time(data.get("recorded")) or _time(source.get("received_at")) or datetime.now(CHINA_TZ),
            "status": _STATUSES.get(str(data.get("status") or ""), "in-progress"),
            "surgeries": int(data.get("surgeries") or 0)}
     service.apply(session, landing.land_encounters(session, [row]))

@@ -44,7 +44,7 @@ INDICATORS: tuple[Indicator, ...] = (
     Indicator("bed_occupancy", "床位使用率", "%", "occupied_bed_days", "bed_days_open", 100,
               "bed days occupied in the period (the sum of each day's midnight census: patients admitted on or "
               "before the day and not discharged by its end; open stays up to the day of the query) ÷ (beds × "
-              "days in the period)"),
+              "days of the period up to that day)"),
     Indicator("avg_length_of_stay", "平均住院日", "日", "discharged_bed_days", "discharges",
               definition="bed days of the stays discharged in the period (discharge day − admission day, at "
                          "least 1) ÷ discharges"),
@@ -147,8 +147,9 @@ def compute(session: Session, *, by: str = "facility", grain: str = "month", sta
         previous = None
         for i, (label, a, b) in enumerate(periods):
             base = sums_by.get((code, i), {c: 0 for c in MEASURES})
+            # beds were open on the period's days up to today: a month asked for mid-month is that far
             measures = {**base, "beds": beds.get(code) or 0, "occupied_bed_days": occupied.get((code, i), 0),
-                        "bed_days_open": (beds.get(code) or 0) * ((b - a).days + 1)}
+                        "bed_days_open": (beds.get(code) or 0) * max(0, (min(b, as_of) - a).days + 1)}
             values = {ind.code: _value(ind, measures) for ind in INDICATORS if ind.code != "avg_outpatient_cost_growth"}
             cost = measures["outpatient_cost"] / measures["outpatient_visits"] if measures["outpatient_visits"] else None
             values["avg_outpatient_cost_growth"] = (round((cost - previous) / previous * 100, 2)
@@ -198,15 +199,20 @@ def _occupied(session: Session, *, group: str, filters: list[str], params: dict,
                 WHERE s.{column} BETWEEN :lo AND :hi AND {where} GROUP BY 1, 2"""), keys).all():
             by_day = moves.setdefault(code, {})
             by_day[day] = by_day.get(day, 0) + sign * n
+    period_of = {}
+    for i, (_, a, b) in enumerate(periods):
+        day = max(a, lo)
+        while day <= min(b, hi):
+            period_of[_key(day)] = i
+            day += timedelta(days=1)
     for code in {*census, *moves}:
         running, by_day = census.get(code, 0), moves.get(code, {})
         day = lo
         while day <= hi:
-            running += by_day.get(_key(day), 0)
-            for i, (_, a, b) in enumerate(periods):
-                if a <= day <= b:
-                    out[(code, i)] = out.get((code, i), 0) + running
-                    break
+            key = _key(day)
+            running += by_day.get(key, 0)
+            if key in period_of:  # (a month asked from its 2nd day leaves the 1st between two periods)
+                out[(code, period_of[key])] = out.get((code, period_of[key]), 0) + running
             day += timedelta(days=1)
     return out
 

@@ -62,36 +62,34 @@ def _upsert(session: Session, table: str, columns: tuple[str, ...], key: tuple[s
 
 _ENCOUNTER = """
 INSERT INTO warehouse.src_encounter AS e (facility_code, encounter_id, empi_id, class, department_code,
-    practitioner_code, start_at, end_at, status, surgeries)
+    practitioner_code, start_at, end_at, recorded_at, status, surgeries)
 VALUES (%(facility_code)s, %(encounter_id)s, %(empi_id)s, %(class)s, %(department_code)s, %(practitioner_code)s,
-        coalesce(%(start_at)s, %(end_at)s), %(end_at)s, %(status)s, %(surgeries)s)
+        CAST(%(start_at)s AS timestamptz), CAST(%(end_at)s AS timestamptz), CAST(%(recorded_at)s AS timestamptz),
+        %(status)s, %(surgeries)s)
 ON CONFLICT (facility_code, encounter_id) DO UPDATE SET
     -- a visit only moves forward (in progress → finished → cancelled): an event of the same or a later stage
-    -- carries the hospital's correction and wins; a late or redelivered earlier one fills only what is missing
+    -- carries the hospital's correction and wins where it says something; an earlier one (late, redelivered)
+    -- only fills what is still unknown
     empi_id = coalesce(excluded.empi_id, e.empi_id),
-    class = CASE WHEN warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status) THEN excluded.class
-                 ELSE e.class END,
-    department_code = CASE WHEN warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status)
-                           THEN coalesce(excluded.department_code, e.department_code) ELSE e.department_code END,
-    practitioner_code = CASE WHEN warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status)
-                             THEN coalesce(excluded.practitioner_code, e.practitioner_code) ELSE e.practitioner_code END,
-    start_at = CASE WHEN warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status)
-                    THEN coalesce(CAST(%(start_at)s AS timestamptz), e.start_at) ELSE e.start_at END,
-    end_at = CASE WHEN warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status)
-                  THEN coalesce(excluded.end_at, e.end_at) ELSE e.end_at END,
-    surgeries = CASE WHEN warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status)
-                     THEN excluded.surgeries ELSE e.surgeries END,
-    status = CASE WHEN warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status)
-                  THEN excluded.status ELSE e.status END,
+    class = CASE WHEN {later} THEN coalesce(excluded.class, e.class) ELSE coalesce(e.class, excluded.class) END,
+    department_code = CASE WHEN {later} THEN coalesce(excluded.department_code, e.department_code)
+                           ELSE coalesce(e.department_code, excluded.department_code) END,
+    practitioner_code = CASE WHEN {later} THEN coalesce(excluded.practitioner_code, e.practitioner_code)
+                             ELSE coalesce(e.practitioner_code, excluded.practitioner_code) END,
+    start_at = CASE WHEN {later} THEN coalesce(excluded.start_at, e.start_at) ELSE coalesce(e.start_at, excluded.start_at) END,
+    end_at = CASE WHEN {later} THEN coalesce(excluded.end_at, e.end_at) ELSE coalesce(e.end_at, excluded.end_at) END,
+    recorded_at = least(e.recorded_at, excluded.recorded_at),
+    surgeries = CASE WHEN {later} THEN excluded.surgeries ELSE e.surgeries END,
+    status = CASE WHEN {later} THEN excluded.status ELSE e.status END,
     landed_at = now()
-"""
+""".format(later="warehouse.visit_stage(excluded.status) >= warehouse.visit_stage(e.status)")
 
 
 def land_encounters(session: Session, rows: list[dict]) -> Changes:
-    """Visits as the hub's ``encounter.recorded`` events carry them, with the EMPI id already resolved. A
-    discharge or cancellation without the admission time keeps the one known (or starts at its own time)."""
+    """Visits as the hub's ``encounter.recorded`` events carry them (with the EMPI id already resolved and
+    ``recorded_at``, when the event happened). Unknown values stay NULL until an event says them."""
     changes = Changes()
-    rows = [r for r in rows if r.get("encounter_id") and (r.get("start_at") or r.get("end_at"))]
+    rows = [r for r in rows if r.get("encounter_id")]
     if rows:
         driver(session).cursor().executemany(_ENCOUNTER, [{"surgeries": 0, **r} for r in rows])
     for r in rows:
@@ -159,7 +157,8 @@ def land_settlements(session: Session, settlements: list[dict], lines: list[dict
         changes.add("charge", s["facility_code"], s["bill_no"])
     for facility_code, bill_no in old:
         changes.add("charge", facility_code, bill_no)
-    observe_persons(session, {s["empi_id"]: (s["insurance_type"], s["settled_at"]) for s in settlements
+    observe_persons(session, {s["empi_id"]: (s["insurance_type"], s["settled_at"])  # the latest one per person
+                              for s in sorted(settlements, key=lambda s: s["settled_at"])
                               if s.get("empi_id") and s["insurance_type"] != "none"}, changes)
     return changes
 
@@ -240,9 +239,10 @@ def advance(session: Session, source: str, to: datetime) -> None:
 
 def observe_persons(session: Session, seen: dict[str, tuple[str | None, datetime | None]], changes: Changes) -> None:
     """Record what persons look like: ``seen`` maps an EMPI id to (insurance type if this source knows it,
-    when that was so). District, birth year and sex come from the EMPI now. A new version starts at that
-    time only when district or insurance type changed; an observation older than the person's latest version
-    (a late or repeated event) changes nothing, so versions never flip back and redeliveries add none."""
+    when that was so). District, birth year and sex come from the EMPI now. An insurance change starts a
+    version at the source's time, a district change one at the present (the EMPI tells only the present);
+    an observation older than the person's latest version (a late or repeated event) changes nothing, so
+    versions never flip back and redeliveries add none. Birth year and sex are mended in every version."""
     if not seen:
         return
     from smartcare.empi import service as empi
@@ -252,26 +252,33 @@ def observe_persons(session: Session, seen: dict[str, tuple[str | None, datetime
         "SELECT DISTINCT ON (empi_id) empi_id, valid_from, birth_year, sex, district_code, insurance_type "
         "FROM warehouse.src_person WHERE empi_id = ANY(:ids) ORDER BY empi_id, valid_from DESC"),
         {"ids": list(seen)})}
-    rows = []
+    rows, mended = [], []
     now = datetime.now(UTC)
     for empi_id, (insurance_type, at) in seen.items():
-        profile = profiles.get(empi_id, {})
-        last = latest.get(empi_id)
+        profile, last = profiles.get(empi_id, {}), latest.get(empi_id)
         at = at or now
         if last is not None and at < last.valid_from:
             continue
-        insurance_type = insurance_type or (last.insurance_type if last else None)
+        birth_year, sex = (profile.get("birth_year"), profile.get("sex")) if profile else \
+            ((last.birth_year, last.sex) if last else (None, None))
+        insurance = insurance_type or (last.insurance_type if last else None)
         district = profile.get("district_code") or (last.district_code if last else None)
+        versions: dict[datetime, tuple] = {}
         if last is None:
-            valid_from = BEGINNING
-        elif (last.district_code, last.insurance_type) != (district, insurance_type):
-            valid_from = at
-        elif profile and (last.birth_year, last.sex) != (profile.get("birth_year"), profile.get("sex")):
-            valid_from = last.valid_from  # a correction of a type-1 attribute: the version is mended in place
+            versions[BEGINNING] = (district, insurance)
         else:
-            continue
-        rows.append({"empi_id": empi_id, "valid_from": valid_from, "birth_year": profile.get("birth_year"),
-                     "sex": profile.get("sex"), "district_code": district, "insurance_type": insurance_type})
-        changes.persons.add(empi_id)
+            if insurance != last.insurance_type:
+                versions[at] = (last.district_code, insurance)
+            if district != last.district_code:
+                versions[max(at, now)] = (district, insurance)
+            if (last.birth_year, last.sex) != (birth_year, sex):
+                mended.append({"e": empi_id, "b": birth_year, "s": sex})
+        for valid_from, (district_code, insurance_code) in versions.items():
+            rows.append({"empi_id": empi_id, "valid_from": valid_from, "birth_year": birth_year, "sex": sex,
+                         "district_code": district_code, "insurance_type": insurance_code})
+        if versions or (last is not None and mended and mended[-1]["e"] == empi_id):
+            changes.persons.add(empi_id)
     _upsert(session, "src_person", ("empi_id", "valid_from", "birth_year", "sex", "district_code", "insurance_type"),
             ("empi_id", "valid_from"), rows)
+    if mended:
+        session.execute(text("UPDATE warehouse.src_person SET birth_year = :b, sex = :s WHERE empi_id = :e"), mended)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 W = "warehouse"
 
-_PERSON = "CASE WHEN s.empi_id IS NOT NULL THEN warehouse.skey(s.empi_id) END"
+_PERSON = "CASE WHEN s.empi_id IS NOT NULL THEN warehouse.person_key(s.empi_id) END"
+#: A visit's start: as the hospital said it, else its discharge, else when its first event happened.
+_START = "coalesce(s.start_at, s.end_at, s.recorded_at)"
 #: NHSA drug codes: 西药 X and 中成药 Z followed by a letter (ATC-like), 中药饮片 T followed by digits.
 DRUG_CODE = "^([XZ][A-Z]|T[0-9])"
 _CHINA_DAY = "(({0}) AT TIME ZONE 'Asia/Shanghai')::date"
@@ -41,20 +43,21 @@ FACTS: dict[str, Fact] = {f.table: f for f in (
     Fact("fct_outpatient_visit",
          ("facility_key", "encounter_id", "date_key", "department_key", "practitioner_key", "person_id", "class",
           "started_at"),
-         f"""SELECT warehouse.skey(s.facility_code), s.encounter_id, warehouse.day_key(s.start_at),
+         f"""SELECT warehouse.skey(s.facility_code), s.encounter_id, warehouse.day_key({_START}),
                     CASE WHEN s.department_code IS NOT NULL THEN warehouse.skey(s.facility_code, s.department_code) END,
                     CASE WHEN s.practitioner_code IS NOT NULL THEN warehouse.skey(s.facility_code, s.practitioner_code) END,
-                    {_PERSON}, s.class, s.start_at
-             FROM warehouse.src_encounter s WHERE s.class IN ('AMB', 'EMER') AND s.status <> 'cancelled' AND {{where}}""",
+                    {_PERSON}, coalesce(s.class, 'AMB'), {_START}
+             FROM warehouse.src_encounter s
+             WHERE coalesce(s.class, 'AMB') IN ('AMB', 'EMER') AND s.status <> 'cancelled' AND {{where}}""",
          ("s.facility_code", "s.encounter_id"), ("warehouse.skey(k1)", "k2")),
     Fact("fct_inpatient_stay",
          ("facility_key", "encounter_id", "admit_date_key", "discharge_date_key", "department_key", "person_id",
           "admitted_at", "discharged_at", "bed_days", "surgeries"),
-         f"""SELECT warehouse.skey(s.facility_code), s.encounter_id, warehouse.day_key(s.start_at), d.discharge_key,
+         f"""SELECT warehouse.skey(s.facility_code), s.encounter_id, warehouse.day_key({_START}), d.discharge_key,
                     CASE WHEN s.department_code IS NOT NULL THEN warehouse.skey(s.facility_code, s.department_code) END,
-                    {_PERSON}, s.start_at, d.discharged_at,
+                    {_PERSON}, {_START}, d.discharged_at,
                     CASE WHEN d.discharged_at IS NOT NULL
-                         THEN greatest(1, {_CHINA_DAY.format('d.discharged_at')} - {_CHINA_DAY.format('s.start_at')}) END,
+                         THEN greatest(1, {_CHINA_DAY.format('d.discharged_at')} - {_CHINA_DAY.format(_START)}) END,
                     s.surgeries
              FROM warehouse.src_encounter s
              CROSS JOIN LATERAL (SELECT CASE WHEN s.status = 'finished' THEN s.end_at END AS discharged_at) d0
@@ -294,7 +297,7 @@ DIMENSION_SQL = {
 PERSON_SQL = """
 INSERT INTO warehouse.dim_person (person_key, person_id, birth_year, sex, district_code, insurance_type,
                                   valid_from, valid_to, is_current)
-SELECT warehouse.skey(s.empi_id, s.valid_from::text), warehouse.skey(s.empi_id), s.birth_year, s.sex,
+SELECT warehouse.person_key(s.empi_id || '|' || extract(epoch FROM s.valid_from)::text), warehouse.person_key(s.empi_id), s.birth_year, s.sex,
        s.district_code, s.insurance_type, s.valid_from,
        lead(s.valid_from) OVER w, lead(s.valid_from) OVER w IS NULL
 FROM warehouse.src_person s WHERE {where}

@@ -8,6 +8,7 @@ never computed by two transactions at once (each event's work is small; a rebuil
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -65,10 +66,20 @@ TABLES = (*DIMENSIONS, *FACTS, "mart_facility_day")
 REBUILT = (*FACTS, "mart_facility_day", "dim_person")
 
 
-def _lock(session: Session) -> None:
+@functools.cache
+def person_seed() -> int:
+    """The key of persons' pseudonyms in the warehouse (from the platform's secret key: the same for every
+    writer and every rebuild, never stored in the database)."""
+    from smartcare.platform.crypto import derive_key
+
+    return int.from_bytes(derive_key("warehouse.person")[:8], "big", signed=True)
+
+
+def lock(session: Session) -> None:
     """Take the warehouse's write lock for this transaction. Callers take it before they read a source, so
     two writers landing the same record land them in the order they read them (the later state last)."""
     session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
+    session.execute(text("SELECT set_config('smartcare.person_seed', :seed, true)"), {"seed": str(person_seed())})
     session.execute(text("CREATE TEMP TABLE IF NOT EXISTS _touched (facility_key bigint, date_key integer) "
                          "ON COMMIT DELETE ROWS"))
     session.execute(text("TRUNCATE _touched"))
@@ -94,7 +105,7 @@ def apply(session: Session, changes: Changes) -> int:
     returns how many (hospital, day) rows of the mart were computed again."""
     if not changes:
         return 0
-    _lock(session)
+    lock(session)
     for source, keys in sorted(changes.keys.items()):
         if not keys:
             continue
@@ -113,7 +124,7 @@ def apply(session: Session, changes: Changes) -> int:
     if changes.persons:
         persons = {"p": sorted(changes.persons)}
         session.execute(text("DELETE FROM warehouse.dim_person WHERE person_id IN "
-                             "(SELECT warehouse.skey(e) FROM unnest(CAST(:p AS text[])) AS e)"), persons)
+                             "(SELECT warehouse.person_key(e) FROM unnest(CAST(:p AS text[])) AS e)"), persons)
         session.execute(text(PERSON_SQL.format(where="s.empi_id = ANY(:p)")), persons)
     session.execute(text(MART_DELETE_SQL))
     return session.execute(text(MART_SQL)).rowcount
@@ -126,7 +137,7 @@ def refresh_reference(session: Session) -> None:
     from smartcare.registry.service import HOSPITAL_KINDS
 
     ref = reference_rows(session)
-    _lock(session)
+    lock(session)
     for f in ref["facilities"]:
         f["is_public"] = f["ownership"] == "public"
         f["is_hospital"] = f["kind"] in HOSPITAL_KINDS
@@ -166,7 +177,7 @@ def refresh_reference(session: Session) -> None:
 def rebuild(session: Session) -> dict[str, int]:
     """Empty the facts, the mart and the person versions and make them again from the landing tables (and
     upsert the catalogue dimensions), by the statements the incremental runs use; returns the rows of every table."""
-    _lock(session)
+    lock(session)
     session.execute(text("TRUNCATE " + ", ".join(f"warehouse.{t}" for t in REBUILT)))
     session.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
     refresh_reference(session)
@@ -191,11 +202,11 @@ def _drop_indexes(session: Session, tables: list[str]) -> list[str]:
     filling a table and then building its indexes once is about twice as fast as keeping them up to date."""
     remake = []
     for table, name, definition in session.execute(text(
-            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE contype = 'p' AND connamespace = 'warehouse'::regnamespace "
-            "AND conrelid::regclass::text = ANY(:t)"), {"t": [f"warehouse.{t}" for t in tables]}).all():
-        session.execute(text(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"'))
-        remake.append(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+            "SELECT c.relname, k.conname, pg_get_constraintdef(k.oid) FROM pg_constraint k "
+            "JOIN pg_class c ON c.oid = k.conrelid WHERE k.contype IN ('p', 'u', 'x') "
+            "AND k.connamespace = 'warehouse'::regnamespace AND c.relname = ANY(:t)"), {"t": tables}).all():
+        session.execute(text(f'ALTER TABLE warehouse."{table}" DROP CONSTRAINT "{name}"'))
+        remake.append(f'ALTER TABLE warehouse."{table}" ADD CONSTRAINT "{name}" {definition}')
     for name, definition in session.execute(text(
             "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'warehouse' AND tablename = ANY(:t)"),
             {"t": tables}).all():
@@ -215,7 +226,7 @@ def documents(session: Session, ids: list[int]) -> Changes:
     from smartcare.quality import service as quality
     from smartcare.records import service as records
 
-    _lock(session)
+    lock(session)
     ids = sorted({*ids, *(r for i in ids for r in records.replaced_by(session, i))})
     docs, items = records.documents_for_warehouse(session, ids=ids)
     return landing.land_documents(session, docs, items, quality.scores_of(session, [d["record_id"] for d in docs]))
@@ -224,7 +235,7 @@ def documents(session: Session, ids: list[int]) -> Changes:
 def settlements(session: Session, numbers: list[str]) -> Changes:
     from smartcare.payment import service as payment
 
-    _lock(session)
+    lock(session)
     rows, lines = payment.settlements_for_warehouse(session, numbers=numbers)
     return landing.land_settlements(session, rows, lines)
 
@@ -232,7 +243,7 @@ def settlements(session: Session, numbers: list[str]) -> Changes:
 def bookings(session: Session, numbers: list[str]) -> Changes:
     from smartcare.booking import service as booking
 
-    _lock(session)
+    lock(session)
     return landing.land_bookings(session, booking.appointments_for_warehouse(session, numbers=numbers))
 
 
@@ -242,7 +253,7 @@ def pull(session: Session, *, now: datetime | None = None) -> Changes:
     from smartcare.exchange import service as exchange
     from smartcare.healthcard import service as healthcard
 
-    _lock(session)
+    lock(session)
     now = now or session.scalar(text("SELECT now()"))
     changes = Changes()
     for source, read, land in (("message", exchange.messages_between, landing.land_messages),
@@ -292,18 +303,18 @@ def backfill(session_factory: Callable, *, since: date | None = None, batch: int
                 progress(name, len(rows))
 
     def read_documents(session: Session, after: int):
-        _lock(session)
+        lock(session)
         docs, items = records.documents_for_warehouse(session, after_id=after, limit=batch)
         scores = quality.scores_of(session, [d["record_id"] for d in docs])
         return docs, landing.land_documents(session, docs, items, scores)
 
     def read_settlements(session: Session, after: int):
-        _lock(session)
+        lock(session)
         rows, lines = payment.settlements_for_warehouse(session, after_id=after, limit=batch)
         return rows, landing.land_settlements(session, rows, lines)
 
     def read_bookings(session: Session, after: int):
-        _lock(session)
+        lock(session)
         rows = booking.appointments_for_warehouse(session, after_id=after, limit=batch)
         return rows, landing.land_bookings(session, rows)
 
@@ -319,13 +330,16 @@ def backfill(session_factory: Callable, *, since: date | None = None, batch: int
         step = start
         while step < end:  # an hour a transaction: a day of a city's messages is millions
             with session_factory() as session:
-                _lock(session)
+                lock(session)
                 rows = read(session, step, min(step + timedelta(hours=1), end))
                 apply(session, land(session, rows))
             done[name] += len(rows)
             if progress:
                 progress(name, len(rows))
             step += timedelta(hours=1)
+        with session_factory() as session:  # the worker's pulls go on from here, leaving no gap
+            lock(session)
+            landing.advance(session, name, end)
     return done
 
 
