@@ -65,7 +65,7 @@ def test_no_confirming_once_the_slot_has_started(client, hospital):
 
 
 def test_holds_end_at_the_slots_start(client, hospital):
-    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=0, hour=23, minute=45)))
+    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=1, hour=9)))
     sql("UPDATE booking.slot SET starts_at = now() + interval '2 minutes', ends_at = now() + interval '17 minutes' "
         "WHERE id = :id", id=slot_id)
     held = hold(client, new_booker(client), slot_id).json()
@@ -174,7 +174,7 @@ def test_the_upkeep_never_deadlocks_with_a_resident(client, hospital):
 def test_a_terminal_checks_in_only_the_person_it_scanned(client, hospital):
     from smartcare.platform.errors import NotFound
 
-    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=0, hour=23, minute=30), capacity=2))
+    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=1, hour=9), capacity=2))
     sql("UPDATE booking.slot SET starts_at = now() + interval '30 minutes', ends_at = now() + interval '45 minutes' "
         "WHERE id = :id", id=slot_id)
     scanned, other = new_booker(client), new_booker(client)

@@ -116,7 +116,7 @@ def test_cancellations_count_towards_the_blacklist_and_admin_lifts_it(client, ho
 def test_cancellation_deadline(client, hospital, admin):
     rules(client, admin, hospital[0], cancel_deadline_minutes=120)
     p = new_booker(client)
-    soon, later = publish(client, hospital, slot_body(hospital, start=at(days=0, hour=23, minute=30)),
+    soon, later = publish(client, hospital, slot_body(hospital, start=at(days=1, hour=9)),
                           slot_body(hospital, start=at(days=2)))
     sql("UPDATE booking.slot SET starts_at = now() + interval '60 minutes', ends_at = now() + interval '75 minutes' "
         "WHERE id = :id", id=soon)
@@ -184,7 +184,7 @@ def test_waitlist_offer(client, hospital):
 
 
 def test_holds_expire_and_reminders_go_out_once(client, hospital):
-    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=0, hour=23, minute=30)))
+    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=1, hour=9)))
     p, q = new_booker(client), new_booker(client)
     held = hold(client, p, slot_id).json()
     sql("UPDATE booking.appointment SET held_until = now() - interval '1 second' WHERE appointment_no = :n",
@@ -206,7 +206,7 @@ def test_holds_expire_and_reminders_go_out_once(client, hospital):
 
 
 def test_check_in_by_scanning_the_card(client, hospital):
-    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=0, hour=23, minute=30)))
+    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=1, hour=9)))
     sql("UPDATE booking.slot SET starts_at = now() + interval '30 minutes', ends_at = now() + interval '45 minutes' "
         "WHERE id = :id", id=slot_id)
     p = new_booker(client)

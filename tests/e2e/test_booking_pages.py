@@ -149,7 +149,7 @@ def test_the_terminal_checks_in_the_patient_it_scanned(browser, client, live_ser
     from tests.healthcard.card_support import code
 
     patient = new_booker(client)
-    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=0, hour=23, minute=30)))
+    [slot_id] = publish(client, hospital, slot_body(hospital, start=at(days=1, hour=9)))
     sql("UPDATE booking.slot SET starts_at = now() + interval '40 minutes', ends_at = now() + interval '55 minutes' "
         "WHERE id = :id", id=slot_id)
     booked = hold(client, patient, slot_id, confirm=True).json()
