@@ -4,9 +4,10 @@ shape of the warehouse's landing tables, at a city's proportions:
 
 - outpatient visits per day ≈ 3 per bed at a tertiary hospital, fewer at lower levels, half on Sundays;
 - an admission per day for every ~9 beds (occupancy ≈ 90 %, stays of 2–20 days, mean ≈ 9);
-- outpatient bills of ¥150–¥600, inpatient bills of ¥6,000–¥40,000, ~30 % of it drugs;
+- outpatient bills of ¥150–¥600, inpatient bills of ¥6,000–¥40,000, ~20 % of it drugs;
 - insured: ~60 % employee, ~35 % resident insurance; commercial insurance on ~5 % of stays;
-- ~45 % of visits booked, ~70 % with the health card, documents mostly within a day, ~1 % bad messages.
+- ~45 % of visits booked, ~70 % with the health card, documents mostly within a day, ~1 % bad messages;
+- the wards full on the first day: stays admitted in the 30 days before and still in hospital.
 
 It lands straight in ``warehouse.src_*`` (through COPY), not through the hub or the payment engine: a year
 of a city through them would take hours. Deterministic for a seed. Personal data: none (EMPI ids only).
@@ -32,6 +33,8 @@ DIAGNOSES = ("J06.900", "I10.x00", "E11.900", "K29.700", "M54.500", "J18.900", "
 LABS = (("718-7", "g/L"), ("2345-7", "mmol/L"), ("2160-0", "μmol/L"), ("6690-2", "10*9/L"))
 DOCUMENT_TYPES = ("C0002", "C0004", "C0007", "C0032", "C0053")
 CHANNELS = ("wechat", "alipay", "unionpay")
+#: Stays admitted this many days before the first day that are still in hospital on it are generated too.
+WARM_UP_DAYS = 30
 
 TABLES = {
     "src_encounter": ("facility_code", "encounter_id", "empi_id", "class", "department_code", "practitioner_code",
@@ -108,6 +111,15 @@ def activity(hospitals: list[Hospital], *, start: date, days: int, seed: int = 2
         yield "src_person", (empi_id, datetime(1900, 1, 1, tzinfo=UTC), rng.randint(1935, 2024), rng.choice("12"),
                              rng.choice(districts), insurance)
     people = list(insurance_of)
+    # the wards are not empty on the first day: stays admitted in the month before, still in hospital then
+    first = datetime(start.year, start.month, start.day, tzinfo=CHINA_TZ)
+    for offset in range(-WARM_UP_DAYS, 0):
+        day = start + timedelta(days=offset)
+        for h in hospitals:
+            for _ in range(int(h.beds / 9 * rng.uniform(0.8, 1.2))):
+                rows = list(_encounter(rng, ids, h, day, True, rng.choice(people), insurance_of, now))
+                if rows and (rows[0][1][7] is None or rows[0][1][7] >= first):
+                    yield from rows
     for offset in range(days):
         day = start + timedelta(days=offset)
         weekday_factor = 0.5 if day.weekday() == 6 else (0.8 if day.weekday() == 5 else 1.0)
