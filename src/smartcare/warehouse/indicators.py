@@ -71,7 +71,8 @@ MEASURES = ("outpatient_visits", "outpatient_cost", "admissions", "discharges", 
             "card_visits", "documents", "documents_on_time", "qc_checked", "qc_score_sum", "messages", "messages_failed")
 
 
-def _key(day: date) -> int:
+def day_key(day: date) -> int:
+    """The date dimension's key of a day (yyyymmdd), as ``warehouse.day_key`` makes it in SQL."""
     return day.year * 10000 + day.month * 100 + day.day
 
 
@@ -126,13 +127,13 @@ def compute(session: Session, *, by: str = "facility", grain: str = "month", sta
     if district_code:
         filters.append("f.district_code = :district")
         params["district"] = district_code
-    cases = " ".join(f"WHEN m.date_key BETWEEN {_key(a)} AND {_key(b)} THEN {i}" for i, (_, a, b) in enumerate(periods))
+    cases = " ".join(f"WHEN m.date_key BETWEEN {day_key(a)} AND {day_key(b)} THEN {i}" for i, (_, a, b) in enumerate(periods))
     sums = ", ".join(f"sum(m.{c}) AS {c}" for c in MEASURES)
     rows = session.execute(text(f"""
         SELECT {group} AS code, {group_name} AS name, CASE {cases} END AS period, {sums}
         FROM warehouse.mart_facility_day m JOIN warehouse.dim_facility f ON f.facility_key = m.facility_key
         WHERE m.date_key BETWEEN :lo AND :hi AND {' AND '.join(filters)}
-        GROUP BY 1, 3"""), {**params, "lo": _key(periods[0][1]), "hi": _key(end)}).all()
+        GROUP BY 1, 3"""), {**params, "lo": day_key(periods[0][1]), "hi": day_key(end)}).all()
     beds = dict(session.execute(text(
         f"SELECT {group}, sum(f.beds) FROM warehouse.dim_facility f WHERE {' AND '.join(filters)} GROUP BY 1"),
         params).all())
@@ -185,7 +186,7 @@ def _occupied(session: Session, *, group: str, filters: list[str], params: dict,
     if hi < lo:
         return out
     where = " AND ".join(filters)
-    keys = {**params, "lo": _key(lo), "hi": _key(hi)}
+    keys = {**params, "lo": day_key(lo), "hi": day_key(hi)}
     census = dict(session.execute(text(f"""
         SELECT {group}, count(*) FROM warehouse.fct_inpatient_stay s
         JOIN warehouse.dim_facility f ON f.facility_key = s.facility_key
@@ -203,13 +204,13 @@ def _occupied(session: Session, *, group: str, filters: list[str], params: dict,
     for i, (_, a, b) in enumerate(periods):
         day = max(a, lo)
         while day <= min(b, hi):
-            period_of[_key(day)] = i
+            period_of[day_key(day)] = i
             day += timedelta(days=1)
     for code in {*census, *moves}:
         running, by_day = census.get(code, 0), moves.get(code, {})
         day = lo
         while day <= hi:
-            key = _key(day)
+            key = day_key(day)
             running += by_day.get(key, 0)
             if key in period_of:  # (a month asked from its 2nd day leaves the 1st between two periods)
                 out[(code, period_of[key])] = out.get((code, period_of[key]), 0) + running
@@ -222,14 +223,10 @@ def as_file(rows: list[dict], fmt: str) -> bytes:
     (counts as integers, the rest as doubles; empty where a denominator was zero)."""
     names = [i.code for i in INDICATORS]
     if fmt == "csv":
-        import csv
-        import io
+        from smartcare.warehouse.service import to_csv
 
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["code", "name", "period", *names])
-        writer.writerows([r["code"], r["name"], r["period"], *(r[c] for c in names)] for r in rows)
-        return out.getvalue().encode("utf-8")
+        return to_csv(["code", "name", "period", *names],
+                      [(r["code"], r["name"], r["period"], *(r[c] for c in names)) for r in rows], header=True).encode()
     import io
 
     import pyarrow as pa

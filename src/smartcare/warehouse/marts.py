@@ -27,8 +27,9 @@ class Fact:
     """A fact table made from one landing table.
 
     ``source_key`` is the landing table's key and ``key_cast`` the text arrays' elements ``k1, k2 …`` cast to
-    its types (so its index is used); ``fact_key`` the same key as the fact table holds it (matched against
-    ``_FACT_KEY_COLUMNS`` by a delete); ``days`` the fact's date columns whose mart rows depend on a row."""
+    its types (so its index is used); ``fact_key`` the same key as the fact table holds it, as expressions
+    over ``k1, k2 …`` matched by a delete against the fact's first ``len(fact_key)`` columns; ``days`` the
+    fact's date columns whose mart rows depend on a row."""
 
     table: str
     columns: tuple[str, ...]
@@ -138,21 +139,6 @@ FEEDS: dict[str, tuple[str, ...]] = {
     "booking": ("fct_booking",),
 }
 
-#: The fact key columns a delete matches, per fact (what ``fact_key`` expressions are compared with).
-_FACT_KEY_COLUMNS: dict[str, tuple[str, ...]] = {
-    "fct_outpatient_visit": ("facility_key", "encounter_id"),
-    "fct_inpatient_stay": ("facility_key", "encounter_id"),
-    "fct_charge_item": ("facility_key", "bill_no"),
-    "fct_settlement_payer": ("settlement_no",),
-    "fct_document": ("record_id",),
-    "fct_diagnosis": ("record_id",),
-    "fct_lab_result": ("record_id",),
-    "fct_message": ("message_id",),
-    "fct_card_use": ("use_id",),
-    "fct_booking": ("appointment_no",),
-}
-
-
 def _keys_table(width: int) -> str:
     arrays = ", ".join(f"CAST(:k{i} AS text[])" for i in range(1, width + 1))
     names = ", ".join(f"k{i}" for i in range(1, width + 1))
@@ -175,7 +161,7 @@ def _days_of(fact: Fact, alias: str) -> str:
 def delete_sql(fact: Fact) -> str:
     """Delete the facts of the given source keys, noting the days they counted on."""
     width = len(fact.source_key)
-    match = ", ".join(f"f.{c}" for c in _FACT_KEY_COLUMNS[fact.table])
+    match = ", ".join(f"f.{c}" for c in fact.columns[:len(fact.fact_key)])
     keys = ", ".join(fact.fact_key)
     returning = ", ".join(f"f.{c}" for c in fact.columns)
     return (f"WITH gone AS (DELETE FROM warehouse.{fact.table} f WHERE ({match}) IN "

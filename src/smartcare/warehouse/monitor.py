@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from smartcare.platform.clock import CHINA_TZ
 from smartcare.platform.errors import NotFound, Unavailable
 from smartcare.warehouse import indicators
+from smartcare.warehouse.indicators import day_key
 
 SILENT_MINUTES = 60          # a hospital that sent data this week but nothing for an hour
 ERROR_WINDOW_MINUTES = 15
@@ -49,10 +50,6 @@ def reading(session: Session) -> Iterator[None]:
         raise
 
 
-def _key(day: date) -> int:
-    return day.year * 10000 + day.month * 100 + day.day
-
-
 def _today(now: datetime) -> date:
     return now.astimezone(CHINA_TZ).date()
 
@@ -70,7 +67,7 @@ def _hospitals(session: Session, facility_code: str | None = None) -> list:
 
 
 def _freshness(session: Session, now: datetime) -> dict[int, datetime]:
-    week = _key(_today(now) - timedelta(days=7))
+    week = day_key(_today(now) - timedelta(days=7))
     return dict(session.execute(text(
         "SELECT facility_key, max(last_data_at) FROM warehouse.mart_facility_day WHERE date_key >= :w "
         "AND last_data_at IS NOT NULL GROUP BY 1"), {"w": week}).all())
@@ -79,7 +76,7 @@ def _freshness(session: Session, now: datetime) -> dict[int, datetime]:
 def _today_rows(session: Session, now: datetime) -> dict[int, dict]:
     rows = session.execute(text(
         "SELECT facility_key, outpatient_visits, discharges, messages, messages_failed, documents, qc_checked, "
-        "qc_score_sum FROM warehouse.mart_facility_day WHERE date_key = :d"), {"d": _key(_today(now))}).mappings()
+        "qc_score_sum FROM warehouse.mart_facility_day WHERE date_key = :d"), {"d": day_key(_today(now))}).mappings()
     return {r["facility_key"]: dict(r) for r in rows}
 
 
@@ -108,7 +105,7 @@ def alerts(session: Session, *, now: datetime | None = None, facility_code: str 
         "sum(qc_score_sum) FILTER (WHERE date_key = :t) AS today_sum, "
         "sum(qc_checked) FILTER (WHERE date_key < :t) AS week_n, sum(qc_score_sum) FILTER (WHERE date_key < :t) AS week_sum "
         "FROM warehouse.mart_facility_day WHERE date_key >= :w GROUP BY 1"),
-        {"t": _key(today), "w": _key(today - timedelta(days=7))}).all()
+        {"t": day_key(today), "w": day_key(today - timedelta(days=7))}).all()
     for key, today_n, today_sum, week_n, week_sum in scores:
         h = hospitals.get(key)
         if not h or not today_n or today_n < QC_MIN_DOCUMENTS or not week_n:
@@ -179,12 +176,12 @@ def hospital(session: Session, code: str, *, now: datetime | None = None, days: 
     rows = {r["date_key"]: r for r in session.execute(text(
         "SELECT date_key, outpatient_visits, discharges, admissions, outpatient_cost, messages, messages_failed, "
         "documents, qc_checked, qc_score_sum FROM warehouse.mart_facility_day WHERE facility_key = :f "
-        "AND date_key BETWEEN :a AND :b"), {"f": h.facility_key, "a": _key(first), "b": _key(today)}).mappings()}
+        "AND date_key BETWEEN :a AND :b"), {"f": h.facility_key, "a": day_key(first), "b": day_key(today)}).mappings()}
     series: dict[str, list] = {k: [] for k in ("days", "visits", "discharges", "admissions", "avg_cost", "messages",
                                               "failed", "documents", "qc")}
     for i in range(days):
         day = first + timedelta(days=i)
-        r = rows.get(_key(day), {})
+        r = rows.get(day_key(day), {})
         series["days"].append(day.isoformat())
         for name, column in (("visits", "outpatient_visits"), ("discharges", "discharges"), ("admissions", "admissions"),
                              ("messages", "messages"), ("failed", "messages_failed"), ("documents", "documents")):

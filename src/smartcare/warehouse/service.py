@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from smartcare.platform.errors import InvalidInput
+from smartcare.registry import service as registry
 from smartcare.standards.cda.document import TITLES
 from smartcare.warehouse import landing
 from smartcare.warehouse.landing import Changes
@@ -24,10 +25,6 @@ from smartcare.warehouse.marts import (DIMENSION_SQL, FACTS, FEEDS, MART_DELETE_
                                        all_days_sql, delete_sql, insert_sql)
 
 LOCK_KEY = 0x5743_4152_4548  # "WCAREH"
-#: The landing table whose key filter each dimension statement uses (the fact of that source that shares its key).
-_KEYED_BY = {"charge": "fct_charge_item", "settlement": "fct_settlement_payer", "document": "fct_document",
-             "encounter": "fct_outpatient_visit", "message": "fct_message", "card_use": "fct_card_use",
-             "booking": "fct_booking"}
 #: Codes each landing table names, that dimensions must hold (as "unregistered" members until the registry has them).
 _MEMBERS = {
     "encounter": [("facility", "s.facility_code"), ("department", "s.facility_code", "s.department_code"),
@@ -54,9 +51,6 @@ _MEMBER_SQL = {
                      "SELECT warehouse.skey(a), a, a FROM (SELECT DISTINCT a FROM ({rows}) x) y WHERE a IS NOT NULL "
                      "ON CONFLICT DO NOTHING",
 }
-_LANDING_TABLE = {"encounter": "src_encounter", "charge": "src_charge", "settlement": "src_settlement",
-                  "document": "src_document", "message": "src_message", "card_use": "src_card_use",
-                  "booking": "src_booking"}
 DIMENSIONS = ("dim_facility", "dim_department", "dim_practitioner", "dim_person", "dim_diagnosis", "dim_charge_item",
               "dim_payer", "dim_document_type")
 TABLES = (*DIMENSIONS, *FACTS, "mart_facility_day")
@@ -96,7 +90,7 @@ def _members(session: Session, source: str, where: str, params: dict) -> None:
     for dim, *columns in _MEMBERS[source]:
         names = ("a", "b")[:len(columns)]
         rows = (f"SELECT {', '.join(f'{c} AS {n}' for c, n in zip(columns, names))} "
-                f"FROM warehouse.{_LANDING_TABLE[source]} s WHERE {where}")
+                f"FROM warehouse.src_{source} s WHERE {where}")
         session.execute(text(_MEMBER_SQL[dim].format(rows=rows)), params)
 
 
@@ -109,7 +103,7 @@ def apply(session: Session, changes: Changes) -> int:
     for source, keys in sorted(changes.keys.items()):
         if not keys:
             continue
-        keyed = FACTS[_KEYED_BY[source]]
+        keyed = FACTS[FEEDS[source][0]]  # its landing key: the one every fact it feeds is made by
         width = len(keyed.source_key)
         ordered = sorted(keys)
         params = {f"k{i + 1}": [k[i] for k in ordered] for i in range(width)}
@@ -134,13 +128,11 @@ def refresh_reference(session: Session) -> None:
     """Facilities, departments and practitioners from the registry, document types from WS/T 500 (upserts:
     an "unregistered" member becomes the real one once the registry has it); rows that did not change are
     not written."""
-    from smartcare.registry.service import HOSPITAL_KINDS
-
-    ref = reference_rows(session)
+    ref = registry.reference_for_warehouse(session)
     lock(session)
     for f in ref["facilities"]:
         f["is_public"] = f["ownership"] == "public"
-        f["is_hospital"] = f["kind"] in HOSPITAL_KINDS
+        f["is_hospital"] = f["kind"] in registry.HOSPITAL_KINDS
     if ref["facilities"]:
         session.execute(text(
             "INSERT INTO warehouse.dim_facility AS d (facility_key, code, name, kind, level, grade, ownership, "
@@ -181,7 +173,7 @@ def rebuild(session: Session) -> dict[str, int]:
     session.execute(text("TRUNCATE " + ", ".join(f"warehouse.{t}" for t in REBUILT)))
     session.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
     refresh_reference(session)
-    for source in _LANDING_TABLE:
+    for source in FEEDS:
         _members(session, source, "true", {})
         if source in DIMENSION_SQL:
             session.execute(text(DIMENSION_SQL[source].format(where="true")))
@@ -345,9 +337,6 @@ def backfill(session_factory: Callable, *, since: date | None = None, batch: int
 
 # ---------------------------------------------------------------- export
 
-EXPORTABLE = (*TABLES,)
-
-
 def export_rows(session: Session, table: str, *, batch: int = 50_000) -> Iterator[tuple[list[str], list[tuple]]]:
     """The rows of a dimension, fact or mart, in batches (with the column names), for CSV or Parquet."""
     _exportable(table)
@@ -373,24 +362,16 @@ def synthetic_hospitals(session: Session, *, limit: int | None = None, level: in
     first), as the activity generator wants them."""
     from smartcare.synth.activity import Hospital
 
-    ref = reference_rows(session)
+    ref = registry.reference_for_warehouse(session)
     departments: dict[str, list[str]] = {}
     for d in ref["departments"]:
         departments.setdefault(d["facility_code"], []).append(d["code"])
-    from smartcare.registry.service import HOSPITAL_KINDS
-
     hospitals = sorted((f for f in ref["facilities"] if f["ownership"] == "public" and (f["beds"] or 0) > 0
-                        and f["kind"] in HOSPITAL_KINDS and (level is None or f["level"] == level)),
+                        and f["kind"] in registry.HOSPITAL_KINDS and (level is None or f["level"] == level)),
                        key=lambda f: (-f["beds"], f["code"]))
     return [Hospital(f["code"], f["level"] or 0, f["beds"], f["district_code"] or "000000",
                      tuple(sorted(departments.get(f["code"], ()))))
             for f in hospitals[:limit]]
-
-
-def reference_rows(session: Session) -> dict[str, list[dict]]:
-    from smartcare.registry import service as registry
-
-    return registry.reference_for_warehouse(session)
 
 
 def land_synthetic(session: Session, rows, *, chunk: int = 50_000, progress: Callable[[int], None] | None = None) -> dict[str, int]:
@@ -448,8 +429,8 @@ def write_export(session: Session, table: str, fmt: str, path) -> int:
 
 
 def _exportable(table: str) -> None:
-    if table not in EXPORTABLE:
-        raise InvalidInput(f"unknown table {table!r}", field="table", hint="one of " + ", ".join(EXPORTABLE))
+    if table not in TABLES:
+        raise InvalidInput(f"unknown table {table!r}", field="table", hint="one of " + ", ".join(TABLES))
 
 
 def _columns(session: Session, table: str) -> list[tuple[str, str]]:
