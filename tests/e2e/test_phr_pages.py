@@ -7,23 +7,17 @@ are answered on H5, break-glass is reviewed on the auditor's page, and each page
 
 from __future__ import annotations
 
-import random
 import uuid
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import text
 
 from smartcare.platform import auth
-from smartcare.platform.clock import CHINA_TZ, china_today
 from smartcare.platform.db import session_scope
-from smartcare.records import service as records
-from smartcare.standards import cda
-from smartcare.synth import service as synth
-from smartcare.synth.documents import Person, clean_document
 from tests.e2e.conftest import login
 from tests.healthcard.card_support import code, headers, issue, person, resident
+from tests.records.records_support import history_at_two_hospitals
 
 HTMX = {"HX-Request": "true"}
 DOCTOR_PASSWORD = "doctor-pass-123"
@@ -38,12 +32,6 @@ class Patient:
     sensitive_record: int
     visits: dict[str, int]  # hospital -> encounters (a document without an encounter time is one of its own)
     card_no: str
-
-
-def _register(doc: cda.Document, facility: str) -> int:
-    with session_scope() as s:
-        return records.register(s, raw=cda.build(doc), sender="test", facility_code=facility,
-                                received_at=doc.effective_time + timedelta(hours=1), actor="test").document.id
 
 
 def _doctor(facility: str) -> str:
@@ -72,24 +60,10 @@ def patient(app, hospital, other_hospital) -> Patient:
         assert r.status_code == 201, r.text
         empi_id, card_no = r.json()["empi_id"], r.json()["card_no"]
     with session_scope() as s:
-        docs = {h.facility_code: h for h in synth.document_hospitals(s, codes=[hospital[0], other_hospital[0]])}
-        born = s.execute(text("SELECT sex, birth_date FROM synth.resident WHERE id_number = :n"),
-                         {"n": p["id_number"]}).one()
         names = tuple(s.scalar(text("SELECT name FROM registry.facility WHERE code = :c"), {"c": c})
                       for c in (hospital[0], other_hospital[0]))
-    me = Person(p["id_number"], p["name"], born.sex, born.birth_date, p["phone"])
-    rng = random.Random(empi_id)
-    recent = datetime.combine(china_today() - timedelta(days=6), datetime.min.time(), CHINA_TZ).replace(hour=9)
-    for type_code in ("C0002", "C0007", "C0004"):
-        _register(clean_document(type_code, hospital=docs[hospital[0]], person=me, rng=rng, at=recent), hospital[0])
-    _register(clean_document("C0053", hospital=docs[other_hospital[0]], person=me, rng=rng,
-                             at=recent - timedelta(days=30)), other_hospital[0])
-    mental = clean_document("C0002", hospital=docs[other_hospital[0]], person=me, rng=rng, at=recent - timedelta(days=3))
-    sections = tuple(replace(sec, elements=tuple(
-        replace(e, value=cda.cd("F32.9", "抑郁发作", "2.16.156.10011.2.3.3.11", "ICD-10")) if e.code == "DE05.01.024.00"
-        else replace(e, value=cda.st("抑郁发作")) if e.code == "DE05.01.025.00" else e for e in sec.elements))
-        for sec in mental.sections)
-    sensitive = _register(replace(mental, sections=sections), other_hospital[0])
+    sensitive, _ = history_at_two_hospitals(p, empi_id, hospital[0], other_hospital[0], days_ago=6, stay_before=30,
+                                            sensitive_before=3)
     with session_scope() as s:
         visits = dict(s.execute(text("SELECT facility_code, count(DISTINCT service_time) FROM records.document "
                                      "WHERE empi_id = :e AND status = 'current' GROUP BY 1"), {"e": empi_id}).all())

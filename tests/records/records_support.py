@@ -77,3 +77,52 @@ def sql(statement: str, **params):
     with session_scope() as s:
         result = s.execute(text(statement), params)
         return result.all() if result.returns_rows else None
+
+
+def register_document(doc: cda.Document, facility: str) -> int:
+    """File a built document as ``facility`` sent it an hour after it was written; its registry id."""
+    from datetime import timedelta
+
+    from smartcare.records import service as records
+
+    with session_scope() as s:
+        return records.register(s, raw=cda.build(doc), sender="test", facility_code=facility,
+                                received_at=doc.effective_time + timedelta(hours=1), actor="test").document.id
+
+
+def history_at_two_hospitals(p: dict, empi_id: str, a: str, b: str, *, days_ago: int, stay_before: int,
+                             sensitive_before: int, old_before: int | None = None) -> tuple[int, int | None]:
+    """A resident's (``p``, from card_support.person, with a card of ``empi_id``) synthetic records: an outpatient
+    visit at hospital ``a`` ``days_ago`` (record, lab report, prescription), a discharge summary at ``b``
+    ``stay_before`` days earlier, a mental-health visit at ``b`` ``sensitive_before`` days earlier, and, if
+    asked, an outpatient record at ``b`` ``old_before`` days earlier. Returns (sensitive id, old id)."""
+    import random
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from smartcare.platform.clock import china_today
+    from smartcare.synth import service as synth
+    from smartcare.synth.documents import Person, clean_document
+
+    register = register_document
+    with session_scope() as s:
+        hospitals = {h.facility_code: h for h in synth.document_hospitals(s, codes=[a, b])}
+        born = s.execute(text("SELECT sex, birth_date FROM synth.resident WHERE id_number = :n"),
+                         {"n": p["id_number"]}).one()
+    me = Person(p["id_number"], p["name"], born.sex, born.birth_date, p["phone"])
+    rng = random.Random(empi_id)
+    recent = datetime.combine(china_today() - timedelta(days=days_ago), datetime.min.time(), CHINA_TZ).replace(hour=9)
+    for type_code in ("C0002", "C0007", "C0004"):
+        register(clean_document(type_code, hospital=hospitals[a], person=me, rng=rng, at=recent), a)
+    register(clean_document("C0053", hospital=hospitals[b], person=me, rng=rng, at=recent - timedelta(days=stay_before)), b)
+    old = None
+    if old_before is not None:
+        old = register(clean_document("C0002", hospital=hospitals[b], person=me, rng=rng,
+                                      at=recent - timedelta(days=old_before)), b)
+    mental = clean_document("C0002", hospital=hospitals[b], person=me, rng=rng,
+                            at=recent - timedelta(days=sensitive_before))
+    sections = tuple(replace(sec, elements=tuple(
+        replace(e, value=cda.cd("F32.9", "抑郁发作", "2.16.156.10011.2.3.3.11", "ICD-10")) if e.code == "DE05.01.024.00"
+        else replace(e, value=cda.st("抑郁发作")) if e.code == "DE05.01.025.00" else e for e in sec.elements))
+        for sec in mental.sections)
+    return register(replace(mental, sections=sections), b), old

@@ -16,12 +16,12 @@ from sqlalchemy import text
 from smartcare.platform import audit, auth
 from smartcare.platform.clock import CHINA_TZ, china_today
 from smartcare.platform.db import session_scope
-from smartcare.records import phr, service as records
+from smartcare.records import phr
 from smartcare.standards import cda
 from smartcare.synth import service as synth
 from smartcare.synth.documents import Person, clean_document
 from tests.healthcard.card_support import headers, issue, person, resident
-from tests.records.records_support import sql
+from tests.records.records_support import history_at_two_hospitals, register_document, sql
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,6 @@ def _doctor(client, facility: str) -> dict:
     return {"Authorization": f"Bearer {token['access_token']}", "_user": username}
 
 
-def _register(doc: cda.Document, facility: str) -> int:
-    with session_scope() as s:
-        return records.register(s, raw=cda.build(doc), sender="test", facility_code=facility,
-                                received_at=doc.effective_time + timedelta(hours=1), actor="test").document.id
-
-
 @pytest.fixture(scope="module")
 def patient(client_module, hospital, other_hospital) -> Patient:
     client = client_module
@@ -56,25 +50,8 @@ def patient(client_module, hospital, other_hospital) -> Patient:
     r = issue(client, who, name=p["name"], id_number=p["id_number"], phone=p["phone"])
     assert r.status_code == 201, r.text
     empi_id = r.json()["empi_id"]
-    with session_scope() as s:
-        hospitals = {h.facility_code: h for h in synth.document_hospitals(s, codes=[hospital[0], other_hospital[0]])}
-        born = s.execute(text("SELECT sex, birth_date FROM synth.resident WHERE id_number = :n"),
-                         {"n": p["id_number"]}).one()
-    me = Person(p["id_number"], p["name"], born.sex, born.birth_date, p["phone"])
-    rng = random.Random(empi_id)
-    recent = datetime.combine(china_today() - timedelta(days=10), datetime.min.time(), CHINA_TZ).replace(hour=9)
-    for type_code in ("C0002", "C0007", "C0004"):
-        _register(clean_document(type_code, hospital=hospitals[hospital[0]], person=me, rng=rng, at=recent), hospital[0])
-    _register(clean_document("C0053", hospital=hospitals[other_hospital[0]], person=me, rng=rng,
-                             at=recent - timedelta(days=20)), other_hospital[0])
-    old = _register(clean_document("C0002", hospital=hospitals[other_hospital[0]], person=me, rng=rng,
-                                   at=recent - timedelta(days=200)), other_hospital[0])
-    mental = clean_document("C0002", hospital=hospitals[other_hospital[0]], person=me, rng=rng, at=recent - timedelta(days=5))
-    sections = tuple(replace(sec, elements=tuple(
-        replace(e, value=cda.cd("F32.9", "抑郁发作", "2.16.156.10011.2.3.3.11", "ICD-10")) if e.code == "DE05.01.024.00"
-        else replace(e, value=cda.st("抑郁发作")) if e.code == "DE05.01.025.00" else e for e in sec.elements))
-        for sec in mental.sections)
-    sensitive = _register(replace(mental, sections=sections), other_hospital[0])
+    sensitive, old = history_at_two_hospitals(p, empi_id, hospital[0], other_hospital[0], days_ago=10, stay_before=20,
+                                              sensitive_before=5, old_before=200)
     return Patient(who, empi_id, (hospital[0], other_hospital[0]), sensitive, old)
 
 
@@ -255,7 +232,7 @@ def test_review_findings_stay_fixed(client_module, patient, hospital):
           cda.DataElement("DE05.01.024.00", "诊断代码", cda.cd("B20", "人类免疫缺陷病毒[HIV]病", "2.16.156.10011.2.3.3.11", "ICD-10")))
     record = replace(record, effective_time=at, sections=(*record.sections[:-1], replace(record.sections[-1], elements=dx)))
     prescription = replace(clean_document("C0004", hospital=h, person=me, rng=rng, at=at), effective_time=at)
-    record_id, rx_id = _register(record, patient.hospitals[0]), _register(prescription, patient.hospitals[0])
+    record_id, rx_id = register_document(record, patient.hospitals[0]), register_document(prescription, patient.hospitals[0])
 
     doctor = _doctor(client, patient.hospitals[0])
     grant = client.post("/api/v1/phr/consents", headers=headers(patient.who), json={
