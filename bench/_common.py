@@ -4,7 +4,9 @@ under uvicorn in a child process, PostgreSQL's processes of a run."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import threading
 import resource
 import signal
 import socket
@@ -12,14 +14,21 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+
+def pct(ordered: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of sorted seconds, in milliseconds; NaN when there are none."""
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered), max(1, math.ceil(q * len(ordered)))) - 1] * 1000
 
 
 def peak_rss_mib() -> float:
@@ -185,3 +194,35 @@ class CpuMeter:
         ours = sum(v for k, v in used.items() if k != "busy %")
         used["others %"] = 100 * max(0.0, (total - idle) - ours) / total if total else 0.0
         return dict(used)
+
+
+class WaitSampler:
+    """What this database's client backends are doing, sampled every 20 ms from ``pg_stat_activity``:
+    ``label(state, wait_event_type, wait_event)`` names each busy backend's activity (a benchmark knows which
+    lock is its interesting one), and ``stop`` answers how often each label was seen."""
+
+    def __init__(self, dsn: str, label: Callable[[str, str | None, str | None], str]):
+        self.dsn, self.label, self.counts, self.samples = dsn, label, Counter(), 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stopping.wait(0.02):
+                rows = conn.execute(
+                    "SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND backend_type = 'client backend' AND state <> 'idle'").fetchall()
+                self.samples += 1
+                for state, kind, event in rows:
+                    self.counts[self.label(state, kind, event)] += 1
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> dict:
+        self.stopping.set()
+        self.thread.join(timeout=10)
+        return {"samples": self.samples, "counts": self.counts}

@@ -79,7 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import psutil
-from _common import CpuMeter, Server, peak_rss_mib, postgres_processes, scratch_database
+from _common import CpuMeter, Server, WaitSampler, pct, peak_rss_mib, postgres_processes, scratch_database
 
 BOOK = "/api/v1/booking/appointments"
 PASSWORD = "bench-resident-pass"
@@ -88,14 +88,6 @@ POPULAR_SHARE = 0.80     # share of the attempts at popular slots
 SLICES = 10              # 15-minute slots per doctor per day
 HOSPITALS = 4
 ACTIVE = ("held", "booked", "checked_in", "noshow")
-
-
-def pct(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
-
-
-
-
 
 
 # ---- set-up: the region, the residents, the slots ------------------------------------------------------------
@@ -530,50 +522,14 @@ def sessions_opened(dsn: str) -> int:
         return conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
 
 
-class WaitSampler:
-    """What the database's backends of this run are doing, sampled every 20 ms from ``pg_stat_activity``
-    (``state`` and ``wait_event``): on CPU, waiting for the client inside a transaction, waiting for a lock (a
-    slot's row, the NOTIFY queue), for the WAL …"""
-
-    def __init__(self, dsn: str):
-        import threading
-
-        self.dsn, self.counts, self.samples = dsn, Counter(), 0
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psycopg
-
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.stopping.wait(0.02):
-                rows = conn.execute(
-                    "SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                    "AND backend_type = 'client backend' AND state <> 'idle'").fetchall()
-                self.samples += 1
-                for state, kind, event in rows:
-                    if kind is None:
-                        what = "on CPU (running a statement)"
-                    elif state == "idle in transaction":
-                        what = "idle in transaction (waiting for the client)"
-                    else:
-                        what = f"{kind}:{event}"
-                    self.counts[what] += 1
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> dict:
-        self.stopping.set()
-        self.thread.join(timeout=10)
-        return {"samples": self.samples, "counts": self.counts}
-
-
-# ---- CPU per process group ----------------------------------------------------------------------------------------
-
-
-# ---- the server -----------------------------------------------------------------------------------------------------
+def wait_label(state: str, kind: str | None, event: str | None) -> str:
+    """A backend's activity in the booking run: on CPU, waiting for the client inside a transaction, waiting
+    for a lock (a slot's row, the NOTIFY queue), for the WAL …"""
+    if kind is None:
+        return "on CPU (running a statement)"
+    if state == "idle in transaction":
+        return "idle in transaction (waiting for the client)"
+    return f"{kind}:{event}"
 
 
 # ---- the baseline ---------------------------------------------------------------------------------------------------
@@ -738,7 +694,7 @@ def main() -> int:
             meter = CpuMeter({**groups, "PostgreSQL": postgres_processes(database),
                               "this process": lambda: [psutil.Process()]})
             opened = sessions_opened(dsn)
-            r = workers.run(jobs, before=lambda: release(days[day]), meter=meter, waits=WaitSampler(dsn))
+            r = workers.run(jobs, before=lambda: release(days[day]), meter=meter, waits=WaitSampler(dsn, wait_label))
             r["sessions"] = sessions_opened(dsn) - opened - 1  # less the first reading's own
             r["check"] = check_day(days[day])
             print(f"    {day} in flight: {r['n']:,} attempts in {r['wall']:.1f} s: {r['rate']:,.0f}/s, p50 "

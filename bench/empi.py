@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Timer, peak_rss_mib, scratch_database  # noqa: E402
+from _common import Timer, pct, peak_rss_mib, scratch_database  # noqa: E402
 
 from smartcare.empi import linkage, matching, migration  # noqa: E402
 from smartcare.empi.fields import default_config  # noqa: E402
@@ -174,10 +174,6 @@ def realtime(url: str, held_out, clients: int) -> dict:
         persons = conn.execute(text("SELECT count(*) FROM empi.person WHERE state = 'active'")).scalar_one()
     engine.dispose()
     return {"latencies": latencies, "wall": wall, "cpu": cpu, "persons": persons, "base": base, "base_wall": base_wall}
-
-
-def pct(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
-from _common import free_port, peak_rss_mib, scratch_database  # noqa: E402
+from _common import free_port, peak_rss_mib, process_peak_rss_mib, scratch_database  # noqa: E402
 
 from smartcare.platform import auth  # noqa: E402
 from smartcare.platform.db import session_scope  # noqa: E402
@@ -157,13 +157,6 @@ async def naive(dsn: str, senders: int, per_sender: int) -> dict:
     return summary("naive: INSERT + COMMIT per message", [x for r in results for x in r], time.perf_counter() - start)
 
 
-def server_peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -202,7 +195,7 @@ def main() -> None:
                 asyncio.run(mllp_senders(mllp_port, senders, per_sender, "m")),
                 asyncio.run(http_senders(f"http://127.0.0.1:{http_port}", clients, per_sender, "h")),
             ]
-            server_rss = server_peak_rss_mib(server.pid)
+            server_rss = process_peak_rss_mib(server.pid)
         finally:
             server.terminate()
             server.wait(timeout=20)

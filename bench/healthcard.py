@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 import segno  # noqa: E402
-from _common import free_port, peak_rss_mib, scratch_database  # noqa: E402
+from _common import free_port, pct, peak_rss_mib, process_peak_rss_mib, scratch_database  # noqa: E402
 
 from smartcare.healthcard import code as qr  # noqa: E402
 from smartcare.platform.crypto import ED25519, SM2, SigningKey  # noqa: E402
@@ -268,17 +268,6 @@ class Terminals:
         return max(peaks)
 
 
-def pct(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))] * 1000
-
-
-def server_peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def start_server(url: str, port: int, log) -> subprocess.Popen:
     """``smartcare serve`` (the app under uvicorn, as in production) without MLLP; its log goes to a file so a
     chatty server cannot block on a full pipe."""
@@ -343,7 +332,7 @@ def endpoint(args, per_client: int, paced_per_client: int) -> dict:
                               total_rate=args.rate, seconds=args.seconds, server=proc),
             ]
             out["warm_errors"] = warmed["errors"]
-            out["server_rss"] = server_peak_rss_mib(server.pid)
+            out["server_rss"] = process_peak_rss_mib(server.pid)
         finally:
             if terminals is not None:
                 out["client_rss"] = terminals.close()

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 # Before any settings are read, so this process, the platform and the sandboxes agree: payment codes made
@@ -53,17 +53,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
 import psutil  # noqa: E402
-from _common import peak_rss_mib, process_peak_rss_mib, scratch_database  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+from _common import CpuMeter, pct, peak_rss_mib, postgres_processes, process_peak_rss_mib, scratch_database  # noqa: E402
 from payment_faults import (  # noqa: E402
     CHANNELS, PARTIES, Region, hospital_facility, log_to_file, seed_region, warnings_in,
 )
 
 #: bills stay at or under this (fen): the channels ask the payer for a password above 1,000 yuan
 BILL_LIMIT = 100_000
-
-
-def pct(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
 
 
 # ---- the work, made before the clock ----------------------------------------------------------------------
@@ -296,59 +293,6 @@ async def naive(dsn: str, connections: int, seconds: float) -> dict:
 # ---- measuring: CPU of each process, database transactions, the platform's request counts -------------------
 
 
-def cpu_seconds(processes) -> float:
-    total = 0.0
-    for p in processes:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def postgres_processes() -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["name"]):
-        if (p.info["name"] or "").startswith("postgres"):
-            out.append(p)
-    return out
-
-
-class CpuMeter:
-    """CPU seconds per group of processes between ``start`` and ``stop`` (processes that appear in between —
-    new database connections — count from zero)."""
-
-    def __init__(self, groups):
-        self.groups = groups  # name → callable returning processes
-
-    def snapshot(self) -> dict:
-        out = {}
-        for name, find in self.groups.items():
-            for p in find():
-                try:
-                    t = p.cpu_times()
-                    out[(name, p.pid, p.create_time())] = t.user + t.system
-                except psutil.NoSuchProcess:
-                    pass
-        return out
-
-    def start(self) -> None:
-        self.before = self.snapshot()
-        self.machine = psutil.cpu_times()
-
-    def stop(self) -> dict:
-        after = self.snapshot()
-        machine = psutil.cpu_times()
-        used = defaultdict(float)
-        for key, seconds in after.items():
-            used[key[0]] += seconds - self.before.get(key, 0.0)
-        total = sum(machine) - sum(self.machine)
-        idle = (machine.idle + machine.iowait) - (self.machine.idle + self.machine.iowait)
-        used["machine busy %"] = 100 * (1 - idle / total) if total else 0.0
-        return dict(used)
-
-
 def transactions(dsn: str) -> int:
     import psycopg
 
@@ -464,7 +408,7 @@ def configuration(region: Region, terminals: Terminals, work: Work, dsn: str, *,
         time.sleep(1.5)  # the platform's idle connections flush their statistics (PostgreSQL 15: within 1 s)
         meter = CpuMeter({"platform": region.platform_processes,
                           **{p: (lambda p=p: [region.sandbox_processes()[p]]) for p in PARTIES},
-                          "PostgreSQL": postgres_processes,
+                          "PostgreSQL": postgres_processes(make_url(dsn).database),
                           "clients": lambda: [psutil.Process(pid) for pid in terminals.pids()],
                           "bench": lambda: [psutil.Process()]})
         xacts = transactions(dsn)
@@ -594,7 +538,7 @@ def main() -> int:
             row(f"{workers_name}, 1 terminal", run["single"])
         r = run["result"]
         row(f"{workers_name}, {threads} terminals", r, f"{r['rate'] / base['rate']:.4f}",
-            f"{run['cpu']['machine busy %']:.0f}%")
+            f"{run['cpu']['busy %']:.0f}%")
         if r["ran_out"]:
             print(f"    ({r['ran_out']} terminal threads ran out of prepared bills before the end)")
     print(f"  {'baseline: naive INSERT+COMMIT':<32}{base['n']:>8,}{base['rate']:>8,.0f}{base['p50']:>8.1f}"
@@ -622,7 +566,7 @@ def main() -> int:
         print(f"  {name:<32}{used / n * 1000:>8.1f} ms  {used / total:>6.1%}")
     print(f"  {'total':<32}{total / n * 1000:>8.1f} ms  → {os.cpu_count()} cores allow at most "
           f"{os.cpu_count() / (total / n):,.0f} settlements/s at this cost; the machine was "
-          f"{cpu['machine busy %']:.0f}% busy")
+          f"{cpu['busy %']:.0f}% busy")
     xacts = best["xacts"] / n
     print(f"  database transactions per settlement (pg_stat_database, whole system): {xacts:.1f} → at the naive "
           f"{base['rate']:,.0f} commits/s, commits alone allow {base['rate'] / xacts:,.0f} settlements/s")

@@ -69,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import psutil
-from _common import CpuMeter, Server, peak_rss_mib, postgres_processes, scratch_database
+from _common import CpuMeter, Server, WaitSampler, pct, peak_rss_mib, postgres_processes, scratch_database
 
 from smartcare.records.phr_api import MAX_PAGE
 
@@ -81,13 +81,6 @@ INPATIENT = ("C0034", "C0053")
 #: the other persons' documents: types and how often (outpatient records, prescriptions, labs, inpatient stays)
 BULK_TYPES = ("C0002",) * 8 + ("C0004",) * 5 + ("C0007",) * 4 + ("C0034",) + ("C0053",)
 BULK_HOSPITALS = 20
-
-
-def pct(ordered: list[float], q: float) -> float:
-    """The q-quantile of sorted seconds, in ms."""
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] * 1000
 
 
 # ---- set-up --------------------------------------------------------------------------------------------------
@@ -343,9 +336,6 @@ def set_up(dsn: str, args) -> dict:
     return out
 
 
-# ---- the server ----------------------------------------------------------------------------------------------
-
-
 # ---- the clients ---------------------------------------------------------------------------------------------
 
 
@@ -497,48 +487,16 @@ def sequential(base_url: str, path: str, headers: dict, n: int) -> dict:
     return summarise(spans)
 
 
-class WaitSampler:
-    """What this database's client backends are doing, from ``pg_stat_activity`` every 20 ms: running a statement,
-    idle in a transaction (waiting for the Python side), waiting for a lock (the audit chain's advisory lock) …"""
-
-    def __init__(self, dsn: str):
-        import threading
-
-        self.dsn, self.counts, self.samples = dsn, Counter(), 0
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psycopg
-
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.stopping.wait(0.02):
-                rows = conn.execute(
-                    "SELECT state, wait_event_type, wait_event FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                    "AND backend_type = 'client backend' AND state <> 'idle'").fetchall()
-                self.samples += 1
-                for state, kind, event in rows:
-                    if state == "idle in transaction":
-                        what = "idle in transaction (waiting for Python)"
-                    elif kind is None:
-                        what = "running a statement"
-                    elif kind == "Lock" and event == "advisory":
-                        what = "waiting for an advisory lock (the audit chain's)"
-                    else:
-                        what = f"{kind}:{event}"
-                    self.counts[what] += 1
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> dict:
-        self.stopping.set()
-        self.thread.join(timeout=10)
-        return {"samples": self.samples, "counts": self.counts}
-
-
-# ---- CPU per process group -----------------------------------------------------------------------------------
+def wait_label(state: str, kind: str | None, event: str | None) -> str:
+    """A backend's activity in the PHR run: running a statement, idle in a transaction (waiting for the Python
+    side), waiting for a lock (the audit chain's advisory lock) …"""
+    if state == "idle in transaction":
+        return "idle in transaction (waiting for Python)"
+    if kind is None:
+        return "running a statement"
+    if kind == "Lock" and event == "advisory":
+        return "waiting for an advisory lock (the audit chain's)"
+    return f"{kind}:{event}"
 
 
 # ---- where the time goes: one request's phases in process ----------------------------------------------------
@@ -802,7 +760,7 @@ def main() -> int:
             out["single"] = sequential(server.url, path, headers, max(20, args.requests // 40))
             print(line("$everything, one client alone (service time)", out["single"]), flush=True)
             out["everything"] = clients.run("http", (server.url, [path], headers), args.clients, args.requests,
-                                            CpuMeter(groups), WaitSampler(dsn))
+                                            CpuMeter(groups), WaitSampler(dsn, wait_label))
             print(line(f"$everything?_count={COUNT}, {args.clients} clients", out["everything"]), flush=True)
             if pages > 1:  # the whole history: every page, one after another, per client
                 walk = [path] + [f"{path}&_page={n}" for n in range(2, pages + 1)]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from sqlalchemy import text
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bench._common import Timer, peak_rss_mib, scratch_database  # noqa: E402
+from bench._common import Timer, pct, peak_rss_mib, scratch_database  # noqa: E402
 from smartcare.platform.clock import china_today  # noqa: E402
 from smartcare.platform.db import driver, session_scope  # noqa: E402
 from smartcare.synth import service as synth  # noqa: E402
@@ -63,11 +62,6 @@ def _copy_file(session, table: str, columns, path: Path) -> None:
             f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT csv, NULL '')") as copy, open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             copy.write(chunk)
-
-
-def _percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered) * 1000, ordered[max(0, int(len(ordered) * 0.95) - 1)] * 1000
 
 
 def main() -> None:
@@ -157,7 +151,8 @@ def main() -> None:
                     started = time.perf_counter()
                     query(s)
                     timings.append(time.perf_counter() - started)
-            results[name] = _percentiles(timings)
+            ordered = sorted(timings)
+            results[name] = (pct(ordered, 0.5), pct(ordered, 0.95))
 
     print(f"\nfact rows: {fact_rows:,} in {len(FACTS)} fact tables "
           f"({', '.join(f'{t} {counts[t]:,}' for t in FACTS)}); mart rows {counts['mart_facility_day']:,}")
