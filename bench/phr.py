@@ -27,12 +27,12 @@ clients. Printed, measured in the same run:
    the server, PostgreSQL and the clients (from /proc, with the share other processes took), what the database's
    backends were doing (``pg_stat_activity`` sampled), the server's peak RSS; one client alone (the service time,
    no queue) before.
-4. Baselines, same run, same concurrency: (a) the raw SQL the endpoint needs — the person's current documents and
-   their items, two queries on psycopg connections straight to PostgreSQL; (b) ``GET /health`` through the same
+4. Baselines, same run, same concurrency: (a) the raw SQL the endpoint needs — the person's current documents with
+   their encoded resources (``records.document_fhir``), one query on psycopg connections straight to PostgreSQL; (b) ``GET /health`` through the same
    server (HTTP + framework floor).
 5. A verdict against the goal, with the CPU budget per request it implies. When it is not met (or with
    ``--profile``): one request's phases timed in process, in the endpoint's order (token, access decision,
-   visits query, Patient, FHIR mapping, paging, audit write, JSON encoding, commit), with the SQL time and
+   merged person ids, encoded entries, Patient, page + Bundle, audit write, commit), with the SQL time and
    statements of each, the slowest statements; the plan of the merged-ids lookup (``empi.absorbed_ids``, the
    slowest when this was written) and — an experiment on the scratch database after the measurements — its time
    again with the index it lacks.
@@ -366,16 +366,16 @@ def _client_worker(k: int, jobs, results, barrier) -> None:
                     if r.status_code != 200:
                         status = r.status_code
                 return status, size
-        else:  # sql: the person's current documents, then their items
+        else:  # sql: the person's current documents with their encoded resources
             dsn, person_ids = params
             conns = [psycopg.connect(dsn, autocommit=True) for _ in range(threads)]
 
             def one(c, person_ids=person_ids):
-                docs = c.execute("SELECT * FROM records.document WHERE person_id = ANY(%s) AND status = 'current' "
-                                 "ORDER BY service_time DESC, id", (person_ids,)).fetchall()
-                items = c.execute("SELECT * FROM records.item WHERE record_id = ANY(%s) ORDER BY record_id, position",
-                                  ([d[0] for d in docs],)).fetchall()
-                return 200, len(docs) + len(items)
+                docs = c.execute("SELECT d.*, f.types, f.entries FROM records.document d "
+                                 "JOIN records.document_fhir f ON f.record_id = d.id "
+                                 "WHERE d.person_id = ANY(%s) AND d.status = 'current' "
+                                 "ORDER BY d.service_time DESC, d.id", (person_ids,)).fetchall()
+                return 200, sum(len(d[-1]) for d in docs)
         for c in conns:
             one(c)  # connect, warm
         todo = deque(range(count))
@@ -539,15 +539,12 @@ class SqlClock:
 def profile(token: str, empi_id: str, runs: int) -> dict:
     """The endpoint's steps in the order it runs them (``phr_api.everything``), each timed, ``runs`` times, each
     in its own session and transaction as a request is. The audit lock is held from the audit write to the commit."""
-    from smartcare.records.phr_api import _fhir
-
     from smartcare.platform import auth
     from smartcare.platform.db import session_scope
-    from smartcare.records import access as consent
-    from smartcare.records import phr
+    from smartcare.records import access as consent, fhir, service
 
-    phases = ("token", "access decision", "visits (documents + items)", "Patient", "FHIR mapping",
-              "page + Bundle", "JSON encoding", "audit write", "commit")
+    phases = ("token", "access decision", "merged person ids", "encoded entries", "Patient", "page + Bundle",
+              "audit write", "commit")
     wall: dict[str, list[float]] = defaultdict(list)
     sql: dict[str, list[float]] = defaultdict(list)
     statements: dict[str, list[int]] = defaultdict(list)
@@ -566,21 +563,22 @@ def profile(token: str, empi_id: str, runs: int) -> dict:
             who = auth.read_token(token)
             t, s_, c = mark("token", t, s_, c)
             with session_scope() as session:  # one transaction, as the endpoint's COMMITTED dependency
-                types = {x for x in phr.RESOURCE_TYPES if who.may_read(x)}
+                types = {x for x in fhir.RESOURCE_TYPES if who.may_read(x)}
                 access = consent.decide(session, who, empi_id, what="Patient/$everything")
                 t, s_, c = mark("access decision", t, s_, c)
-                found = phr.visits(session, access)
-                t, s_, c = mark("visits (documents + items)", t, s_, c)
-                patient = [phr.patient(session, access)] if "Patient" in types else []
+                person_ids = service.person_ids(session, person_id=access.person_id)
+                t, s_, c = mark("merged person ids", t, s_, c)
+                entries = fhir.entries(session, access, person_ids, types)
+                t, s_, c = mark("encoded entries", t, s_, c)
+                if "Patient" in types:
+                    entries.insert(0, fhir.encode(fhir.patient(session, access)))
                 t, s_, c = mark("Patient", t, s_, c)
-                entries = patient + phr.resources(found, access.empi_id, types)
-                t, s_, c = mark("FHIR mapping", t, s_, c)
                 chosen = entries[:COUNT]
-                body = phr.bundle(chosen, total=len(entries), self_url=f"http://x/fhir/Patient/$everything?_count={COUNT}",
-                                  next_url="http://x/next" if len(entries) > COUNT else None)
+                links = {"self": f"http://x/fhir/Patient/$everything?_count={COUNT}"}
+                if len(entries) > COUNT:
+                    links["next"] = "http://x/next"
+                body = fhir.bundle(chosen, access.empi_id, total=len(entries), links=links)
                 t, s_, c = mark("page + Bundle", t, s_, c)
-                response = _fhir(body)  # encoded before the audit write, as the endpoint does
-                t, s_, c = mark("JSON encoding", t, s_, c)
                 locked = time.perf_counter()
                 consent.record_read(session, who, access, what="Patient/$everything")
                 t, s_, c = mark("audit write", t, s_, c)
@@ -592,8 +590,8 @@ def profile(token: str, empi_id: str, runs: int) -> dict:
                     wall[phase].append(w)
                     sql[phase].append(sq)
                     statements[phase].append(n)
-            sizes = {"visits": len(found), "entries": len(entries), "returned": len(chosen),
-                     "bytes": len(response.body), "encounters": sum(1 for e in chosen if e["resourceType"] == "Encounter")}
+            sizes = {"entries": len(entries), "returned": len(chosen), "bytes": len(body),
+                     "encounters": sum(1 for e in chosen if e.startswith('{"fullUrl":"/fhir/Encounter/'))}
         slowest = sorted(((statistics.median(v), len(v) // (runs + 2), q) for q, v in clock.statements.items()),
                          reverse=True)[:5]
     rows = [(p, statistics.median(wall[p]) * 1000, sorted(wall[p])[int(0.9 * (len(wall[p]) - 1))] * 1000,
@@ -779,13 +777,13 @@ def main() -> int:
                           "clients": lambda: [psutil.Process(p) for p in clients.pids()]}
             out["sql"] = clients.run("sql", (dsn, [setup["person_id"]]), args.clients, args.requests,
                                      CpuMeter(sql_groups))
-            print(line(f"baseline: raw SQL, documents + items, {args.clients} conns", out["sql"]), flush=True)
+            print(line(f"baseline: raw SQL, encoded documents, {args.clients} conns", out["sql"]), flush=True)
         finally:
             out["client_rss"] = clients.close()
         log_lines = [ln for ln in (tmp / "server.log").read_text(errors="replace").splitlines() if ln.strip()]
 
         r, h, q = out["everything"], out["health"], out["sql"]
-        print(f"    response: {r['size']:,.0f} bytes; raw SQL: {q['size']:,.0f} rows (documents + items) per request")
+        print(f"    response: {r['size']:,.0f} bytes; raw SQL: {q['size']:,.0f} encoded entries per request")
         print("    CPU per request (from /proc):")
         print(cpu_line("$everything", r, ("server", "PostgreSQL", "clients")))
         if "walk" in out:
@@ -823,13 +821,13 @@ def main() -> int:
         p = profile(token, setup["empi_id"], args.profile_runs)
         sz = p["sizes"]
         print(f"5. where the time goes: one request's phases in this process (the endpoint's steps in its order, no "
-              f"HTTP, no other load), median of {p['runs']} runs: {sz['visits']} visits → {sz['entries']:,} "
+              f"HTTP, no other load), median of {p['runs']} runs: {sz['encounters']} Encounters, {sz['entries']:,} "
               f"resources, {sz['returned']:,} in the page, {sz['bytes']:,} bytes of JSON")
         print(f"  {'phase':<28} {'median ms':>9} {'p90 ms':>7} {'of it SQL':>9} {'statements':>10}")
         for phase, med, p90, sq, n in p["rows"]:
             print(f"  {phase:<28} {med:9.1f} {p90:7.1f} {sq:9.1f} {n:10.0f}")
         print(f"  {'total':<28} {p['total']:9.1f}   (the audit chain's lock held {p['lock']:.1f} ms of it: from "
-              "the audit write, through JSON encoding, to the commit)")
+              "the audit write to the commit)")
         sql_ms = sum(row[3] for row in p["rows"])
         print(f"  of the total, {sql_ms:.1f} ms in SQL statements and {p['total'] - sql_ms:.1f} ms in Python; over HTTP the "
               f"server spent {r['cpu'].get('server', 0.0) / max(1, r['n']) * 1000:.1f} ms of CPU per request (the "

@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from smartcare.platform import auth
 from smartcare.platform.db import session_scope
+from smartcare.records import fhir
 from tests.e2e.conftest import login
 from tests.healthcard.card_support import code, headers, issue, person, resident
 from tests.records.records_support import history_at_two_hospitals
@@ -167,6 +168,8 @@ def test_downloads_refusals_requests_and_break_glass_over_http(client, patient):
     bundle = export.json()
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
     assert {e["resource"]["resourceType"] for e in bundle["entry"]} >= {"Patient", "Encounter", "Condition"}
+    assert not any("search" in e for e in bundle["entry"]), "a collection's entries carry no search mode"
+    fhir.validate(bundle)  # the whole download, every resource in it, as a FHIR R4 Bundle
     page = client.get("/h5/records/consent", headers=mine)
     assert page.status_code == 200 and "PDF 摘要" in page.text  # the PDF read is in the trail too
 

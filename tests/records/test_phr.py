@@ -16,7 +16,7 @@ from sqlalchemy import text
 from smartcare.platform import audit, auth
 from smartcare.platform.clock import CHINA_TZ, china_today
 from smartcare.platform.db import session_scope
-from smartcare.records import phr
+from smartcare.records import fhir
 from smartcare.standards import cda
 from smartcare.synth import service as synth
 from smartcare.synth.documents import Person, clean_document
@@ -77,9 +77,9 @@ def test_a_resident_reads_every_hospital_and_the_bundle_validates(client_module,
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/fhir+json"), r.text
     body = r.json()
     kinds = {e["resource"]["resourceType"] for e in body["entry"]}
-    assert kinds == set(phr.RESOURCE_TYPES)
+    assert kinds == set(fhir.RESOURCE_TYPES)
     for e in body["entry"]:
-        phr.validate(e["resource"])
+        fhir.validate(e["resource"])
     providers = {e["resource"]["serviceProvider"]["identifier"]["value"] for e in body["entry"]
                  if e["resource"]["resourceType"] == "Encounter"}
     assert providers == set(patient.hospitals)

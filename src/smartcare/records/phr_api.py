@@ -23,7 +23,7 @@ from smartcare.platform import audit
 from smartcare.platform.auth import Principal, Role
 from smartcare.platform.clock import CHINA_TZ
 from smartcare.platform.errors import Forbidden, InvalidInput, NotFound
-from smartcare.records import access as consent, deid, phr, service
+from smartcare.records import access as consent, deid, fhir as resources, phr, service
 from smartcare.records.clinical import SENSITIVE
 from smartcare.web.deps import db, principal, require
 
@@ -43,18 +43,17 @@ def _empi():
     return Path(pattern=EMPI_ID, description="the patient's EMPI id")
 
 
-def _fhir(body: dict, headers: dict | None = None) -> Response:
-    """FHIR JSON, encoded with orjson (a long history is half a megabyte: 8 ms with the standard library,
-    about 1 ms here). Encoded before the read is audited, so the audit log's lock is not held meanwhile."""
-    return Response(orjson.dumps(body), media_type=FHIR_JSON, headers=headers)
+def _fhir(body: bytes, headers: dict | None = None) -> Response:
+    """FHIR JSON, encoded before the read is audited, so the audit log's lock is not held meanwhile."""
+    return Response(body, media_type=FHIR_JSON, headers=headers)
 
 
 def _types(who: Principal, asked: str | None) -> set[str]:
     """The resource types a request may return: those asked (``_type``), within the token's scopes."""
-    wanted = set(phr.RESOURCE_TYPES) if not asked else {t.strip() for t in asked.split(",") if t.strip()}
-    unknown = wanted - set(phr.RESOURCE_TYPES)
+    wanted = set(resources.RESOURCE_TYPES) if not asked else {t.strip() for t in asked.split(",") if t.strip()}
+    unknown = wanted - set(resources.RESOURCE_TYPES)
     if unknown:
-        raise InvalidInput(f"_type: {sorted(unknown)[0][:40]} is not served here ({', '.join(phr.RESOURCE_TYPES)})",
+        raise InvalidInput(f"_type: {sorted(unknown)[0][:40]} is not served here ({', '.join(resources.RESOURCE_TYPES)})",
                            field="_type")
     allowed = {t for t in wanted if who.may_read(t)}
     if not allowed:
@@ -62,15 +61,23 @@ def _types(who: Principal, asked: str | None) -> set[str]:
     return allowed
 
 
-def _page(items: list[dict], request: Request, count: int, page: int) -> dict:
+def _page(entries: list[str], empi_id: str, request: Request, count: int, page: int) -> bytes:
+    """One page of a searchset Bundle of encoded entries, with its links."""
     start = (page - 1) * count
-    chosen = items[start:start + count]
-    url = str(request.url)
-    next_url = None
-    if start + count < len(items):
+    links = {"self": str(request.url)}
+    if start + count < len(entries):
         params = dict(request.query_params) | {"_page": str(page + 1), "_count": str(count)}
-        next_url = str(request.url.include_query_params(**params))
-    return phr.bundle(chosen, total=len(items), self_url=url, next_url=next_url)
+        links["next"] = str(request.url.include_query_params(**params))
+    return resources.bundle(entries[start:start + count], empi_id, total=len(entries), links=links)
+
+
+def _entries(session: Session, access: consent.Access, types: set[str] | None, **bounds) -> list[str]:
+    """The encoded entries a read returns, the Patient first when asked for."""
+    found = resources.entries(session, access, service.person_ids(session, person_id=access.person_id),
+                              types, **bounds)
+    if types is None or "Patient" in types:
+        found.insert(0, resources.encode(resources.patient(session, access)))
+    return found
 
 
 @fhir.get("/Patient/{empi_id}")
@@ -78,7 +85,7 @@ def read_patient(empi_id: str = _empi(), who: Principal = Depends(principal), se
     if not who.may_read("Patient"):
         raise Forbidden("the token's scopes do not include Patient", field="scope")
     access = consent.decide(session, who, empi_id, what="Patient")
-    response = _fhir(phr.patient(session, access))
+    response = _fhir(orjson.dumps(resources.patient(session, access)))
     consent.record_read(session, who, access, what="Patient")
     return response
 
@@ -96,9 +103,8 @@ def everything(request: Request, empi_id: str = _empi(), start: date | None = No
         if not datetime(1900, 1, 1, tzinfo=UTC) <= since <= datetime(2100, 1, 1, tzinfo=UTC):
             raise InvalidInput("_since must be between 1900 and 2100", field="_since")
     access = consent.decide(session, who, empi_id, what="Patient/$everything")
-    found = phr.visits(session, access, start=start, end=end, since=since)
-    entries = ([phr.patient(session, access)] if "Patient" in types else []) + phr.resources(found, access.empi_id, types)
-    response = _fhir(_page(entries, request, count, page))
+    entries = _entries(session, access, types, start=start, end=end, since=since)
+    response = _fhir(_page(entries, access.empi_id, request, count, page))
     consent.record_read(session, who, access, what="Patient/$everything")
     return response
 
@@ -115,8 +121,8 @@ def search(request: Request, resource_type: str = Path(pattern=r"^[A-Z][A-Za-z]{
     _types(who, resource_type)
     empi_id = patient.removeprefix("Patient/")
     access = consent.decide(session, who, empi_id, what=resource_type)
-    entries = phr.resources(phr.visits(session, access, start=start, end=end), access.empi_id, {resource_type})
-    response = _fhir(_page(entries, request, count, page))
+    entries = _entries(session, access, {resource_type}, start=start, end=end)
+    response = _fhir(_page(entries, access.empi_id, request, count, page))
     consent.record_read(session, who, access, what=resource_type)
     return response
 
@@ -175,10 +181,8 @@ def document_content(record_id: int = Path(ge=1, le=2**63 - 1), who: Principal =
 def export(empi_id: str = _empi(), who: Principal = Depends(require(Role.RESIDENT)), session: Session = COMMITTED):
     """Blue Button: everything of a person the account holds a card of, as one FHIR Bundle (collection)."""
     access = consent.decide(session, who, empi_id, what="export")
-    found = phr.visits(session, access)
-    entries = [phr.patient(session, access)] + phr.resources(found, access.empi_id)
-    body = {"resourceType": "Bundle", "type": "collection", "timestamp": datetime.now(UTC).isoformat(),
-            "entry": [{"fullUrl": f"/fhir/{r['resourceType']}/{r['id']}", "resource": r} for r in entries]}
+    body = resources.bundle(_entries(session, access, None), access.empi_id, kind="collection",
+                            timestamp=datetime.now(UTC).isoformat())
     response = _fhir(body, {"Content-Disposition": f'attachment; filename="health-record-{access.empi_id}.json"'})
     consent.record_read(session, who, access, what="export")
     return response

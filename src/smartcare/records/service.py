@@ -39,7 +39,7 @@ from smartcare.platform import audit, bus, idcard
 from smartcare.platform.clock import CHINA_TZ
 from smartcare.platform.db import driver
 from smartcare.platform.errors import Conflict, Forbidden, InvalidInput, NotFound
-from smartcare.records import clinical
+from smartcare.records import clinical, fhir
 from smartcare.records.models import Content, Document, Item
 from smartcare.registry import service as registry
 from smartcare.standards import cda
@@ -335,6 +335,7 @@ def _register(session: Session, *, raw: bytes, parsed: Parsed, sender: str, faci
                           facility_code=facility, type_code=row.type_code, at=row.service_time)
     if rows:
         session.execute(insert(Item), rows)
+    fhir.refresh(session, [row.id])
     for old in plan.replaced:
         old.status, old.replaced_by_id = "replaced", row.id
     session.flush()
@@ -535,8 +536,8 @@ def visit_sensitivity(session: Session, id: int) -> set[str]:
 
 def reindex(session: Session, *, after_id: int = 0, limit: int = 200) -> list[int]:
     """Read the clinical items of up to ``limit`` documents (id order, after ``after_id``) again from their
-    content: after the classification changes (a new sensitive code), or for documents filed before items were
-    kept. Returns the ids done; the caller commits each batch."""
+    content, and encode their FHIR resources again: after the classification changes (a new sensitive code), or
+    for documents filed before items were kept. Returns the ids done; the caller commits each batch."""
     rows = session.execute(select(Document.id, Document.sha256, Document.person_id, Document.facility_code,
                                   Document.type_code, Document.service_time)
                            .where(Document.id > after_id).order_by(Document.id).limit(limit)).all()
@@ -547,6 +548,7 @@ def reindex(session: Session, *, after_id: int = 0, limit: int = 200) -> list[in
         session.execute(delete(Item).where(Item.record_id == row.id))
         if items:
             session.execute(insert(Item), items)
+    fhir.refresh(session, [r.id for r in rows])  # the items have new ids
     return [r.id for r in rows]
 
 

@@ -1,0 +1,127 @@
+"""FHIR resources kept encoded per document (``records.fhir``): what a request joins is what the mapping
+gives for the documents as they are now — after the rows are lost or of an older mapping, after a visit's
+first document is replaced (the Encounter's id moves, and every reference with it), after ``reindex``."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from smartcare.platform.clock import CHINA_TZ, china_today
+from smartcare.platform.db import session_scope
+from smartcare.records import fhir, service as records
+from smartcare.synth import service as synth
+from smartcare.synth.documents import Person, clean_document
+from tests.healthcard.card_support import headers, issue, person, resident
+from tests.records.records_support import history_at_two_hospitals, register_document, sql
+
+
+DAYS_AGO = 3
+
+
+@pytest.fixture(scope="module")
+def client_module(app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def owner(client_module, hospital, other_hospital):
+    p = person()
+    who = resident(client_module)
+    r = issue(client_module, who, name=p["name"], id_number=p["id_number"], phone=p["phone"])
+    assert r.status_code == 201, r.text
+    empi_id = r.json()["empi_id"]
+    history_at_two_hospitals(p, empi_id, hospital[0], other_hospital[0], days_ago=DAYS_AGO, stay_before=9, sensitive_before=4)
+    return p, who, empi_id
+
+
+def _everything(client, owner) -> dict:
+    _, who, empi_id = owner
+    r = client.get(f"/fhir/Patient/{empi_id}/$everything", headers=headers(who))
+    assert r.status_code == 200, r.text
+    assert "\\u0001" not in r.text, "a stand-in left in the response"
+    return r.json()
+
+
+def _record_ids(empi_id: str) -> list[int]:
+    return [r[0] for r in sql("SELECT id FROM records.document WHERE empi_id = :e AND status = 'current'", e=empi_id)]
+
+
+def _references_hold(bundle: dict, empi_id: str) -> dict[str, list[dict]]:
+    """Every subject is the patient, every encounter reference an Encounter of the bundle; resources by type."""
+    by_type: dict[str, list[dict]] = {}
+    for e in bundle["entry"]:
+        by_type.setdefault(e["resource"]["resourceType"], []).append(e["resource"])
+    encounters = {f"Encounter/{r['id']}" for r in by_type["Encounter"]}
+    for kind, found in by_type.items():
+        for r in found:
+            if kind != "Patient":
+                assert r["subject"] == {"reference": f"Patient/{empi_id}"}, r
+            refs = [r["encounter"]] if "encounter" in r else r.get("context", {}).get("encounter", [])
+            assert kind in ("Patient", "Encounter") or refs, r
+            assert {x["reference"] for x in refs} <= encounters, r
+    return by_type
+
+
+def test_lost_or_outdated_rows_are_encoded_again_on_read_to_the_same_bundle(client_module, owner):
+    _, _, empi_id = owner
+    first = _everything(client_module, owner)
+    _references_hold(first, empi_id)
+    ids = _record_ids(empi_id)
+    assert len(ids) == 5 and len(sql("SELECT 1 FROM records.document_fhir WHERE record_id = ANY(:ids)", ids=ids)) == 5
+
+    sql("DELETE FROM records.document_fhir WHERE record_id = :id", id=ids[0])
+    sql("UPDATE records.document_fhir SET mapping = mapping - 1, types = '{}', entries = '' WHERE record_id = :id",
+        id=ids[1])
+    assert _everything(client_module, owner)["entry"] == first["entry"]
+    rows = sql("SELECT mapping, cardinality(types) FROM records.document_fhir WHERE record_id = ANY(:ids)", ids=ids)
+    assert len(rows) == 5 and all(m == fhir.FHIR_MAPPING and n >= 1 for m, n in rows)
+
+    with session_scope() as s:  # reindex gives the items new ids: the resources follow
+        records.reindex(s, after_id=min(ids) - 1, limit=max(ids) - min(ids) + 1)
+    again = _everything(client_module, owner)
+    conditions = {r["id"] for r in _references_hold(again, empi_id)["Condition"]}
+    item_ids = {f"c{i}" for (i,) in sql("SELECT id FROM records.item WHERE record_id = ANY(:ids) "
+                                         "AND code = 'DE05.01.024.00'", ids=ids)}
+    assert conditions == item_ids and conditions.isdisjoint({r["resource"]["id"] for r in first["entry"]})
+
+
+def test_replacing_a_visits_first_document_moves_its_encounter_and_every_reference(client_module, owner, hospital):
+    p, _, empi_id = owner
+    before = _everything(client_module, owner)
+    [(first_id, document_id, service_time)] = sql(
+        "SELECT id, document_id, service_time FROM records.document WHERE empi_id = :e AND type_code = 'C0002' "
+        "AND facility_code = :f AND status = 'current'", e=empi_id, f=hospital[0])
+    assert f"e{first_id}" in {r["resource"]["id"] for r in before["entry"]}
+
+    with session_scope() as s:
+        [h] = synth.document_hospitals(s, codes=[hospital[0]])
+        born = s.execute(text("SELECT sex, birth_date FROM synth.resident WHERE id_number = :n"),
+                         {"n": p["id_number"]}).one()
+    me = Person(p["id_number"], p["name"], born.sex, born.birth_date, p["phone"])
+    # the outpatient record as history_at_two_hospitals wrote it (its first document), sent again as a new version
+    at = datetime.combine(china_today() - timedelta(days=DAYS_AGO), datetime.min.time(), CHINA_TZ).replace(hour=9)
+    fixed = clean_document("C0002", hospital=h, person=me, rng=random.Random(empi_id), at=at)
+    new_id = register_document(replace(fixed, document_id=str(uuid.uuid4()), replaces=document_id), hospital[0])
+
+    after = _everything(client_module, owner)
+    by_type = _references_hold(after, empi_id)
+    visit_ids = sorted(i for (i,) in sql("SELECT id FROM records.document WHERE empi_id = :e AND facility_code = :f "
+                                         "AND service_time = :t AND status = 'current'",
+                                         e=empi_id, f=hospital[0], t=service_time))
+    assert new_id in visit_ids and first_id not in visit_ids
+    encounter_ids = {r["id"] for r in by_type["Encounter"]}
+    assert f"e{visit_ids[0]}" in encounter_ids and f"e{first_id}" not in encounter_ids
+    assert len(encounter_ids) == len({e["resource"]["id"] for e in before["entry"] if e["resource"]["resourceType"] == "Encounter"})
+    refs = {r["encounter"]["reference"] for r in by_type["Observation"] + by_type["MedicationRequest"]
+            if r["effectiveDateTime" if "effectiveDateTime" in r else "authoredOn"]
+            == service_time.astimezone(CHINA_TZ).isoformat(timespec="seconds")}
+    assert refs == {f"Encounter/e{visit_ids[0]}"}
