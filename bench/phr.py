@@ -374,8 +374,8 @@ def _client_worker(k: int, jobs, results, barrier) -> None:
                 docs = c.execute("SELECT d.*, f.types, f.entries FROM records.document d "
                                  "JOIN records.document_fhir f ON f.record_id = d.id "
                                  "WHERE d.person_id = ANY(%s) AND d.status = 'current' "
-                                 "ORDER BY d.service_time DESC, d.id", (person_ids,)).fetchall()
-                return 200, sum(len(d[-1]) for d in docs)
+                                 "ORDER BY d.service_time DESC, d.id", (person_ids,), binary=True).fetchall()
+                return 200, sum(len(d[-2]) for d in docs)
         for c in conns:
             one(c)  # connect, warm
         todo = deque(range(count))
@@ -591,7 +591,7 @@ def profile(token: str, empi_id: str, runs: int) -> dict:
                     sql[phase].append(sq)
                     statements[phase].append(n)
             sizes = {"entries": len(entries), "returned": len(chosen), "bytes": len(body),
-                     "encounters": sum(1 for e in chosen if e.startswith('{"fullUrl":"/fhir/Encounter/'))}
+                     "encounters": sum(1 for e in chosen if e.startswith(b'{"fullUrl":"/fhir/Encounter/'))}
         slowest = sorted(((statistics.median(v), len(v) // (runs + 2), q) for q, v in clock.statements.items()),
                          reverse=True)[:5]
     rows = [(p, statistics.median(wall[p]) * 1000, sorted(wall[p])[int(0.9 * (len(wall[p]) - 1))] * 1000,

@@ -85,3 +85,54 @@ def test_verify_detects_a_removed_entry(database_url):
             s.execute(text("ALTER TABLE platform.audit_log ENABLE TRIGGER audit_log_no_update_delete"))
     with session_scope() as s:
         assert audit.verify(s).ok
+
+
+AWKWARD = {"name": "阿不都·热合曼", "quote": 'say "hi"', "backslash": "C:\\dir\\x01I", "control": "a\x01Ib\x01Pc\x01T",
+           "escaped": "\\u0001I \\u0001P", "nested": {"list": [1, 2.5, None, True], "empty": {}}, "big": 10**15}
+
+
+def test_the_database_hashes_exactly_what_verify_recomputes(database_url):
+    """The hash is computed in PostgreSQL from a body encoded here; verify recomputes it in Python. Values
+    that look like the body's stand-ins, quotes, backslashes, control characters and Chinese must not matter."""
+    with session_scope() as s:
+        inside = audit.record(s, actor="测试员", action="test.awkward", target=None, detail=AWKWARD)
+    with session_scope() as s:
+        apart = audit.record_apart(s, actor="tester", action="test.awkward.apart", target="x:\x01P", detail=AWKWARD)
+    for e in (inside, apart):
+        assert e.hash == audit._entry_hash(id=e.id, at=e.at, actor=e.actor, action=e.action, target=e.target,
+                                           detail=e.detail, prev_hash=e.prev_hash)
+    assert apart.prev_hash == inside.hash
+    with session_scope() as s:
+        assert audit.verify(s).ok
+
+
+def test_an_entry_apart_is_committed_whatever_the_callers_transaction_does(database_url):
+    with pytest.raises(RuntimeError, match="rolled back"), session_scope() as s:
+        kept = audit.record_apart(s, actor="tester", action="test.apart.kept")
+        raise RuntimeError("the request failed and rolled back")
+    with session_scope() as s:
+        assert s.execute(text("SELECT action FROM platform.audit_log WHERE id = :id"), {"id": kept.id}).scalar() \
+            == "test.apart.kept"
+        audit.record(s, actor="tester", action="test.apart.holder")  # this transaction now holds the chain's lock
+        with pytest.raises(RuntimeError, match="holds the audit chain's lock"):
+            audit.record_apart(s, actor="tester", action="test.apart.waits-forever")
+    with session_scope() as s:  # a later transaction of the same kind of session may append apart again
+        audit.record_apart(s, actor="tester", action="test.apart.after")
+        assert audit.verify(s).ok
+
+
+def test_concurrent_appends_never_fork_the_chain(database_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def append(i: int) -> int:
+        with session_scope() as s:
+            if i % 2:
+                return audit.record_apart(s, actor="tester", action="test.race", detail={"i": i}).id
+            return audit.record(s, actor="tester", action="test.race", detail={"i": i}).id
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(append, range(80)))
+    with session_scope() as s:
+        links = s.execute(text("SELECT count(*), count(DISTINCT prev_hash) FROM platform.audit_log")).one()
+        assert links[0] == links[1], "two entries name the same previous entry: the chain forked"
+        assert audit.verify(s).ok and len(set(ids)) == 80

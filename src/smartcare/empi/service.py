@@ -187,14 +187,20 @@ def cards_at(session: Session, *, person_id: int, facility_code: str) -> tuple[P
 
 
 def absorbed_ids(session: Session, person_id: int) -> list[int]:
-    """The person and every person merged into them (directly or through another merge): ids that
-    other capabilities may still hold for the same human being."""
+    """The person ``person_id`` stands for now (following merges) and every person merged into them (directly
+    or through another merge), that one first: ids other capabilities may still hold for the same human being.
+    One statement (every read of a person's records asks it)."""
     rows = driver(session).execute(
-        """WITH RECURSIVE down (id, depth) AS (
-               SELECT %(p)s::bigint, 0
+        """WITH RECURSIVE up (id, merged_into, depth) AS (
+               SELECT id, merged_into, 0 FROM empi.person WHERE id = %(p)s
+               UNION ALL
+               SELECT p.id, p.merged_into, up.depth + 1 FROM empi.person p JOIN up ON p.id = up.merged_into
+               WHERE up.depth < 32),
+           down (id, depth) AS (
+               (SELECT id, 0 FROM up ORDER BY depth DESC LIMIT 1)
                UNION ALL
                SELECT p.id, down.depth + 1 FROM empi.person p JOIN down ON p.merged_into = down.id WHERE down.depth < 32)
-           SELECT id FROM down""", {"p": person_id}).fetchall()
+           SELECT id FROM down ORDER BY depth""", {"p": person_id}).fetchall()
     return [r[0] for r in rows]
 
 
@@ -413,6 +419,15 @@ def current_person(session: Session, empi_id: str) -> Person:
     person = session.scalar(select(Person).where(Person.empi_id == empi_id))
     if person is None:
         raise NotFound(f"no person {empi_id}", field="empi_id")
+    return person_now(session, person.id)  # loaded: get() finds it in the session
+
+
+def person_now(session: Session, person_id: int) -> Person:
+    """The active person ``person_id`` stands for now (following merges); persons the session has loaded
+    already cost no statement."""
+    person = session.get(Person, person_id)
+    if person is None:
+        raise NotFound(f"no person {person_id}", field="person_id")
     while person.state == "merged" and person.merged_into:
         person = session.get(Person, person.merged_into)
     return person

@@ -83,6 +83,14 @@ def get_engine() -> Engine:
 
 
 @lru_cache
+def side_engine() -> Engine:
+    """A pool of its own for one-round-trip transactions taken while the caller holds a connection of the main
+    pool (an audit entry apart): from the main pool, threads that each hold one and wait for a second could
+    wait for each other until the pool's timeout."""
+    return create_engine(database_url(), pool_size=4, max_overflow=16, pool_pre_ping=True)
+
+
+@lru_cache
 def session_factory() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
 
@@ -103,9 +111,10 @@ def session_scope() -> Iterator[Session]:
 
 def reset_caches() -> None:
     """Forget the engine (tests point the platform at a fresh database)."""
-    if get_engine.cache_info().currsize:
-        get_engine().dispose()
-    for cached in (database_url, get_engine, session_factory):
+    for engine in (get_engine, side_engine):
+        if engine.cache_info().currsize:
+            engine().dispose()
+    for cached in (database_url, get_engine, side_engine, session_factory):
         cached.cache_clear()
 
 

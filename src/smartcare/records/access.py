@@ -30,7 +30,6 @@ from smartcare.empi import service as empi
 from smartcare.healthcard import service as healthcard
 from smartcare.platform import audit
 from smartcare.platform.auth import Principal, Role
-from smartcare.platform.db import session_scope
 from smartcare.platform.errors import Conflict, Forbidden, InvalidInput, NotFound
 from smartcare.records.clinical import SENSITIVE
 from smartcare.records.models import AccessRequest, BreakGlass, Consent
@@ -106,19 +105,18 @@ def held_persons(session: Session, username: str) -> dict[str, str]:
                 continue
             role = "guardian" if age < PRIVATE_AGE else "guardian_teen"
         out[card.empi_id] = role
-        try:
-            out.setdefault(empi.current_person(session, card.empi_id).empi_id, role)
+        try:  # the card's person is usually the one just looked up: then no statement
+            out.setdefault(empi.person_now(session, card.person_id).empi_id, role)
         except NotFound:
             pass
     return out
 
 
-def audit_refusal(who: Principal, empi_id: str, what: str, why: str) -> None:
+def audit_refusal(session: Session, who: Principal, empi_id: str, what: str, why: str) -> None:
     """A refusal is audited in a transaction of its own: the request that asked fails and rolls back.
     (So a refusal comes before any audited write of the same request, which would hold the log's lock.)"""
-    with session_scope() as own:
-        audit.record(own, actor=who.username, action=REFUSED, target=f"person:{empi_id}",
-                     detail={"role": _role(who), "facility_code": who.facility_code, "what": what, "reason": why})
+    audit.record_apart(session, actor=who.username, action=REFUSED, target=f"person:{empi_id}",
+                       detail={"role": _role(who), "facility_code": who.facility_code, "what": what, "reason": why})
 
 
 def people(session: Session, username: str) -> dict[str, str]:
@@ -132,8 +130,8 @@ def people(session: Session, username: str) -> dict[str, str]:
     return out
 
 
-def _refuse(who: Principal, empi_id: str, what: str, why: str) -> Forbidden:
-    audit_refusal(who, empi_id, what, why)
+def _refuse(session: Session, who: Principal, empi_id: str, what: str, why: str) -> Forbidden:
+    audit_refusal(session, who, empi_id, what, why)
     return Forbidden(why, field="patient")
 
 
@@ -145,20 +143,20 @@ def _role(who: Principal) -> str:
 
 
 def decide(session: Session, who: Principal, empi_id: str, *, what: str) -> Access:
-    """The caller's access to a person's records, or Forbidden — audited (and committed with the
-    request) either way by the caller's ``record_read`` or here for a refusal. Unknown and forbidden
+    """The caller's access to a person's records, or Forbidden — audited either way, each in a transaction
+    of its own: a read by the caller's ``record_read``, a refusal here. Unknown and forbidden
     persons are refused alike, so a guessed id reveals nothing."""
     if not EMPI_ID.fullmatch(empi_id or ""):
-        raise _refuse(who, "(not an EMPI id)", what, "no access to this patient's records")
+        raise _refuse(session, who, "(not an EMPI id)", what, "no access to this patient's records")
     try:
         person_id, current = _person(session, empi_id)
     except NotFound:
-        raise _refuse(who, empi_id, what, "no access to this patient's records") from None
+        raise _refuse(session, who, empi_id, what, "no access to this patient's records") from None
     if who.has(Role.RESIDENT):
         held = held_persons(session, who.username)
         relation = held.get(current) or held.get(empi_id)
         if relation is None:
-            raise _refuse(who, empi_id, what, "no access to this patient's records")
+            raise _refuse(session, who, empi_id, what, "no access to this patient's records")
         if relation == "guardian_teen":
             return Access(person_id, current, "guardian", "self", sensitive=frozenset())
         return Access(person_id, current, relation, "self")
@@ -183,13 +181,14 @@ def decide(session: Session, who: Principal, empi_id: str, *, what: str) -> Acce
             return Access(person_id, current, "consent", consent.purpose, consent_id=consent.id,
                           records_since=consent.records_since, records_until=consent.records_until,
                           sensitive=frozenset(consent.sensitive))
-        raise _refuse(who, empi_id, what, "no consent of this patient for you or your hospital")
-    raise _refuse(who, empi_id, what, "only the patient, their guardian or a consented doctor reads records")
+        raise _refuse(session, who, empi_id, what, "no consent of this patient for you or your hospital")
+    raise _refuse(session, who, empi_id, what, "only the patient, their guardian or a consented doctor reads records")
 
 
 def record_read(session: Session, who: Principal, access: Access, *, what: str) -> None:
-    """The audit entry of one read of personal health data."""
-    audit.record(session, actor=who.username, action=READ, target=f"person:{access.empi_id}", detail={
+    """The audit entry of one read of personal health data, committed (in a transaction of its own) before
+    this returns, so before the data is sent, whatever becomes of the request's transaction."""
+    audit.record_apart(session, actor=who.username, action=READ, target=f"person:{access.empi_id}", detail={
         "role": _role(who), "facility_code": who.facility_code, "what": what, "purpose": access.purpose,
         "basis": access.basis, "consent_id": access.consent_id, "break_glass_id": access.break_glass_id})
 

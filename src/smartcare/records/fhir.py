@@ -69,11 +69,11 @@ _PRESCRIPTION: Final = {"DE08.50.022.00": "drug", "DE08.50.044.00": "dose", "DE0
 FHIR_MAPPING: Final = 1
 _SUBJECT: Final = "\x01subject"
 _ENCOUNTER: Final = "\x01encounter"
-_SUBJECT_JSON: Final = orjson.dumps(_SUBJECT)[1:-1].decode()  # how the stand-ins read once encoded
-_ENCOUNTER_JSON: Final = orjson.dumps(_ENCOUNTER)[1:-1].decode()
-_SEARCH_MATCH: Final = ',"search":{"mode":"match"}}'  # how an encoded entry ends
+_SUBJECT_JSON: Final = orjson.dumps(_SUBJECT)[1:-1]  # how the stand-ins read once encoded
+_ENCOUNTER_JSON: Final = orjson.dumps(_ENCOUNTER)[1:-1]
+_SEARCH_MATCH: Final = b',"search":{"mode":"match"}}'  # how an encoded entry ends
 #: between a document's encoded entries: a control character, which encoded JSON always escapes
-_SEPARATOR: Final = "\x02"
+_SEPARATOR: Final = b"\x02"
 
 
 def _ref(kind: str, id: str) -> dict:
@@ -94,7 +94,7 @@ def _instant(at: datetime) -> str:
 
 
 def patient(session: Session, access: Access) -> dict:
-    golden = empi.current_person(session, access.empi_id).golden or {}
+    golden = empi.person_now(session, access.person_id).golden or {}  # loaded by the access decision already
     out: dict[str, Any] = {"resourceType": "Patient", "id": access.empi_id,
                            "identifier": [{"system": EMPI_SYSTEM, "value": access.empi_id}], "active": True}
     if golden.get("name"):
@@ -212,10 +212,10 @@ def document_resources(d, items: list) -> list[dict]:
     return out
 
 
-def encode(resource: dict) -> str:
+def encode(resource: dict) -> bytes:
     """A resource as an encoded searchset Bundle entry: its ``fullUrl``, the resource, its search mode."""
     return orjson.dumps({"fullUrl": f"/fhir/{resource['resourceType']}/{resource['id']}", "resource": resource,
-                         "search": {"mode": "match"}}).decode()
+                         "search": {"mode": "match"}})
 
 
 def refresh(session: Session, record_ids: Iterable[int]) -> None:
@@ -249,17 +249,17 @@ _ENCODED = """
 
 
 def entries(session: Session, access: Access, person_ids: list[int], types: set[str] | None = None, *,
-            start: date | None = None, end: date | None = None, since: datetime | None = None) -> list[str]:
+            start: date | None = None, end: date | None = None, since: datetime | None = None) -> list[bytes]:
     """The person's resources as encoded Bundle entries (Patient excluded), in timeline order, of ``types``
     (all if None), within what ``access`` shows; ``start``/``end`` bound the service day, ``since`` the
     registration time (FHIR ``_since``). Documents not encoded yet (or by another mapping) are encoded now."""
     conn = driver(session)
     args = (FHIR_MAPPING, person_ids)
-    rows = conn.execute(_ENCODED, args).fetchall()
+    rows = conn.execute(_ENCODED, args, binary=True).fetchall()  # binary: the entries arrive as they are stored
     stale = [r[0] for r in rows if r[6] is None]
     if stale:
         refresh(session, stale)
-        rows = conn.execute(_ENCODED, args).fetchall()
+        rows = conn.execute(_ENCODED, args, binary=True).fetchall()
     every = types is None or types >= ENCODED_TYPES
     visits: dict[tuple[str, datetime], list] = {}
     for r in rows:  # a visit: a hospital's documents with the same service time, as the timeline groups them
@@ -270,26 +270,26 @@ def entries(session: Session, access: Access, person_ids: list[int], types: set[
         if (start and day < start) or (end and day > end):
             continue
         # the visit is as sensitive as its most sensitive document, whatever part of it is asked for
-        if not access.shows(frozenset(c for d in docs for c in d[5]), day):
+        if not access.shows([c for d in docs if d[5] for c in d[5]], day):
             continue
         chosen = [d for d in docs if not since or d[4] >= since]
         if chosen:
             shown.append((f"e{docs[0][0]}", facility_code, at, docs, chosen))
     with_encounters = types is None or "Encounter" in types
     names = registry.facility_names(session, {v[1] for v in shown}) if with_encounters else {}
-    out: list[str] = []
+    out: list[bytes] = []
     for id, facility_code, at, docs, chosen in shown:
         if with_encounters:
             inpatient = any(d[2] in INPATIENT_TYPES for d in docs)
             out.append(encode(_encounter(id, facility_code, names.get(facility_code), _instant(at), inpatient,
                                          access.empi_id)))
         for d in chosen:
-            encoded = d[7].replace(_ENCOUNTER_JSON, id).split(_SEPARATOR)
+            encoded = d[7].replace(_ENCOUNTER_JSON, id.encode()).split(_SEPARATOR)
             out += encoded if every else [e for t, e in zip(d[6], encoded, strict=True) if t in types]
     return out
 
 
-def bundle(entries: list[str], empi_id: str, *, kind: str = "searchset", total: int | None = None,
+def bundle(entries: list[bytes], empi_id: str, *, kind: str = "searchset", total: int | None = None,
            links: dict[str, str] | None = None, timestamp: str | None = None) -> bytes:
     """A Bundle's JSON joined from encoded entries of one patient: a ``searchset`` (with its total and paging
     links) or a ``collection`` (a download, with its timestamp; entries without a search mode)."""
@@ -300,10 +300,10 @@ def bundle(entries: list[str], empi_id: str, *, kind: str = "searchset", total: 
         head["link"] = [{"relation": rel, "url": url} for rel, url in links.items()]
     if timestamp:
         head["timestamp"] = timestamp
-    body = ",".join(entries).replace(_SUBJECT_JSON, empi_id)
+    body = b",".join(entries).replace(_SUBJECT_JSON, empi_id.encode())
     if kind != "searchset":  # the sequence is structure: inside a JSON string its quotes would be escaped
-        body = body.replace(_SEARCH_MATCH, "}")
-    return orjson.dumps(head)[:-1] + b',"entry":[' + body.encode() + b"]}"
+        body = body.replace(_SEARCH_MATCH, b"}")
+    return orjson.dumps(head)[:-1] + b',"entry":[' + body + b"]}"
 
 
 def validate(resource: dict) -> None:

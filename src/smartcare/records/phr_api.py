@@ -61,7 +61,7 @@ def _types(who: Principal, asked: str | None) -> set[str]:
     return allowed
 
 
-def _page(entries: list[str], empi_id: str, request: Request, count: int, page: int) -> bytes:
+def _page(entries: list[bytes], empi_id: str, request: Request, count: int, page: int) -> bytes:
     """One page of a searchset Bundle of encoded entries, with its links."""
     start = (page - 1) * count
     links = {"self": str(request.url)}
@@ -71,7 +71,7 @@ def _page(entries: list[str], empi_id: str, request: Request, count: int, page: 
     return resources.bundle(entries[start:start + count], empi_id, total=len(entries), links=links)
 
 
-def _entries(session: Session, access: consent.Access, types: set[str] | None, **bounds) -> list[str]:
+def _entries(session: Session, access: consent.Access, types: set[str] | None, **bounds) -> list[bytes]:
     """The encoded entries a read returns, the Patient first when asked for."""
     found = resources.entries(session, access, service.person_ids(session, person_id=access.person_id),
                               types, **bounds)
@@ -170,7 +170,7 @@ def document_content(record_id: int = Path(ge=1, le=2**63 - 1), who: Principal =
         raise NotFound(f"no document {record_id}", field="record_id")
     access = consent.decide(session, who, doc.empi_id, what=f"DocumentReference/d{record_id}")
     if not access.shows(service.visit_sensitivity(session, record_id), doc.service_time.astimezone(CHINA_TZ).date()):
-        consent.audit_refusal(who, access.empi_id, f"DocumentReference/d{record_id}", "outside what the consent shares")
+        consent.audit_refusal(session, who, access.empi_id, f"DocumentReference/d{record_id}", "outside what the consent shares")
         raise NotFound(f"no document {record_id}", field="record_id")  # as if there were none: hidden is hidden
     raw = service.content(session, doc.sha256)
     consent.record_read(session, who, access, what=f"DocumentReference/d{record_id}")

@@ -421,8 +421,10 @@ def person_ids(session: Session, *, person_id: int | None = None, empi_id: str |
     was registered under may have been folded into another."""
     if empi_id is not None:
         person_id = empi.person_id_of(session, empi_id)
-    now, _ = empi.cards_at(session, person_id=person_id, facility_code="")  # follows merges; cards not wanted
-    return empi.absorbed_ids(session, now.id)
+    ids = empi.absorbed_ids(session, person_id)
+    if not ids:
+        raise NotFound(f"no person {person_id}", field="person_id")
+    return ids
 
 
 def query(session: Session, *, person_id: int | None = None, empi_id: str | None = None, type_code: str | None = None,
