@@ -571,7 +571,7 @@ def profile(token: str, empi_id: str, runs: int) -> dict:
                 entries = fhir.entries(session, access, person_ids, types)
                 t, s_, c = mark("encoded entries", t, s_, c)
                 if "Patient" in types:
-                    entries.insert(0, fhir.encode(fhir.patient(session, access)))
+                    entries.insert(0, fhir.encode(fhir.patient(access)))
                 t, s_, c = mark("Patient", t, s_, c)
                 chosen = entries[:COUNT]
                 links = {"self": f"http://x/fhir/Patient/$everything?_count={COUNT}"}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
@@ -55,6 +55,8 @@ class Access:
     records_since: date | None = None
     records_until: date | None = None
     sensitive: frozenset[str] = frozenset(SENSITIVE)  # the sensitive categories this caller may see
+    #: the person's golden record as the decision read it (the FHIR Patient); personal data: never in a repr
+    golden: dict = field(default_factory=dict, repr=False, compare=False)
 
     def shows(self, sensitive: Iterable[str], on: date) -> bool:
         """Whether a record of these sensitive categories (all must be shared) and service day is within what
@@ -149,17 +151,18 @@ def decide(session: Session, who: Principal, empi_id: str, *, what: str) -> Acce
     if not EMPI_ID.fullmatch(empi_id or ""):
         raise _refuse(session, who, "(not an EMPI id)", what, "no access to this patient's records")
     try:
-        person_id, current = _person(session, empi_id)
+        person = empi.current_person(session, empi_id)  # kept: the session holds loaded persons only while used
     except NotFound:
         raise _refuse(session, who, empi_id, what, "no access to this patient's records") from None
+    person_id, current, golden = person.id, person.empi_id, person.golden or {}
     if who.has(Role.RESIDENT):
-        held = held_persons(session, who.username)
+        held = held_persons(session, who.username)  # their own card's person is ``person``: no statement
         relation = held.get(current) or held.get(empi_id)
         if relation is None:
             raise _refuse(session, who, empi_id, what, "no access to this patient's records")
         if relation == "guardian_teen":
-            return Access(person_id, current, "guardian", "self", sensitive=frozenset())
-        return Access(person_id, current, relation, "self")
+            return Access(person_id, current, "guardian", "self", sensitive=frozenset(), golden=golden)
+        return Access(person_id, current, relation, "self", golden=golden)
     if who.has(Role.DOCTOR) and who.facility_code:
         now = _now()
         consent = session.scalar(
@@ -176,11 +179,11 @@ def decide(session: Session, who: Principal, empi_id: str, *, what: str) -> Acce
         if glass is not None:  # an emergency sees the whole history, whatever a narrower consent shares
             return Access(person_id, current, "break_glass", "emergency", break_glass_id=glass.id,
                           consent_id=consent.id if consent else None,
-                          sensitive=frozenset(consent.sensitive) if consent else frozenset())
+                          sensitive=frozenset(consent.sensitive) if consent else frozenset(), golden=golden)
         if consent is not None:
             return Access(person_id, current, "consent", consent.purpose, consent_id=consent.id,
                           records_since=consent.records_since, records_until=consent.records_until,
-                          sensitive=frozenset(consent.sensitive))
+                          sensitive=frozenset(consent.sensitive), golden=golden)
         raise _refuse(session, who, empi_id, what, "no consent of this patient for you or your hospital")
     raise _refuse(session, who, empi_id, what, "only the patient, their guardian or a consented doctor reads records")
 

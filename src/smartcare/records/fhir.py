@@ -35,7 +35,6 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from smartcare.empi import service as empi
 from smartcare.platform.clock import CHINA_TZ
 from smartcare.platform.db import driver
 from smartcare.records.clinical import DIAGNOSIS
@@ -93,8 +92,9 @@ def _instant(at: datetime) -> str:
     return at.astimezone(CHINA_TZ).isoformat(timespec="seconds")
 
 
-def patient(session: Session, access: Access) -> dict:
-    golden = empi.person_now(session, access.person_id).golden or {}  # loaded by the access decision already
+def patient(access: Access) -> dict:
+    """The Patient: the golden record the access decision read."""
+    golden = access.golden
     out: dict[str, Any] = {"resourceType": "Patient", "id": access.empi_id,
                            "identifier": [{"system": EMPI_SYSTEM, "value": access.empi_id}], "active": True}
     if golden.get("name"):

@@ -76,7 +76,7 @@ def _entries(session: Session, access: consent.Access, types: set[str] | None, *
     found = resources.entries(session, access, service.person_ids(session, person_id=access.person_id),
                               types, **bounds)
     if types is None or "Patient" in types:
-        found.insert(0, resources.encode(resources.patient(session, access)))
+        found.insert(0, resources.encode(resources.patient(access)))
     return found
 
 
@@ -85,7 +85,7 @@ def read_patient(empi_id: str = _empi(), who: Principal = Depends(principal), se
     if not who.may_read("Patient"):
         raise Forbidden("the token's scopes do not include Patient", field="scope")
     access = consent.decide(session, who, empi_id, what="Patient")
-    response = _fhir(orjson.dumps(resources.patient(session, access)))
+    response = _fhir(orjson.dumps(resources.patient(access)))
     consent.record_read(session, who, access, what="Patient")
     return response
 
