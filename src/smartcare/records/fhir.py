@@ -5,7 +5,7 @@ FHIR mapping (ids are stable: the registry's row ids with a letter per resource 
 | platform | FHIR R4 |
 |---|---|
 | EMPI person (golden record) | Patient ``{empi_id}`` |
-| a hospital visit: the documents of one hospital with the same service time | Encounter ``e{first record id}`` |
+| a hospital visit: the documents of one hospital with the same service time | Encounter ``e{16 hex digits}`` (a hash of the two) |
 | diagnosis (DE05.01.024.00, ICD-10) | Condition ``c{item id}`` |
 | vital sign (DE04.10.*) / lab result (LOINC) | Observation ``o{item id}`` (vital-signs / laboratory) |
 | prescription (C0004: drug, dose, frequency, route) | MedicationRequest ``m{record id}`` |
@@ -15,20 +15,22 @@ FHIR mapping (ids are stable: the registry's row ids with a letter per resource 
 A document's resources (its Conditions, Observations, MedicationRequest, DiagnosticReport and
 DocumentReference) depend only on the document and its items, which do not change once registered: they are
 encoded once (``refresh``: at registration and ``reindex``, or on the first read of a document without them)
-into ``records.document_fhir`` as finished Bundle entries, and a request joins their text — ``$everything``
-of a long history would otherwise build and encode a thousand dicts. Two things are not the document's own and
-are filled in per request: the Patient (after a merge the person has another EMPI id) and the Encounter (a
-visit's id is its first current document, which a replacement can change). They are written as stand-ins no
-document value can hold (U+0001: XML 1.0 cannot carry it) and replaced in the encoded text.
+into ``records.document_fhir`` as finished Bundle entries, and a request joins their bytes — ``$everything``
+of a long history would otherwise build and encode a thousand dicts. Their Encounter is named by its hospital
+and service time alone, so it is known when the document is encoded and no replacement of another document
+of the visit changes it. The Patient is not the document's own (after a merge the person has another EMPI
+id): it is written as a stand-in no document value can hold (U+0001: XML 1.0 cannot carry it) and replaced in
+the joined text.
 
 Each resource is checked against the ``fhir.resources`` R4B models in the tests (and by ``validate``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -39,7 +41,6 @@ from smartcare.platform.clock import CHINA_TZ
 from smartcare.platform.db import driver
 from smartcare.records.clinical import DIAGNOSIS
 from smartcare.records.models import Document, Item
-from smartcare.registry import service as registry
 from smartcare.standards.cda import TITLES
 
 if TYPE_CHECKING:
@@ -67,9 +68,7 @@ _PRESCRIPTION: Final = {"DE08.50.022.00": "drug", "DE08.50.044.00": "dose", "DE0
 #: bump when the per-document resources change: rows of another version are encoded again on their next read
 FHIR_MAPPING: Final = 1
 _SUBJECT: Final = "\x01subject"
-_ENCOUNTER: Final = "\x01encounter"
-_SUBJECT_JSON: Final = orjson.dumps(_SUBJECT)[1:-1]  # how the stand-ins read once encoded
-_ENCOUNTER_JSON: Final = orjson.dumps(_ENCOUNTER)[1:-1]
+_SUBJECT_JSON: Final = orjson.dumps(_SUBJECT)[1:-1]  # how the stand-in reads once encoded
 _SEARCH_MATCH: Final = b',"search":{"mode":"match"}}'  # how an encoded entry ends
 #: between a document's encoded entries: a control character, which encoded JSON always escapes
 _SEPARATOR: Final = b"\x02"
@@ -80,7 +79,12 @@ def _ref(kind: str, id: str) -> dict:
 
 
 _PATIENT_REF: Final = _ref("Patient", _SUBJECT)
-_ENCOUNTER_REF: Final = _ref("Encounter", _ENCOUNTER)
+
+
+def encounter_id(facility_code: str, service_time: datetime) -> str:
+    """A visit's Encounter id: from what makes the visit (the hospital, the service time) and nothing else."""
+    key = f"{facility_code}|{service_time.astimezone(UTC).isoformat()}"
+    return "e" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def service_day(at: datetime) -> date:
@@ -116,11 +120,11 @@ def _encounter(id: str, facility_code: str, facility_name: str | None, when: str
                                 **({"display": facility_name} if facility_name else {})}}
 
 
-def _condition(i, when: str) -> dict:
+def _condition(i, when: str, encounter: dict) -> dict:
     coding = {"system": ICD10, "code": i.value_code or "unknown"}
     if i.value_display:
         coding["display"] = i.value_display
-    return {"resourceType": "Condition", "id": f"c{i.id}", "subject": _PATIENT_REF, "encounter": _ENCOUNTER_REF,
+    return {"resourceType": "Condition", "id": f"c{i.id}", "subject": _PATIENT_REF, "encounter": encounter,
             "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
                                            "code": "active"}]},
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
@@ -128,7 +132,7 @@ def _condition(i, when: str) -> dict:
             "code": {"coding": [coding], "text": i.value_display or i.value_code}, "recordedDate": when}
 
 
-def _observation(i, when: str) -> dict:
+def _observation(i, when: str, encounter: dict) -> dict:
     if i.kind == "vital":
         loinc = VITAL_LOINC.get(i.code)
         codings = [{"system": DE_SYSTEM, "code": i.code, **({"display": i.name} if i.name else {})}]
@@ -142,7 +146,7 @@ def _observation(i, when: str) -> dict:
            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                                      "code": category}]}],
            "code": {"coding": codings, "text": i.name or i.code}, "subject": _PATIENT_REF,
-           "encounter": _ENCOUNTER_REF, "effectiveDateTime": when}
+           "encounter": encounter, "effectiveDateTime": when}
     if i.value_number is not None:
         out["valueQuantity"] = {"value": float(i.value_number), **({"unit": i.unit} if i.unit else {})}
     elif i.value_text:
@@ -150,7 +154,7 @@ def _observation(i, when: str) -> dict:
     return out
 
 
-def _medication(d, items: list, when: str) -> dict | None:
+def _medication(d, items: list, when: str, encounter: dict) -> dict | None:
     parts: dict[str, Any] = {}
     for i in items:
         if i.code in _PRESCRIPTION:
@@ -167,10 +171,10 @@ def _medication(d, items: list, when: str) -> dict | None:
                                                    **({"unit": parts["dose"].unit} if parts["dose"].unit else {})}}]
     return {"resourceType": "MedicationRequest", "id": f"m{d.id}", "status": "completed", "intent": "order",
             "medicationCodeableConcept": {"text": parts["drug"].value_text or "未知药物"}, "subject": _PATIENT_REF,
-            "encounter": _ENCOUNTER_REF, "authoredOn": when, "dosageInstruction": [dosage]}
+            "encounter": encounter, "authoredOn": when, "dosageInstruction": [dosage]}
 
 
-def _report(d, items: list, when: str) -> dict:
+def _report(d, items: list, when: str, encounter: dict) -> dict:
     lab = d.type_code == "C0007"
     conclusion = next((i.value_text for i in items if i.code == "DE04.50.132.00" and i.value_text), None)
     out = {"resourceType": "DiagnosticReport", "id": f"r{d.id}", "status": "final",
@@ -178,7 +182,7 @@ def _report(d, items: list, when: str) -> dict:
                                      "code": "LAB" if lab else "RAD"}]}],
            "code": {"coding": [{"system": DOC_TYPE_SYSTEM, "code": d.type_code, "display": TITLES.get(d.type_code, "")}],
                     "text": TITLES.get(d.type_code, d.type_code)},
-           "subject": _PATIENT_REF, "encounter": _ENCOUNTER_REF, "effectiveDateTime": when,
+           "subject": _PATIENT_REF, "encounter": encounter, "effectiveDateTime": when,
            "result": [_ref("Observation", f"o{i.id}") for i in items if i.kind == "lab"]}
     if not out["result"]:
         del out["result"]
@@ -187,28 +191,29 @@ def _report(d, items: list, when: str) -> dict:
     return out
 
 
-def _document_reference(d) -> dict:
+def _document_reference(d, encounter: dict) -> dict:
     return {"resourceType": "DocumentReference", "id": f"d{d.id}", "status": "current",
             "type": {"coding": [{"system": DOC_TYPE_SYSTEM, "code": d.type_code,
                                  **({"display": TITLES[d.type_code]} if d.type_code in TITLES else {})}]},
             "subject": _PATIENT_REF, "date": _instant(d.registered_at),
             "custodian": {"identifier": {"system": "urn:smartcare:facility", "value": d.facility_code}},
             "content": [{"attachment": {"contentType": "application/xml", "url": f"/api/v1/phr/documents/{d.id}"}}],
-            "context": {"encounter": [_ENCOUNTER_REF]}}
+            "context": {"encounter": [encounter]}}
 
 
 def document_resources(d, items: list) -> list[dict]:
-    """One document's resources in timeline order, with the Patient and Encounter stand-ins."""
+    """One document's resources in timeline order, with the Patient's stand-in."""
     when = _instant(d.service_time)
-    out = [_condition(i, when) for i in items if i.kind == "condition" and i.code == DIAGNOSIS]
-    out += [_observation(i, when) for i in items if i.kind in ("vital", "lab")]
+    encounter = _ref("Encounter", encounter_id(d.facility_code, d.service_time))
+    out = [_condition(i, when, encounter) for i in items if i.kind == "condition" and i.code == DIAGNOSIS]
+    out += [_observation(i, when, encounter) for i in items if i.kind in ("vital", "lab")]
     if d.type_code == "C0004":
-        med = _medication(d, items, when)
+        med = _medication(d, items, when, encounter)
         if med:
             out.append(med)
     if d.type_code in ("C0006", "C0007"):
-        out.append(_report(d, items, when))
-    out.append(_document_reference(d))
+        out.append(_report(d, items, when, encounter))
+    out.append(_document_reference(d, encounter))
     return out
 
 
@@ -242,8 +247,10 @@ def refresh(session: Session, record_ids: Iterable[int]) -> None:
 
 
 _ENCODED = """
-    SELECT d.id, d.facility_code, d.type_code, d.service_time, d.registered_at, f.sensitive, f.types, f.entries
+    SELECT d.id, d.facility_code, d.type_code, d.service_time, d.registered_at, f.sensitive, f.types, f.entries,
+           r.name
     FROM records.document d LEFT JOIN records.document_fhir f ON f.record_id = d.id AND f.mapping = %s
+    LEFT JOIN registry.facility r ON r.code = d.facility_code
     WHERE d.person_id = ANY(%s) AND d.status = 'current'
     ORDER BY d.service_time DESC, d.id"""
 
@@ -264,7 +271,8 @@ def entries(session: Session, access: Access, person_ids: list[int], types: set[
     visits: dict[tuple[str, datetime], list] = {}
     for r in rows:  # a visit: a hospital's documents with the same service time, as the timeline groups them
         visits.setdefault((r[1], r[3]), []).append(r)
-    shown = []
+    with_encounters = types is None or "Encounter" in types
+    out: list[bytes] = []
     for (facility_code, at), docs in visits.items():
         day = service_day(at)
         if (start and day < start) or (end and day > end):
@@ -273,18 +281,14 @@ def entries(session: Session, access: Access, person_ids: list[int], types: set[
         if not access.shows([c for d in docs if d[5] for c in d[5]], day):
             continue
         chosen = [d for d in docs if not since or d[4] >= since]
-        if chosen:
-            shown.append((f"e{docs[0][0]}", facility_code, at, docs, chosen))
-    with_encounters = types is None or "Encounter" in types
-    names = registry.facility_names(session, {v[1] for v in shown}) if with_encounters else {}
-    out: list[bytes] = []
-    for id, facility_code, at, docs, chosen in shown:
+        if not chosen:
+            continue
         if with_encounters:
             inpatient = any(d[2] in INPATIENT_TYPES for d in docs)
-            out.append(encode(_encounter(id, facility_code, names.get(facility_code), _instant(at), inpatient,
-                                         access.empi_id)))
+            out.append(encode(_encounter(encounter_id(facility_code, at), facility_code, docs[0][8], _instant(at),
+                                         inpatient, access.empi_id)))
         for d in chosen:
-            encoded = d[7].replace(_ENCOUNTER_JSON, id.encode()).split(_SEPARATOR)
+            encoded = d[7].split(_SEPARATOR)
             out += encoded if every else [e for t, e in zip(d[6], encoded, strict=True) if t in types]
     return out
 

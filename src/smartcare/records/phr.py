@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from smartcare.records.access import Access
-from smartcare.records.fhir import INPATIENT_TYPES, service_day
+from smartcare.records.fhir import INPATIENT_TYPES, encounter_id, service_day
 from smartcare.records.models import Document, Item
 from smartcare.records.service import person_ids
 from smartcare.registry import service as registry
@@ -34,7 +34,8 @@ class Visit:
 
     @property
     def id(self) -> str:
-        return f"e{self.documents[0].id}"
+        """The visit's FHIR Encounter id."""
+        return encounter_id(self.facility_code, self.at)
 
     @property
     def inpatient(self) -> bool:
