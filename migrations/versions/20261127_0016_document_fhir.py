@@ -27,7 +27,10 @@ def upgrade() -> None:
             -- the encoded Bundle entries (UTF-8 JSON), U+0002 between them, with the patient and encounter
             -- stand-ins: bytes read as stored (no text decoding), one value per document (a text[] of JSON
             -- costs three times as much to decode)
-            entries    bytea NOT NULL
+            entries    bytea NOT NULL,
+            -- the Encounter of the document's visit as this document alone would make it, encoded, with the
+            -- patient and the hospital's name as stand-ins
+            encounter  bytea NOT NULL
         );
         -- lz4 decompresses several times faster than pglz; servers built without it keep pglz
         DO $$ BEGIN

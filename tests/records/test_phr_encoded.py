@@ -71,10 +71,18 @@ def _references_hold(bundle: dict, empi_id: str) -> dict[str, list[dict]]:
     return by_type
 
 
-def test_lost_or_outdated_rows_are_encoded_again_on_read_to_the_same_bundle(client_module, owner):
+def test_lost_or_outdated_rows_are_encoded_again_on_read_to_the_same_bundle(client_module, owner, hospital,
+                                                                             other_hospital):
     _, _, empi_id = owner
     first = _everything(client_module, owner)
-    _references_hold(first, empi_id)
+    encounters = _references_hold(first, empi_id)["Encounter"]
+    names = dict(sql("SELECT code, name FROM registry.facility WHERE code IN (:a, :b)", a=hospital[0], b=other_hospital[0]))
+    [stay] = [fhir.encounter_id(f, t) for f, t in sql(  # the discharge summary's visit: the one inpatient encounter
+        "SELECT facility_code, service_time FROM records.document WHERE empi_id = :e AND type_code = 'C0053'", e=empi_id)]
+    assert stay in {r["id"] for r in encounters}
+    for r in encounters:  # the hospital's name and the visit's class filled in as served
+        assert r["serviceProvider"]["display"] == names[r["serviceProvider"]["identifier"]["value"]]
+        assert (r["class"]["code"] == "IMP") == (r["id"] == stay)
     ids = _record_ids(empi_id)
     assert len(ids) == 5 and len(sql("SELECT 1 FROM records.document_fhir WHERE record_id = ANY(:ids)", ids=ids)) == 5
 

@@ -58,9 +58,9 @@ class Access:
     #: the person's golden record as the decision read it (the FHIR Patient); personal data: never in a repr
     golden: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def shows(self, sensitive: Iterable[str], on: date) -> bool:
+    def shows(self, sensitive: Iterable[str], on: date | None) -> bool:
         """Whether a record of these sensitive categories (all must be shared) and service day is within what
-        the caller may see."""
+        the caller may see (``on`` may be None when the access has no records period)."""
         if not set(sensitive) <= self.sensitive:
             return False
         return (self.records_since is None or on >= self.records_since) and (

@@ -69,6 +69,8 @@ _PRESCRIPTION: Final = {"DE08.50.022.00": "drug", "DE08.50.044.00": "dose", "DE0
 FHIR_MAPPING: Final = 1
 _SUBJECT: Final = "\x01subject"
 _SUBJECT_JSON: Final = orjson.dumps(_SUBJECT)[1:-1]  # how the stand-in reads once encoded
+_NAME: Final = "\x01name"
+_NAME_FIELD: Final = b',"display":' + orjson.dumps(_NAME)  # an Encounter's hospital name, as encoded
 _SEARCH_MATCH: Final = b',"search":{"mode":"match"}}'  # how an encoded entry ends
 #: between a document's encoded entries: a control character, which encoded JSON always escapes
 _SEPARATOR: Final = b"\x02"
@@ -110,14 +112,16 @@ def patient(access: Access) -> dict:
     return out
 
 
-def _encounter(id: str, facility_code: str, facility_name: str | None, when: str, inpatient: bool,
-               empi_id: str) -> dict:
-    cls = ("IMP", "inpatient encounter") if inpatient else ("AMB", "ambulatory")
-    return {"resourceType": "Encounter", "id": id, "status": "finished",
+def _encounter(d) -> dict:
+    """The Encounter of a document's visit as this document alone would make it: an inpatient document's visit
+    is an inpatient encounter (``entries`` takes such a one's when the visit has one); the hospital's name is
+    a stand-in, filled in when it is served (a name can change)."""
+    cls = ("IMP", "inpatient encounter") if d.type_code in INPATIENT_TYPES else ("AMB", "ambulatory")
+    return {"resourceType": "Encounter", "id": encounter_id(d.facility_code, d.service_time), "status": "finished",
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": cls[0], "display": cls[1]},
-            "subject": _ref("Patient", empi_id), "period": {"start": when},
-            "serviceProvider": {"identifier": {"system": "urn:smartcare:facility", "value": facility_code},
-                                **({"display": facility_name} if facility_name else {})}}
+            "subject": _PATIENT_REF, "period": {"start": _instant(d.service_time)},
+            "serviceProvider": {"identifier": {"system": "urn:smartcare:facility", "value": d.facility_code},
+                                "display": _NAME}}
 
 
 def _condition(i, when: str, encounter: dict) -> dict:
@@ -239,16 +243,18 @@ def refresh(session: Session, record_ids: Iterable[int]) -> None:
     for d in docs:
         resources = document_resources(d, items[d.id])
         rows.append((d.id, FHIR_MAPPING, sorted({c for i in items[d.id] for c in (i.sensitive or ())}),
-                     [r["resourceType"] for r in resources], _SEPARATOR.join(encode(r) for r in resources)))
+                     [r["resourceType"] for r in resources], _SEPARATOR.join(encode(r) for r in resources),
+                     encode(_encounter(d))))
     driver(session).cursor().executemany(
-        "INSERT INTO records.document_fhir (record_id, mapping, sensitive, types, entries) VALUES (%s, %s, %s, %s, %s) "
-        "ON CONFLICT (record_id) DO UPDATE SET mapping = excluded.mapping, sensitive = excluded.sensitive, "
-        "types = excluded.types, entries = excluded.entries", rows)
+        "INSERT INTO records.document_fhir (record_id, mapping, sensitive, types, entries, encounter) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (record_id) DO UPDATE SET mapping = excluded.mapping, "
+        "sensitive = excluded.sensitive, types = excluded.types, entries = excluded.entries, "
+        "encounter = excluded.encounter", rows)
 
 
 _ENCODED = """
     SELECT d.id, d.facility_code, d.type_code, d.service_time, d.registered_at, f.sensitive, f.types, f.entries,
-           r.name
+           f.encounter, r.name
     FROM records.document d LEFT JOIN records.document_fhir f ON f.record_id = d.id AND f.mapping = %s
     LEFT JOIN registry.facility r ON r.code = d.facility_code
     WHERE d.person_id = ANY(%s) AND d.status = 'current'
@@ -272,9 +278,10 @@ def entries(session: Session, access: Access, person_ids: list[int], types: set[
     for r in rows:  # a visit: a hospital's documents with the same service time, as the timeline groups them
         visits.setdefault((r[1], r[3]), []).append(r)
     with_encounters = types is None or "Encounter" in types
+    by_day = bool(start or end or access.records_since or access.records_until)  # else no day is compared
     out: list[bytes] = []
     for (facility_code, at), docs in visits.items():
-        day = service_day(at)
+        day = service_day(at) if by_day else None
         if (start and day < start) or (end and day > end):
             continue
         # the visit is as sensitive as its most sensitive document, whatever part of it is asked for
@@ -284,9 +291,9 @@ def entries(session: Session, access: Access, person_ids: list[int], types: set[
         if not chosen:
             continue
         if with_encounters:
-            inpatient = any(d[2] in INPATIENT_TYPES for d in docs)
-            out.append(encode(_encounter(encounter_id(facility_code, at), facility_code, docs[0][8], _instant(at),
-                                         inpatient, access.empi_id)))
+            first = next((d for d in docs if d[2] in INPATIENT_TYPES), docs[0])
+            name = docs[0][9]
+            out.append(first[8].replace(_NAME_FIELD, b',"display":' + orjson.dumps(name) if name else b""))
         for d in chosen:
             encoded = d[7].split(_SEPARATOR)
             out += encoded if every else [e for t, e in zip(d[6], encoded, strict=True) if t in types]
