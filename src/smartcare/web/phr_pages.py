@@ -4,9 +4,9 @@ doctor's 病历调阅 and the auditor's 调阅审计 in the console.
 Who may read whose records is ``records.access`` and nothing here: every page that shows records asks
 ``decide`` first (a refusal is audited there, in its own transaction, and shown on the page as a
 message), gathers the data, then writes the read to the audit chain with ``record_read`` just before
-the page is rendered; the entry is committed before the page leaves (``COMMITTED``). An audited write
-of the same request (a break-glass, a request for access) is committed before ``decide`` runs, so the
-refusal's own transaction never waits for this one's hold on the audit log.
+the page is rendered, committed in a transaction of its own. An audited write of the same request (a
+break-glass, a request for access) is committed before ``decide`` runs (``COMMITTED``), so the audit
+entries apart never wait for this request's own hold on the audit log (``record_apart`` refuses to).
 
 Records are shown from the clinical items read at registration (``records.phr``), never from the XML.
 People appear by the masked name on their health card; the doctor's console shows a patient's name
