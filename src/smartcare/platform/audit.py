@@ -106,6 +106,9 @@ def record_apart(session: Session, *, actor: str, action: str, target: str | Non
     try:
         conn = raw.driver_connection
         with conn.pipeline():
+            # a wait PostgreSQL cannot see as a deadlock (the caller's transaction, holding what the lock's
+            # holder may wait for, waits for this one in Python) becomes an error instead of a hang
+            conn.execute("SET LOCAL lock_timeout = '10s'")
             cur, clean = _append(conn, actor=actor, action=action, target=target, detail=detail)
             conn.execute("COMMIT")
         return _entry(cur.fetchone(), actor=actor, action=action, target=target, detail=clean)

@@ -5,7 +5,7 @@ FHIR mapping (ids are stable: the registry's row ids with a letter per resource 
 | platform | FHIR R4 |
 |---|---|
 | EMPI person (golden record) | Patient ``{empi_id}`` |
-| a hospital visit: the documents of one hospital with the same service time | Encounter ``e{16 hex digits}`` (a hash of the two) |
+| a hospital visit: the documents of one hospital with the same service time | Encounter ``e{16 hex digits}-{empi_id}`` (a hash of the two, and whose visit) |
 | diagnosis (DE05.01.024.00, ICD-10) | Condition ``c{item id}`` |
 | vital sign (DE04.10.*) / lab result (LOINC) | Observation ``o{item id}`` (vital-signs / laboratory) |
 | prescription (C0004: drug, dose, frequency, route) | MedicationRequest ``m{record id}`` |
@@ -17,10 +17,10 @@ DocumentReference) depend only on the document and its items, which do not chang
 encoded once (``refresh``: at registration and ``reindex``, or on the first read of a document without them)
 into ``records.document_fhir`` as finished Bundle entries, and a request joins their bytes — ``$everything``
 of a long history would otherwise build and encode a thousand dicts. Their Encounter is named by its hospital
-and service time alone, so it is known when the document is encoded and no replacement of another document
-of the visit changes it. The Patient is not the document's own (after a merge the person has another EMPI
-id): it is written as a stand-in no document value can hold (U+0001: XML 1.0 cannot carry it) and replaced in
-the joined text.
+and service time and the patient, so no replacement of another document of the visit changes it. The patient
+is not the document's own (after a merge the person has another EMPI id): it is written as a stand-in
+(U+0001 and a word: XML 1.0 cannot carry U+0001) and replaced in the joined bytes only where the encoding's
+own quotes and punctuation frame it, which no value can imitate (a value's quotes are escaped).
 
 Each resource is checked against the ``fhir.resources`` R4B models in the tests (and by ``validate``).
 """
@@ -69,6 +69,8 @@ _PRESCRIPTION: Final = {"DE08.50.022.00": "drug", "DE08.50.044.00": "dose", "DE0
 FHIR_MAPPING: Final = 1
 _SUBJECT: Final = "\x01subject"
 _SUBJECT_JSON: Final = orjson.dumps(_SUBJECT)[1:-1]  # how the stand-in reads once encoded
+#: where the stand-in stands, framed: a reference to the Patient, the end of an Encounter id
+_SUBJECT_PLACES: Final = ((b'"Patient/' + _SUBJECT_JSON + b'"', b'"Patient/%s"'), (b"-" + _SUBJECT_JSON + b'"', b'-%s"'))
 _NAME: Final = "\x01name"
 _NAME_FIELD: Final = b',"display":' + orjson.dumps(_NAME)  # an Encounter's hospital name, as encoded
 _SEARCH_MATCH: Final = b',"search":{"mode":"match"}}'  # how an encoded entry ends
@@ -83,10 +85,11 @@ def _ref(kind: str, id: str) -> dict:
 _PATIENT_REF: Final = _ref("Patient", _SUBJECT)
 
 
-def encounter_id(facility_code: str, service_time: datetime) -> str:
-    """A visit's Encounter id: from what makes the visit (the hospital, the service time) and nothing else."""
+def encounter_id(facility_code: str, service_time: datetime, empi_id: str) -> str:
+    """A visit's Encounter id: from what makes the visit (the hospital, the service time) and whose it is
+    (two patients seen at one hospital at one time are two encounters)."""
     key = f"{facility_code}|{service_time.astimezone(UTC).isoformat()}"
-    return "e" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return f"e{hashlib.sha256(key.encode()).hexdigest()[:16]}-{empi_id}"
 
 
 def service_day(at: datetime) -> date:
@@ -117,7 +120,8 @@ def _encounter(d) -> dict:
     is an inpatient encounter (``entries`` takes such a one's when the visit has one); the hospital's name is
     a stand-in, filled in when it is served (a name can change)."""
     cls = ("IMP", "inpatient encounter") if d.type_code in INPATIENT_TYPES else ("AMB", "ambulatory")
-    return {"resourceType": "Encounter", "id": encounter_id(d.facility_code, d.service_time), "status": "finished",
+    return {"resourceType": "Encounter", "id": encounter_id(d.facility_code, d.service_time, _SUBJECT),
+            "status": "finished",
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": cls[0], "display": cls[1]},
             "subject": _PATIENT_REF, "period": {"start": _instant(d.service_time)},
             "serviceProvider": {"identifier": {"system": "urn:smartcare:facility", "value": d.facility_code},
@@ -208,7 +212,7 @@ def _document_reference(d, encounter: dict) -> dict:
 def document_resources(d, items: list) -> list[dict]:
     """One document's resources in timeline order, with the Patient's stand-in."""
     when = _instant(d.service_time)
-    encounter = _ref("Encounter", encounter_id(d.facility_code, d.service_time))
+    encounter = _ref("Encounter", encounter_id(d.facility_code, d.service_time, _SUBJECT))
     out = [_condition(i, when, encounter) for i in items if i.kind == "condition" and i.code == DIAGNOSIS]
     out += [_observation(i, when, encounter) for i in items if i.kind in ("vital", "lab")]
     if d.type_code == "C0004":
@@ -227,9 +231,10 @@ def encode(resource: dict) -> bytes:
                          "search": {"mode": "match"}})
 
 
-def refresh(session: Session, record_ids: Iterable[int]) -> None:
-    """Encode the resources of these documents into ``records.document_fhir`` (again, if there already):
-    a document's, after its items were written."""
+def refresh(session: Session, record_ids: Iterable[int], *, only_missing: bool = False) -> None:
+    """Encode the resources of these documents into ``records.document_fhir``: after their items were written
+    (again, if there already), or ``only_missing`` (a read's: rows missing or of another mapping — a read that
+    raced a ``reindex`` must not put back what the reindex replaced)."""
     ids = list(record_ids)
     if not ids:
         return
@@ -249,7 +254,8 @@ def refresh(session: Session, record_ids: Iterable[int]) -> None:
         "INSERT INTO records.document_fhir (record_id, mapping, sensitive, types, entries, encounter) "
         "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (record_id) DO UPDATE SET mapping = excluded.mapping, "
         "sensitive = excluded.sensitive, types = excluded.types, entries = excluded.entries, "
-        "encounter = excluded.encounter", rows)
+        "encounter = excluded.encounter"
+        + (" WHERE records.document_fhir.mapping <> excluded.mapping" if only_missing else ""), rows)
 
 
 _ENCODED = """
@@ -271,8 +277,9 @@ def entries(session: Session, access: Access, person_ids: list[int], types: set[
     rows = conn.execute(_ENCODED, args, binary=True).fetchall()  # binary: the entries arrive as they are stored
     stale = [r[0] for r in rows if r[6] is None]
     if stale:
-        refresh(session, stale)
-        rows = conn.execute(_ENCODED, args, binary=True).fetchall()
+        refresh(session, stale, only_missing=True)
+        # a document filed meanwhile by a writer that does not encode waits for the next read
+        rows = [r for r in conn.execute(_ENCODED, args, binary=True).fetchall() if r[6] is not None]
     every = types is None or types >= ENCODED_TYPES
     visits: dict[tuple[str, datetime], list] = {}
     for r in rows:  # a visit: a hospital's documents with the same service time, as the timeline groups them
@@ -311,7 +318,9 @@ def bundle(entries: list[bytes], empi_id: str, *, kind: str = "searchset", total
         head["link"] = [{"relation": rel, "url": url} for rel, url in links.items()]
     if timestamp:
         head["timestamp"] = timestamp
-    body = b",".join(entries).replace(_SUBJECT_JSON, empi_id.encode())
+    body = b",".join(entries)
+    for place, filled in _SUBJECT_PLACES:
+        body = body.replace(place, filled % empi_id.encode())
     if kind != "searchset":  # the sequence is structure: inside a JSON string its quotes would be escaped
         body = body.replace(_SEARCH_MATCH, b"}")
     return orjson.dumps(head)[:-1] + b',"entry":[' + body + b"]}"

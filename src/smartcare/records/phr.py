@@ -29,13 +29,14 @@ class Visit:
     facility_code: str
     facility_name: str | None
     at: datetime
+    empi_id: str  # whose visit (the patient's current EMPI id)
     documents: list[Document] = field(default_factory=list)
     items: dict[int, list[Item]] = field(default_factory=dict)  # record id -> its items
 
     @property
     def id(self) -> str:
         """The visit's FHIR Encounter id."""
-        return encounter_id(self.facility_code, self.at)
+        return encounter_id(self.facility_code, self.at, self.empi_id)
 
     @property
     def inpatient(self) -> bool:
@@ -73,7 +74,7 @@ def visits(session: Session, access: Access, *, facility_code: str | None = None
         key = (d.facility_code, d.service_time)
         visit = grouped.get(key)
         if visit is None:
-            visit = grouped[key] = Visit(d.facility_code, None, d.service_time)
+            visit = grouped[key] = Visit(d.facility_code, None, d.service_time, access.empi_id)
         visit.documents.append(d)
         visit.items[d.id] = items_by_doc[d.id]
     shown: list[Visit] = []

@@ -149,6 +149,7 @@ def create_app(*, mllp_port: int | None = None) -> FastAPI:
         try:
             yield
         finally:
+            gc.unfreeze()
             if app.state.mllp is not None:
                 await app.state.mllp.close()
             await app.state.hub.close()

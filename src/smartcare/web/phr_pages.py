@@ -5,8 +5,8 @@ Who may read whose records is ``records.access`` and nothing here: every page th
 ``decide`` first (a refusal is audited there, in its own transaction, and shown on the page as a
 message), gathers the data, then writes the read to the audit chain with ``record_read`` just before
 the page is rendered, committed in a transaction of its own. An audited write of the same request (a
-break-glass, a request for access) is committed before ``decide`` runs (``COMMITTED``), so the audit
-entries apart never wait for this request's own hold on the audit log (``record_apart`` refuses to).
+break-glass) is committed before ``decide`` runs, so the audit entries apart never wait for this request's
+own hold on the audit log (``record_apart`` refuses to).
 
 Records are shown from the clinical items read at registration (``records.phr``), never from the XML.
 People appear by the masked name on their health card; the doctor's console shows a patient's name
@@ -49,7 +49,8 @@ router = APIRouter(include_in_schema=False)
 RESIDENT = require(Role.RESIDENT)
 DOCTOR = require(Role.DOCTOR)
 AUDITOR = require(Role.AUDITOR, Role.ADMIN)
-#: the audit entry of a read is committed before the page is sent (``db`` commits after)
+#: what a page changes (a consent, a request, a break-glass) is committed before the page is sent (``db``
+#: commits after), so what the page shows next is already so
 COMMITTED = Depends(db, scope="function")
 
 PHR_BASIS: Final = {"self": "本人", "guardian": "监护人", "consent": "患者授权", "break_glass": "紧急调阅"}
