@@ -577,7 +577,7 @@ def profile(token: str, empi_id: str, runs: int) -> dict:
                 links = {"self": f"http://x/fhir/Patient/$everything?_count={COUNT}"}
                 if len(entries) > COUNT:
                     links["next"] = "http://x/next"
-                body = fhir.bundle(chosen, access.empi_id, total=len(entries), links=links)
+                body = fhir.bundle(chosen, total=len(entries), links=links)
                 t, s_, c = mark("page + Bundle", t, s_, c)
                 locked = time.perf_counter()
                 consent.record_read(session, who, access, what="Patient/$everything")

@@ -24,12 +24,12 @@ def upgrade() -> None:
             mapping    smallint NOT NULL,              -- records.fhir.FHIR_MAPPING when encoded
             sensitive  varchar(16)[] NOT NULL,         -- the document's sensitive categories (of its items)
             types      text[] NOT NULL,                -- each entry's resource type, in order
-            -- the encoded Bundle entries (UTF-8 JSON), U+0002 between them, with the patient and encounter
-            -- stand-ins: bytes read as stored (no text decoding), one value per document (a text[] of JSON
-            -- costs three times as much to decode)
+            empi_id    varchar(20) NOT NULL,           -- the patient the entries name (a merge can change it)
+            -- the encoded Bundle entries (UTF-8 JSON), U+0002 between them: bytes read as stored (no text
+            -- decoding), one value per document (a text[] of JSON costs three times as much to decode)
             entries    bytea NOT NULL,
             -- the Encounter of the document's visit as this document alone would make it, encoded, with the
-            -- patient and the hospital's name as stand-ins
+            -- hospital's name as a stand-in (a name can change)
             encounter  bytea NOT NULL
         );
         -- lz4 decompresses several times faster than pglz; servers built without it keep pglz

@@ -166,3 +166,32 @@ def test_a_reads_encoding_never_puts_back_what_a_reindex_replaced(owner):
         fhir.refresh(s, [record], only_missing=True)  # of another mapping: encoded again, from its items
     assert sql("SELECT sensitive, mapping FROM records.document_fhir WHERE record_id = :r", r=record) \
         == [([], fhir.FHIR_MAPPING)]
+
+
+def test_after_a_merge_the_absorbed_persons_documents_name_the_survivor(client_module, owner, hospital):
+    """(Last in this module: it merges another person into the owner.) Documents encoded for the person merged
+    away are served as the survivor's: their Patient references and Encounter ids re-pointed."""
+    from datetime import date
+
+    from smartcare.empi import service as empi
+    from smartcare.platform.idcard import make
+    from smartcare.records import service as registry_service
+    from tests.records.records_support import document
+
+    _, _, empi_id = owner
+    twin = {"id_number": make("500103", date(1930, 1, 1), uuid.uuid4().int % 500, "2"), "name": "某某", "sex": "2",
+            "birth_date": date(1930, 1, 1)}
+    with session_scope() as s:
+        other = registry_service.register(s, raw=document(hospital[0], twin, outpatient_no=f"MZ{uuid.uuid4().hex[:8]}"),
+                                          sender="test", facility_code=hospital[0], actor="test").document
+        absorbed, absorbed_empi = other.person_id, other.empi_id
+        [(survivor,)] = s.execute(text("SELECT id FROM empi.person WHERE empi_id = :e"), {"e": empi_id}).all()
+    assert absorbed_empi != empi_id
+    assert sql("SELECT empi_id FROM records.document_fhir WHERE record_id = :r", r=other.id) == [(absorbed_empi,)]
+    with session_scope() as s:
+        empi.merge(s, survivor_id=survivor, merged_id=absorbed, actor="test")
+
+    bundle = _everything(client_module, owner)
+    by_type = _references_hold(bundle, empi_id)  # every subject the survivor, every Encounter id theirs
+    assert f"d{other.id}" in {r["id"] for r in by_type["DocumentReference"]}
+    assert absorbed_empi not in str(bundle)

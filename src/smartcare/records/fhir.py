@@ -16,11 +16,10 @@ A document's resources (its Conditions, Observations, MedicationRequest, Diagnos
 DocumentReference) depend only on the document and its items, which do not change once registered: they are
 encoded once (``refresh``: at registration and ``reindex``, or on the first read of a document without them)
 into ``records.document_fhir`` as finished Bundle entries, and a request joins their bytes — ``$everything``
-of a long history would otherwise build and encode a thousand dicts. Their Encounter is named by its hospital
-and service time and the patient, so no replacement of another document of the visit changes it. The patient
-is not the document's own (after a merge the person has another EMPI id): it is written as a stand-in
-(U+0001 and a word: XML 1.0 cannot carry U+0001) and replaced in the joined bytes only where the encoding's
-own quotes and punctuation frame it, which no value can imitate (a value's quotes are escaped).
+of a long history would otherwise build and encode a thousand dicts. They name the patient by the EMPI id the
+document had when encoded, and their Encounter by the hospital, the service time and that id (so replacing
+another document of the visit never renames it); a read for a person merged since re-points them
+(``_repoint``). Each document keeps its visit's Encounter too, as the document alone would make it.
 
 Each resource is checked against the ``fhir.resources`` R4B models in the tests (and by ``validate``).
 """
@@ -28,6 +27,7 @@ Each resource is checked against the ``fhir.resources`` R4B models in the tests 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
@@ -67,10 +67,6 @@ _PRESCRIPTION: Final = {"DE08.50.022.00": "drug", "DE08.50.044.00": "dose", "DE0
 
 #: bump when the per-document resources change: rows of another version are encoded again on their next read
 FHIR_MAPPING: Final = 1
-_SUBJECT: Final = "\x01subject"
-_SUBJECT_JSON: Final = orjson.dumps(_SUBJECT)[1:-1]  # how the stand-in reads once encoded
-#: where the stand-in stands, framed: a reference to the Patient, the end of an Encounter id
-_SUBJECT_PLACES: Final = ((b'"Patient/' + _SUBJECT_JSON + b'"', b'"Patient/%s"'), (b"-" + _SUBJECT_JSON + b'"', b'-%s"'))
 _NAME: Final = "\x01name"
 _NAME_FIELD: Final = b',"display":' + orjson.dumps(_NAME)  # an Encounter's hospital name, as encoded
 _SEARCH_MATCH: Final = b',"search":{"mode":"match"}}'  # how an encoded entry ends
@@ -82,7 +78,6 @@ def _ref(kind: str, id: str) -> dict:
     return {"reference": f"{kind}/{id}"}
 
 
-_PATIENT_REF: Final = _ref("Patient", _SUBJECT)
 
 
 def encounter_id(facility_code: str, service_time: datetime, empi_id: str) -> str:
@@ -115,24 +110,24 @@ def patient(access: Access) -> dict:
     return out
 
 
-def _encounter(d) -> dict:
+def _encounter(d, empi_id: str) -> dict:
     """The Encounter of a document's visit as this document alone would make it: an inpatient document's visit
     is an inpatient encounter (``entries`` takes such a one's when the visit has one); the hospital's name is
     a stand-in, filled in when it is served (a name can change)."""
     cls = ("IMP", "inpatient encounter") if d.type_code in INPATIENT_TYPES else ("AMB", "ambulatory")
-    return {"resourceType": "Encounter", "id": encounter_id(d.facility_code, d.service_time, _SUBJECT),
+    return {"resourceType": "Encounter", "id": encounter_id(d.facility_code, d.service_time, empi_id),
             "status": "finished",
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": cls[0], "display": cls[1]},
-            "subject": _PATIENT_REF, "period": {"start": _instant(d.service_time)},
+            "subject": _ref("Patient", empi_id), "period": {"start": _instant(d.service_time)},
             "serviceProvider": {"identifier": {"system": "urn:smartcare:facility", "value": d.facility_code},
                                 "display": _NAME}}
 
 
-def _condition(i, when: str, encounter: dict) -> dict:
+def _condition(i, when: str, subject: dict, encounter: dict) -> dict:
     coding = {"system": ICD10, "code": i.value_code or "unknown"}
     if i.value_display:
         coding["display"] = i.value_display
-    return {"resourceType": "Condition", "id": f"c{i.id}", "subject": _PATIENT_REF, "encounter": encounter,
+    return {"resourceType": "Condition", "id": f"c{i.id}", "subject": subject, "encounter": encounter,
             "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
                                            "code": "active"}]},
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
@@ -140,7 +135,7 @@ def _condition(i, when: str, encounter: dict) -> dict:
             "code": {"coding": [coding], "text": i.value_display or i.value_code}, "recordedDate": when}
 
 
-def _observation(i, when: str, encounter: dict) -> dict:
+def _observation(i, when: str, subject: dict, encounter: dict) -> dict:
     if i.kind == "vital":
         loinc = VITAL_LOINC.get(i.code)
         codings = [{"system": DE_SYSTEM, "code": i.code, **({"display": i.name} if i.name else {})}]
@@ -153,7 +148,7 @@ def _observation(i, when: str, encounter: dict) -> dict:
     out = {"resourceType": "Observation", "id": f"o{i.id}", "status": "final",
            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                                      "code": category}]}],
-           "code": {"coding": codings, "text": i.name or i.code}, "subject": _PATIENT_REF,
+           "code": {"coding": codings, "text": i.name or i.code}, "subject": subject,
            "encounter": encounter, "effectiveDateTime": when}
     if i.value_number is not None:
         out["valueQuantity"] = {"value": float(i.value_number), **({"unit": i.unit} if i.unit else {})}
@@ -162,7 +157,7 @@ def _observation(i, when: str, encounter: dict) -> dict:
     return out
 
 
-def _medication(d, items: list, when: str, encounter: dict) -> dict | None:
+def _medication(d, items: list, when: str, subject: dict, encounter: dict) -> dict | None:
     parts: dict[str, Any] = {}
     for i in items:
         if i.code in _PRESCRIPTION:
@@ -178,11 +173,11 @@ def _medication(d, items: list, when: str, encounter: dict) -> dict | None:
         dosage["doseAndRate"] = [{"doseQuantity": {"value": float(parts["dose"].value_number),
                                                    **({"unit": parts["dose"].unit} if parts["dose"].unit else {})}}]
     return {"resourceType": "MedicationRequest", "id": f"m{d.id}", "status": "completed", "intent": "order",
-            "medicationCodeableConcept": {"text": parts["drug"].value_text or "未知药物"}, "subject": _PATIENT_REF,
+            "medicationCodeableConcept": {"text": parts["drug"].value_text or "未知药物"}, "subject": subject,
             "encounter": encounter, "authoredOn": when, "dosageInstruction": [dosage]}
 
 
-def _report(d, items: list, when: str, encounter: dict) -> dict:
+def _report(d, items: list, when: str, subject: dict, encounter: dict) -> dict:
     lab = d.type_code == "C0007"
     conclusion = next((i.value_text for i in items if i.code == "DE04.50.132.00" and i.value_text), None)
     out = {"resourceType": "DiagnosticReport", "id": f"r{d.id}", "status": "final",
@@ -190,7 +185,7 @@ def _report(d, items: list, when: str, encounter: dict) -> dict:
                                      "code": "LAB" if lab else "RAD"}]}],
            "code": {"coding": [{"system": DOC_TYPE_SYSTEM, "code": d.type_code, "display": TITLES.get(d.type_code, "")}],
                     "text": TITLES.get(d.type_code, d.type_code)},
-           "subject": _PATIENT_REF, "encounter": encounter, "effectiveDateTime": when,
+           "subject": subject, "encounter": encounter, "effectiveDateTime": when,
            "result": [_ref("Observation", f"o{i.id}") for i in items if i.kind == "lab"]}
     if not out["result"]:
         del out["result"]
@@ -199,30 +194,39 @@ def _report(d, items: list, when: str, encounter: dict) -> dict:
     return out
 
 
-def _document_reference(d, encounter: dict) -> dict:
+def _document_reference(d, subject: dict, encounter: dict) -> dict:
     return {"resourceType": "DocumentReference", "id": f"d{d.id}", "status": "current",
             "type": {"coding": [{"system": DOC_TYPE_SYSTEM, "code": d.type_code,
                                  **({"display": TITLES[d.type_code]} if d.type_code in TITLES else {})}]},
-            "subject": _PATIENT_REF, "date": _instant(d.registered_at),
+            "subject": subject, "date": _instant(d.registered_at),
             "custodian": {"identifier": {"system": "urn:smartcare:facility", "value": d.facility_code}},
             "content": [{"attachment": {"contentType": "application/xml", "url": f"/api/v1/phr/documents/{d.id}"}}],
             "context": {"encounter": [encounter]}}
 
 
-def document_resources(d, items: list) -> list[dict]:
-    """One document's resources in timeline order, with the Patient's stand-in."""
+def document_resources(d, items: list, empi_id: str) -> list[dict]:
+    """One document's resources in timeline order, for the patient of ``empi_id``."""
     when = _instant(d.service_time)
-    encounter = _ref("Encounter", encounter_id(d.facility_code, d.service_time, _SUBJECT))
-    out = [_condition(i, when, encounter) for i in items if i.kind == "condition" and i.code == DIAGNOSIS]
-    out += [_observation(i, when, encounter) for i in items if i.kind in ("vital", "lab")]
+    subject = _ref("Patient", empi_id)
+    encounter = _ref("Encounter", encounter_id(d.facility_code, d.service_time, empi_id))
+    out = [_condition(i, when, subject, encounter) for i in items if i.kind == "condition" and i.code == DIAGNOSIS]
+    out += [_observation(i, when, subject, encounter) for i in items if i.kind in ("vital", "lab")]
     if d.type_code == "C0004":
-        med = _medication(d, items, when, encounter)
+        med = _medication(d, items, when, subject, encounter)
         if med:
             out.append(med)
     if d.type_code in ("C0006", "C0007"):
-        out.append(_report(d, items, when, encounter))
-    out.append(_document_reference(d, encounter))
+        out.append(_report(d, items, when, subject, encounter))
+    out.append(_document_reference(d, subject, encounter))
     return out
+
+
+def _repoint(encoded: bytes, old: str, new: str) -> bytes:
+    """Entries encoded for ``old`` made ``new``'s (the person was merged): the Patient references and the
+    Encounter ids, matched whole between the encoding's quotes (a value that matched would be such a
+    reference itself)."""
+    encoded = encoded.replace(b'"Patient/%s"' % old.encode(), b'"Patient/%s"' % new.encode())
+    return re.sub(rb'(e[0-9a-f]{16})-' + re.escape(old.encode()) + rb'"', rb"\1-" + new.encode() + rb'"', encoded)
 
 
 def encode(resource: dict) -> bytes:
@@ -239,28 +243,30 @@ def refresh(session: Session, record_ids: Iterable[int], *, only_missing: bool =
     if not ids:
         return
     doc = Document.__table__.c
-    docs = session.execute(select(doc.id, doc.facility_code, doc.type_code, doc.service_time, doc.registered_at)
+    docs = session.execute(select(doc.id, doc.facility_code, doc.type_code, doc.service_time, doc.registered_at,
+                                  doc.empi_id)
                            .where(doc.id.in_(ids)).order_by(doc.id)).all()  # one order: concurrent refreshes never deadlock
     items: dict[int, list] = defaultdict(list)
     for i in session.execute(select(Item.__table__).where(Item.record_id.in_(ids)).order_by(Item.record_id, Item.position)):
         items[i.record_id].append(i)
     rows = []
     for d in docs:
-        resources = document_resources(d, items[d.id])
-        rows.append((d.id, FHIR_MAPPING, sorted({c for i in items[d.id] for c in (i.sensitive or ())}),
+        empi_id = d.empi_id or ""  # a document of no known person is read by nobody's record
+        resources = document_resources(d, items[d.id], empi_id)
+        rows.append((d.id, FHIR_MAPPING, empi_id, sorted({c for i in items[d.id] for c in (i.sensitive or ())}),
                      [r["resourceType"] for r in resources], _SEPARATOR.join(encode(r) for r in resources),
-                     encode(_encounter(d))))
+                     encode(_encounter(d, empi_id))))
     driver(session).cursor().executemany(
-        "INSERT INTO records.document_fhir (record_id, mapping, sensitive, types, entries, encounter) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (record_id) DO UPDATE SET mapping = excluded.mapping, "
-        "sensitive = excluded.sensitive, types = excluded.types, entries = excluded.entries, "
-        "encounter = excluded.encounter"
+        "INSERT INTO records.document_fhir (record_id, mapping, empi_id, sensitive, types, entries, encounter) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (record_id) DO UPDATE SET mapping = excluded.mapping, "
+        "empi_id = excluded.empi_id, sensitive = excluded.sensitive, types = excluded.types, "
+        "entries = excluded.entries, encounter = excluded.encounter"
         + (" WHERE records.document_fhir.mapping <> excluded.mapping" if only_missing else ""), rows)
 
 
 _ENCODED = """
     SELECT d.id, d.facility_code, d.type_code, d.service_time, d.registered_at, f.sensitive, f.types, f.entries,
-           f.encounter, r.name
+           f.encounter, r.name, f.empi_id
     FROM records.document d LEFT JOIN records.document_fhir f ON f.record_id = d.id AND f.mapping = %s
     LEFT JOIN registry.facility r ON r.code = d.facility_code
     WHERE d.person_id = ANY(%s) AND d.status = 'current'
@@ -280,6 +286,9 @@ def entries(session: Session, access: Access, person_ids: list[int], types: set[
         refresh(session, stale, only_missing=True)
         # a document filed meanwhile by a writer that does not encode waits for the next read
         rows = [r for r in conn.execute(_ENCODED, args, binary=True).fetchall() if r[6] is not None]
+    # documents filed under a person merged since are re-pointed to the person they are now (rare)
+    rows = [r if r[10] == access.empi_id else (*r[:7], _repoint(r[7], r[10], access.empi_id),
+                                               _repoint(r[8], r[10], access.empi_id), *r[9:]) for r in rows]
     every = types is None or types >= ENCODED_TYPES
     visits: dict[tuple[str, datetime], list] = {}
     for r in rows:  # a visit: a hospital's documents with the same service time, as the timeline groups them
@@ -307,7 +316,7 @@ def entries(session: Session, access: Access, person_ids: list[int], types: set[
     return out
 
 
-def bundle(entries: list[bytes], empi_id: str, *, kind: str = "searchset", total: int | None = None,
+def bundle(entries: list[bytes], *, kind: str = "searchset", total: int | None = None,
            links: dict[str, str] | None = None, timestamp: str | None = None) -> bytes:
     """A Bundle's JSON joined from encoded entries of one patient: a ``searchset`` (with its total and paging
     links) or a ``collection`` (a download, with its timestamp; entries without a search mode)."""
@@ -319,8 +328,6 @@ def bundle(entries: list[bytes], empi_id: str, *, kind: str = "searchset", total
     if timestamp:
         head["timestamp"] = timestamp
     body = b",".join(entries)
-    for place, filled in _SUBJECT_PLACES:
-        body = body.replace(place, filled % empi_id.encode())
     if kind != "searchset":  # the sequence is structure: inside a JSON string its quotes would be escaped
         body = body.replace(_SEARCH_MATCH, b"}")
     return orjson.dumps(head)[:-1] + b',"entry":[' + body + b"]}"

@@ -70,14 +70,14 @@ def _types(who: Principal, asked: str | None) -> set[str]:
     return allowed
 
 
-def _page(entries: list[bytes], empi_id: str, request: Request, count: int, page: int) -> bytes:
+def _page(entries: list[bytes], request: Request, count: int, page: int) -> bytes:
     """One page of a searchset Bundle of encoded entries, with its links."""
     start = (page - 1) * count
     links = {"self": str(request.url)}
     if start + count < len(entries):
         params = dict(request.query_params) | {"_page": str(page + 1), "_count": str(count)}
         links["next"] = str(request.url.include_query_params(**params))
-    return resources.bundle(entries[start:start + count], empi_id, total=len(entries), links=links)
+    return resources.bundle(entries[start:start + count], total=len(entries), links=links)
 
 
 def _entries(session: Session, access: consent.Access, types: set[str] | None, **bounds) -> list[bytes]:
@@ -119,8 +119,7 @@ async def everything(request: Request, empi_id: str = _empi(), start: date | Non
 
     def read(session: Session) -> bytes:
         access = consent.decide(session, who, empi_id, what="Patient/$everything")
-        body = _page(_entries(session, access, types, start=start, end=end, since=since), access.empi_id, request,
-                     count, page)
+        body = _page(_entries(session, access, types, start=start, end=end, since=since), request, count, page)
         consent.record_read(session, who, access, what="Patient/$everything")
         return body
 
@@ -141,8 +140,7 @@ async def search(request: Request, resource_type: str = Path(pattern=r"^[A-Z][A-
 
     def read(session: Session) -> bytes:
         access = consent.decide(session, who, empi_id, what=resource_type)
-        body = _page(_entries(session, access, {resource_type}, start=start, end=end), access.empi_id, request,
-                     count, page)
+        body = _page(_entries(session, access, {resource_type}, start=start, end=end), request, count, page)
         consent.record_read(session, who, access, what=resource_type)
         return body
 
@@ -203,7 +201,7 @@ def document_content(record_id: int = Path(ge=1, le=2**63 - 1), who: Principal =
 def export(empi_id: str = _empi(), who: Principal = Depends(require(Role.RESIDENT)), session: Session = Depends(db)):
     """Blue Button: everything of a person the account holds a card of, as one FHIR Bundle (collection)."""
     access = consent.decide(session, who, empi_id, what="export")
-    body = resources.bundle(_entries(session, access, None), access.empi_id, kind="collection",
+    body = resources.bundle(_entries(session, access, None), kind="collection",
                             timestamp=datetime.now(UTC).isoformat())
     response = _fhir(body, {"Content-Disposition": f'attachment; filename="health-record-{access.empi_id}.json"'})
     consent.record_read(session, who, access, what="export")
