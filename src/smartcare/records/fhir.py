@@ -67,8 +67,10 @@ _PRESCRIPTION: Final = {"DE08.50.022.00": "drug", "DE08.50.044.00": "dose", "DE0
 
 #: bump when the per-document resources change: rows of another version are encoded again on their next read
 FHIR_MAPPING: Final = 1
+#: a stand-in for an Encounter's hospital name (U+0001: XML 1.0 cannot carry it, and encoding escapes it; the
+#: field's own quotes frame it, which no value can imitate)
 _NAME: Final = "\x01name"
-_NAME_FIELD: Final = b',"display":' + orjson.dumps(_NAME)  # an Encounter's hospital name, as encoded
+_NAME_FIELD: Final = b',"display":' + orjson.dumps(_NAME)  # as encoded
 _SEARCH_MATCH: Final = b',"search":{"mode":"match"}}'  # how an encoded entry ends
 #: between a document's encoded entries: a control character, which encoded JSON always escapes
 _SEPARATOR: Final = b"\x02"
@@ -76,8 +78,6 @@ _SEPARATOR: Final = b"\x02"
 
 def _ref(kind: str, id: str) -> dict:
     return {"reference": f"{kind}/{id}"}
-
-
 
 
 def encounter_id(facility_code: str, service_time: datetime, empi_id: str) -> str:
