@@ -6,10 +6,11 @@ UPDATE/DELETE/TRUNCATE (triggers in the migration); ``verify`` catches what a su
 
 Appends are serialised with a transaction-scoped advisory lock so the chain never forks. What needs the
 previous entry (the id, the time, the previous hash, the hash) is filled in by the database in the same
-statement, from a body this process encodes before it asks for the lock: the lock is then held for one
-statement and the commit, never while Python waits for its turn (the GIL) in the middle. ``record``
-appends in the caller's transaction (call it late: the lock is held to the caller's commit);
-``record_apart`` in a transaction of its own, committed in the same round trip (reads of personal data).
+statement, from a body this process encodes before it asks for the lock: no Python of the append runs
+under it. ``record`` appends in the caller's transaction (call it late: the lock is held to the caller's
+commit); ``record_apart`` in a transaction of its own, lock, append and commit in one round trip, so its
+lock lasts one statement and the commit, never while Python waits for its turn (the GIL) in the middle
+(reads of personal data).
 """
 
 from __future__ import annotations
