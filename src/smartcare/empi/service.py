@@ -191,13 +191,9 @@ def absorbed_ids(session: Session, person_id: int) -> list[int]:
     or through another merge), that one first: ids other capabilities may still hold for the same human being.
     One statement (every read of a person's records asks it)."""
     rows = driver(session).execute(
-        """WITH RECURSIVE up (id, merged_into, depth) AS (
-               SELECT id, merged_into, 0 FROM empi.person WHERE id = %(p)s
-               UNION ALL
-               SELECT p.id, p.merged_into, up.depth + 1 FROM empi.person p JOIN up ON p.id = up.merged_into
-               WHERE up.depth < 32),
+        f"""WITH RECURSIVE now_is AS ({_RESOLVE}),
            down (id, depth) AS (
-               (SELECT id, 0 FROM up ORDER BY depth DESC LIMIT 1)
+               SELECT id, 0 FROM now_is
                UNION ALL
                SELECT p.id, down.depth + 1 FROM empi.person p JOIN down ON p.merged_into = down.id WHERE down.depth < 32)
            SELECT id FROM down ORDER BY depth""", {"p": person_id}).fetchall()
