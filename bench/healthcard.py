@@ -6,7 +6,7 @@ Prints, measured in the same run:
    an Ed25519 and an SM2 issuer key; verification with a TrustList, offline as a terminal does it), beside
    the raw signature sign/verify rates of the same algorithms on a message of the same length (baseline:
    `cryptography`'s Ed25519; tongsuopy's SM2); the QR text length and QR version at level Q.
-2. The terminal verify endpoint: the real app (``smartcare serve``: create_app under uvicorn, one process)
+2. The terminal verify endpoint: the real app (``create_app`` under uvicorn, ``--workers`` processes as deployed)
    on a free port, N client processes (default 8, like a hospital's terminals) each sending HMAC-signed
    POST /api/v1/healthcard/verify over a keep-alive httpx.Client, one fresh dynamic code per request
    (codes are single use): as fast as they can, then paced at --rate in total (the issue's goal: p99 ≤ 20 ms
@@ -26,7 +26,6 @@ import json
 import os
 import queue
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 import segno  # noqa: E402
-from _common import free_port, pct, peak_rss_mib, process_peak_rss_mib, scratch_database  # noqa: E402
+from _common import (  # noqa: E402
+    CpuMeter,
+    Server,
+    pct,
+    peak_rss_mib,
+    postgres_processes,
+    scratch_database,
+)
 
 from smartcare.healthcard import code as qr  # noqa: E402
 from smartcare.platform.crypto import ED25519, SM2, SigningKey  # noqa: E402
@@ -228,14 +234,15 @@ class Terminals:
             p.start()
 
     def run(self, name: str, kind: str, *, per_client: int = 0, codes: list[str] | None = None,
-            total_rate: float = 0.0, seconds: float = 0.0, server: psutil.Process | None = None) -> dict:
-        """One mode on every client; its figures, with the server's CPU while it ran."""
+            total_rate: float = 0.0, seconds: float = 0.0, meter: CpuMeter | None = None) -> dict:
+        """One mode on every client; its figures, with the server's and PostgreSQL's CPU while it ran."""
         for k, q in enumerate(self.jobs):
             mine = codes[k::self.n] if codes else None
             # paced: each client sends at its share of the rate, the clients staggered evenly
             q.put((kind, mine, per_client, total_rate / self.n, k / total_rate if total_rate else 0.0, seconds))
         self.barrier.wait()
-        server_cpu = sum(server.cpu_times()[:2]) if server else 0.0
+        if meter:
+            meter.start()
         spans, errors, client_cpu, scheduled = [], {}, 0.0, 0
         for _ in range(self.n):
             _, mine, errs, cpu, planned = self.results.get(timeout=900)  # a client that died: fail, not hang
@@ -244,14 +251,16 @@ class Terminals:
             scheduled += planned
             for why, count in errs.items():
                 errors[why] = errors.get(why, 0) + count
-        server_cpu = sum(server.cpu_times()[:2]) - server_cpu if server else 0.0
+        used = meter.stop() if meter else {}
         latencies = sorted(end - sent for sent, end, _ in spans)
         from_due = sorted(end - due for _, end, due in spans)
         wall = max(end for _, end, _ in spans) - min(min(sent, due) for sent, _, due in spans)
         return {"name": name, "n": len(spans), "scheduled": scheduled, "errors": errors, "rate": len(spans) / wall,
                 "target": total_rate, "p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99),
                 "max": latencies[-1] * 1000, "due_p50": pct(from_due, 0.5), "due_p99": pct(from_due, 0.99),
-                "server_cpu": server_cpu / len(spans) * 1000, "client_cpu": client_cpu / len(spans) * 1000}
+                "server_cpu": used.get("server", 0.0) / len(spans) * 1000,
+                "pg_cpu": used.get("PostgreSQL", 0.0) / len(spans) * 1000, "busy": used.get("busy %", 0.0),
+                "others": used.get("others %", 0.0), "client_cpu": client_cpu / len(spans) * 1000}
 
     def close(self) -> float:
         """Stop the clients; their largest peak RSS (MiB)."""
@@ -268,27 +277,6 @@ class Terminals:
         return max(peaks)
 
 
-def start_server(url: str, port: int, log) -> subprocess.Popen:
-    """``smartcare serve`` (the app under uvicorn, as in production) without MLLP; its log goes to a file so a
-    chatty server cannot block on a full pipe."""
-    env = {**os.environ, "DATABASE_URL": url.replace("postgresql+psycopg://", "postgresql://", 1),
-           "SMARTCARE_PORT": str(port), "SMARTCARE_MLLP_PORT": "0", "SMARTCARE_LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen([sys.executable, "-m", "smartcare.cli", "serve"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            log.seek(0)
-            raise SystemExit(f"server did not start: {log.read().decode(errors='replace')[-2000:]}")
-        time.sleep(0.2)
-
-
 def endpoint(args, per_client: int, paced_per_client: int) -> dict:
     """Cards, clients, codes, the server; then the four modes (health and verify, saturated and paced)."""
     from sqlalchemy import text
@@ -297,7 +285,7 @@ def endpoint(args, per_client: int, paced_per_client: int) -> dict:
     from smartcare.platform.db import session_scope
 
     out = {}
-    with scratch_database() as url, tempfile.TemporaryFile() as log:
+    with scratch_database() as url, tempfile.NamedTemporaryFile(suffix=".log") as log:
         t = time.perf_counter()
         cards = issue_cards(args.cards)
         out["issue_s"] = time.perf_counter() - t
@@ -312,32 +300,32 @@ def endpoint(args, per_client: int, paced_per_client: int) -> dict:
         print(f"  {len(cards):,} cards issued in {out['issue_s']:.1f} s (4 payment channels each); "
               f"{len(codes):,} dynamic codes made by the service in {out['codes_s']:.1f} s "
               f"({len(codes) / out['codes_s']:,.0f}/s, payment tokens stored)", flush=True)
-        port = free_port()
-        server = start_server(url, port, log)
+        server = Server(url, args.workers, Path(log.name))
         terminals = None
         try:
-            proc = psutil.Process(server.pid)
-            terminals = Terminals(port, clients)
+            terminals = Terminals(server.port, clients)
+            meter = CpuMeter({"server": server.processes,
+                              "PostgreSQL": postgres_processes(url.rsplit("/", 1)[-1].split("?")[0]),
+                              "clients": lambda: [psutil.Process(p.pid) for p in terminals.procs]})
             # warm-up: connections, the server's thread pool, its database pool, the key ring, the clients' imports
             terminals.run("warm-up", "health", per_client=50)
             warmed = terminals.run("warm-up", "verify", codes=codes[:warm])
             codes = codes[warm:]
             saturated, paced = codes[:args.clients * per_client], codes[args.clients * per_client:]
             out["modes"] = [
-                terminals.run("GET /health, as fast as they can", "health", per_client=per_client, server=proc),
-                terminals.run("POST verify, as fast as they can", "verify", codes=saturated, server=proc),
+                terminals.run("GET /health, as fast as they can", "health", per_client=per_client, meter=meter),
+                terminals.run("POST verify, as fast as they can", "verify", codes=saturated, meter=meter),
                 terminals.run(f"GET /health, paced at {args.rate:,.0f}/s", "health", per_client=paced_per_client,
-                              total_rate=args.rate, seconds=args.seconds, server=proc),
+                              total_rate=args.rate, seconds=args.seconds, meter=meter),
                 terminals.run(f"POST verify, paced at {args.rate:,.0f}/s", "verify", codes=paced,
-                              total_rate=args.rate, seconds=args.seconds, server=proc),
+                              total_rate=args.rate, seconds=args.seconds, meter=meter),
             ]
             out["warm_errors"] = warmed["errors"]
-            out["server_rss"] = process_peak_rss_mib(server.pid)
+            out["server_rss"] = server.peak_rss()
         finally:
             if terminals is not None:
                 out["client_rss"] = terminals.close()
-            server.terminate()
-            server.wait(timeout=20)
+            server.stop()
         # every accepted code spent its nonce and recorded one use, once
         with session_scope() as s:
             out["nonces"] = s.execute(text("SELECT count(*) FROM healthcard.used_nonce")).scalar()
@@ -356,6 +344,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small numbers, under a minute")
     parser.add_argument("--clients", type=int, default=8, help="client processes (terminals)")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (one per core, as deployed)")
     parser.add_argument("--rate", type=float, default=1000.0, help="paced run: verifications per second, all clients")
     parser.add_argument("--requests", type=int, help="requests per saturated mode (default 6,000; quick 800)")
     parser.add_argument("--seconds", type=float, help="length of each paced mode at --rate (default 10; quick 2)")
@@ -394,10 +383,10 @@ def main() -> None:
               f"(goal ≤ 11)")
 
     modes = served["modes"]
-    print(f"\n2. Terminal verify endpoint: one `smartcare serve` process (uvicorn), {args.clients} client processes "
+    print(f"\n2. Terminal verify endpoint: the app under uvicorn with {args.workers} worker processes, {args.clients} client processes "
           f"on keep-alive httpx.Client connections, HMAC-signed, one fresh code per request; {args.cards:,} cards")
     print(f"  {'mode':<36}{'requests':>9}{'errors':>7}{'per s':>8}{'÷ health':>9}{'p50 ms':>8}{'p99 ms':>8}"
-          f"{'max ms':>8}{'srv CPU':>9}{'cli CPU':>9}")
+          f"{'max ms':>8}{'srv CPU':>9}{'PG CPU':>8}{'cli CPU':>9}{'busy %':>8}")
     for m in modes:
         if m["name"].startswith("GET"):
             health, ratio = m["rate"], ""
@@ -405,9 +394,12 @@ def main() -> None:
             ratio = f"{m['rate'] / health:.2f}"
         errors = sum(m["errors"].values())
         print(f"  {m['name']:<36}{m['n']:>9,}{errors:>7,}{m['rate']:>8,.0f}{ratio:>9}{m['p50']:>8.1f}{m['p99']:>8.1f}"
-              f"{m['max']:>8.1f}{m['server_cpu']:>9.2f}{m['client_cpu']:>9.2f}")
+              f"{m['max']:>8.1f}{m['server_cpu']:>9.2f}{m['pg_cpu']:>8.2f}{m['client_cpu']:>9.2f}{m['busy']:>8.0f}")
     print("  (health rows are the baseline: the same app and clients, no signature, no database; "
-          "CPU columns: ms per request)")
+          "CPU columns: ms per request; busy: the machine's two cores, others' share printed below when above 5 %)")
+    for m in modes:
+        if m["others"] > 5:
+            print(f"  {m['name']}: {m['others']:.0f} % of the machine was busy with other processes")
     for m in modes:
         if m["target"]:
             print(f"  {m['name']}: achieved {m['rate']:,.0f}/s, {m['n']:,} of {m['scheduled']:,} scheduled requests "

@@ -8,7 +8,7 @@ import asyncio
 import weakref
 from datetime import UTC, date, datetime
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import Depends, Path, Query
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -22,8 +22,9 @@ from smartcare.platform.auth import Principal, Role
 from smartcare.platform.db import POOL_SIZE, session_scope
 from smartcare.registry import service as registry
 from smartcare.web.deps import db, require, signed_client
+from smartcare.web.routing import Router
 
-router = APIRouter(prefix="/api/v1/booking", tags=["booking"])
+router = Router(prefix="/api/v1/booking", tags=["booking"])
 RESIDENT = require(Role.RESIDENT, Role.ADMIN)
 ADMIN = require(Role.ADMIN)
 

@@ -3,7 +3,7 @@ cross-reference a person's cards, look a patient up by a hospital's old card num
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import Body, Depends, Query
 from sqlalchemy.orm import Session
 
 from smartcare.empi import matching, service
@@ -12,8 +12,9 @@ from smartcare.empi.schemas import CandidateOut, CardOut, PersonOut, QueryIn, Re
 from smartcare.platform import audit
 from smartcare.platform.auth import Principal, Role
 from smartcare.web.deps import db, require, signed_client
+from smartcare.web.routing import Router
 
-router = APIRouter(prefix="/api/v1/empi", tags=["empi"])
+router = Router(prefix="/api/v1/empi", tags=["empi"])
 READERS = (Role.ADMIN, Role.AUDITOR, Role.DOCTOR, Role.HOSPITAL_STAFF)
 
 

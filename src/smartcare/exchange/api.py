@@ -14,7 +14,7 @@ import asyncio
 import time
 from datetime import datetime
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import Body, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -28,8 +28,9 @@ from smartcare.platform.errors import PayloadTooLarge, RateLimited, SmartCareErr
 from smartcare.platform.settings import get_settings
 from smartcare.standards import hl7v2
 from smartcare.web.deps import db, require, verify_signature
+from smartcare.web.routing import Router
 
-router = APIRouter(prefix="/api/v1/exchange", tags=["exchange"])
+router = Router(prefix="/api/v1/exchange", tags=["exchange"])
 
 OPERATORS = (Role.ADMIN, Role.AUDITOR)
 RAW_VIEWERS = (Role.ADMIN, Role.AUDITOR)

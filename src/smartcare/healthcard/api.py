@@ -22,8 +22,9 @@ from smartcare.platform.db import session_scope
 from smartcare.platform.errors import Forbidden, SmartCareError
 from smartcare.platform.settings import get_settings
 from smartcare.web.deps import checked_signature, db, require, signed_client
+from smartcare.web.routing import Router
 
-router = APIRouter(prefix="/api/v1/healthcard", tags=["healthcard"])
+router = Router(prefix="/api/v1/healthcard", tags=["healthcard"])
 public = APIRouter(tags=["healthcard"])
 RESIDENT = require(Role.RESIDENT, Role.ADMIN)
 ADMIN = require(Role.ADMIN)

@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import asdict
 from datetime import date
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Depends, Request, Response
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -23,8 +23,9 @@ from smartcare.platform.clock import china_now
 from smartcare.platform.db import session_scope
 from smartcare.platform.errors import NotFound
 from smartcare.web.deps import db, require, signed_client
+from smartcare.web.routing import Router
 
-router = APIRouter(prefix="/api/v1/payment", tags=["payment"])
+router = Router(prefix="/api/v1/payment", tags=["payment"])
 RESIDENT = require(Role.RESIDENT, Role.ADMIN)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import Depends, Path, Query
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
@@ -18,8 +18,9 @@ from smartcare.platform.errors import NotFound
 from smartcare.quality import service
 from smartcare.records import service as records
 from smartcare.web.deps import db, hospital_reader, require
+from smartcare.web.routing import Router
 
-router = APIRouter(prefix="/api/v1/quality", tags=["quality"])
+router = Router(prefix="/api/v1/quality", tags=["quality"])
 ADMIN = require(Role.ADMIN)
 _MEDIA = {"json": "application/json", "csv": "text/csv; charset=utf-8", "html": "text/html; charset=utf-8"}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
@@ -22,8 +22,9 @@ from smartcare.records import service
 from smartcare.records.models import Document
 from smartcare.records.schemas import DocumentOut, RegistrationOut
 from smartcare.web.deps import db, hospital_reader, signed_client
+from smartcare.web.routing import Router
 
-router = APIRouter(prefix="/api/v1/records", tags=["records"])
+router = Router(prefix="/api/v1/records", tags=["records"])
 
 _XML_BODY = {"requestBody": {"required": True, "content": {"application/xml": {"schema": {"type": "string"}}}}}
 

@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
@@ -28,9 +28,10 @@ from smartcare.platform.errors import Forbidden, InvalidInput, NotFound
 from smartcare.records import access as consent, deid, fhir as resources, phr, service
 from smartcare.records.clinical import SENSITIVE
 from smartcare.web.deps import db, principal, require
+from smartcare.web.routing import Router
 
-fhir = APIRouter(prefix="/fhir", tags=["fhir"])
-router = APIRouter(prefix="/api/v1/phr", tags=["phr"])
+fhir = Router(prefix="/fhir", tags=["fhir"])
+router = Router(prefix="/api/v1/phr", tags=["phr"])
 FHIR_JSON = "application/fhir+json"
 #: an EMPI id and nothing else: a typed ID number must never reach a query, an error or the audit log
 EMPI_ID = r"^E[0-9]{11}$"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import Depends, Query
 from sqlalchemy.orm import Session
 
 from smartcare.platform.auth import Principal, Role
@@ -22,8 +22,9 @@ from smartcare.registry.schemas import (
     ValueSetOut,
 )
 from smartcare.web.deps import db, require, signed_client
+from smartcare.web.routing import Router
 
-router = APIRouter(prefix="/api/v1/registry", tags=["registry"])
+router = Router(prefix="/api/v1/registry", tags=["registry"])
 
 
 def _facility_out(f, district_name: str | None) -> FacilityOut:

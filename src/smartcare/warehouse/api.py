@@ -8,7 +8,7 @@ from datetime import date
 from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import Depends, Query
 from fastapi.responses import FileResponse, Response
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
@@ -17,8 +17,9 @@ from smartcare.platform import audit
 from smartcare.platform.auth import Principal, Role
 from smartcare.warehouse import indicators, monitor, service
 from smartcare.web.deps import db, require
+from smartcare.web.routing import Router
 
-router = APIRouter(prefix="/api/v1/warehouse", tags=["warehouse"])
+router = Router(prefix="/api/v1/warehouse", tags=["warehouse"])
 CONSOLE = require(Role.ADMIN, Role.AUDITOR)
 _MEDIA = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 

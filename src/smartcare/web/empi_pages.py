@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
@@ -21,8 +21,9 @@ from smartcare.platform.errors import NotFound, SmartCareError
 from smartcare.registry import service as registry_service
 from smartcare.web.deps import action, db, require
 from smartcare.web.pages import CONSOLE_ROLES, templates
+from smartcare.web.routing import Router
 
-router = APIRouter(prefix="/admin/empi", include_in_schema=False)
+router = Router(prefix="/admin/empi", include_in_schema=False)
 
 FIELDS = (("name", "姓名"), ("id_number", "身份证号"), ("sex", "性别"), ("birth_date", "出生日期"), ("phone", "电话"),
           ("address", "地址"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
@@ -14,8 +14,9 @@ from smartcare.platform import auth
 from smartcare.platform.auth import Role
 from smartcare.web.deps import action, db, require
 from smartcare.web.pages import CONSOLE_ROLES, templates
+from smartcare.web.routing import Router
 
-router = APIRouter(prefix="/admin/exchange", include_in_schema=False)
+router = Router(prefix="/admin/exchange", include_in_schema=False)
 
 
 @router.get("", response_class=HTMLResponse)

@@ -4,7 +4,7 @@ refresh it from the JSON API every few seconds, without reloading."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
@@ -13,8 +13,9 @@ from smartcare.platform import auth
 from smartcare.warehouse import indicators, monitor
 from smartcare.web.deps import db, require
 from smartcare.web.pages import CONSOLE_ROLES, templates
+from smartcare.web.routing import Router
 
-router = APIRouter(prefix="/admin/warehouse", include_in_schema=False)
+router = Router(prefix="/admin/warehouse", include_in_schema=False)
 CONSOLE = require(*CONSOLE_ROLES)
 
 
