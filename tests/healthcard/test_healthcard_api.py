@@ -48,6 +48,24 @@ def test_card_is_the_same_person_as_the_old_visit_card_and_a_scan_finds_it(clien
     assert missing.status_code == 404 and missing.json()["field"] == "card_no"
 
 
+def test_a_scan_after_a_merge_names_the_surviving_person_and_their_visit_cards(client, hospital):
+    from smartcare.empi import service as empi
+
+    who = resident(client)
+    card = issue(client, who, **person()).json()  # a person of its own in the index
+    other = person()
+    old_card = f"V{uuid.uuid4().hex[:8]}"
+    survivor = _register_visit_card(client, hospital, old_card, name=other["name"], id_number=other["id_number"])
+    assert survivor["empi_id"] != card["empi_id"]
+    with session_scope() as s:  # a data steward finds them one human being
+        ids = dict(s.execute(text("SELECT empi_id, id FROM empi.person WHERE empi_id IN (:a, :b)"),
+                             {"a": card["empi_id"], "b": survivor["empi_id"]}).all())
+        empi.merge(s, survivor_id=ids[survivor["empi_id"]], merged_id=ids[card["empi_id"]], actor="steward")
+    got = scan(client, hospital, code(client, who, card["card_no"]))
+    assert got.status_code == 200, got.text
+    assert got.json()["empi_id"] == survivor["empi_id"] and got.json()["visit_cards"] == [old_card]
+
+
 def test_each_bad_code_gets_its_own_error(client, hospital):
     who = resident(client)
     card = issue(client, who, **person()).json()
@@ -315,6 +333,38 @@ def test_a_signed_scan_request_cannot_be_replayed_even_when_the_code_was_refused
     assert again.status_code == 401 and again.json()["field"] == "X-SmartCare-Nonce"
     forged = {**h, "X-SmartCare-Signature": "0" * 64}
     assert client.post("/api/v1/healthcard/verify", content=raw, headers=forged).status_code == 401
+
+
+def test_a_replayed_scan_request_spends_nothing_and_the_code_still_works(client, hospital):
+    import json
+
+    from smartcare.platform import auth
+
+    who = resident(client)
+    card = issue(client, who, **person()).json()
+    _, client_id, secret = hospital
+    path = "/api/v1/healthcard/verify"
+
+    def request(text_: str, nonce_of: dict | None = None) -> dict:
+        raw = json.dumps({"code": text_}).encode()
+        nonce = nonce_of[auth.HEADER_NONCE] if nonce_of else None  # an earlier request's nonce, signed anew
+        return {"raw": raw, "headers": {**auth.sign_request(client_id=client_id, secret=secret, method="POST",
+                                                            path=path, body=raw, nonce=nonce),
+                                        "Content-Type": "application/json"}}
+
+    first = request(code(client, who, card["card_no"]))
+    assert client.post(path, content=first["raw"], headers=first["headers"]).status_code == 200
+    fresh_code = code(client, who, card["card_no"])
+    replayed = request(fresh_code, nonce_of=first["headers"])
+    again = client.post(path, content=replayed["raw"], headers=replayed["headers"])
+    assert again.status_code == 401 and again.json()["field"] == "X-SmartCare-Nonce"
+    unknown = request("EHC1:" + "0" * 40, nonce_of=first["headers"])
+    assert client.post(path, content=unknown["raw"], headers=unknown["headers"]).status_code == 401
+    with session_scope() as s:  # the replay spent neither the code nor a use
+        uses = s.execute(text("SELECT count(*) FROM healthcard.card_use u JOIN healthcard.card c ON c.id = u.card_id "
+                              "WHERE c.card_no = :no"), {"no": card["card_no"]}).scalar()
+    assert uses == 1
+    assert scan(client, hospital, fresh_code).status_code == 200
 
 
 def test_no_card_in_another_persons_name(client, seeded):

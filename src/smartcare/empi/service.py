@@ -164,26 +164,34 @@ def person_ref(session: Session, person_id: int) -> PersonRef:
                                                         (person_id,)).fetchone()[0])
 
 
-_RESOLVE = """WITH RECURSIVE up (id, empi_id, merged_into, depth) AS (
-                  SELECT id, empi_id, merged_into, 0 FROM empi.person WHERE id = %(p)s
-                  UNION ALL
-                  SELECT p.id, p.empi_id, p.merged_into, up.depth + 1 FROM empi.person p JOIN up ON p.id = up.merged_into
-                  WHERE up.depth < 32)
-              SELECT id, empi_id FROM up ORDER BY depth DESC LIMIT 1"""
+_UP = """up (id, empi_id, merged_into, depth) AS (
+    SELECT id, empi_id, merged_into, 0 FROM empi.person WHERE id = {person}
+    UNION ALL
+    SELECT p.id, p.empi_id, p.merged_into, up.depth + 1 FROM empi.person p JOIN up ON p.id = up.merged_into
+    WHERE up.depth < 32)"""
+_RESOLVE = f"WITH RECURSIVE {_UP.format(person='%(p)s')} SELECT id, empi_id FROM up ORDER BY depth DESC LIMIT 1"
+
+
+def cards_at_ctes(person: str, facility: str) -> str:
+    """``cards_at`` as common table expressions for a statement of another capability that needs it in its own
+    round trip (``WITH RECURSIVE`` list items): ``now_is`` (id, empi_id), the person the SQL expression ``person``
+    stands for now, and ``cards_here`` (card_no), their visit cards at the facility ``facility`` (SQL)."""
+    return f"""{_UP.format(person=person)},
+        now_is AS (SELECT id, empi_id FROM up ORDER BY depth DESC LIMIT 1),
+        cards_here AS (SELECT s.card_no FROM now_is n JOIN empi.link l ON l.person_id = n.id
+                       JOIN empi.source_identity s ON s.id = l.source_id AND s.facility_code = {facility})"""
 
 
 def cards_at(session: Session, *, person_id: int, facility_code: str) -> tuple[PersonRef, list[str]]:
     """The person a (possibly merged) person id stands for now, and the visit card numbers linked to
     them at one facility. One statement: a hospital terminal asks this on every scan."""
-    rows = driver(session).execute(
-        f"""WITH now_is AS ({_RESOLVE})
-            SELECT n.id, n.empi_id, s.card_no FROM now_is n
-            LEFT JOIN empi.link l ON l.person_id = n.id
-            LEFT JOIN empi.source_identity s ON s.id = l.source_id AND s.facility_code = %(f)s
-            ORDER BY s.card_no""", {"p": person_id, "f": facility_code}).fetchall()
-    if not rows:
+    row = driver(session).execute(
+        f"""WITH RECURSIVE {cards_at_ctes('%(p)s', '%(f)s')}
+            SELECT n.id, n.empi_id, (SELECT array_agg(card_no ORDER BY card_no) FROM cards_here) FROM now_is n""",
+        {"p": person_id, "f": facility_code}).fetchone()
+    if row is None:
         raise NotFound(f"no person {person_id}", field="person_id")
-    return PersonRef(rows[0][0], rows[0][1]), [r[2] for r in rows if r[2] is not None]
+    return PersonRef(row[0], row[1]), row[2] or []
 
 
 def absorbed_ids(session: Session, person_id: int) -> list[int]:
@@ -191,7 +199,8 @@ def absorbed_ids(session: Session, person_id: int) -> list[int]:
     or through another merge), that one first: ids other capabilities may still hold for the same human being.
     One statement (every read of a person's records asks it)."""
     rows = driver(session).execute(
-        f"""WITH RECURSIVE now_is AS ({_RESOLVE}),
+        f"""WITH RECURSIVE {_UP.format(person='%(p)s')},
+           now_is AS (SELECT id FROM up ORDER BY depth DESC LIMIT 1),
            down (id, depth) AS (
                SELECT id, 0 FROM now_is
                UNION ALL

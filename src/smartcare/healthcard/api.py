@@ -16,7 +16,6 @@ from smartcare.healthcard.schemas import (
     CardOut, ChannelIn, CodeOut, IssueIn, LookupOut, OtpIn, PinIn, ReasonIn, RedeemIn, RotateIn, StatsOut, UseIn,
     VerifyIn, VerifyOut,
 )
-from smartcare.platform import auth
 from smartcare.platform.auth import Principal, Role
 from smartcare.platform.db import session_scope
 from smartcare.platform.errors import Forbidden, SmartCareError
@@ -125,10 +124,9 @@ def change_state(card_no: str, action: str, data: ReasonIn, session: Session = D
 
 def _verify_in_one_transaction(client_id: str, request_nonce: str, facility: str, data: VerifyIn) -> service.Verification:
     with session_scope() as session:
-        auth.claim_nonce_in(session, client_id, request_nonce)
         try:
             return service.verify(session, code_text=data.code, facility_code=facility, step=data.step,
-                                  channel=data.channel, pin=data.pin)
+                                  channel=data.channel, pin=data.pin, request=(client_id, request_nonce))
         except SmartCareError:
             session.commit()  # the request's nonce stays spent: a refused scan cannot be replayed
             raise

@@ -27,7 +27,7 @@ from smartcare.empi import matching as empi_matching, service as empi
 from smartcare.healthcard import code as qr
 from smartcare.healthcard.keys import ring
 from smartcare.healthcard.models import Card, CardEvent, Holder, Otp, PaymentBinding, SmsMessage
-from smartcare.platform import audit, idcard
+from smartcare.platform import audit, auth, idcard
 from smartcare.platform.clock import CHINA_TZ, china_today
 from smartcare.platform.crypto import derive_key, hmac_sha256_hex
 from smartcare.platform.db import driver
@@ -434,15 +434,24 @@ class Verification:
     payments: dict[str, int]
 
 
-_ACCEPT = """
-WITH c AS (SELECT id, card_no, person_id, name_masked, state FROM healthcard.card WHERE token = %(token)s),
+# One round trip for a scan: the terminal's request nonce spent (when given), the card read, the code's nonce
+# spent, the use recorded, the person the card is now (merges followed) with their visit cards at the hospital.
+# Always one row: a replayed request is told apart from an unknown card.
+_ACCEPT = f"""
+WITH RECURSIVE
+     r AS (INSERT INTO platform.request_nonce (client_id, nonce) SELECT %(client)s::varchar, %(request_nonce)s::varchar
+           WHERE %(client)s::varchar IS NOT NULL ON CONFLICT DO NOTHING RETURNING 1),
+     c AS (SELECT id, card_no, person_id, name_masked, state FROM healthcard.card WHERE token = %(token)s),
+     ok AS (SELECT id FROM c WHERE state = 'active' AND (%(client)s::varchar IS NULL OR EXISTS (SELECT 1 FROM r))),
      n AS (INSERT INTO healthcard.used_nonce (nonce, card_id, expires_at)
-           SELECT %(nonce)s, c.id, to_timestamp(%(exp)s) FROM c WHERE c.state = 'active' AND %(dynamic)s
+           SELECT %(nonce)s, ok.id, to_timestamp(%(exp)s) FROM ok WHERE %(dynamic)s
            ON CONFLICT DO NOTHING RETURNING 1),
      u AS (INSERT INTO healthcard.card_use (card_id, facility_code, step, channel)
-           SELECT c.id, %(facility)s, %(step)s, %(channel)s FROM c
-           WHERE c.state = 'active' AND (NOT %(dynamic)s OR EXISTS (SELECT 1 FROM n)))
-SELECT c.id, c.card_no, c.person_id, c.name_masked, c.state, EXISTS (SELECT 1 FROM n) FROM c"""
+           SELECT ok.id, %(facility)s, %(step)s, %(channel)s FROM ok WHERE NOT %(dynamic)s OR EXISTS (SELECT 1 FROM n)),
+     {empi.cards_at_ctes('(SELECT person_id FROM c)', '%(facility)s')}
+SELECT %(client)s::varchar IS NULL OR EXISTS (SELECT 1 FROM r), c.card_no, c.name_masked, c.state,
+       EXISTS (SELECT 1 FROM n), now_is.empi_id, (SELECT array_agg(card_no ORDER BY card_no) FROM cards_here)
+FROM (SELECT) one LEFT JOIN c ON true LEFT JOIN now_is ON true"""
 
 
 def _check_use(step: str, channel: str) -> None:
@@ -453,30 +462,44 @@ def _check_use(step: str, channel: str) -> None:
 
 
 def verify(session: Session, *, code_text: str, facility_code: str, step: str = "registration",
-           channel: str = "window", pin: str | None = None, now: float | None = None) -> Verification:
+           channel: str = "window", pin: str | None = None, now: float | None = None,
+           request: tuple[str, str] | None = None) -> Verification:
     """Verify a scanned code for a hospital: offline checks (format, key, signature, validity), then
-    online ones in one statement (card state, nonce spent, use recorded). Raises ``CodeRejected``."""
-    _check_use(step, channel)
+    online ones in one statement (card state, nonce spent, use recorded). Raises ``CodeRejected``.
+
+    ``request``: a signed terminal request's (client id, nonce), spent here — in the scan's statement, or before
+    a refusal that comes first — so a refused scan cannot be replayed either (``auth.claim_nonce_in``)."""
+    spent = request is None
     try:
-        code = qr.verify(code_text, ring.trust(session), now=now)
-    except qr.CodeError as exc:
-        raise CodeRejected(exc.code, exc.message) from None
-    dynamic = code.kind == qr.Kind.DYNAMIC
-    if not dynamic:
-        _check_pin(session, code.card_token, pin)  # refuses unknown and inactive cards first
-    row = driver(session).execute(_ACCEPT, {
+        _check_use(step, channel)
+        try:
+            code = qr.verify(code_text, ring.trust(session), now=now)
+        except qr.CodeError as exc:
+            raise CodeRejected(exc.code, exc.message) from None
+        dynamic = code.kind == qr.Kind.DYNAMIC
+        if not dynamic:  # a printed code: its PIN is checked first, in statements of their own
+            if request:
+                auth.claim_nonce_in(session, *request)
+                spent = True
+            _check_pin(session, code.card_token, pin)  # refuses unknown and inactive cards first
+    except SmartCareError:
+        if not spent:
+            auth.claim_nonce_in(session, *request)  # a replay is told so, whatever its code
+        raise
+    fresh_request, card_no, name_masked, state, fresh, empi_id, visit_cards = driver(session).execute(_ACCEPT, {
+        "client": None if spent else request[0], "request_nonce": None if spent else request[1],
         "token": code.card_token, "nonce": code.nonce, "exp": code.expires_at, "dynamic": dynamic,
         "facility": facility_code, "step": step, "channel": channel}).fetchone()
-    if row is None:
+    if not fresh_request:
+        raise auth.replay_error()
+    if card_no is None:
         raise CodeRejected("card_unknown", "no card has this token")
-    card_id, card_no, person_id, name_masked, state, fresh = row
     if state != "active":
         raise _inactive(state)
     if dynamic and not fresh:
         raise CodeRejected("code_replayed", "this code was already used; ask for a fresh one")
-    person, visit_cards = empi.cards_at(session, person_id=person_id, facility_code=facility_code)
-    return Verification(card_no=card_no, empi_id=person.empi_id, name_masked=name_masked, kind=code.kind.name.lower(),
-                        expires_at=code.expires_at, visit_cards=visit_cards, payments=code.payments)
+    return Verification(card_no=card_no, empi_id=empi_id, name_masked=name_masked, kind=code.kind.name.lower(),
+                        expires_at=code.expires_at, visit_cards=visit_cards or [], payments=code.payments)
 
 
 def _inactive(state: str) -> CodeRejected:
