@@ -409,9 +409,12 @@ def main() -> None:
                   f"sent in the {args.seconds:g} s window; latency from each request's scheduled time (counts "
                   f"waiting behind a slow one): p50 {m['due_p50']:.1f} ms, p99 {m['due_p99']:.1f} ms")
     paced = modes[3]
-    met = paced["rate"] >= 0.98 * args.rate and paced["p99"] <= 20 and not paced["errors"]
+    # judged on the latency from each request's scheduled time: a client held up by a slow answer sends late,
+    # and the latency from sending alone would not count that wait (coordinated omission)
+    met = paced["rate"] >= 0.98 * args.rate and paced["due_p99"] <= 20 and not paced["errors"]
     print(f"  goal p99 ≤ 20 ms at {args.rate:,.0f} verifications/s: {'met' if met else 'NOT met'} "
-          f"(achieved {paced['rate']:,.0f}/s, p99 {paced['p99']:.1f} ms)")
+          f"(achieved {paced['rate']:,.0f}/s, p99 {paced['due_p99']:.1f} ms from the scheduled times, "
+          f"{paced['p99']:.1f} ms from sending)")
     errors = {}
     for m in modes:
         for why, count in m["errors"].items():
