@@ -258,16 +258,22 @@ class LeanHttp:
                 length = int(value)
             elif name.strip().lower() == "transfer-encoding":
                 raise ValueError(f"{method} {path}: a chunked answer (LeanHttp reads Content-Length bodies only)")
-        while len(self.buffer) < length:
-            self._read()
-        answer, self.buffer = self.buffer[:length], self.buffer[length:]
+        chunks, have = [self.buffer], len(self.buffer)
+        while have < length:  # a large body: its pieces joined once
+            chunks.append(self._recv())
+            have += len(chunks[-1])
+        whole = b"".join(chunks)
+        answer, self.buffer = whole[:length], whole[length:]
         return int(status_line.split(" ", 2)[1]), answer
 
     def _read(self) -> None:
-        chunk = self.sock.recv(1 << 16)
+        self.buffer += self._recv()
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(1 << 18)
         if not chunk:
             raise ConnectionError("the server closed the connection")
-        self.buffer += chunk
+        return chunk
 
     def close(self) -> None:
         self.sock.close()

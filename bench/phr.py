@@ -22,7 +22,7 @@ clients. Printed, measured in the same run:
    bundle is larger than one page: page 1 is what is measured, and the whole history (every page in turn) too.
 3. The app under uvicorn (``--workers`` processes, a child process like ``smartcare serve``), driven by
    ``--clients`` concurrent clients (threads of ``--client-processes`` processes, each on its own keep-alive
-   httpx connection) sending ``--requests`` ``GET /fhir/Patient/{empi}/$everything?_count=<MAX_PAGE>`` with the
+   connection, ``_common.LeanHttp``: a minimal HTTP/1.1 client as ``wrk`` is) sending ``--requests`` ``GET /fhir/Patient/{empi}/$everything?_count=<MAX_PAGE>`` with the
    resident's bearer token (from ``POST /api/v1/auth/token``): p50/p95/p99/max, requests/s, CPU per request of
    the server, PostgreSQL and the clients (from /proc, with the share other processes took), what the database's
    backends were doing (``pg_stat_activity`` sampled), the server's peak RSS; one client alone (the service time,
@@ -69,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import psutil
-from _common import CpuMeter, Server, WaitSampler, pct, peak_rss_mib, postgres_processes, scratch_database
+from _common import CpuMeter, LeanHttp, Server, WaitSampler, pct, peak_rss_mib, postgres_processes, scratch_database
 
 from smartcare.records.phr_api import MAX_PAGE
 
@@ -340,7 +340,7 @@ def set_up(dsn: str, args) -> dict:
 
 
 def _client_worker(k: int, jobs, results, barrier) -> None:
-    """One client process: for each job, ``threads`` threads on their own connections (an httpx.Client, or a
+    """One client process: for each job, ``threads`` threads on their own connections (``LeanHttp``, or a
     psycopg connection for the SQL baseline), warmed before the barrier, then ``count`` requests among them.
     Sends back (k, spans, CPU seconds); at the end its peak RSS."""
     import resource
@@ -355,16 +355,16 @@ def _client_worker(k: int, jobs, results, barrier) -> None:
             c.close()
         kind, params, threads, count = job
         if kind == "http":  # one request = GET each of ``paths`` in turn (the pages of one history)
-            base_url, paths, headers = params
-            conns = [httpx.Client(base_url=base_url, headers=headers, timeout=120) for _ in range(threads)]
+            port, paths, headers = params
+            conns = [LeanHttp(port) for _ in range(threads)]
 
-            def one(c, paths=paths):
+            def one(c, paths=paths, headers=headers):
                 status, size = 200, 0
                 for path in paths:
-                    r = c.get(path)
-                    size += len(r.content)
-                    if r.status_code != 200:
-                        status = r.status_code
+                    code, body = c.request("GET", path, None, headers)
+                    size += len(body)
+                    if code != 200:
+                        status = code
                 return status, size
         else:  # sql: the person's current documents with their encoded resources
             dsn, person_ids = params
@@ -475,15 +475,16 @@ def summarise(spans: list) -> dict:
             "size": statistics.median(size for _, _, _, size in spans)}
 
 
-def sequential(base_url: str, path: str, headers: dict, n: int) -> dict:
+def sequential(port: int, path: str, headers: dict, n: int) -> dict:
     """One client alone, one request after another: the service time without a queue."""
     spans = []
-    with httpx.Client(base_url=base_url, headers=headers, timeout=120) as c:
-        c.get(path)
-        for _ in range(n):
-            sent = time.perf_counter()
-            r = c.get(path)
-            spans.append((sent, time.perf_counter(), r.status_code, len(r.content)))
+    c = LeanHttp(port)
+    c.request("GET", path, None, headers)
+    for _ in range(n):
+        sent = time.perf_counter()
+        status, body = c.request("GET", path, None, headers)
+        spans.append((sent, time.perf_counter(), status, len(body)))
+    c.close()
     return summarise(spans)
 
 
@@ -747,21 +748,21 @@ def main() -> int:
 
             # ---- 3. the measurement, 4. the baselines
             print(f"3. {args.clients} concurrent clients ({args.client_processes} processes × threads, keep-alive "
-                  f"httpx), uvicorn with {args.workers} workers; warm-up: one request per connection first", flush=True)
+                  f"connections, LeanHttp: a minimal HTTP/1.1 client as wrk), uvicorn with {args.workers} workers; warm-up: one request per connection first", flush=True)
             groups = {"server": server.processes, "PostgreSQL": postgres_processes(database),
                       "clients": lambda: [psutil.Process(p) for p in clients.pids()]}
-            out["single"] = sequential(server.url, path, headers, max(20, args.requests // 40))
+            out["single"] = sequential(server.port, path, headers, max(20, args.requests // 40))
             print(line("$everything, one client alone (service time)", out["single"]), flush=True)
-            out["everything"] = clients.run("http", (server.url, [path], headers), args.clients, args.requests,
+            out["everything"] = clients.run("http", (server.port, [path], headers), args.clients, args.requests,
                                             CpuMeter(groups), WaitSampler(dsn, wait_label))
             print(line(f"$everything?_count={COUNT}, {args.clients} clients", out["everything"]), flush=True)
             if pages > 1:  # the whole history: every page, one after another, per client
                 walk = [path] + [f"{path}&_page={n}" for n in range(2, pages + 1)]
-                out["walk"] = clients.run("http", (server.url, walk, headers), args.clients,
+                out["walk"] = clients.run("http", (server.port, walk, headers), args.clients,
                                           max(50, args.requests // 8), CpuMeter(groups))
                 print(line(f"  the whole history: all {pages} pages in turn, {args.clients} clients", out["walk"]),
                       flush=True)
-            out["health"] = clients.run("http", (server.url, ["/health"], {}), args.clients, args.requests,
+            out["health"] = clients.run("http", (server.port, ["/health"], {}), args.clients, args.requests,
                                         CpuMeter(groups))
             print(line(f"baseline: GET /health, {args.clients} clients", out["health"]), flush=True)
             out["server_rss"] = server.peak_rss()
