@@ -14,7 +14,7 @@ carry out its decisions and the reviewers'.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -169,7 +169,15 @@ _UP = """up (id, empi_id, merged_into, depth) AS (
     UNION ALL
     SELECT p.id, p.empi_id, p.merged_into, up.depth + 1 FROM empi.person p JOIN up ON p.id = up.merged_into
     WHERE up.depth < 32)"""
-_RESOLVE = f"WITH RECURSIVE {_UP.format(person='%(p)s')} SELECT id, empi_id FROM up ORDER BY depth DESC LIMIT 1"
+
+
+def now_of(person: str) -> str:
+    """SQL of a subquery for another capability's statement (``LEFT JOIN LATERAL (…) now ON true``): the person
+    the id expression ``person`` stands for now (following merges), columns id and empi_id."""
+    return f"WITH RECURSIVE {_UP.format(person=person)} SELECT id, empi_id FROM up ORDER BY depth DESC LIMIT 1"
+
+
+_RESOLVE = now_of("%(p)s")
 
 
 def cards_at_ctes(person: str, facility: str) -> str:
@@ -419,23 +427,26 @@ def goldens(session: Session, person_ids: Iterable[int]) -> dict[int, dict]:
     return dict(session.execute(select(Person.id, Person.golden).where(Person.id.in_(ids))).all())
 
 
-def current_person(session: Session, empi_id: str) -> Person:
-    """The active person an EMPI id stands for now (following merges), without their visit cards."""
-    person = session.scalar(select(Person).where(Person.empi_id == empi_id))
-    if person is None:
+@dataclass(frozen=True)
+class CurrentPerson:
+    """An active person as a reader of their records needs them: ids and the golden record (personal data:
+    never in a repr)."""
+
+    id: int
+    empi_id: str
+    golden: dict = field(repr=False)
+
+
+def current_person(session: Session, empi_id: str) -> CurrentPerson:
+    """The active person an EMPI id stands for now (following merges), without their visit cards. One statement
+    on the driver: every read of a person's records asks it."""
+    row = driver(session).execute(
+        f"""WITH RECURSIVE {_UP.format(person='(SELECT id FROM empi.person WHERE empi_id = %(e)s)')}
+            SELECT p.id, p.empi_id, p.golden FROM (SELECT id FROM up ORDER BY depth DESC LIMIT 1) now
+            JOIN empi.person p ON p.id = now.id""", {"e": empi_id}).fetchone()
+    if row is None:
         raise NotFound(f"no person {empi_id}", field="empi_id")
-    return person_now(session, person.id)  # loaded: get() finds it in the session
-
-
-def person_now(session: Session, person_id: int) -> Person:
-    """The active person ``person_id`` stands for now (following merges); persons the session has loaded
-    already cost no statement."""
-    person = session.get(Person, person_id)
-    if person is None:
-        raise NotFound(f"no person {person_id}", field="person_id")
-    while person.state == "merged" and person.merged_into:
-        person = session.get(Person, person.merged_into)
-    return person
+    return CurrentPerson(row[0], row[1], row[2] or {})
 
 
 def current_id(session: Session, person_id: int) -> int:

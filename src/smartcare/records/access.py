@@ -98,19 +98,17 @@ def held_persons(session: Session, username: str) -> dict[str, str]:
     the holder's. A guardian's card of a child who has come of age gives nothing."""
     out: dict[str, str] = {}
     today = datetime.now(UTC).date()
-    for card, relation in healthcard.held_cards(session, username):
+    for card_empi_id, now_empi_id, relation, birth_date in healthcard.held_persons_now(session, username):
         if relation == "self":
             role = "self"
         else:
-            age = _age(card.birth_date, today)
+            age = _age(birth_date, today)
             if age >= ADULT_AGE:
                 continue
             role = "guardian" if age < PRIVATE_AGE else "guardian_teen"
-        out[card.empi_id] = role
-        try:  # the card's person is usually the one just looked up: then no statement
-            out.setdefault(empi.person_now(session, card.person_id).empi_id, role)
-        except NotFound:
-            pass
+        out[card_empi_id] = role
+        if now_empi_id:
+            out.setdefault(now_empi_id, role)
     return out
 
 
@@ -151,12 +149,12 @@ def decide(session: Session, who: Principal, empi_id: str, *, what: str) -> Acce
     if not EMPI_ID.fullmatch(empi_id or ""):
         raise _refuse(session, who, "(not an EMPI id)", what, "no access to this patient's records")
     try:
-        person = empi.current_person(session, empi_id)  # kept: the session holds loaded persons only while used
+        person = empi.current_person(session, empi_id)
     except NotFound:
         raise _refuse(session, who, empi_id, what, "no access to this patient's records") from None
-    person_id, current, golden = person.id, person.empi_id, person.golden or {}
+    person_id, current, golden = person.id, person.empi_id, person.golden
     if who.has(Role.RESIDENT):
-        held = held_persons(session, who.username)  # their own card's person is ``person``: no statement
+        held = held_persons(session, who.username)
         relation = held.get(current) or held.get(empi_id)
         if relation is None:
             raise _refuse(session, who, empi_id, what, "no access to this patient's records")
