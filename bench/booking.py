@@ -19,7 +19,7 @@ day, 1 per department, 1 per doctor). Each ``--concurrency`` level (attempts in 
 16) is a burst of its own, on a visit day of its own. Printed, measured in the same run:
 
 1. The burst over HTTP: the app under uvicorn (``--workers`` processes), ``--clients`` client processes, each
-   with threads on their own keep-alive httpx.Client connections (concurrency ÷ clients): attempts answered
+   with threads on their own keep-alive connections (``_common.LeanHttp``, a minimal HTTP/1.1 client as ``wrk`` is) (concurrency ÷ clients): attempts answered
    per second, successful bookings per second, p50/p99/max latency of every answer (and per kind of answer),
    the answers by kind (201 booked, 409 no_slot, 409 limit_reached, 429, errors). Beside it, the same clients
    on ``GET /health`` (the HTTP stack alone, no database).
@@ -79,7 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import psutil
-from _common import CpuMeter, Server, WaitSampler, pct, peak_rss_mib, postgres_processes, scratch_database
+from _common import CpuMeter, LeanHttp, Server, WaitSampler, pct, peak_rss_mib, postgres_processes, scratch_database
 
 BOOK = "/api/v1/booking/appointments"
 PASSWORD = "bench-resident-pass"
@@ -278,16 +278,16 @@ def classify(status: int, text_: str) -> str:
     return f"{status} {code}"
 
 
-def _http_job(connections: list[httpx.Client], kind: str, users: list, count: int, spans: list) -> None:
+def _http_job(connections: list[LeanHttp], kind: str, users: list, count: int, spans: list) -> None:
     """One thread per keep-alive connection: for "book", each takes the next person and sends their attempts
-    one after another; for "health", ``count`` GET /health each. (Threads with httpx.Client, not
-    httpx.AsyncClient: the async client costs ~1.4 ms of CPU per request here, the sync one ~0.3 ms, and the
-    load generator shares the two cores with the server and PostgreSQL.)"""
+    one after another; for "health", ``count`` GET /health each. (``LeanHttp``, a minimal HTTP/1.1 client as
+    ``wrk`` is: the load generator shares the two cores with the server and PostgreSQL, and httpx.Client cost
+    ~0.55 ms of CPU an attempt, httpx.AsyncClient ~1.4 ms.)"""
     import threading
 
     todo = deque(users)
 
-    def book(http: httpx.Client) -> None:
+    def book(http: LeanHttp) -> None:
         while True:
             try:
                 token, card_no, slots = todo.popleft()
@@ -298,19 +298,19 @@ def _http_job(connections: list[httpx.Client], kind: str, users: list, count: in
                 body = json.dumps({"slot_id": slot, "card_no": card_no, "confirm": True}).encode()
                 sent = time.perf_counter()
                 try:
-                    r = http.post(BOOK, content=body, headers=headers)
-                    outcome = classify(r.status_code, r.text)
-                except httpx.HTTPError as exc:
+                    status, answer = http.request("POST", BOOK, body, headers)
+                    outcome = classify(status, answer.decode())
+                except (OSError, ValueError) as exc:
                     outcome = f"0 {type(exc).__name__}"
                 spans.append((sent, time.perf_counter(), outcome))
 
-    def health(http: httpx.Client) -> None:
+    def health(http: LeanHttp) -> None:
         for _ in range(count):
             sent = time.perf_counter()
             try:
-                r = http.get("/health")
-                outcome = "200 ok" if r.status_code == 200 else f"{r.status_code} ?"
-            except httpx.HTTPError as exc:
+                status, _ = http.request("GET", "/health")
+                outcome = "200 ok" if status == 200 else f"{status} ?"
+            except (OSError, ValueError) as exc:
                 outcome = f"0 {type(exc).__name__}"
             spans.append((sent, time.perf_counter(), outcome))
 
@@ -403,11 +403,11 @@ def _worker(k: int, base_url: str | None, jobs, results, barrier) -> None:
     import resource
 
     if base_url is not None:
-        connections: list[httpx.Client] = []
+        connections: list[LeanHttp] = []
         while (job := jobs.get()) is not None:
             kind, users, n, count = job
             while len(connections) < n:
-                connections.append(httpx.Client(base_url=base_url, timeout=120))
+                connections.append(LeanHttp(int(base_url.rsplit(":", 1)[1])))
             spans: list = []
             barrier.wait()
             cpu = time.process_time()

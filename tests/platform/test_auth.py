@@ -100,6 +100,33 @@ def test_password_login_and_token(database_url):
         auth.read_token(auth.issue_token(who, minutes=-1))
 
 
+def test_a_token_read_before_still_expires_and_still_needs_its_secret(monkeypatch):
+    import jwt as pyjwt
+
+    from smartcare.platform.settings import get_settings
+
+    who = auth.Principal("reader", frozenset({"resident"}))
+    token = auth.issue_token(who, minutes=1)
+    assert auth.read_token(token) == who
+    assert auth.read_token(token) == who  # from what was read
+    real = time.time
+    monkeypatch.setattr(auth.time, "time", lambda: real() + 120)
+    with pytest.raises(Unauthorized, match="expired"):
+        auth.read_token(token)
+    monkeypatch.setattr(auth.time, "time", real)
+    other = pyjwt.encode({"sub": "reader", "exp": real() + 60}, "another-secret-of-enough-length-000000", "HS256")
+    with pytest.raises(Unauthorized, match="invalid"):
+        auth.read_token(other)
+    monkeypatch.setenv("SMARTCARE_SECRET_KEY", "a-rotated-secret-of-enough-length-0000000")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(Unauthorized, match="invalid"):  # read before under the old secret: not trusted now
+            auth.read_token(token)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
 def test_user_input_errors(database_url):
     with session_scope() as s:
         with pytest.raises(InvalidInput, match="unknown role"):
