@@ -8,6 +8,7 @@ import math
 import os
 import threading
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -232,42 +233,56 @@ class LeanHttp:
     """A keep-alive HTTP/1.1 client on one socket that does only what a load generator must (as ``wrk`` does):
     send a request's bytes, read the status line, the headers and a ``Content-Length`` body. It costs the machine a
     fraction of ``httpx``'s CPU per request — on two cores the load generator shares with the server and PostgreSQL,
-    the client's own CPU is taken from what is measured."""
+    the client's own CPU is taken from what is measured. Like any keep-alive client it opens a new connection when
+    the server has closed an idle one (uvicorn does after 5 s) or the last request failed."""
 
     def __init__(self, port: int, host: str = "127.0.0.1"):
-        self.host = host
-        self.sock = socket.create_connection((host, port))
+        self.address, self.host = (host, port), host
+        self.sock: socket.socket | None = None
+        self.buffer = b""
+        self._connect()
+
+    def _connect(self) -> None:
+        self.close()
+        self.sock = socket.create_connection(self.address)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
 
+    def _dropped(self) -> bool:
+        """Readable before a request was sent: the server closed the connection (or sent what nobody asked)."""
+        return bool(select.select([self.sock], [], [], 0)[0])
+
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
         """One request, answered: (status, body)."""
+        if self.sock is None or self._dropped():
+            self._connect()
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if body is not None:
             lines.append(f"Content-Length: {len(body)}")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
-        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
-            self._read()
-        head, self.buffer = self.buffer[:end].decode("latin-1"), self.buffer[end + 4:]
-        status_line, *header_lines = head.split("\r\n")
-        length = 0
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
-            elif name.strip().lower() == "transfer-encoding":
-                raise ValueError(f"{method} {path}: a chunked answer (LeanHttp reads Content-Length bodies only)")
-        chunks, have = [self.buffer], len(self.buffer)
-        while have < length:  # a large body: its pieces joined once
-            chunks.append(self._recv())
-            have += len(chunks[-1])
+        try:
+            self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
+            while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+                self.buffer += self._recv()
+            head, self.buffer = self.buffer[:end].decode("latin-1"), self.buffer[end + 4:]
+            status_line, *header_lines = head.split("\r\n")
+            length = 0
+            for line in header_lines:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+                elif name.strip().lower() == "transfer-encoding":
+                    raise ValueError(f"{method} {path}: a chunked answer (LeanHttp reads Content-Length bodies only)")
+            chunks, have = [self.buffer], len(self.buffer)
+            while have < length:  # a large body: its pieces joined once
+                chunks.append(self._recv())
+                have += len(chunks[-1])
+        except (OSError, ValueError):
+            self.close()  # the next request opens a new connection
+            raise
         whole = b"".join(chunks)
         answer, self.buffer = whole[:length], whole[length:]
         return int(status_line.split(" ", 2)[1]), answer
-
-    def _read(self) -> None:
-        self.buffer += self._recv()
 
     def _recv(self) -> bytes:
         chunk = self.sock.recv(1 << 18)
@@ -276,4 +291,6 @@ class LeanHttp:
         return chunk
 
     def close(self) -> None:
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
