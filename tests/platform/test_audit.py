@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 from sqlalchemy import text
@@ -15,15 +16,31 @@ from smartcare.platform import audit
 from smartcare.platform.db import session_scope
 
 
+def _entries(*actions: str) -> list:
+    """The committed entries of these actions, in chain order."""
+    from smartcare.platform.models import AuditLog
+
+    with session_scope() as s:
+        rows = s.query(AuditLog).filter(AuditLog.action.in_(actions)).order_by(AuditLog.id).all()
+        s.expunge_all()
+    return rows
+
+
+def _action(name: str) -> str:
+    return f"test.{name}.{uuid.uuid4().hex[:8]}"
+
+
 def _verify_cli() -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "smartcare.cli", "audit", "verify"], env=os.environ.copy(),
                           capture_output=True, text=True, timeout=120)
 
 
 def test_entries_chain_and_mask_personal_data(database_url):
+    one, two = _action("one"), _action("two")
     with session_scope() as s:
-        first = audit.record(s, actor="tester", action="test.one", target="x:1", detail={"id_number": "11010519491231002X"})
-        second = audit.record(s, actor="tester", action="test.two", detail={"phone": "13812348000", "n": 2})
+        audit.record(s, actor="tester", action=one, target="x:1", detail={"id_number": "11010519491231002X"})
+        audit.record(s, actor="tester", action=two, detail={"phone": "13812348000", "n": 2})
+    first, second = _entries(one, two)
     assert second.prev_hash == first.hash
     assert first.detail["id_number"] != "11010519491231002X" and first.detail["id_number"].endswith("002X")
     assert second.detail["phone"] == "138****8000"
@@ -44,9 +61,11 @@ def test_database_refuses_changes(database_url, statement):
 
 
 def test_verify_names_the_first_tampered_entry(database_url):
+    actions = [_action(f"tamper.{i}") for i in range(3)]
     with session_scope() as s:
-        entries = [audit.record(s, actor="tester", action=f"test.tamper.{i}", detail={"i": i}) for i in range(3)]
-    victim = entries[1]
+        for i, action in enumerate(actions):
+            audit.record(s, actor="tester", action=action, detail={"i": i})
+    victim = _entries(*actions)[1]
     assert _verify_cli().returncode == 0
 
     # A superuser disables the trigger and edits a row directly in PostgreSQL.
@@ -66,8 +85,11 @@ def test_verify_names_the_first_tampered_entry(database_url):
 
 
 def test_verify_detects_a_removed_entry(database_url):
+    actions = [_action(f"remove.{i}") for i in range(3)]
     with session_scope() as s:
-        entries = [audit.record(s, actor="tester", action=f"test.remove.{i}") for i in range(3)]
+        for action in actions:
+            audit.record(s, actor="tester", action=action)
+    entries = _entries(*actions)
     removed = entries[1]
     with session_scope() as s:
         row = s.execute(text("SELECT * FROM platform.audit_log WHERE id = :id"), {"id": removed.id}).mappings().one()
@@ -94,8 +116,10 @@ AWKWARD = {"name": "阿不都·热合曼", "quote": 'say "hi"', "backslash": "C:
 def test_the_database_hashes_exactly_what_verify_recomputes(database_url):
     """The hash is computed in PostgreSQL from a body encoded here; verify recomputes it in Python. Values
     that look like the body's stand-ins, quotes, backslashes, control characters and Chinese must not matter."""
+    action = _action("awkward")
     with session_scope() as s:
-        inside = audit.record(s, actor="测试员", action="test.awkward", target=None, detail=AWKWARD)
+        audit.record(s, actor="测试员", action=action, target=None, detail=AWKWARD)
+    [inside] = _entries(action)
     with session_scope() as s:
         apart = audit.record_apart(s, actor="tester", action="test.awkward.apart", target="x:\x01P", detail=AWKWARD)
     for e in (inside, apart):
@@ -107,32 +131,60 @@ def test_the_database_hashes_exactly_what_verify_recomputes(database_url):
 
 
 def test_an_entry_apart_is_committed_whatever_the_callers_transaction_does(database_url):
+    queued = _action("queued")
     with pytest.raises(RuntimeError, match="rolled back"), session_scope() as s:
+        audit.record(s, actor="tester", action=queued)  # queued in the transaction: no lock held, apart may append
         kept = audit.record_apart(s, actor="tester", action="test.apart.kept")
         raise RuntimeError("the request failed and rolled back")
     with session_scope() as s:
         assert s.execute(text("SELECT action FROM platform.audit_log WHERE id = :id"), {"id": kept.id}).scalar() \
             == "test.apart.kept"
-        audit.record(s, actor="tester", action="test.apart.holder")  # this transaction now holds the chain's lock
-        with pytest.raises(RuntimeError, match="holds the audit chain's lock"):
-            audit.record_apart(s, actor="tester", action="test.apart.waits-forever")
-    with session_scope() as s:  # a later transaction of the same kind of session may append apart again
-        audit.record_apart(s, actor="tester", action="test.apart.after")
+        assert audit.verify(s).ok
+    assert _entries(queued) == []
+
+
+def test_entries_are_appended_at_the_commit_with_the_writes_and_go_with_a_rollback(database_url):
+    kept, dropped, released, lost = (_action(n) for n in ("kept", "savepoint.rolled-back", "savepoint.released", "rb"))
+    with session_scope() as s:
+        audit.record(s, actor="tester", action=kept)
+        with pytest.raises(ValueError), s.begin_nested():
+            audit.record(s, actor="tester", action=dropped)
+            raise ValueError("a refusal inside a savepoint")
+        with s.begin_nested():
+            audit.record(s, actor="tester", action=released)
+        # nothing is locked while the transaction (and its Python) goes on: another writer appends meanwhile
+        other = audit.record_apart(s, actor="tester", action=_action("meanwhile"))
+        assert _entries(kept) == []  # not before the commit
+    [k], [r] = _entries(kept), _entries(released)
+    assert _entries(dropped) == [] and other.id < k.id < r.id
+    with pytest.raises(RuntimeError), session_scope() as s:
+        audit.record(s, actor="tester", action=lost)
+        raise RuntimeError("rolled back")
+    assert _entries(lost) == []
+    with session_scope() as s:  # a session used again after a rollback queues afresh
+        audit.record(s, actor="tester", action=lost)
+    assert len(_entries(lost)) == 1
+    with session_scope() as s:
         assert audit.verify(s).ok
 
 
 def test_concurrent_appends_never_fork_the_chain(database_url):
     from concurrent.futures import ThreadPoolExecutor
 
-    def append(i: int) -> int:
+    action = _action("race")
+
+    def append(i: int) -> None:
         with session_scope() as s:
+            s.execute(text("SELECT 1"))
             if i % 2:
-                return audit.record_apart(s, actor="tester", action="test.race", detail={"i": i}).id
-            return audit.record(s, actor="tester", action="test.race", detail={"i": i}).id
+                audit.record_apart(s, actor="tester", action=action, detail={"i": i})
+            else:
+                audit.record(s, actor="tester", action=action, detail={"i": i})
 
     with ThreadPoolExecutor(8) as pool:
-        ids = list(pool.map(append, range(80)))
+        list(pool.map(append, range(80)))
     with session_scope() as s:
         links = s.execute(text("SELECT count(*), count(DISTINCT prev_hash) FROM platform.audit_log")).one()
         assert links[0] == links[1], "two entries name the same previous entry: the chain forked"
-        assert audit.verify(s).ok and len(set(ids)) == 80
+        assert audit.verify(s).ok
+    assert sorted(e.detail["i"] for e in _entries(action)) == list(range(80))

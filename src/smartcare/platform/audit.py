@@ -6,10 +6,11 @@ UPDATE/DELETE/TRUNCATE (triggers in the migration); ``verify`` catches what a su
 
 Appends are serialised with a transaction-scoped advisory lock so the chain never forks. What needs the
 previous entry (the id, the time, the previous hash, the hash) is filled in by the database in the same
-statement, from a body this process encodes before it asks for the lock: no Python of the append runs
-under it. ``record`` appends in the caller's transaction (call it late: the lock is held to the caller's
-commit); ``record_apart`` in a transaction of its own, lock, append and commit in one round trip, so its
-lock lasts one statement and the commit, never while Python waits for its turn (the GIL) in the middle
+statement, from a body this process encodes before it asks for the lock. The lock is taken, the entries
+appended and the transaction committed in one round trip, so the lock lasts a statement and the commit and
+never a moment of Python (a writer that held it while it waited for a core made every other writer wait):
+``record`` queues its entry with the caller's transaction and the commit appends it (a savepoint rolled back
+takes its entries along); ``record_apart`` appends in a transaction of its own, committed before it returns
 (reads of personal data).
 """
 
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from psycopg.types.json import Jsonb
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from smartcare.platform.db import driver, side_engine
@@ -34,7 +35,7 @@ GENESIS = "0" * 64
 _LOCK_KEY = 0x5C_A0D1  # any constant: one chain, one lock
 #: stand-ins in an encoded body for what only the database knows under the lock (see ``_body``)
 _ID, _AT, _PREV = "\x01I", "\x01T", "\x01P"
-_HELD: Final = "smartcare.audit_lock_held"  # in Session.info: the transaction that holds the chain's lock
+_PENDING: Final = "smartcare.audit_pending"  # in Session.info: (transaction, entry) to append at the commit
 
 _APPEND = f"""
     INSERT INTO platform.audit_log (id, at, actor, action, target, detail, prev_hash, hash)
@@ -66,14 +67,18 @@ def _body(*, actor: str, action: str, target: str | None, detail: dict) -> str:
             f'"detail":{_canonical(detail)},"id":{_ID},"prev":"{_PREV}","target":{_canonical(target)}}}')
 
 
-def _append(conn, *, actor: str, action: str, target: str | None, detail: dict | None) -> tuple[tuple, dict]:
-    """Queue the lock and the append on a psycopg connection in pipeline mode; the cursor of the append."""
+def _params(*, actor: str, action: str, target: str | None, detail: dict | None) -> dict:
+    """An entry's statement parameters, personal data in ``detail`` masked, its body encoded (see ``_body``)."""
     clean = mask_mapping(detail or {})
-    params = {"actor": actor, "action": action, "target": target, "detail": Jsonb(clean),
-              "body": _body(actor=actor, action=action, target=target, detail=clean)}
+    return {"actor": actor, "action": action, "target": target, "detail": Jsonb(clean),
+            "body": _body(actor=actor, action=action, target=target, detail=clean)}
+
+
+def _append(conn, params: dict):
+    """Queue the lock and the append on a psycopg connection in pipeline mode; the cursor of the append."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
     # a statement of its own after the lock: its snapshot sees the entry the previous holder committed
-    return conn.execute(_APPEND, params), clean
+    return conn.execute(_APPEND, params)
 
 
 def _entry(row: tuple, *, actor: str, action: str, target: str | None, detail: dict) -> AuditLog:
@@ -82,37 +87,65 @@ def _entry(row: tuple, *, actor: str, action: str, target: str | None, detail: d
                     hash=hash)
 
 
-def record(session: Session, *, actor: str, action: str, target: str | None = None, detail: dict | None = None) -> AuditLog:
-    """Append one entry in the caller's transaction. Personal data in ``detail`` is masked first.
+def record(session: Session, *, actor: str, action: str, target: str | None = None, detail: dict | None = None) -> None:
+    """An entry appended with the caller's transaction, when it commits (see the module's docstring); personal
+    data in ``detail`` is masked first. Rolled back with the transaction, or with the savepoint it was
+    recorded in."""
+    session.connection()  # the transaction the entry belongs to has begun
+    recorded_in = session.get_nested_transaction() or session.get_transaction()
+    params = _params(actor=actor, action=action, target=target, detail=detail)
+    session.info.setdefault(_PENDING, []).append((recorded_in, params))
 
-    One round trip on the driver (audited writes are on hot paths: every EMPI link); the lock is held from
-    here to the caller's commit.
-    """
+
+@event.listens_for(Session, "before_commit")
+def _append_pending(session: Session) -> None:
+    """At the commit of a transaction with entries: its last writes, then lock, append and COMMIT in one round
+    trip (the Session's own commit then finds the connection's transaction committed)."""
+    if session.get_nested_transaction() is not None or not session.info.get(_PENDING):
+        return  # a savepoint released: its entries wait for the transaction's commit
+    session.flush()
+    pending = session.info.pop(_PENDING)
     conn = driver(session)
     with conn.pipeline():
-        cur, clean = _append(conn, actor=actor, action=action, target=target, detail=detail)
-    session.info[_HELD] = session.get_transaction()
-    return _entry(cur.fetchone(), actor=actor, action=action, target=target, detail=clean)
+        for _, params in pending:
+            _append(conn, params)
+        conn.execute("COMMIT")
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous_transaction) -> None:
+    """A rollback takes the entries recorded in the transaction (or savepoint) it ended, and in any inside it."""
+    def within(t) -> bool:
+        while t is not None:
+            if t is previous_transaction:
+                return True
+            t = t.parent
+        return False
+
+    if session.info.get(_PENDING):
+        session.info[_PENDING] = [(t, e) for t, e in session.info[_PENDING] if not within(t)]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_pending(session: Session, transaction) -> None:
+    if transaction.parent is None:  # the session's transaction ended: nothing it queued outlives it
+        session.info.pop(_PENDING, None)
 
 
 def record_apart(session: Session, *, actor: str, action: str, target: str | None = None,
                  detail: dict | None = None) -> AuditLog:
     """Append one entry in a transaction of its own, committed before this returns: lock, append and commit
     in one round trip. For what must be on record whatever becomes of the caller's transaction (a read of
-    personal data, before it is sent). ``session`` is the caller's: if its transaction already holds the
-    chain's lock, waiting for it here would never end, so that is refused."""
-    if session.info.get(_HELD) is not None and session.info[_HELD] is session.get_transaction():
-        raise RuntimeError("this transaction holds the audit chain's lock: record in it, not apart")
+    personal data, before it is sent)."""
     raw = side_engine().raw_connection()
     try:
         conn = raw.driver_connection
         with conn.pipeline():
-            # a wait PostgreSQL cannot see as a deadlock (the caller's transaction, holding what the lock's
-            # holder may wait for, waits for this one in Python) becomes an error instead of a hang
-            conn.execute("SET LOCAL lock_timeout = '10s'")
-            cur, clean = _append(conn, actor=actor, action=action, target=target, detail=detail)
+            conn.execute("SET LOCAL lock_timeout = '10s'")  # a wait for the chain is never a hang
+            params = _params(actor=actor, action=action, target=target, detail=detail)
+            cur = _append(conn, params)
             conn.execute("COMMIT")
-        return _entry(cur.fetchone(), actor=actor, action=action, target=target, detail=clean)
+        return _entry(cur.fetchone(), actor=actor, action=action, target=target, detail=params["detail"].obj)
     except BaseException:
         raw.rollback()
         raise
