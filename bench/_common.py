@@ -244,13 +244,15 @@ class LeanHttp:
 
     def _connect(self) -> None:
         self.close()
-        self.sock = socket.create_connection(self.address)
+        self.sock = socket.create_connection(self.address, timeout=300)  # a server that hangs fails the run
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
 
     def _dropped(self) -> bool:
         """Readable before a request was sent: the server closed the connection (or sent what nobody asked)."""
-        return bool(select.select([self.sock], [], [], 0)[0])
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(0))
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
         """One request, answered: (status, body)."""
@@ -266,13 +268,19 @@ class LeanHttp:
                 self.buffer += self._recv()
             head, self.buffer = self.buffer[:end].decode("latin-1"), self.buffer[end + 4:]
             status_line, *header_lines = head.split("\r\n")
-            length = 0
+            status = int(status_line.split(" ", 2)[1])
+            length, closing = 0, False
             for line in header_lines:
                 name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
+                name = name.strip().lower()
+                if name == "content-length":
                     length = int(value)
-                elif name.strip().lower() == "transfer-encoding":
+                elif name == "transfer-encoding":
                     raise ValueError(f"{method} {path}: a chunked answer (LeanHttp reads Content-Length bodies only)")
+                elif name == "connection" and value.strip().lower() == "close":
+                    closing = True
+            if method == "HEAD" or status in (204, 304) or status < 200:
+                length = 0  # no body, whatever Content-Length says
             chunks, have = [self.buffer], len(self.buffer)
             while have < length:  # a large body: its pieces joined once
                 chunks.append(self._recv())
@@ -282,7 +290,9 @@ class LeanHttp:
             raise
         whole = b"".join(chunks)
         answer, self.buffer = whole[:length], whole[length:]
-        return int(status_line.split(" ", 2)[1]), answer
+        if closing:  # the server said so: the next request opens a new connection
+            self.close()
+        return status, answer
 
     def _recv(self) -> bytes:
         chunk = self.sock.recv(1 << 18)

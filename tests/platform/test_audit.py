@@ -168,6 +168,26 @@ def test_entries_are_appended_at_the_commit_with_the_writes_and_go_with_a_rollba
         assert audit.verify(s).ok
 
 
+def test_a_commit_with_a_savepoint_still_open_appends_and_a_failed_commit_appends_nothing(database_url):
+    from sqlalchemy.exc import IntegrityError
+
+    from smartcare.platform.db import session_factory
+
+    kept, refused = _action("outer-commit"), _action("failed-commit")
+    with session_factory()() as s:
+        with s.begin():  # the outer transaction commits while its savepoint is still open
+            s.begin_nested()
+            audit.record(s, actor="tester", action=kept)
+    assert len(_entries(kept)) == 1
+    with pytest.raises(IntegrityError), session_scope() as s:  # raised as SQLAlchemy raises a failed commit
+        s.execute(text("CREATE TEMP TABLE once (n int UNIQUE DEFERRABLE INITIALLY DEFERRED) ON COMMIT DROP"))
+        s.execute(text("INSERT INTO once VALUES (1), (1)"))  # refused only by the COMMIT
+        audit.record(s, actor="tester", action=refused)
+    assert _entries(refused) == []
+    with session_scope() as s:
+        assert audit.verify(s).ok
+
+
 def test_concurrent_appends_never_fork_the_chain(database_url):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -1,7 +1,7 @@
 """The capability routers: a request outside a router's prefix passes it without its routes being tried,
 and every request still reaches the route (or the 404/405) it reached with FastAPI's own router."""
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 
 from smartcare.web.routing import Router
@@ -42,6 +42,23 @@ def test_requests_reach_the_same_routes():
     assert client.put("/api/a/items").status_code == 405  # a method not served is still told apart from a 404
     assert client.get("/api/d/items").status_code == 404
     assert client.get("/api/a").status_code == 404
+
+
+def test_a_router_included_under_a_prefix_of_its_own():
+    inner, nested = Router(prefix="/items"), APIRouter(prefix="/org/{org}")
+
+    @inner.get("/{no}")
+    def one(no: int, org: str | None = None):
+        return {"no": no, "org": org}
+
+    nested.include_router(inner)
+    app = FastAPI()
+    app.include_router(inner, prefix="/v2")
+    app.include_router(nested)
+    client = TestClient(app)
+    assert client.get("/v2/items/3").json() == {"no": 3, "org": None}
+    assert client.get("/org/x/items/4").json() == {"no": 4, "org": "x"}
+    assert client.get("/items/5").status_code == 404
 
 
 def test_a_path_outside_the_prefix_tries_no_route(monkeypatch):

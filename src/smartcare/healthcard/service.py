@@ -491,8 +491,8 @@ def verify(session: Session, *, code_text: str, facility_code: str, step: str = 
         dynamic = code.kind == qr.Kind.DYNAMIC
         if not dynamic:  # a printed code: its PIN is checked first, in statements of their own
             if request:
+                spent = True  # claimed here, or refused as a replay: not claimed again below
                 auth.claim_nonce_in(session, *request)
-                spent = True
             _check_pin(session, code.card_token, pin)  # refuses unknown and inactive cards first
     except SmartCareError:
         if not spent:
@@ -506,6 +506,8 @@ def verify(session: Session, *, code_text: str, facility_code: str, step: str = 
         raise auth.replay_error()
     if card_no is None:
         raise CodeRejected("card_unknown", "no card has this token")
+    if empi_id is None:  # a card whose person is gone from the index: the index must be repaired, not guessed
+        raise NotFound("the card's person is not in the master patient index", field="code")
     if state != "active":
         raise _inactive(state)
     if dynamic and not fresh:

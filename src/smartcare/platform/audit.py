@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
+import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import event, select
+from sqlalchemy import exc as sqlalchemy_exc
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from smartcare.platform.db import driver, side_engine
+from smartcare.platform.db import side_engine
 from smartcare.platform.masking import mask_mapping
 from smartcare.platform.models import AuditLog
 
@@ -36,6 +40,7 @@ _LOCK_KEY = 0x5C_A0D1  # any constant: one chain, one lock
 #: stand-ins in an encoded body for what only the database knows under the lock (see ``_body``)
 _ID, _AT, _PREV = "\x01I", "\x01T", "\x01P"
 _PENDING: Final = "smartcare.audit_pending"  # in Session.info: (transaction, entry) to append at the commit
+_QUEUED_BY: Final = "smartcare.audit_queued_by"  # in a connection's info: the session whose entries its commit appends
 
 _APPEND = f"""
     INSERT INTO platform.audit_log (id, at, actor, action, target, detail, prev_hash, hash)
@@ -91,25 +96,36 @@ def record(session: Session, *, actor: str, action: str, target: str | None = No
     """An entry appended with the caller's transaction, when it commits (see the module's docstring); personal
     data in ``detail`` is masked first. Rolled back with the transaction, or with the savepoint it was
     recorded in."""
-    session.connection()  # the transaction the entry belongs to has begun
+    connection = session.connection()  # the transaction the entry belongs to has begun
+    connection.info[_QUEUED_BY] = weakref.ref(session)
     recorded_in = session.get_nested_transaction() or session.get_transaction()
     params = _params(actor=actor, action=action, target=target, detail=detail)
     session.info.setdefault(_PENDING, []).append((recorded_in, params))
 
 
-@event.listens_for(Session, "before_commit")
-def _append_pending(session: Session) -> None:
-    """At the commit of a transaction with entries: its last writes, then lock, append and COMMIT in one round
-    trip (the Session's own commit then finds the connection's transaction committed)."""
-    if session.get_nested_transaction() is not None or not session.info.get(_PENDING):
-        return  # a savepoint released: its entries wait for the transaction's commit
-    session.flush()
-    pending = session.info.pop(_PENDING)
-    conn = driver(session)
-    with conn.pipeline():
-        for _, params in pending:
-            _append(conn, params)
-        conn.execute("COMMIT")
+@event.listens_for(Engine, "commit")
+def _append_pending(connection) -> None:
+    """The real commit of a connection whose session queued entries (not a savepoint's release: that is no
+    commit): lock, append and COMMIT in one round trip, after the session's last flush; the connection's own
+    commit then finds nothing left to commit. A failed COMMIT is raised as SQLAlchemy raises one."""
+    queued_by = connection.info.pop(_QUEUED_BY, None)
+    session = queued_by() if queued_by is not None else None
+    pending = session.info.pop(_PENDING, None) if session is not None else None
+    if not pending:
+        return
+    conn = connection.connection.driver_connection
+    try:
+        with conn.pipeline():
+            for _, params in pending:
+                _append(conn, params)
+            conn.execute("COMMIT")
+    except psycopg.Error as exc:
+        raise sqlalchemy_exc.DBAPIError.instance("COMMIT", None, exc, psycopg.Error) from exc
+
+
+@event.listens_for(Engine, "rollback")
+def _forget_queue(connection) -> None:
+    connection.info.pop(_QUEUED_BY, None)
 
 
 @event.listens_for(Session, "after_soft_rollback")
