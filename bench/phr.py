@@ -38,7 +38,7 @@ clients. Printed, measured in the same run:
    again with the index it lacks.
 
     python bench/phr.py            # an index of 1,000,000 persons, 100,000 with records; 2,000 requests
-    python bench/phr.py --quick    # 100,000 persons, 10,000 with records; 200 requests (under a minute)
+    python bench/phr.py --quick    # 100,000 persons, 10,000 with records; 1,000 requests (under a minute)
 
 Uses ``DATABASE_URL`` (or the embedded PostgreSQL), like every benchmark here: a new database on that server
 per run, migrated, seeded, dropped at the end. Never asserts a time.
@@ -662,7 +662,7 @@ def cpu_line(name: str, r: dict, groups: tuple[str, ...]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="100,000 persons, 200 requests: under a minute")
+    parser.add_argument("--quick", action="store_true", help="100,000 persons, 1,000 requests: under a minute")
     parser.add_argument("--persons", type=int, help="persons in the master patient index (default 1,000,000; "
                                                     "quick 100,000)")
     parser.add_argument("--with-records", type=int, help="other persons with documents (default 100,000; quick 10,000)")
@@ -680,7 +680,7 @@ def main() -> int:
     args = parser.parse_args()
     args.persons = args.persons or (100_000 if args.quick else 1_000_000)
     args.with_records = args.with_records or (10_000 if args.quick else 100_000)
-    args.requests = args.requests or (200 if args.quick else 2_000)
+    args.requests = args.requests or (1_000 if args.quick else 2_000)
     args.chunks = args.chunks or (5 if args.quick else 20)
     args.profile_runs = args.profile_runs or (10 if args.quick else 50)
     load = os.getloadavg()
