@@ -451,8 +451,7 @@ class Verification:
 # Always one row: a replayed request is told apart from an unknown card.
 _ACCEPT = f"""
 WITH RECURSIVE
-     r AS (INSERT INTO platform.request_nonce (client_id, nonce) SELECT %(client)s::varchar, %(request_nonce)s::varchar
-           WHERE %(client)s::varchar IS NOT NULL ON CONFLICT DO NOTHING RETURNING 1),
+     r AS ({auth.nonce_claim_sql('%(client)s::varchar', '%(request_nonce)s::varchar')}),
      c AS (SELECT id, card_no, person_id, name_masked, state FROM healthcard.card WHERE token = %(token)s),
      ok AS (SELECT id FROM c WHERE state = 'active' AND (%(client)s::varchar IS NULL OR EXISTS (SELECT 1 FROM r))),
      n AS (INSERT INTO healthcard.used_nonce (nonce, card_id, expires_at)

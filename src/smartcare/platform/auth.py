@@ -277,12 +277,21 @@ def claim_nonce(client_id: str, nonce: str) -> None:
         claim_nonce_in(nonce_session, client_id, nonce)
 
 
+def nonce_claim_sql(client: str, nonce: str) -> str:
+    """``claim_nonce_in`` as SQL (``client`` and ``nonce`` SQL expressions; a NULL client claims nothing), for a
+    hot statement of another module that spends the nonce in its own round trip, as a data-modifying common
+    table expression: it returns a row when the nonce was fresh."""
+    return (f"INSERT INTO platform.request_nonce (client_id, nonce) SELECT {client}, {nonce} "
+            f"WHERE {client} IS NOT NULL ON CONFLICT DO NOTHING RETURNING 1")
+
+
+_CLAIM = nonce_claim_sql("%(client)s::varchar", "%(nonce)s::varchar")
+
+
 def claim_nonce_in(session: Session, client_id: str, nonce: str) -> None:
     """Record a nonce in the caller's transaction (one round trip on a hot path); the caller commits it
     even when it refuses the request, or a refused request could be replayed."""
-    fresh = driver(session).execute("INSERT INTO platform.request_nonce (client_id, nonce) VALUES (%s, %s) "
-                                    "ON CONFLICT DO NOTHING RETURNING 1", (client_id, nonce)).fetchone()
-    if not fresh:
+    if not driver(session).execute(_CLAIM, {"client": client_id, "nonce": nonce}).fetchone():
         raise replay_error()
 
 
