@@ -169,12 +169,13 @@ _UP = """up (id, empi_id, merged_into, depth) AS (
     UNION ALL
     SELECT p.id, p.empi_id, p.merged_into, up.depth + 1 FROM empi.person p JOIN up ON p.id = up.merged_into
     WHERE up.depth < 32)"""
+_NOW = "SELECT id, empi_id FROM up ORDER BY depth DESC LIMIT 1"  # the last of the chain ``_UP`` walks
 
 
 def now_of(person: str) -> str:
     """SQL of a subquery for another capability's statement (``LEFT JOIN LATERAL (…) now ON true``): the person
     the id expression ``person`` stands for now (following merges), columns id and empi_id."""
-    return f"WITH RECURSIVE {_UP.format(person=person)} SELECT id, empi_id FROM up ORDER BY depth DESC LIMIT 1"
+    return f"WITH RECURSIVE {_UP.format(person=person)} {_NOW}"
 
 
 _RESOLVE = now_of("%(p)s")
@@ -185,7 +186,7 @@ def cards_at_ctes(person: str, facility: str) -> str:
     round trip (``WITH RECURSIVE`` list items): ``now_is`` (id, empi_id), the person the SQL expression ``person``
     stands for now, and ``cards_here`` (card_no), their visit cards at the facility ``facility`` (SQL)."""
     return f"""{_UP.format(person=person)},
-        now_is AS (SELECT id, empi_id FROM up ORDER BY depth DESC LIMIT 1),
+        now_is AS ({_NOW}),
         cards_here AS (SELECT s.card_no FROM now_is n JOIN empi.link l ON l.person_id = n.id
                        JOIN empi.source_identity s ON s.id = l.source_id AND s.facility_code = {facility})"""
 
@@ -208,7 +209,7 @@ def absorbed_ids(session: Session, person_id: int) -> list[int]:
     One statement (every read of a person's records asks it)."""
     rows = driver(session).execute(
         f"""WITH RECURSIVE {_UP.format(person='%(p)s')},
-           now_is AS (SELECT id FROM up ORDER BY depth DESC LIMIT 1),
+           now_is AS ({_NOW}),
            down (id, depth) AS (
                SELECT id, 0 FROM now_is
                UNION ALL
@@ -442,7 +443,7 @@ def current_person(session: Session, empi_id: str) -> CurrentPerson:
     on the driver: every read of a person's records asks it."""
     row = driver(session).execute(
         f"""WITH RECURSIVE {_UP.format(person='(SELECT id FROM empi.person WHERE empi_id = %(e)s)')}
-            SELECT p.id, p.empi_id, p.golden FROM (SELECT id FROM up ORDER BY depth DESC LIMIT 1) now
+            SELECT p.id, p.empi_id, p.golden FROM ({_NOW}) now
             JOIN empi.person p ON p.id = now.id""", {"e": empi_id}).fetchone()
     if row is None:
         raise NotFound(f"no person {empi_id}", field="empi_id")
