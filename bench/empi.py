@@ -13,7 +13,8 @@ Prints, in one run:
 3. Real time: register-and-match of held-out cards (new cards of residents already in the index)
    against that index, from 8 concurrent client processes (as a server's worker processes would
    be), each registration one transaction: p50/p99 latency, throughput, and how many went to the
-   right person; baseline: the same clients doing a plain indexed lookup by ID number.
+   right person, what the database's busy backends were doing meanwhile (``pg_stat_activity`` sampled);
+   baseline: the same clients doing a plain indexed lookup by ID number.
 4. Peak RSS.
 
     python bench/empi.py             # 1,000,000 cards timed; an index of ~1,000,000 persons (about 30 min)
@@ -33,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Timer, pct, peak_rss_mib, scratch_database  # noqa: E402
+from _common import Timer, WaitSampler, pct, peak_rss_mib, scratch_database  # noqa: E402
 
 from smartcare.empi import linkage, matching, migration  # noqa: E402
 from smartcare.empi.fields import default_config  # noqa: E402
@@ -167,13 +168,26 @@ def realtime(url: str, held_out, clients: int) -> dict:
     """Register held-out cards from ``clients`` concurrent processes; then the baseline lookups."""
     from sqlalchemy import create_engine, text
 
+    waits = WaitSampler(url.replace("postgresql+psycopg://", "postgresql://", 1), _wait_label)
+    waits.start()
     latencies, wall, cpu = _run_clients(url, held_out, clients)
+    waited = waits.stop()
     base, base_wall, _ = _run_clients(url, [c for c in held_out if c.id_number], clients, lookup=True)
     engine = create_engine(url)
     with engine.connect() as conn:
         persons = conn.execute(text("SELECT count(*) FROM empi.person WHERE state = 'active'")).scalar_one()
     engine.dispose()
-    return {"latencies": latencies, "wall": wall, "cpu": cpu, "persons": persons, "base": base, "base_wall": base_wall}
+    return {"latencies": latencies, "wall": wall, "cpu": cpu, "persons": persons, "base": base, "base_wall": base_wall,
+            "waits": waited}
+
+
+def _wait_label(state: str, kind: str | None, event: str | None) -> str:
+    """What a busy backend of the registrations is doing (the audit chain's lock is the advisory one)."""
+    if kind == "Lock" and event == "advisory":
+        return "waiting for the audit chain's lock"
+    if kind == "Client" and event == "ClientRead":
+        return "waiting for the client" + (" (idle in transaction)" if state == "idle in transaction" else " (in a pipeline)")
+    return "running a statement" if kind is None else f"{kind}:{event}"
 
 
 def main() -> None:
@@ -283,6 +297,11 @@ def main() -> None:
         print(f"  raw PostgreSQL   p50 {pct(base, 0.5):6.1f} ms  p99 {pct(base, 0.99):6.1f} ms  "
               f"{len(base) / result['base_wall']:7.0f} lookups/s   (baseline: one indexed lookup by ID number)")
         print(f"  linked to the right person: {right / len(held_out):.1%} of {len(held_out):,}")
+        seen = result["waits"]["counts"]
+        busy = sum(seen.values())
+        if busy:
+            print(f"  the registrations' busy backends (pg_stat_activity every 20 ms, {busy / max(1, result['waits']['samples']):.1f} "
+                  f"on average): " + ", ".join(f"{label} {n / busy:.0%}" for label, n in seen.most_common(5)))
     print(f"\npeak RSS {peak_rss_mib():,.0f} MiB")
 
 
