@@ -57,6 +57,42 @@ def test_link_golden_record_and_unlink(people):
     assert actions == ["link", "link", "unlink"]
 
 
+def test_survivorship_rule_by_rule_and_the_person_a_card_left(database_url):
+    """Each field from the card the rules pick: a valid ID before a more trusted invalid one, then trust, then
+    recency, then completeness; empty values and unknown sex (0, 9) never win; a relinked card's old person is
+    recomputed from the cards it still has (all in the link's one statement)."""
+    tag = uuid.uuid4().hex[:6]
+    number = idcard.make("500112", date(1979, 11, 2), 31, "1")
+    bad = number[:-1] + ("0" if number[-1] != "0" else "1")
+
+    def card(no, trust, at, **record):
+        return service.register_source(s, facility_code=f"S{tag}", card_no=no, trust=trust, record=record,
+                                       recorded_at=datetime(*at, tzinfo=UTC)).id
+
+    with session_scope() as s:
+        a = card("1", 1, (2020, 1, 1), name="王强", id_number=number, sex="1", birth_date="1979-11-02",
+                 phone="13900000001", address="重庆市渝北区龙溪街道1号")
+        b = card("2", 5, (2021, 1, 1), name="王強", id_number=bad, sex="9", birth_date="1979-11-02", phone="",
+                 address="重庆市江北区观音桥2号")
+        c = card("3", 5, (2025, 1, 1), name="王强", sex="0", phone="13900000003")
+        d = card("4", 5, (2025, 1, 1), name="王强", sex="1", birth_date="1979-11-02", phone="13900000004",
+                 address="重庆市南岸区3号")
+        p = service.link(s, source_id=a, method="test", actor="test")
+        for source in (b, c, d):
+            service.link(s, source_id=source, person_id=p.id, method="test", actor="test")
+        golden = s.execute(text("SELECT golden FROM empi.person WHERE id = :p"), {"p": p.id}).scalar_one()
+        assert golden["id_number"] == number  # valid (a) before more trusted but invalid (b)
+        assert golden["sex"] == "1"  # 9 and 0 are no values; d is the most trusted and recent with one
+        assert golden["phone"] == "13900000004"  # trust 5, 2025: c and d tie, d is more complete
+        assert golden["address"] == "重庆市南岸区3号" and golden["sources"] == 4  # trust 5, newest: d over b
+        other = service.link(s, source_id=d, method="test", actor="test")  # d moves to a person of its own
+        left = s.execute(text("SELECT golden FROM empi.person WHERE id = :p"), {"p": p.id}).scalar_one()
+        own = s.execute(text("SELECT golden FROM empi.person WHERE id = :p"), {"p": other.id}).scalar_one()
+    assert left["phone"] == "13900000003" and left["address"] == "重庆市江北区观音桥2号" and left["sources"] == 3
+    assert left["sex"] == "1" and left["id_number"] == number
+    assert own["phone"] == "13900000004" and own["sources"] == 1 and "id_number" not in own
+
+
 def test_merge_and_unmerge_are_reversible_and_xref_follows(people):
     a, b, c, _ = people
     with session_scope() as s:

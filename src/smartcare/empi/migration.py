@@ -356,13 +356,18 @@ def _commit_chunk(session: Session, run: MigrationRun, config: FieldConfig, rows
     person_ids = _next_ids(session, "empi.person_id_seq", len(fresh))
     numbers = _next_ids(session, "empi.person_number", len(fresh))
     person_of = dict(existing_person)
-    persons = []
-    for cluster, pid, number in zip(fresh, person_ids, numbers, strict=True):
-        person_of[cluster] = pid
-        members = by_cluster[cluster]
-        golden = service.golden_of([(r.norm, 1, r.recorded_at) for r, _ in members])
-        persons.append((pid, f"E{number:011d}", _json(golden), "active"))
-    copy_rows(session, "empi.person", ("id", "empi_id", "golden", "state"), persons)
+    person_of.update(zip(fresh, person_ids, strict=True))
+    session.execute(text(  # golden records where the rows are (survivorship is SQL: empi.golden)
+        """INSERT INTO empi.person (id, empi_id, golden, state)
+           SELECT f.id, 'E' || lpad(f.number::text, 11, '0'), g.golden, 'active'
+             FROM unnest(CAST(:clusters AS bigint[]), CAST(:ids AS bigint[]), CAST(:numbers AS bigint[]))
+                  AS f (cluster, id, number)
+             JOIN (SELECT cluster, empi.golden(array_agg(norm ORDER BY row_no), array_agg(1 ORDER BY row_no),
+                                               array_agg(recorded_at ORDER BY row_no)) AS golden
+                     FROM empi.migration_row WHERE run_id = :r AND cluster = ANY(:clusters) AND NOT committed
+                      AND existing_id IS NULL
+                    GROUP BY cluster) g ON g.cluster = f.cluster"""),
+        {"r": run.id, "clusters": fresh, "ids": person_ids, "numbers": numbers})
     sources, links, history, keys = [], [], [], []
     actor = f"{ACTOR_PREFIX}{run.id}"
     for cluster, members in by_cluster.items():

@@ -223,21 +223,30 @@ def link(session: Session, *, source_id: int, person_id: int | None = None, weig
          unless_holding: tuple[str, str] | None = None) -> PersonRef | None:
     """Link a source to a person (a new person when ``person_id`` is None); moving it is a ``relink``.
 
-    Every registration of a card comes through here, so it costs three round trips on the driver: one
-    statement checks and locks, writes person, link and history and reads the person's other cards;
-    then the golden record with the audit entry's lock (pipelined); then the audit entry (its lock is
-    held to commit, so it comes last).
+    Every registration of a card comes through here, so it is one statement: it checks and locks, and writes
+    the person (new or found), the link, the history and the golden records of the person and of the one the
+    card left; the audit entry is appended at commit.
 
     ``unless_holding=(feature, value)``: write nothing and return None if the person holds a card whose
     ``feature`` has another value (a different certain ID: twins, a guardian's ID) — checked in the same
     statement, so matching needs no extra round trip."""
-    conn = driver(session)
     feature, value = unless_holding or (None, None)
-    target = ("INSERT INTO empi.person (empi_id, golden, state) VALUES "
-              "('E' || lpad(nextval('empi.person_number')::text, 11, '0'), '{}', 'active') "
-              "RETURNING id, empi_id, state"
-              if person_id is None else "SELECT id, empi_id, state FROM empi.person WHERE id = %(p)s")
-    row = conn.execute(
+    if person_id is None:  # a person made in this statement: its golden record comes with it (an UPDATE could not see it)
+        target = """INSERT INTO empi.person (empi_id, golden, state)
+                    SELECT 'E' || lpad(nextval('empi.person_number')::text, 11, '0'),
+                           empi.golden(ARRAY[src.norm], ARRAY[src.trust::integer], ARRAY[src.recorded_at]), 'active'
+                      FROM src
+                    RETURNING id, empi_id, state"""
+        joined = ""
+    else:
+        target = "SELECT id, empi_id, state FROM empi.person WHERE id = %(p)s"
+        joined = f""",
+                 joined AS (UPDATE empi.person p SET updated_at = now(),
+                                   golden = empi.golden(o.norms || src.norm, o.trusts || src.trust::integer,
+                                                        o.recorded || src.recorded_at)
+                              FROM ok, src, ({_SOURCES.format(where="l.person_id = %(p)s AND l.source_id <> %(s)s")}) o
+                             WHERE p.id = ok.person_id)"""
+    row = driver(session).execute(
         f"""WITH src AS (SELECT s.id, s.norm, s.trust, s.recorded_at,
                                 (SELECT person_id FROM empi.link WHERE source_id = s.id) AS previous
                            FROM empi.source_identity s WHERE s.id = %(s)s FOR UPDATE),
@@ -254,18 +263,18 @@ def link(session: Session, *, source_id: int, person_id: int | None = None, weig
                           method = EXCLUDED.method, confirmed_by = EXCLUDED.confirmed_by, linked_at = now()),
                  h AS (INSERT INTO empi.history (action, source_id, person_id, other_person_id, weight, method, actor)
                        SELECT CASE WHEN ok.previous IS NULL THEN 'link' ELSE 'relink' END, ok.id, ok.person_id,
-                              ok.previous, %(w)s, %(m)s, %(actor)s FROM ok RETURNING id)
-            SELECT src.previous, tgt.id, tgt.empi_id, tgt.state, (SELECT id FROM h), (SELECT found FROM clash),
-                   src.norm, src.trust, src.recorded_at,
-                   (SELECT coalesce(jsonb_agg(jsonb_build_array(o.norm, o.trust, o.recorded_at)), '[]')
-                      FROM empi.link ol JOIN empi.source_identity o ON o.id = ol.source_id
-                     WHERE ol.person_id = tgt.id AND ol.source_id <> src.id)
+                              ok.previous, %(w)s, %(m)s, %(actor)s FROM ok RETURNING id),
+                 left_behind AS (UPDATE empi.person p SET updated_at = now(),
+                                        golden = empi.golden(o.norms, o.trusts, o.recorded)
+                                   FROM ok, LATERAL ({_SOURCES.format(where="l.person_id = ok.previous AND l.source_id <> ok.id")}) o
+                                  WHERE p.id = ok.previous){joined}
+            SELECT src.previous, tgt.id, tgt.empi_id, tgt.state, (SELECT id FROM h), (SELECT found FROM clash)
               FROM src LEFT JOIN tgt ON true""",
         {"s": source_id, "p": person_id, "w": weight, "m": method, "c": actor if confirmed else None,
          "actor": actor, "feature": feature, "value": value}).fetchone()
     if row is None:
         raise NotFound(f"no source identity {source_id}", field="source_id")
-    previous, new_id, empi_id, state, history_id, clash, norm, trust, recorded_at, others = row
+    previous, new_id, empi_id, state, history_id, clash = row
     if new_id is None:
         raise NotFound(f"no person {person_id}", field="person_id")
     if state != "active":
@@ -275,14 +284,11 @@ def link(session: Session, *, source_id: int, person_id: int | None = None, weig
         return None
     if history_id is None:  # already linked to this person: nothing was written
         return PersonRef(new_id, empi_id)
+    for key in (new_id, previous) if previous is not None else (new_id,):
+        _expire(session, Person, key)
     _expire(session, Link, source_id)
-    sources = [(n, t, datetime.fromisoformat(at)) for n, t, at in others] + [(norm, trust, recorded_at)]
-    with conn.pipeline():
-        _store_golden(session, new_id, golden_of(sources))
-        if previous is not None:
-            recompute_golden(session, previous)
-        _audit(session, action="relink" if previous else "link", person_id=new_id, actor=actor, source_id=source_id,
-               other_person_id=previous, method=method, history_id=history_id)
+    _audit(session, action="relink" if previous else "link", person_id=new_id, actor=actor, source_id=source_id,
+           other_person_id=previous, method=method, history_id=history_id)
     return PersonRef(new_id, empi_id)
 
 
@@ -343,40 +349,19 @@ def unmerge(session: Session, *, merge_history_id: int, actor: str, reason: str 
     return merged
 
 
-def golden_of(sources: list[tuple[dict, int, datetime]]) -> dict:
-    """Survivorship per field over (norm, trust, recorded_at) of a person's sources: among those with
-    a value, a valid ID number first, then the most trusted source, then the most recent, then the
-    most complete record."""
-    golden: dict[str, Any] = {}
-    for name in GOLDEN_FIELDS:
-        best = None
-        for norm, trust, recorded_at in sources:
-            value = norm.get(name)
-            if value in (None, "") or (name == "sex" and value in ("0", "9")):
-                continue
-            completeness = sum(1 for f in GOLDEN_FIELDS if norm.get(f) not in (None, ""))
-            rank = (bool(norm.get("id_valid")) if name == "id_number" else True, trust, recorded_at, completeness)
-            if best is None or rank > best[0]:
-                best = (rank, value)
-        if best is not None:
-            golden[name] = best[1]
-    golden["sources"] = len(sources)
-    return golden
+# Survivorship is the SQL function empi.golden (migration 0017): a link writes the golden records in the statement
+# that links, and a bulk load computes them where the rows are. ``_SOURCES`` gives it a person's linked sources.
+_SOURCES = """SELECT coalesce(array_agg(s.norm ORDER BY s.id), '{{}}') AS norms,
+                     coalesce(array_agg(s.trust::integer ORDER BY s.id), '{{}}') AS trusts,
+                     coalesce(array_agg(s.recorded_at ORDER BY s.id), '{{}}') AS recorded
+                FROM empi.link l JOIN empi.source_identity s ON s.id = l.source_id WHERE {where}"""
 
 
-def recompute_golden(session: Session, person_id: int) -> dict:
-    """The person's golden record from its linked sources (``golden_of``), stored."""
-    rows = driver(session).execute(
-        """SELECT s.norm, s.trust, s.recorded_at FROM empi.link l JOIN empi.source_identity s ON s.id = l.source_id
-            WHERE l.person_id = %s""", (person_id,)).fetchall()
-    golden = golden_of(rows)
-    _store_golden(session, person_id, golden)
-    return golden
-
-
-def _store_golden(session: Session, person_id: int, golden: dict) -> None:
-    driver(session).execute("UPDATE empi.person SET golden = %s, updated_at = now() WHERE id = %s",
-                            (Jsonb(golden), person_id))
+def recompute_golden(session: Session, person_id: int) -> None:
+    """The person's golden record from its linked sources (``empi.golden``), stored."""
+    driver(session).execute(
+        f"""UPDATE empi.person p SET golden = empi.golden(o.norms, o.trusts, o.recorded), updated_at = now()
+              FROM ({_SOURCES.format(where="l.person_id = %(p)s")}) o WHERE p.id = %(p)s""", {"p": person_id})
     _expire(session, Person, person_id)
 
 
