@@ -62,11 +62,13 @@ def candidates(session: Session, features: dict[str, Any], config: FieldConfig |
                exclude: int = 0) -> Found:
     """Linked cards sharing at least one blocking key with ``features`` (index probes only), with the
     term frequencies of the searched values — one statement."""
-    return _found(_search(session, features, config or default_config(), exclude))
+    config = config or default_config()
+    return _found(_search(session, features, config.blocking_hashes(features), config, exclude))
 
 
-def _search(session: Session, features: dict[str, Any], config: FieldConfig, exclude: int):
-    """Send the candidate search; its rows are read by ``_found`` (so it can share a round trip)."""
+def _search(session: Session, features: dict[str, Any], keys: list[int], config: FieldConfig, exclude: int):
+    """Send the candidate search for the card's blocking ``keys``; its rows are read by ``_found`` (so it can
+    share a round trip)."""
     wanted = [(f, str(features[f])) for f in config.tf_features if features.get(f) is not None]
     return driver(session).execute(
         """
@@ -78,7 +80,7 @@ def _search(session: Session, features: dict[str, Any], config: FieldConfig, exc
                (SELECT jsonb_object_agg(feature || '=' || value, frequency) FROM empi.term_frequency
                  WHERE (feature, value) IN (SELECT * FROM unnest(CAST(%(tf_f)s AS text[]), CAST(%(tf_v)s AS text[]))))
           FROM hit JOIN empi.source_identity s ON s.id = hit.source_id JOIN empi.link l ON l.source_id = s.id
-        """, {"keys": config.blocking_hashes(features), "me": exclude, "per_key": CANDIDATES_PER_KEY,
+        """, {"keys": keys, "me": exclude, "per_key": CANDIDATES_PER_KEY,
               "tf_f": [w[0] for w in wanted], "tf_v": [w[1] for w in wanted]})
 
 
@@ -149,8 +151,9 @@ class Decision:
 def rank(features: dict[str, Any], found: Found, config: FieldConfig, model: ScoringModel | None) -> list[Ranked]:
     """Candidates scored (or rule-checked without a model), best card per person, best person first."""
     best: dict[int, Ranked] = {}
+    mine = [(r, k) for r in config.deterministic if (k := r.key(features)) is not None]
     for cand in found.candidates:
-        rule = any(r.key(features) is not None and r.key(features) == r.key(cand.features) for r in config.deterministic)
+        rule = any(k == r.key(cand.features) for r, k in mine)
         if model is not None:
             s = model.score(config, features, cand.features, found.frequency)
             ranked = Ranked(cand.person_id, cand.source_id, s.weight, s, rule)
@@ -203,7 +206,7 @@ def register(session: Session, *, facility_code: str, card_no: str, record: dict
     config = config or default_config()
     prepared = service.prepare_source(record, config)
     with driver(session).pipeline():
-        searching = _search(session, prepared.features, config, exclude=0)
+        searching = _search(session, prepared.features, prepared.keys, config, exclude=0)
         source = service.register_source(session, facility_code=facility_code, card_no=card_no, prepared=prepared,
                                          trust=trust, actor=actor, config=config)
     return match(session, source, actor=actor, config=config, found=_found(searching))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from smartcare.empi.fields import FieldConfig, Features
@@ -73,19 +74,26 @@ class Model:
 
     def level_weight(self, comparison: int, level: int) -> float:
         """log2(m/u); 0 for the missing level and for a level training never saw (as Splink does)."""
-        m, u = self.levels[comparison][level]
-        if m is None or u is None or m <= 0 or u <= 0:
-            return 0.0
-        return math.log2(m / u)
+        return self._weights[comparison][level]
+
+    @cached_property
+    def _weights(self) -> tuple[tuple[float, ...], ...]:
+        """Every level's log2(m/u), computed once: real-time matching scores every candidate with them."""
+        return tuple(tuple(math.log2(m / u) if m is not None and u is not None and m > 0 and u > 0 else 0.0
+                           for m, u in comp) for comp in self.levels)
+
+    @cached_property
+    def _prior_weight(self) -> float:
+        return math.log2(self.prior / (1.0 - self.prior))
 
     def score(self, config: FieldConfig, a: Features, b: Features, tf: TermFrequency | None = None) -> Score:
-        prior = math.log2(self.prior / (1.0 - self.prior))
+        prior = self._prior_weight
         terms = [Term("prior", "two random records match", prior)]
         total = prior
         for ci, comp in enumerate(config.comparisons):
             li = comp.level_of(a, b)
             level = comp.levels[li]
-            w = 0.0 if level.is_null else self.level_weight(ci, li)
+            w = 0.0 if level.is_null else self._weights[ci][li]
             adj = 0.0
             if level.tf and tf is not None and not level.is_null:
                 u = self.levels[ci][li][1]
