@@ -325,3 +325,6 @@ def test_model_score_sums_prior_and_level_weights() -> None:
     assert common.weight == pytest.approx(same.weight + math.log2(0.01 / 0.05))
     rare = {"name": "ouyangnana", "dob": "1980-01-02"}
     assert model.score(config, rare, dict(rare), tf=lambda f, v: share(v)).weight > same.weight
+    # the weight alone (ranking every candidate) is the explained score's, to the last bit
+    for a, b, tf in ((wei, dict(wei), None), (wei, {**wei, "dob": None}, None), (wei, dict(wei), lambda f, v: share(v))):
+        assert model.weight(config, a, b, tf) == model.score(config, a, b, tf).weight

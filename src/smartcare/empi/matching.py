@@ -22,7 +22,9 @@ parent's ID stay apart, as in bulk clustering.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property, partial
 from typing import Any
 
 from sqlalchemy import insert, text
@@ -135,8 +137,14 @@ class Ranked:
     person_id: int
     source_id: int
     weight: float
-    score: Score | None
     rule: bool = False
+    explain: Callable[[], Score] | None = field(default=None, repr=False)
+
+    @cached_property
+    def score(self) -> Score | None:
+        """The weight with its terms (the waterfall), worked out when asked for: most candidates never are.
+        None when there is no model (rules alone)."""
+        return self.explain() if self.explain is not None else None
 
 
 @dataclass
@@ -155,10 +163,10 @@ def rank(features: dict[str, Any], found: Found, config: FieldConfig, model: Sco
     for cand in found.candidates:
         rule = any(k == r.key(cand.features) for r, k in mine)
         if model is not None:
-            s = model.score(config, features, cand.features, found.frequency)
-            ranked = Ranked(cand.person_id, cand.source_id, s.weight, s, rule)
+            ranked = Ranked(cand.person_id, cand.source_id, model.weight(config, features, cand.features, found.frequency),
+                            rule, partial(model.score, config, features, cand.features, found.frequency))
         else:
-            ranked = Ranked(cand.person_id, cand.source_id, float("inf") if rule else float("-inf"), None, rule)
+            ranked = Ranked(cand.person_id, cand.source_id, float("inf") if rule else float("-inf"), rule)
         if cand.person_id not in best or ranked.weight > best[cand.person_id].weight:
             best[cand.person_id] = ranked
     return sorted(best.values(), key=lambda r: -r.weight)
@@ -182,12 +190,12 @@ def match(session: Session, source: service.Registered, *, actor: str = "empi",
         if not linkable:
             break
         method = RULE if top.rule else f"model:{model_id}"
-        weight = top.weight if top.score is not None else None
+        weight = top.weight if model is not None else None
         person = service.link(session, source_id=source.id, person_id=top.person_id, weight=weight, method=method,
                               actor=actor, unless_holding=(config.distinct, str(mine)) if mine is not None else None)
         if person is not None:  # None: that person holds another certain ID (a twin, a guardian)
             return Decision("link", person, weight, method, ranked)
-    review = [r for r in ranked if r.score is not None and config.review_weight <= r.weight]
+    review = [r for r in ranked if model is not None and config.review_weight <= r.weight]
     if review:
         top = review[0]
         session.execute(insert(Review).values(source_id=source.id, other_source_id=top.source_id, weight=top.weight,

@@ -86,10 +86,8 @@ class Model:
     def _prior_weight(self) -> float:
         return math.log2(self.prior / (1.0 - self.prior))
 
-    def score(self, config: FieldConfig, a: Features, b: Features, tf: TermFrequency | None = None) -> Score:
-        prior = self._prior_weight
-        terms = [Term("prior", "two random records match", prior)]
-        total = prior
+    def _terms(self, config: FieldConfig, a: Features, b: Features, tf: TermFrequency | None):
+        """(comparison, level label, weight, TF adjustment) of each comparison, in config order."""
         for ci, comp in enumerate(config.comparisons):
             li = comp.level_of(a, b)
             level = comp.levels[li]
@@ -100,6 +98,13 @@ class Model:
                 freqs = [f for f in (tf(level.tf, a.get(level.tf)), tf(level.tf, b.get(level.tf))) if f]
                 if freqs and u:
                     adj = math.log2(u) - math.log2(max(freqs))
-            terms.append(Term(comp.name, level.label, w + adj, adj))
-            total += w + adj
-        return Score(total, tuple(terms))
+            yield comp.name, level.label, w + adj, adj
+
+    def weight(self, config: FieldConfig, a: Features, b: Features, tf: TermFrequency | None = None) -> float:
+        """The pair's match weight alone: what ranking every candidate needs (``score`` explains it)."""
+        return sum((term[2] for term in self._terms(config, a, b, tf)), self._prior_weight)  # score's order of sums
+
+    def score(self, config: FieldConfig, a: Features, b: Features, tf: TermFrequency | None = None) -> Score:
+        terms = [Term("prior", "two random records match", self._prior_weight)]
+        terms += [Term(*term) for term in self._terms(config, a, b, tf)]
+        return Score(sum(t.weight for t in terms), tuple(terms))
