@@ -14,7 +14,7 @@ Prints, in one run:
    against that index, from 8 concurrent client processes (as a server's worker processes would
    be), each registration one transaction, each client warmed up first (registrations rolled back):
    as fast as they can (the throughput at 8 clients, and its latency: mostly queueing for a core), then
-   paced at ``--rate`` registrations a second in all (default 300/s, about 15 times the region's peak
+   paced at ``--rate`` registrations a second in all (default 300/s, about 17 times the region's peak
    hour, see docs/benchmarks.md), latency counted from each card's due time (a client held up sends late,
    which latency from sending would not count) — the goal p99 ≤ 20 ms is judged there; how many went to
    the right person; what the database's busy backends were doing (``pg_stat_activity`` sampled);
