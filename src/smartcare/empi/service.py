@@ -30,8 +30,6 @@ from smartcare.platform import audit
 from smartcare.platform.db import driver
 from smartcare.platform.errors import Conflict, InvalidInput, NotFound
 
-GOLDEN_FIELDS = ("name", "id_number", "sex", "birth_date", "phone", "address", "district_code")
-
 
 def _json(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date | datetime) else value
