@@ -222,6 +222,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="length of the paced run (default 10; quick 5)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
+    if args.rate <= 0 or args.held_out < args.clients:
+        parser.error("--rate must be above 0 and --held-out at least --clients")
     logging.disable(logging.WARNING)
     n_cards = args.cards or (30_000 if args.quick else 1_000_000)
     n_quality = args.quality_cards or (30_000 if args.quick else 100_000)
