@@ -96,7 +96,7 @@ def seed_region() -> dict:
 
 def grow_index(dsn: str, total: int) -> int:
     """``empi.person`` grown to ``total`` persons in one statement (empi_ids from the service's sequence, in its
-    format; golden records shaped like ``empi.service.golden_of``'s); 0.5 % merged into the person before them.
+    format; golden records shaped like ``empi.golden``'s, migration 0017); 0.5 % merged into the person before them.
     The number of persons added."""
     import psycopg
 
