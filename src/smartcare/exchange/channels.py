@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import time
 from typing import Literal
 
 import yaml
@@ -216,22 +215,7 @@ def ensure_defaults(session: Session) -> None:
             save(session, config, actor="system", comment="default channel")
 
 
-class ChannelCache:
-    """Channels are read on every message: cached in memory, reloaded every ``ttl`` seconds."""
-
-    def __init__(self, ttl: float = 2.0):
-        self.ttl = ttl
-        self._loaded = float("-inf")
-        self._channels: list[tuple[ChannelConfig, bool]] = []
-
-    def stale(self) -> bool:
-        return time.monotonic() - self._loaded > self.ttl
-
-    def load(self, session: Session) -> list[tuple[ChannelConfig, bool]]:
-        loaded = [(ChannelConfig.model_validate(c.config), c.enabled) for c in list_all(session)]
-        self._channels = sorted(loaded, key=lambda pair: (pair[0].priority, pair[0].id))
-        self._loaded = time.monotonic()
-        return self._channels
-
-    def current(self) -> list[tuple[ChannelConfig, bool]]:
-        return self._channels
+def configs(session: Session) -> list[tuple[ChannelConfig, bool]]:
+    """Every channel's config and whether it runs, in the order a message tries them (priority, id)."""
+    loaded = [(ChannelConfig.model_validate(c.config), c.enabled) for c in list_all(session)]
+    return sorted(loaded, key=lambda pair: (pair[0].priority, pair[0].id))

@@ -6,18 +6,19 @@ decision whether a message is accepted, filtered, failed or refused is made here
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import hashlib
 import json
 from dataclasses import dataclass, field
 
-from smartcare.exchange.channels import ChannelCache, ChannelConfig
+from smartcare.exchange import channels
+from smartcare.exchange.channels import ChannelConfig
 from smartcare.exchange.ratelimit import RateLimiter
 from smartcare.exchange.store import GroupCommitter, NewMessage, Stored
 from smartcare.platform import metrics
 from smartcare.platform.auth import ClientKeyCache
 from smartcare.platform.db import session_factory
+from smartcare.platform.refresh import Refreshed
 from smartcare.platform.settings import get_settings
 from smartcare.standards import cda, fhir, hl7v2, mllp
 
@@ -97,10 +98,13 @@ class Receipt:
 class Hub:
     """One per process: the channel cache and the group committer that every connector shares."""
 
-    def __init__(self, committer: GroupCommitter | None = None, channels: ChannelCache | None = None):
+    #: channels are read on every message: kept this long in memory
+    CHANNELS_TTL = 2.0
+
+    def __init__(self, committer: GroupCommitter | None = None):
         settings = get_settings()
         self.committer = committer or GroupCommitter()
-        self.channels = channels or ChannelCache()
+        self.channels = Refreshed(self._load_channels, self.CHANNELS_TTL)
         self.client_keys = ClientKeyCache()
         self.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
         self._decided_for: list | None = None
@@ -110,13 +114,12 @@ class Hub:
         await self.committer.close()
 
     async def channel_configs(self) -> list[tuple[ChannelConfig, bool]]:
-        if self.channels.stale():
-            await asyncio.to_thread(self._reload)
-        return self.channels.current()
+        return await self.channels.get()
 
-    def _reload(self) -> None:
+    @staticmethod
+    def _load_channels() -> list[tuple[ChannelConfig, bool]]:
         with session_factory()() as session:
-            self.channels.load(session)
+            return channels.configs(session)
 
     async def receive(self, *, connector: str, kind: str, raw: bytes, sender: str, facility_code: str | None,
                       content_type: str | None = None, inspected: Inspected | None = None,

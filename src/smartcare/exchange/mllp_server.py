@@ -17,6 +17,7 @@ from smartcare.exchange.ratelimit import RateLimiter
 from smartcare.exchange.store import NewBadFrame
 from smartcare.platform import metrics
 from smartcare.platform.db import session_factory
+from smartcare.platform.refresh import Refreshed
 from smartcare.platform.settings import get_settings
 from smartcare.registry import service as registry
 from smartcare.standards import hl7v2, mllp
@@ -36,22 +37,9 @@ def tls_context() -> ssl.SSLContext | None:
     return context
 
 
-class FacilityCache:
-    """Registered facility codes, reloaded every minute: MLLP senders are identified by MSH-4."""
-
-    def __init__(self, ttl: float = 60.0):
-        self.ttl, self._loaded, self._codes = ttl, float("-inf"), frozenset()
-
-    async def known(self, code: str | None) -> bool:
-        if time.monotonic() - self._loaded > self.ttl:
-            self._codes = await asyncio.to_thread(self._load)
-            self._loaded = time.monotonic()
-        return code in self._codes
-
-    @staticmethod
-    def _load() -> frozenset[str]:
-        with session_factory()() as session:
-            return frozenset(registry.facility_codes(session))
+def _facility_codes() -> frozenset[str]:
+    with session_factory()() as session:
+        return frozenset(registry.facility_codes(session))
 
 
 def ack_control_id(receipt: Receipt) -> str | None:
@@ -70,7 +58,8 @@ class MllpServer:
     def __init__(self, hub: Hub, *, host: str = "127.0.0.1", port: int = 2575, tls: ssl.SSLContext | None = None):
         settings = get_settings()
         self.hub, self.host, self.port, self.tls = hub, host, port, tls
-        self.facilities = FacilityCache()
+        #: registered facility codes (MLLP senders are identified by MSH-4), reloaded every minute
+        self.facilities = Refreshed(_facility_codes, 60.0)
         self.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
         self.max_frame = settings.max_payload_bytes
         self._server: asyncio.base_events.Server | None = None
@@ -126,7 +115,7 @@ class MllpServer:
             await asyncio.sleep(wait)  # MLLP has no "429": slow the sender down instead
         try:
             # Only registered facilities are counted as hospitals in monitoring; channels decide who may send.
-            facility = sending if await self.facilities.known(sending) else None
+            facility = sending if sending in await self.facilities.get() else None
             # the sender says how it was identified: by its client certificate, or only by what MSH-4 claims
             sender = f"mllp-cert:{sending}" if cert_cn is not None else f"mllp:{sending or '?'}"
             receipt = await self.hub.receive(connector="mllp", kind="hl7v2", raw=payload, sender=sender,
