@@ -90,15 +90,17 @@ class NewBadFrame:
 
 # One statement stores a whole batch: nonces (replays), dedupe keys, messages and the router's NOTIFY.
 # In autocommit mode it is its own transaction, so a batch costs one round trip and one WAL flush.
+# The arrays go in binary (``%(…)b``): payloads are not hex-encoded and decoded again, and building the
+# arrays takes about half the CPU of text ones (measured on batches of 20 ADT messages).
 # The dedupe key (``message_key.control_id``) is "<kind>:<control id>", so an HL7 control id and a batch
 # record id that happen to be equal never collide. Rows come back tagged: 'n' = (position, new id) of every non-replayed input, 'k' = ids whose dedupe
 # key was new, 'e' = the earlier message of a key seen before.
 _STORE_BATCH = """
 WITH input AS (
-    SELECT * FROM unnest(%(sender)s::varchar[], %(dkey)s::varchar[], %(control)s::varchar[], %(state)s::varchar[],
-                         %(nclient)s::varchar[],
-                         %(nonce)s::varchar[], %(channel)s::varchar[], %(facility)s::varchar[], %(connector)s::varchar[],
-                         %(kind)s::varchar[], %(mtype)s::varchar[], %(error)s::text[], %(raw)s::bytea[], %(ctype)s::varchar[])
+    SELECT * FROM unnest(%(sender)b::varchar[], %(dkey)b::varchar[], %(control)b::varchar[], %(state)b::varchar[],
+                         %(nclient)b::varchar[],
+                         %(nonce)b::varchar[], %(channel)b::varchar[], %(facility)b::varchar[], %(connector)b::varchar[],
+                         %(kind)b::varchar[], %(mtype)b::varchar[], %(error)b::text[], %(raw)b::bytea[], %(ctype)b::varchar[])
         WITH ORDINALITY AS u(sender, dkey, control_id, state, nclient, nonce, channel_id, facility_code, connector, kind,
                               message_type, error, raw, content_type, pos)
 ),
