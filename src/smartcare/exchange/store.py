@@ -58,6 +58,8 @@ def fit(m: NewMessage) -> NewMessage:
     """Make a message's metadata storable whatever the sender put in it (NUL bytes, over-long fields),
     so one odd message can never fail the batch it shares with other hospitals'. An over-long
     control id is replaced by its SHA-256, which still dedupes exact repeats."""
+    if _fits(m):  # nearly every message: nothing to copy
+        return m
     control = _text(m.control_id)
     if control is not None and len(control) > 200:
         control = "sha256:" + hashlib.sha256(control.encode()).hexdigest()
@@ -65,6 +67,17 @@ def fit(m: NewMessage) -> NewMessage:
     changes["control_id"] = control
     changes["error"] = _text(m.error, 4000)
     return dataclasses.replace(m, **changes)
+
+
+_CHECKED = (*_LIMITS.items(), ("control_id", 200), ("error", 4000))
+
+
+def _fits(m: NewMessage) -> bool:
+    for name, limit in _CHECKED:
+        value = getattr(m, name)
+        if value is not None and (len(value) > limit or "\x00" in value):
+            return False
+    return True
 
 
 def dedupe_key(m: NewMessage) -> str | None:

@@ -36,6 +36,7 @@ Error texts quote header fields only, never patient data, so they can be logged 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -777,8 +778,7 @@ def build_ack(msg_or_raw: Message | str | bytes, *, code: AckCode, error: Hl7Err
     f, c = seps.field, seps.component
     version = original.version if original.version in KNOWN_VERSIONS else _DEFAULT_VERSION
     modern = KNOWN_VERSIONS.index(version) >= KNOWN_VERSIONS.index("2.5")
-    now = now or datetime.now(_CHINA_TZ)
-    stamp = now.strftime("%Y%m%d%H%M%S") + (now.strftime("%z") if now.tzinfo else "")
+    stamp = _stamp(now) if now else _stamp_now()
     msh = [
         "MSH", seps.encoding_characters,
         original.receiving_application or escape(sending_application, seps),
@@ -802,6 +802,23 @@ def build_ack(msg_or_raw: Message | str | bytes, *, code: AckCode, error: Hl7Err
         number = error.code if error is not None else (207 if code != "AA" else 0)
         segments.append(f.join(_err(error, number, message, seps, modern, severity)))
     return "\r".join(segments) + "\r"
+
+
+def _stamp(now: datetime) -> str:
+    """MSH-7 of an ACK: to the second, with the offset when known."""
+    return now.strftime("%Y%m%d%H%M%S") + (now.strftime("%z") if now.tzinfo else "")
+
+
+_last_stamp: tuple[int, str] = (-1, "")
+
+
+def _stamp_now() -> str:
+    """``_stamp`` of the current time, formatted once a second (an MLLP stream acknowledges thousands)."""
+    global _last_stamp
+    second = int(time.time())
+    if _last_stamp[0] != second:
+        _last_stamp = (second, _stamp(datetime.fromtimestamp(second, _CHINA_TZ)))
+    return _last_stamp[1]
 
 
 def _err(error: Hl7Error | None, number: int, message: str, seps: Separators, modern: bool,
