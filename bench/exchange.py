@@ -8,6 +8,8 @@ this process sends from N concurrent senders, each waiting for its ACK before th
 - the naive limit: N concurrent connections each doing a single-row INSERT + COMMIT per message
   straight into PostgreSQL (no parsing, no HTTP, no MLLP) — what "ack after commit" costs if every
   message pays its own commit;
+- CPU per message of the server, of this process (the load generator, or the naive connections' client)
+  and of PostgreSQL, from /proc, and how busy the machine was;
 - peak RSS of the server and of this process.
 
     python bench/exchange.py            # 32 senders, 20,000 messages per mode
@@ -28,8 +30,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
+import psutil  # noqa: E402
 import psycopg  # noqa: E402
-from _common import free_port, peak_rss_mib, process_peak_rss_mib, scratch_database  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+from _common import (  # noqa: E402
+    CpuMeter, free_port, peak_rss_mib, postgres_processes, process_peak_rss_mib, scratch_database,
+)
 
 from smartcare.platform import auth  # noqa: E402
 from smartcare.platform.db import session_scope  # noqa: E402
@@ -190,11 +196,15 @@ def main() -> None:
                     raise SystemExit(f"server did not start: {server.stderr.read().decode()[-2000:]}")
                 time.sleep(0.2)
             asyncio.run(mllp_senders(mllp_port, 4, 50, "warm"))  # warm-up: connections, caches, JIT-free paths
-            results = [
-                asyncio.run(naive(dsn, senders, per_sender)),
-                asyncio.run(mllp_senders(mllp_port, senders, per_sender, "m")),
-                asyncio.run(http_senders(f"http://127.0.0.1:{http_port}", clients, per_sender, "h")),
-            ]
+            meter = CpuMeter({"server": lambda: [psutil.Process(server.pid)], "this process": lambda: [psutil.Process()],
+                              "PostgreSQL": postgres_processes(make_url(url).database)})
+            results = []
+            for run in (lambda: naive(dsn, senders, per_sender),
+                        lambda: mllp_senders(mllp_port, senders, per_sender, "m"),
+                        lambda: http_senders(f"http://127.0.0.1:{http_port}", clients, per_sender, "h")):
+                meter.start()
+                result = asyncio.run(run())
+                results.append({**result, "cpu": meter.stop()})
             server_rss = process_peak_rss_mib(server.pid)
         finally:
             server.terminate()
@@ -203,9 +213,12 @@ def main() -> None:
     base = results[0]["rate"]
     print(f"exchange ingest, ack after commit: {senders} concurrent senders, {per_sender * senders:,} messages per mode "
           f"(HL7 v2 ADT^A04, {len(adt(FACILITY, 'x', person(1))):,} bytes)")
-    print(f"  {'mode':<38}{'msgs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'× naive':>9}")
+    print(f"  {'mode':<38}{'msgs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'× naive':>9}   CPU µs a message: server / "
+          "this process / PostgreSQL; machine busy")
     for r in results:
-        print(f"  {r['name']:<38}{r['rate']:>10,.0f}{r['p50']:>9.1f}{r['p99']:>9.1f}{r['rate'] / base:>9.2f}")
+        cpu = {k: v / r["n"] * 1e6 for k, v in r["cpu"].items() if not k.endswith("%")}
+        print(f"  {r['name']:<38}{r['rate']:>10,.0f}{r['p50']:>9.1f}{r['p99']:>9.1f}{r['rate'] / base:>9.2f}   "
+              f"{cpu['server']:.0f} / {cpu['this process']:.0f} / {cpu['PostgreSQL']:.0f}; {r['cpu']['busy %']:.0f} %")
     print(f"  peak RSS: server {server_rss:.0f} MiB, load generator {peak_rss_mib():.0f} MiB")
 
 
