@@ -1,8 +1,8 @@
 """Benchmark: the exchange hub's ack-after-commit ingest, over MLLP and HTTP, against the naive limit.
 
-One `smartcare serve` process (API + MLLP, on this machine's PostgreSQL or the embedded one) receives;
-this process sends from N concurrent senders, each waiting for its ACK before the next message
-(like an interface engine). Printed, measured in the same run:
+`smartcare serve` (API + MLLP; ``--workers`` processes sharing the ports, default 1) on this machine's PostgreSQL
+or the embedded one receives; this process sends from ``--senders`` concurrent senders, each waiting for its ACK
+before the next message (like an interface engine). Printed, measured in the same run:
 
 - the hub over MLLP and over HTTP (HMAC-signed): msgs/s, p50/p99 ACK latency;
 - the naive limit: N concurrent connections each doing a single-row INSERT + COMMIT per message
@@ -10,7 +10,7 @@ this process sends from N concurrent senders, each waiting for its ACK before th
   message pays its own commit;
 - CPU per message of the server, of this process (the load generator, or the naive connections' client)
   and of PostgreSQL, from /proc, and how busy the machine was;
-- peak RSS of the server and of this process.
+- peak RSS of the server (its largest worker) and of this process.
 
     python bench/exchange.py            # 32 senders, 20,000 messages per mode
     python bench/exchange.py --quick    # 16 senders, 3,000 messages per mode (well under a minute)
@@ -191,11 +191,33 @@ async def naive(dsn: str, senders: int, per_sender: int) -> dict:
     return summary("naive: INSERT + COMMIT per message", [x for r in results for x in r], time.perf_counter() - start)
 
 
+def started_workers(server: subprocess.Popen, http_port: int, mllp_port: int, count: int) -> list[psutil.Process]:
+    """``serve``'s worker processes, once HTTP answers and each of them listens for MLLP."""
+    deadline = time.monotonic() + 60
+    while True:
+        workers = [p for p in psutil.Process(server.pid).children()
+                   if any(c.status == psutil.CONN_LISTEN and c.laddr.port == mllp_port for c in p.net_connections("tcp"))]
+        if count == 1 and not workers:
+            workers = [psutil.Process(server.pid)]  # one worker: uvicorn serves in its own process
+            if not any(c.laddr.port == mllp_port for c in workers[0].net_connections("tcp")):
+                workers = []
+        try:
+            up = httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            up = False
+        if up and len(workers) == count:
+            return workers
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"server did not start: {server.stderr.read().decode()[-2000:]}")
+        time.sleep(0.2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--senders", type=int)
     parser.add_argument("--messages", type=int, help="messages per mode")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (smartcare serve --workers)")
     args = parser.parse_args()
     senders = args.senders or (16 if args.quick else 32)
     total = args.messages or (3000 if args.quick else 20000)
@@ -210,21 +232,13 @@ def main() -> None:
         env = {**os.environ, "DATABASE_URL": url.replace("postgresql+psycopg://", "postgresql://", 1),
                "SMARTCARE_PORT": str(http_port), "SMARTCARE_MLLP_PORT": str(mllp_port), "SMARTCARE_LOG_LEVEL": "WARNING",
                "SMARTCARE_RATE_PER_SECOND": "100000", "SMARTCARE_RATE_BURST": "100000"}
-        server = subprocess.Popen([sys.executable, "-m", "smartcare.cli", "serve"], env=env,
+        server = subprocess.Popen([sys.executable, "-m", "smartcare.cli", "serve", "--workers", str(args.workers)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"server did not start: {server.stderr.read().decode()[-2000:]}")
-                time.sleep(0.2)
-            asyncio.run(mllp_senders(mllp_port, 4, 50, "warm"))  # warm-up: connections, caches, JIT-free paths
-            meter = CpuMeter({"server": lambda: [psutil.Process(server.pid)], "this process": lambda: [psutil.Process()],
+            workers = started_workers(server, http_port, mllp_port, args.workers)
+            asyncio.run(mllp_senders(mllp_port, 4 * args.workers, 50, "warm"))  # warm-up: connections, caches
+            serving = [psutil.Process(server.pid), *(w for w in workers if w.pid != server.pid)]  # supervisor and workers
+            meter = CpuMeter({"server": lambda: serving, "this process": lambda: [psutil.Process()],
                               "PostgreSQL": postgres_processes(make_url(url).database)})
             results = []
             for run in (lambda: naive(dsn, senders, per_sender),
@@ -233,7 +247,7 @@ def main() -> None:
                 meter.start()
                 result = asyncio.run(run())
                 results.append({**result, "cpu": meter.stop()})
-            server_rss = process_peak_rss_mib(server.pid)
+            server_rss = max(process_peak_rss_mib(w.pid) for w in workers)
         finally:
             server.terminate()
             server.wait(timeout=20)
@@ -247,7 +261,7 @@ def main() -> None:
         cpu = {k: v / r["n"] * 1e6 for k, v in r["cpu"].items() if not k.endswith("%")}
         print(f"  {r['name']:<38}{r['rate']:>10,.0f}{r['p50']:>9.1f}{r['p99']:>9.1f}{r['rate'] / base:>9.2f}   "
               f"{cpu['server']:.0f} / {cpu['this process']:.0f} / {cpu['PostgreSQL']:.0f}; {r['cpu']['busy %']:.0f} %")
-    print(f"  peak RSS: server {server_rss:.0f} MiB, load generator {peak_rss_mib():.0f} MiB")
+    print(f"  peak RSS: server worker (largest of {args.workers}) {server_rss:.0f} MiB, load generator {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

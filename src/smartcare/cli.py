@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from datetime import datetime
@@ -375,17 +376,18 @@ def _port_free(host: str, port: int, what: str, variable: str) -> None:
                                      hint=f"stop the program using it, or set {variable}") from None
 
 
-def _serve(host: str, port: int, *, mllp: bool = True) -> None:
+def _serve(host: str, port: int, *, mllp: bool = True, workers: int = 1) -> None:
     import uvicorn
 
-    from smartcare.web.app import create_app
-
+    if not mllp:
+        os.environ["SMARTCARE_MLLP_PORT"] = "0"  # what the worker processes read (web.app.serving_app)
+        get_settings.cache_clear()
     settings = get_settings()
-    mllp_port = settings.mllp_port if mllp and settings.mllp_port > 0 else None
     _port_free(host, port, "HTTP", "SMARTCARE_PORT")
-    if mllp_port:
-        _port_free(settings.mllp_host, mllp_port, "MLLP", "SMARTCARE_MLLP_PORT (0 turns MLLP off)")
-    uvicorn.run(create_app(mllp_port=mllp_port), host=host, port=port, log_config=None, access_log=True)
+    if settings.mllp_port > 0:
+        _port_free(settings.mllp_host, settings.mllp_port, "MLLP", "SMARTCARE_MLLP_PORT (0 turns MLLP off)")
+    uvicorn.run("smartcare.web.app:serving_app", factory=True, workers=workers, host=host, port=port, log_config=None,
+                access_log=True)
 
 
 @app.command()
@@ -456,11 +458,13 @@ def up(host: str = typer.Option(None, help="default 127.0.0.1"), port: int = typ
 
 @app.command()
 def serve(host: str = typer.Option(None), port: int = typer.Option(None),
-          mllp: bool = typer.Option(True, help="also listen for HL7 v2 over MLLP (SMARTCARE_MLLP_PORT)")) -> None:
+          mllp: bool = typer.Option(True, help="also listen for HL7 v2 over MLLP (SMARTCARE_MLLP_PORT)"),
+          workers: int = typer.Option(1, min=1, max=64, help="processes, one per core: each serves HTTP and takes "
+                                                              "its share of the MLLP connections")) -> None:
     """Serve the API, the pages and MLLP only (run the background work with `smartcare worker`)."""
     _setup_logging()
     settings = get_settings()
-    _serve(host or settings.host, port or settings.port, mllp=mllp)
+    _serve(host or settings.host, port or settings.port, mllp=mllp, workers=workers)
 
 
 @app.command()

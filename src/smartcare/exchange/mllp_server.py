@@ -65,7 +65,10 @@ class MllpServer:
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port, ssl=self.tls, limit=1 << 20)
+        # reuse_port: the worker processes of `smartcare serve --workers N` listen on the same port and the
+        # kernel spreads the connections among them
+        self._server = await asyncio.start_server(self._connection, self.host, self.port, ssl=self.tls, limit=1 << 20,
+                                                  reuse_port=True)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("MLLP listening on %s:%s%s", self.host, self.port, " (TLS)" if self.tls else "")
 

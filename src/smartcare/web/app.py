@@ -129,6 +129,13 @@ class RequestMetrics:
             metrics.HTTP_SECONDS.labels(scope["method"], route).observe(time.perf_counter() - start)
 
 
+def serving_app() -> FastAPI:
+    """What ``smartcare serve`` runs in each worker process (uvicorn starts workers by import path, so
+    they read their settings): the app, listening for MLLP too unless SMARTCARE_MLLP_PORT is 0."""
+    port = get_settings().mllp_port
+    return create_app(mllp_port=port if port > 0 else None)
+
+
 def create_app(*, mllp_port: int | None = None) -> FastAPI:
     """The whole HTTP application. With ``mllp_port`` (0: any free port) it also listens for MLLP."""
 
