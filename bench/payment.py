@@ -431,6 +431,18 @@ def configuration(region: Region, terminals: Terminals, work: Work, dsn: str, *,
 # ---- report ---------------------------------------------------------------------------------------------------
 
 
+def rsa_sign_seconds(n: int = 200) -> float:
+    """CPU seconds of one signature as the channel adapters and sandboxes make it (this process, one core)."""
+    from smartcare.payment.channels import credentials
+
+    key, data = credentials.create("wechat").merchant_key, secrets.token_bytes(600)
+    credentials.sign_rsa_sha256(key, data)  # the key is parsed once and kept
+    start = time.process_time()
+    for _ in range(n):
+        credentials.sign_rsa_sha256(key, data)
+    return (time.process_time() - start) / n
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 workers only, 4 s: under a minute")
@@ -474,6 +486,7 @@ def main() -> int:
             print(f"1. baseline: naive single-row INSERT + COMMIT from {threads} connections, {naive_seconds:g} s",
                   flush=True)
             base = asyncio.run(naive(dsn, threads, naive_seconds))
+            rsa_s = rsa_sign_seconds()
             t = time.perf_counter()
             parties.current()  # the platform's channel keys, made before the sandboxes read them
             region.start_platform(1, wait=False)  # for the sandboxes (redeem, notifications) while patients are made
@@ -570,6 +583,9 @@ def main() -> int:
     xacts = best["xacts"] / n
     print(f"  database transactions per settlement (pg_stat_database, whole system): {xacts:.1f} → at the naive "
           f"{base['rate']:,.0f} commits/s, commits alone allow {base['rate'] / xacts:,.0f} settlements/s")
+    print(f"  SHA256withRSA signatures (2,048-bit keys; a channel payment carries at least three: the request, the "
+          f"channel's answer, its notification): {rsa_s * 1000:.2f} ms of CPU each → signing alone allows at most "
+          f"{os.cpu_count() / (3 * rsa_s):,.0f} settlements/s on {os.cpu_count()} cores")
     one = next((run for run in runs if "requests" in run), None)
     if one is not None:
         m = max(1, one["result"]["n"])
