@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -81,14 +82,26 @@ class Settings(BaseSettings):
         return self.payment_keys_dir or self.home / "payment-keys"
 
     def resolved_secret_key(self) -> str:
-        if self.secret_key:
-            return self.secret_key
-        path = self.home / "secret.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(48))
-            path.chmod(0o600)
-        return path.read_text().strip()
+        return self.secret_key or _secret_in(self.home)
+
+
+@lru_cache(maxsize=8)
+def _secret_in(home: Path) -> str:
+    """The secret generated on first use in ``home``, read once per process: every bearer token check asks
+    for it, and reading the file each time cost a stat and an open per request."""
+    path = home / "secret.key"
+    if not path.exists():  # made atomically: the worker processes of one server must agree on it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f"secret.key.{os.getpid()}")
+        draft.write_text(secrets.token_urlsafe(48))
+        draft.chmod(0o600)
+        try:
+            os.link(draft, path)  # fails if another process made it first: theirs is kept
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
 
 
 @lru_cache
