@@ -1,8 +1,8 @@
 """Benchmark: the exchange hub's ack-after-commit ingest, over MLLP and HTTP, against the naive limit.
 
-`smartcare serve` (API + MLLP; ``--workers`` processes sharing the ports, default 1) on this machine's PostgreSQL
-or the embedded one receives; this process sends from ``--senders`` concurrent senders, each waiting for its ACK
-before the next message (like an interface engine). Printed, measured in the same run:
+`smartcare serve` (API + MLLP; ``--workers`` processes sharing the ports, default 2: one per core) on this
+machine's PostgreSQL or the embedded one receives; this process sends from ``--senders`` concurrent senders,
+each waiting for its ACK before the next message (like an interface engine). Printed, measured in the same run:
 
 - the hub over MLLP and over HTTP (HMAC-signed): msgs/s, p50/p99 ACK latency;
 - the naive limit: N concurrent connections each doing a single-row INSERT + COMMIT per message
@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--senders", type=int)
     parser.add_argument("--messages", type=int, help="messages per mode")
-    parser.add_argument("--workers", type=int, default=1, help="server processes (smartcare serve --workers)")
+    parser.add_argument("--workers", type=int, default=2, help="server processes (smartcare serve --workers; one per core)")
     args = parser.parse_args()
     senders = args.senders or (16 if args.quick else 32)
     total = args.messages or (3000 if args.quick else 20000)
