@@ -195,12 +195,9 @@ def started_workers(server: subprocess.Popen, http_port: int, mllp_port: int, co
     """``serve``'s worker processes, once HTTP answers and each of them listens for MLLP."""
     deadline = time.monotonic() + 60
     while True:
-        workers = [p for p in psutil.Process(server.pid).children()
+        supervisor = psutil.Process(server.pid)  # with one worker, uvicorn serves in this process itself
+        workers = [p for p in (supervisor, *supervisor.children())
                    if any(c.status == psutil.CONN_LISTEN and c.laddr.port == mllp_port for c in p.net_connections("tcp"))]
-        if count == 1 and not workers:
-            workers = [psutil.Process(server.pid)]  # one worker: uvicorn serves in its own process
-            if not any(c.laddr.port == mllp_port for c in workers[0].net_connections("tcp")):
-                workers = []
         try:
             up = httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=1).status_code == 200
         except httpx.HTTPError:

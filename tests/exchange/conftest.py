@@ -22,14 +22,20 @@ def mllp_exchange(port: int, payloads: list[bytes], *, framed: bool = False, tim
         buffer = b""
         for payload in payloads:
             sock.sendall(payload if framed else VT + payload + FS + CR)
-            while FS + CR not in buffer:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError("server closed the connection")
-                buffer += chunk
-            frame, _, buffer = buffer.partition(FS + CR)
-            acks.append(frame.lstrip(VT).decode("utf-8"))
+            ack, buffer = read_ack(sock, buffer)
+            acks.append(ack)
     return acks
+
+
+def read_ack(sock: socket.socket, buffer: bytes = b"") -> tuple[str, bytes]:
+    """The next ACK on the connection (after what ``buffer`` already holds), and the bytes after it."""
+    while FS + CR not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buffer += chunk
+    frame, _, rest = buffer.partition(FS + CR)
+    return frame.lstrip(VT).decode("utf-8"), rest
 
 
 def msa(ack: str) -> list[str]:

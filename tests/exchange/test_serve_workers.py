@@ -15,7 +15,7 @@ import httpx
 import psutil
 
 from tests.conftest import free_port
-from tests.exchange.conftest import CR, FS, VT, adt, message_row, msa
+from tests.exchange.conftest import CR, FS, VT, adt, message_row, msa, read_ack
 
 
 def test_two_worker_processes_share_the_mllp_port(database_url, hospital, residents):
@@ -34,7 +34,7 @@ def test_two_worker_processes_share_the_mllp_port(database_url, hospital, reside
             control = f"W{uuid.uuid4().hex[:12]}"
             sock.sendall(VT + adt(hospital[0], control, residents[k]).encode() + FS + CR)
             controls.append(control)
-        acks = [_read_ack(sock) for sock in sockets]
+        acks = [read_ack(sock)[0] for sock in sockets]
         assert [msa(a)[1:3] for a in acks] == [["AA", c] for c in controls]
         holding = {w.pid: sum(1 for c in w.net_connections("tcp") if c.laddr.port == mllp_port and c.raddr)
                    for w in workers}
@@ -78,12 +78,3 @@ def _listens_on(process: psutil.Process, port: int) -> bool:
     except psutil.NoSuchProcess:
         return False
 
-
-def _read_ack(sock: socket.socket) -> str:
-    buffer = b""
-    while FS + CR not in buffer:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the hub closed the connection")
-        buffer += chunk
-    return buffer.partition(FS + CR)[0].lstrip(VT).decode("utf-8")

@@ -15,6 +15,8 @@ T = TypeVar("T")
 
 
 class Refreshed(Generic[T]):
+    """``load`` (a blocking function, run in a thread) kept ``ttl`` seconds."""
+
     def __init__(self, load: Callable[[], T], ttl: float):
         self.load, self.ttl = load, ttl
         self._value: T | None = None
@@ -34,4 +36,3 @@ class Refreshed(Generic[T]):
         value = await asyncio.to_thread(self.load)
         self._value, self._fresh_until = value, time.monotonic() + self.ttl
         return value
-
