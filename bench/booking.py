@@ -25,7 +25,7 @@ day, 1 per department, 1 per doctor). Each ``--concurrency`` level (attempts in 
    on ``GET /health`` (the HTTP stack alone, no database).
 2. The same burst in process at the service layer: ``--service-processes`` processes with threads
    (concurrency ÷ processes), each attempt what the endpoint runs (``service.refuse_if_known_full``, then
-   ``service.patient`` + ``service.hold`` + ``service.confirm`` in its own session and transaction), no HTTP:
+   ``service.attempt`` with ``book`` in its own session and transaction), no HTTP:
    what the database path sustains.
 3. Baseline: the naive limit of concurrent single-row updates, pgbench-style — as many raw psycopg connections
    as attempts in flight, one thread each, doing ``BEGIN; UPDATE t SET n = n + 1 WHERE id = <random popular id>
@@ -344,9 +344,7 @@ def _service_job(users: list, threads: int, spans: list) -> None:
                 try:
                     service.refuse_if_known_full(slot)  # as the endpoint does first, before a session
                     with session_scope() as s:
-                        who = service.patient(s, account=account, card_no=card_no)
-                        a = service.hold(s, who=who, slot_id=slot)
-                        service.confirm(s, account=account, appointment_no=a.appointment_no)
+                        service.attempt(s, account=account, card_no=card_no, slot_id=slot, book=True)
                     outcome = "201 booked"
                 except SmartCareError as exc:
                     outcome = f"{exc.status} {exc.code}"

@@ -221,3 +221,43 @@ def test_the_feed_never_skips_a_change_that_commits_late(client, hospital):
         fast = hold(client, q, fast_slot, confirm=True).json()["appointment_no"]
         assert [a["appointment_no"] for a in feed(start)] == []  # the later one waits for the open transaction
     assert [a["appointment_no"] for a in feed(start)] == [slow, fast]
+
+
+def test_every_refusal_of_an_attempt_says_what_was_wrong(client, hospital):
+    """``booking.attempt`` checks in one statement; each refusal is its own answer, and none takes a place (a slot
+    this process knows is full is refused before anything else: fullness is public)."""
+    free, full, later, gone = publish(client, hospital, *(slot_body(hospital, start=at(days=8, hour=h)) for h in (8, 9, 10, 11)))
+    sql("UPDATE booking.slot SET release_at = now() + interval '1 day' WHERE id = :id", id=later)
+    sql("UPDATE booking.slot SET state = 'withdrawn' WHERE id = :id", id=gone)
+    p, other = new_booker(client), new_booker(client)
+    assert hold(client, other, full, confirm=True).status_code == 201
+
+    def refused(slot_id: int, card_no: str | None = None) -> tuple[int, str, str]:
+        r = hold(client, p, slot_id, card_no=card_no)
+        return r.status_code, r.json()["error"], r.json()["message"]
+
+    assert refused(free, card_no=other.card_no)[::2] == (403, "you do not hold this card")
+    assert refused(2**62)[::2] == (404, f"no slot {2**62}")
+    assert refused(full) == (409, "no_slot", "no place left in this slot")
+    assert refused(later)[:2] == (409, "not_released") and "opens for booking at" in refused(later)[2]
+    assert refused(gone) == (409, "no_slot", "this slot is no longer offered")
+    sql("UPDATE healthcard.card SET state = 'frozen' WHERE card_no = :c", c=p.card_no)
+    assert refused(free)[::2] == (403, f"card {p.card_no} is frozen")
+    assert sql("SELECT count(*) FROM booking.appointment WHERE card_no = :c", c=p.card_no) == [(0,)]
+
+
+def test_an_attempt_booked_at_once_answers_with_its_slot_and_tells_the_hospital(client, hospital):
+    body = slot_body(hospital, start=at(days=8, hour=14), practitioner="DOC8", fee=1200)
+    [slot_id] = publish(client, hospital, body)
+    p = new_booker(client)
+    r = hold(client, p, slot_id, confirm=True)
+    assert r.status_code == 201, r.text
+    out = r.json()
+    assert (out["state"], out["slot_id"], out["card_no"], out["fee"], out["practitioner_name"], out["held_until"]) == \
+        ("booked", slot_id, p.card_no, 1200, "王医生", None)
+    assert out["appointment_no"].startswith("BK" + at(days=8).strftime("%y%m%d"))
+    assert client.get(f"/api/v1/booking/me/appointments/{out['appointment_no']}", headers=p.h).json() == out
+    [(payload,)] = sql("SELECT payload FROM platform.bus_message WHERE topic = 'booking.appointment.booked' "
+                       "AND payload ->> 'appointment_no' = :no", no=out["appointment_no"])
+    assert (payload["slot_source_id"], payload["state"], payload["fee"]) == (body["source_id"], "booked", 1200)
+    assert [n["kind"] for n in client.get("/api/v1/booking/me/notifications", headers=p.h).json()] == ["booked"]

@@ -59,7 +59,7 @@ def slot_out(slot: Slot, names: dict[str, str] | None = None) -> SlotOut:
                    release_at=slot.release_at, released=slot.release_at <= datetime.now(UTC), state=slot.state)
 
 
-def appointment_out(a: Appointment, slot: Slot) -> AppointmentOut:
+def appointment_out(a: Appointment | service.Place, slot: Slot | service.Place) -> AppointmentOut:
     return AppointmentOut(appointment_no=a.appointment_no, state=a.state, slot_id=a.slot_id, card_no=a.card_no,
                           facility_code=a.facility_code, department_code=a.department_code,
                           department_name=slot.department_name, practitioner_name=slot.practitioner_name,
@@ -98,13 +98,11 @@ def get_slot(slot_id: int = _id(), session: Session = Depends(db)):
 
 # ---------------------------------------------------------------- residents
 
-def _hold(account: str, data: HoldIn) -> AppointmentOut:
+def _attempt(account: str, data: HoldIn) -> AppointmentOut:
     with session_scope() as session:
-        who = service.patient(session, account=account, card_no=data.card_no)
-        a = service.hold(session, who=who, slot_id=data.slot_id)
-        if data.confirm:
-            a = service.confirm(session, account=account, appointment_no=a.appointment_no)
-        return appointment_out(a, session.get(Slot, a.slot_id))
+        place = service.attempt(session, account=account, card_no=data.card_no, slot_id=data.slot_id,
+                                book=data.confirm)
+        return appointment_out(place, place)
 
 
 @router.post("/appointments", response_model=AppointmentOut, status_code=201,
@@ -114,7 +112,7 @@ async def hold(data: HoldIn, who: Principal = Depends(RESIDENT)):
     """Hold a place of a slot for a few minutes (``confirm``: book it at once)."""
     await gate.admit(who.username)
     service.refuse_if_known_full(data.slot_id)  # on the event loop: no thread, no database
-    return await in_db(_hold, who.username, data)
+    return await in_db(_attempt, who.username, data)
 
 
 @router.post("/appointments/{appointment_no}/confirm", response_model=AppointmentOut)

@@ -1,8 +1,9 @@
 """Fairness rules as data: the region's default rule set and each hospital's overrides, in
 ``booking.rule_set``. Changed through the API or ``smartcare booking rules set``; every change audited.
 
-A process keeps the effective rules of a hospital a few seconds (booking bursts read them on every
-attempt); a change applies everywhere within that time.
+A hospital's effective rules are the SQL function ``booking.rules_of`` (migration 0018): a booking attempt
+reads them in its own statement, so a change applies to attempts at once; elsewhere a process keeps them a few
+seconds (``effective``), and a change applies there within that time.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from dataclasses import dataclass, fields
 from datetime import time as time_of_day
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from smartcare.booking.models import RuleSet, Slot
@@ -54,15 +55,13 @@ _cache: dict[str, tuple[float, Rules]] = {}
 
 
 def effective(session: Session, facility_code: str) -> Rules:
-    """The hospital's rules: its overrides over the region's default (a hospital without any: the default)."""
+    """The hospital's rules: its overrides over the region's default (a hospital without any: the default),
+    as ``booking.rules_of`` says."""
     hit = _cache.get(facility_code)
     if hit and hit[0] > time.monotonic():
         return hit[1]
-    rows = {r.facility_code: r for r in session.scalars(
-        select(RuleSet).where(RuleSet.facility_code.in_((DEFAULT, facility_code))))}
-    default, own = rows[DEFAULT], rows.get(facility_code)
-    rules = Rules(**{n: getattr(own, n) if own is not None and getattr(own, n) is not None else getattr(default, n)
-                     for n in NAMES})
+    row = session.execute(text("SELECT * FROM booking.rules_of(:f)"), {"f": facility_code}).mappings().one()
+    rules = Rules(**{n: row[n] for n in NAMES})
     _cache[facility_code] = (time.monotonic() + CACHE_SECONDS, rules)
     return rules
 

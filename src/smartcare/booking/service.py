@@ -22,7 +22,6 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-import psycopg
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -247,28 +246,35 @@ def search(session: Session, *, district_code: str | None = None, facility_code:
 #: slot id → (monotonic time until which this process answers "no slot" without asking the database, hospital)
 _full: dict[int, tuple[float, str]] = {}
 
-_SLOT = """SELECT s.facility_code, s.department_code, s.practitioner_code, s.visit_date, s.starts_at, s.release_at,
-                  s.state, s.capacity - s.taken - s.withheld,
-                  (SELECT b.until FROM booking.blacklist b
-                    WHERE b.empi_id = %(empi)s AND b.until > now() AND b.lifted_at IS NULL
-                    ORDER BY b.until DESC LIMIT 1),
-                  now()
-             FROM booking.slot s WHERE s.id = %(slot)s"""
+#: migration 0018
+_ATTEMPT = "SELECT * FROM booking.attempt(%s, %s, %s, %s, %s)"
+_TAKE_PLACE = "SELECT * FROM booking.take_place(%s, %s, %s, %s, %s, 'held', %s, false)"
 
-_LIMITS = """SELECT count(*),
-                    count(*) FILTER (WHERE facility_code = %(facility)s AND department_code = %(department)s),
-                    count(*) FILTER (WHERE facility_code = %(facility)s AND practitioner_code = %(practitioner)s),
-                    count(*) FILTER (WHERE slot_id = %(slot)s)
-               FROM booking.appointment
-              WHERE empi_id = %(empi)s AND visit_date = %(day)s AND state IN ('held', 'booked', 'checked_in')"""
 
-_INSERT = """INSERT INTO booking.appointment (appointment_no, slot_id, empi_id, card_no, account, facility_code,
-                 department_code, practitioner_code, visit_date, state, held_until, waitlist_id)
-             VALUES (%(no)s, %(slot)s, %(empi)s, %(card)s, %(account)s, %(facility)s, %(department)s,
-                     %(practitioner)s, %(day)s, 'held',
-                     least(now() + make_interval(mins => %(minutes)s), (SELECT starts_at FROM booking.slot WHERE id = %(slot)s)),
-                     %(waitlist)s)
-             RETURNING id"""
+@dataclass(frozen=True)
+class Place:
+    """A place just taken (held, or booked at once) with its slot's details: it answers for both the
+    appointment and its slot where the answer, the hospital's event and the resident's notice read them."""
+
+    id: int
+    appointment_no: str
+    state: str
+    slot_id: int
+    empi_id: str
+    card_no: str
+    account: str
+    facility_code: str
+    department_code: str
+    department_name: str
+    practitioner_code: str | None
+    practitioner_name: str | None
+    source_id: str
+    starts_at: datetime
+    ends_at: datetime
+    fee: int
+    held_until: datetime | None
+    created_at: datetime
+    cancelled_by: None = None
 
 
 def _mark_full(slot_id: int, facility: str) -> None:
@@ -292,76 +298,61 @@ def _lock_person(conn, empi_id: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('booking:' || %s, 0))", (empi_id,))
 
 
-def _check_person(conn, *, who: Patient, slot_id: int, facility: str, department: str, practitioner: str | None,
-                  day: date, rules: fairness.Rules) -> None:
-    """The person's limits for the visit day (called under their lock)."""
-    total, in_department, with_doctor, this_slot = conn.execute(_LIMITS, {
-        "facility": facility, "department": department, "practitioner": practitioner, "slot": slot_id,
-        "empi": who.empi_id, "day": day}).fetchone()
-    if this_slot:
-        raise Conflict("this person already has a place in this slot", field="slot_id")
-    if total >= rules.per_day:
-        raise LimitReached(f"at most {rules.per_day} bookings per person per visit day", field="slot_id")
-    if in_department >= rules.per_department:
-        raise LimitReached(f"at most {rules.per_department} booking(s) per person per day in one department",
-                           field="slot_id")
-    if practitioner and with_doctor >= rules.per_doctor:
-        raise LimitReached(f"at most {rules.per_doctor} booking(s) per person per day with one doctor", field="slot_id")
-
-
-def _new_no(day: date) -> str:
-    return f"BK{day:%y%m%d}{secrets.token_hex(5).upper()}"
-
-
-def hold(session: Session, *, who: Patient, slot_id: int) -> Appointment:
-    """Take a place of the slot for ``hold_minutes``. Refusals: ``no_slot`` (full or withdrawn),
-    ``not_released`` (before the release time), ``blacklisted``, ``limit_reached``."""
+def attempt(session: Session, *, account: str, card_no: str, slot_id: int, book: bool = False) -> Place:
+    """A resident takes a place of the slot with a card their account holds (their own or a child's): held
+    for ``hold_minutes``, or booked at once (``book``). One statement, ``booking.attempt`` (migration 0018):
+    the card, the slot, the release time, the blacklist, a free place, then under the person's lock their
+    limits and the new appointment. Refusals: ``no_slot`` (full or withdrawn), ``not_released``,
+    ``blacklisted``, ``limit_reached``, a place already held in the slot, a card not held or not active."""
     refuse_if_known_full(slot_id)
-    conn = driver(session)
-    row = conn.execute(_SLOT, {"slot": slot_id, "empi": who.empi_id}).fetchone()
-    if row is None:
-        raise NotFound(f"no slot {slot_id}", field="slot_id")
-    facility, department, practitioner, day, starts_at, release_at, state, free, banned_until, now = row
-    try:
-        if state != "open" or starts_at <= now:
-            raise NoSlot("this slot is no longer offered", field="slot_id")
-        if release_at > now:
-            raise NotReleased(f"this slot opens for booking at {release_at.astimezone(CHINA_TZ):%Y-%m-%d %H:%M}",
-                              field="slot_id")
-        if banned_until is not None:
-            raise Blacklisted(f"booking is suspended until {banned_until.astimezone(CHINA_TZ):%Y-%m-%d} after repeated "
-                              "no-shows or cancellations", hint="the suspension ends by itself")
-        if free <= 0:
+    row = driver(session).execute(_ATTEMPT, (account, card_no, slot_id, book, secrets.token_hex(5).upper())).fetchone()
+    (outcome, detail, at, limit, appointment_id, appointment_no, empi_id, held_until, created_at, places_left,
+     facility, department, department_name, practitioner, practitioner_name, source_id, starts_at, ends_at, fee) = row
+    if outcome in ("held", "booked"):
+        attempts.count(facility, "held")
+        if places_left <= 0:  # this attempt took the last place this process knew of
             _mark_full(slot_id, facility)
-            raise NoSlot("no place left in this slot", field="slot_id", hint="try another slot or join the waitlist")
-        rules = fairness.effective(session, facility)
-        _lock_person(conn, who.empi_id)
-        _check_person(conn, who=who, slot_id=slot_id, facility=facility, department=department,
-                      practitioner=practitioner, day=day, rules=rules)
-        appointment_id = _insert_hold(conn, who=who, slot_id=slot_id, facility=facility, department=department,
-                                      practitioner=practitioner, day=day, minutes=rules.hold_minutes)
-        if free == 1:  # this hold took the last place this process knew of
-            _mark_full(slot_id, facility)
-    except (NoSlot, NotReleased, Blacklisted, LimitReached, Conflict) as exc:
-        attempts.count(facility, exc.code)
-        raise
-    attempts.count(facility, "held")
-    return session.get(Appointment, appointment_id)
-
-
-def _insert_hold(conn, *, who: Patient, slot_id: int, facility: str, department: str, practitioner: str | None,
-                 day: date, minutes: int, waitlist_id: int | None = None) -> int:
-    try:
-        with conn.transaction():  # a savepoint: a refused insert leaves the caller's transaction usable
-            return conn.execute(_INSERT, {
-                "no": _new_no(day), "slot": slot_id, "empi": who.empi_id, "card": who.card_no,
-                "account": who.account, "facility": facility, "department": department,
-                "practitioner": practitioner, "day": day, "minutes": minutes, "waitlist": waitlist_id}).fetchone()[0]
-    except psycopg.errors.CheckViolation:  # slot_not_overbooked, or the slot was withdrawn meanwhile
+        place = Place(appointment_id, appointment_no, outcome, slot_id, empi_id, card_no, account, facility, department,
+                      department_name, practitioner, practitioner_name, source_id, starts_at, ends_at, fee, held_until,
+                      created_at)
+        if book:
+            _booked(session, place, place)
+        return place
+    refusal = _refusal(outcome, detail=detail, at=at, limit=limit, card_no=card_no, slot_id=slot_id)
+    if outcome == "no_slot":
         _mark_full(slot_id, facility)
-        raise NoSlot("no place left in this slot", field="slot_id", hint="try another slot or join the waitlist") from None
-    except psycopg.errors.UniqueViolation:
-        raise Conflict("this person already has a place in this slot", field="slot_id") from None
+    if facility and isinstance(refusal, Conflict | Blacklisted):
+        attempts.count(facility, refusal.code)
+    raise refusal
+
+
+def _refusal(outcome: str, *, detail: str | None, at: datetime | None, limit: int | None, card_no: str,
+             slot_id: int) -> Exception:
+    """What ``booking.attempt`` or ``booking.take_place`` said, as the error the resident is answered with."""
+    if outcome == "not_your_card":
+        return Forbidden("you do not hold this card", field="card_no")
+    if outcome == "card_state":
+        return Forbidden(f"card {card_no} is {detail}", field="card_no", hint="book with an active card")
+    if outcome == "no_such_slot":
+        return NotFound(f"no slot {slot_id}", field="slot_id")
+    if outcome == "not_offered":
+        return NoSlot("this slot is no longer offered", field="slot_id")
+    if outcome == "not_released":
+        return NotReleased(f"this slot opens for booking at {at.astimezone(CHINA_TZ):%Y-%m-%d %H:%M}", field="slot_id")
+    if outcome == "blacklisted":
+        return Blacklisted(f"booking is suspended until {at.astimezone(CHINA_TZ):%Y-%m-%d} after repeated no-shows "
+                           "or cancellations", hint="the suspension ends by itself")
+    if outcome == "no_slot":
+        return NoSlot("no place left in this slot", field="slot_id", hint="try another slot or join the waitlist")
+    if outcome == "in_slot":
+        return Conflict("this person already has a place in this slot", field="slot_id")
+    if outcome == "per_day":
+        return LimitReached(f"at most {limit} bookings per person per visit day", field="slot_id")
+    if outcome == "per_department":
+        return LimitReached(f"at most {limit} booking(s) per person per day in one department", field="slot_id")
+    if outcome == "per_doctor":
+        return LimitReached(f"at most {limit} booking(s) per person per day with one doctor", field="slot_id")
+    return Busy("another booking of this person is under way", field="slot_id", hint="send it again")
 
 
 def _mine(session: Session, *, account: str, appointment_no: str, lock: bool = True) -> Appointment:
@@ -389,10 +380,15 @@ def confirm(session: Session, *, account: str, appointment_no: str) -> Appointme
                         {"id": a.waitlist_id})
     session.flush()
     session.refresh(a)
+    _booked(session, a, slot)
+    return a
+
+
+def _booked(session: Session, a: Appointment | Place, slot: Slot | Place) -> None:
+    """A booking made: the hospital's event and the resident's notice."""
     _event(session, "booked", a, slot)
     notify(session, a, "booked", f"【SmartCare】预约成功：{slot.department_name} {_when(slot)}，预约号 {a.appointment_no}。"
                                  "请按时就诊，就诊当天在医院扫电子健康卡签到。")
-    return a
 
 
 def cancel(session: Session, *, account: str, appointment_no: str) -> Appointment:
@@ -540,21 +536,13 @@ def _offer(session: Session, slot: Slot) -> Appointment | None:
     waiting = session.scalars(_waiting_for(slot).order_by(WaitlistEntry.id).limit(20)
                               .with_for_update(skip_locked=True)).all()
     for entry in waiting:
-        who = Patient(entry.empi_id, entry.card_no, entry.account)
-        if banned_until(session, who.empi_id):
+        if banned_until(session, entry.empi_id):
             continue
-        # The caller holds the slot's row; everyone else takes a person's lock before a slot's: never wait here.
-        if not conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended('booking:' || %s, 0))",
-                            (who.empi_id,)).fetchone()[0]:
-            continue
-        try:
-            _check_person(conn, who=who, slot_id=slot.id, facility=slot.facility_code, department=slot.department_code,
-                          practitioner=slot.practitioner_code, day=slot.visit_date, rules=rules)
-            appointment_id = _insert_hold(conn, who=who, slot_id=slot.id, facility=slot.facility_code,
-                                          department=slot.department_code, practitioner=slot.practitioner_code,
-                                          day=slot.visit_date, minutes=rules.offer_minutes, waitlist_id=entry.id)
-        except (LimitReached, Conflict):
-            continue  # not eligible now; stays waiting
+        # The caller holds the slot's row; everyone else takes a person's lock before a slot's: only try it here.
+        outcome, _, appointment_id, *_ = conn.execute(_TAKE_PLACE, (
+            slot.id, entry.empi_id, entry.card_no, entry.account, secrets.token_hex(5).upper(), entry.id)).fetchone()
+        if outcome != "held":
+            continue  # busy, or not eligible now (a limit, a place already in the slot): stays waiting
         entry.state, entry.updated_at = "offered", func.now()
         session.flush()
         a = session.get(Appointment, appointment_id)
