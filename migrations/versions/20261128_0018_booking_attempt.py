@@ -1,7 +1,8 @@
 """A booking attempt as SQL functions, so that an attempt is one statement: ``booking.attempt`` (the resident's
 card, the slot, its release time, the blacklist, a free place) and ``booking.take_place`` (the person's lock,
 their limits, the new appointment), which a waitlist offer calls too; ``booking.rules_of`` is a hospital's
-effective rules (its overrides over the region's default), read by both and by ``booking.rules.effective``.
+effective rules (its overrides over the region's default), read by both and by ``booking.rules.effective``;
+the trigger ``slot_freed`` tells every process when a full slot has a free place again (``booking.full``).
 
 In a release burst the attempts that reach the database used to make about twenty round trips each, several
 through the ORM, each one waiting for the server process's interpreter lock between them while other requests
@@ -144,10 +145,22 @@ def upgrade() -> None:
             appointment_no := t.appointment_no;
             held_until := t.held_until; created_at := t.created_at; places_left := places_left - 1;
         END $$;
+
+        -- A slot that had no free place has one again (a place returned, the capacity raised): every process that
+        -- remembers it as full forgets it at once (booking.full).
+        CREATE FUNCTION booking.slot_freed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('booking_slot_freed', NEW.id::text);
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER slot_freed AFTER UPDATE ON booking.slot FOR EACH ROW
+            WHEN (OLD.capacity - OLD.taken - OLD.withheld <= 0 AND NEW.capacity - NEW.taken - NEW.withheld > 0)
+            EXECUTE FUNCTION booking.slot_freed();
     """)
 
 
 def downgrade() -> None:
-    op.execute("DROP FUNCTION booking.attempt(varchar, varchar, bigint, boolean, varchar); "
+    op.execute("DROP TRIGGER slot_freed ON booking.slot; DROP FUNCTION booking.slot_freed(); "
+               "DROP FUNCTION booking.attempt(varchar, varchar, bigint, boolean, varchar); "
                "DROP FUNCTION booking.take_place(bigint, varchar, varchar, varchar, varchar, varchar, bigint, boolean); "
                "DROP FUNCTION booking.rules_of(varchar)")

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from smartcare.booking import rules as fairness
+from smartcare.booking.full import full_slots
 from smartcare.booking.models import Appointment, Blacklisting, Notification, Slot, WaitlistEntry
 from smartcare.healthcard import service as healthcard
 from smartcare.platform import audit, bus
@@ -41,8 +42,6 @@ log = logging.getLogger(__name__)
 CHECKIN_EARLY = timedelta(hours=2)
 #: Rows the periodic work handles per transaction.
 TICK_BATCH = 50
-#: How long a process answers "no slot" for a full slot without asking the database.
-FULL_CACHE_SECONDS = 1.0
 
 
 class NoSlot(Conflict):
@@ -158,7 +157,7 @@ def _publish_one(session: Session, facility, departments: dict, rules: fairness.
         session.flush()
         session.execute(text("INSERT INTO booking.seat_return (slot_id, return_at) "
                              "SELECT :id, now() FROM generate_series(1, :n)"), {"id": slot.id, "n": added})
-    _full.pop(slot.id, None)
+    full_slots.forget(slot.id)
     return SlotChange(data.source_id, "updated", slot.id)
 
 
@@ -208,7 +207,7 @@ def withdraw_slot(session: Session, *, facility_code: str, source_id: str, actor
                                         f"预约 {a.appointment_no} 已取消，可重新预约。")
     audit.record(session, actor=actor, action="booking.slot.withdraw", target=f"{facility_code}/{source_id}",
                  detail={"reason": reason})
-    _full.pop(slot.id, None)
+    full_slots.forget(slot.id)
     return slot
 
 
@@ -243,9 +242,6 @@ def search(session: Session, *, district_code: str | None = None, facility_code:
 
 # ---------------------------------------------------------------- holding and booking
 
-#: slot id → (monotonic time until which this process answers "no slot" without asking the database, hospital)
-_full: dict[int, tuple[float, str]] = {}
-
 #: migration 0018
 _ATTEMPT = "SELECT * FROM booking.attempt(%s, %s, %s, %s, %s)"
 _TAKE_PLACE = "SELECT * FROM booking.take_place(%s, %s, %s, %s, %s, 'held', %s, false)"
@@ -277,20 +273,11 @@ class Place:
     cancelled_by: None = None
 
 
-def _mark_full(slot_id: int, facility: str) -> None:
-    now = time.monotonic()
-    if len(_full) > 50_000:  # a long-running process forgets slots it no longer needs to remember
-        for key in [k for k, (until, _) in list(_full.items()) if until <= now]:  # a copy: other threads write
-            _full.pop(key, None)
-    _full[slot_id] = (now + FULL_CACHE_SECONDS, facility)
-
-
 def refuse_if_known_full(slot_id: int) -> None:
-    """Answer "no slot" from this process's memory of a slot found full in the last second (no database):
-    in a release burst most attempts are for slots already gone. Fullness is public, so nothing leaks."""
-    full = _full.get(slot_id)
-    if full and full[0] > time.monotonic():
-        attempts.count(full[1], "no_slot")
+    """Answer "no slot" from this process's memory of full slots (``booking.full``), with no database."""
+    hospital = full_slots.hospital_if_full(slot_id)
+    if hospital is not None:
+        attempts.count(hospital, "no_slot")
         raise NoSlot("no place left in this slot", field="slot_id", hint="try another slot or join the waitlist")
 
 
@@ -305,13 +292,14 @@ def attempt(session: Session, *, account: str, card_no: str, slot_id: int, book:
     limits and the new appointment. Refusals: ``no_slot`` (full or withdrawn), ``not_released``,
     ``blacklisted``, ``limit_reached``, a place already held in the slot, a card not held or not active."""
     refuse_if_known_full(slot_id)
+    asked = time.monotonic()
     row = driver(session).execute(_ATTEMPT, (account, card_no, slot_id, book, secrets.token_hex(5).upper())).fetchone()
     (outcome, detail, at, limit, appointment_id, appointment_no, empi_id, held_until, created_at, places_left,
      facility, department, department_name, practitioner, practitioner_name, source_id, starts_at, ends_at, fee) = row
     if outcome in ("held", "booked"):
         attempts.count(facility, "held")
         if places_left <= 0:  # this attempt took the last place this process knew of
-            _mark_full(slot_id, facility)
+            full_slots.mark(slot_id, facility, asked=asked)
         place = Place(appointment_id, appointment_no, outcome, slot_id, empi_id, card_no, account, facility, department,
                       department_name, practitioner, practitioner_name, source_id, starts_at, ends_at, fee, held_until,
                       created_at)
@@ -320,7 +308,7 @@ def attempt(session: Session, *, account: str, card_no: str, slot_id: int, book:
         return place
     refusal = _refusal(outcome, detail=detail, at=at, limit=limit, card_no=card_no, slot_id=slot_id)
     if outcome == "no_slot":
-        _mark_full(slot_id, facility)
+        full_slots.mark(slot_id, facility, asked=asked)
     if facility and isinstance(refusal, Conflict | Blacklisted):
         attempts.count(facility, refusal.code)
     raise refusal
@@ -686,7 +674,7 @@ def return_places(session: Session, *, limit: int = 50) -> int:
     for return_id, slot_id in due:
         session.execute(text("UPDATE booking.seat_return SET done_at = now() WHERE id = :id"), {"id": return_id})
         session.execute(text("UPDATE booking.slot SET withheld = withheld - 1 WHERE id = :id"), {"id": slot_id})
-        _full.pop(slot_id, None)
+        full_slots.forget(slot_id)
         slot = session.get(Slot, slot_id)
         session.refresh(slot)
         if slot.state == "open" and slot.starts_at > datetime.now(UTC):
