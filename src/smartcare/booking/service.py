@@ -5,7 +5,7 @@ confirms it. The database keeps the count of a slot's places (a trigger from the
 check constraint, migration 0011), so no slot is ever booked twice, whatever the concurrency; this
 module adds the rules a person is held to (release time, limits per day / department / doctor, the
 blacklist), checked under a per-person advisory lock so that two attempts of one person at once
-cannot both pass a limit.
+cannot both pass a limit — an attempt is one SQL statement (``booking.attempt``, migration 0018).
 
 A place given up (cancelled, hold expired) is withheld and returns at a random time within the
 hospital's range (``seat_return``): first as an offer to the waitlist, else to the pool. The periodic
