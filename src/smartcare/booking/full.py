@@ -52,11 +52,13 @@ class FullSlots:
         if len(self._until) > MAX_SLOTS:
             for key in [k for k, (until, _) in list(self._until.items()) if until <= now]:  # a copy: threads write
                 self._until.pop(key, None)
-            self._freed = {k: t for k, t in list(self._freed.items()) if t > now - HEARD_SECONDS}
         self._until[slot_id] = (now + (HEARD_SECONDS if self._listening.is_set() else UNHEARD_SECONDS), hospital)
 
     def forget(self, slot_id: int) -> None:
-        self._freed[slot_id] = time.monotonic()
+        now = time.monotonic()
+        if len(self._freed) > MAX_SLOTS:  # only an attempt under way needs to know; none takes a minute
+            self._freed = {k: t for k, t in list(self._freed.items()) if t > now - HEARD_SECONDS}
+        self._freed[slot_id] = now
         self._until.pop(slot_id, None)
 
     def clear(self) -> None:
