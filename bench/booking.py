@@ -278,16 +278,23 @@ def classify(status: int, text_: str) -> str:
     return f"{status} {code}"
 
 
-def _http_job(connections: list[LeanHttp], kind: str, users: list, count: int, spans: list) -> None:
+def _http_job(connections: list[LeanHttp], kind: str, users: list, count: int, spans: list,
+              pace: tuple[float, int, int] | None = None) -> None:
     """One thread per keep-alive connection: for "book", each takes the next person and sends their attempts
     one after another; for "health", ``count`` GET /health each. (``LeanHttp``, a minimal HTTP/1.1 client as
     ``wrk`` is: the load generator shares the two cores with the server and PostgreSQL, and httpx.Client cost
-    ~0.55 ms of CPU an attempt, httpx.AsyncClient ~1.4 ms.)"""
+    ~0.55 ms of CPU an attempt, httpx.AsyncClient ~1.4 ms.)
+
+    ``pace`` = (total rate, this process's first thread number, threads in all): each thread sends its next
+    attempt when it is due (thread g's i-th at (g + i × threads) ÷ rate seconds after the start, or at once
+    when it is late), and the latency is counted from that due time, so a server that falls behind shows."""
     import threading
 
     todo = deque(users)
+    begin = time.perf_counter()
 
-    def book(http: LeanHttp) -> None:
+    def book(http: LeanHttp, g: int) -> None:
+        i = 0
         while True:
             try:
                 token, card_no, slots = todo.popleft()
@@ -297,6 +304,12 @@ def _http_job(connections: list[LeanHttp], kind: str, users: list, count: int, s
             for slot in slots:
                 body = json.dumps({"slot_id": slot, "card_no": card_no, "confirm": True}).encode()
                 sent = time.perf_counter()
+                if pace is not None:
+                    rate, first, threads = pace
+                    sent = begin + (first + g + i * threads) / rate
+                    i += 1
+                    if (wait := sent - time.perf_counter()) > 0:
+                        time.sleep(wait)
                 try:
                     status, answer = http.request("POST", BOOK, body, headers)
                     outcome = classify(status, answer.decode())
@@ -304,7 +317,7 @@ def _http_job(connections: list[LeanHttp], kind: str, users: list, count: int, s
                     outcome = f"0 {type(exc).__name__}"
                 spans.append((sent, time.perf_counter(), outcome))
 
-    def health(http: LeanHttp) -> None:
+    def health(http: LeanHttp, g: int) -> None:
         for _ in range(count):
             sent = time.perf_counter()
             try:
@@ -314,7 +327,7 @@ def _http_job(connections: list[LeanHttp], kind: str, users: list, count: int, s
                 outcome = f"0 {type(exc).__name__}"
             spans.append((sent, time.perf_counter(), outcome))
 
-    pool = [threading.Thread(target=book if kind == "book" else health, args=(c,)) for c in connections]
+    pool = [threading.Thread(target=book if kind == "book" else health, args=(c, g)) for g, c in enumerate(connections)]
     for t in pool:
         t.start()
     for t in pool:
@@ -403,13 +416,13 @@ def _worker(k: int, base_url: str | None, jobs, results, barrier) -> None:
     if base_url is not None:
         connections: list[LeanHttp] = []
         while (job := jobs.get()) is not None:
-            kind, users, n, count = job
+            kind, users, n, count, pace = job
             while len(connections) < n:
                 connections.append(LeanHttp(int(base_url.rsplit(":", 1)[1])))
             spans: list = []
             barrier.wait()
             cpu = time.process_time()
-            _http_job(connections[:n], kind, users, count, spans)
+            _http_job(connections[:n], kind, users, count, spans, pace)
             results.put((k, spans, time.process_time() - cpu))
         for c in connections:
             c.close()
@@ -614,8 +627,13 @@ def main() -> int:
     parser.add_argument("--service-processes", type=int, default=2,
                         help="processes of the service-layer burst (threads: concurrency ÷ processes)")
     parser.add_argument("--naive-seconds", type=float, help="each baseline's duration (default 10; quick 1)")
+    parser.add_argument("--rate", type=float, default=2000.0,
+                        help="the paced burst over HTTP: attempts a second offered in all, on as many connections as "
+                             "the highest --concurrency (default 2,000, the goal's rate; 0: no paced burst)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
+    if args.rate < 0:
+        parser.error(f"--rate {args.rate:g}: attempts a second cannot be negative (0: no paced burst)")
     n_slots = args.slots or (200 if args.quick else 2_000)
     n_slots -= n_slots % SLICES
     persons = args.persons or (1_000 if args.quick else 10_000)
@@ -661,7 +679,7 @@ def main() -> int:
         docs = doctors(n_doctors)
         capacities = [rng.randint(1, 3) for _ in range(n_slots)]
         today = datetime.now(CHINA_TZ).date()
-        names = ["warm"] + [f"{mode} {c}" for c in levels for mode in ("service", "http")]
+        names = ["warm"] + [f"{mode} {c}" for c in levels for mode in ("service", "http")] + (["paced"] if args.rate else [])
         days = {name: today + timedelta(days=9 + k) for k, name in enumerate(names)}
         t = time.perf_counter()
         slot_ids = {name: publish(day, docs, capacities, popular_doctors) for name, day in days.items()}
@@ -695,7 +713,7 @@ def main() -> int:
             r = workers.run(jobs, before=lambda: release(days[day]), meter=meter, waits=WaitSampler(dsn, wait_label))
             r["sessions"] = sessions_opened(dsn) - opened - 1  # less the first reading's own
             r["check"] = check_day(days[day])
-            print(f"    {day} in flight: {r['n']:,} attempts in {r['wall']:.1f} s: {r['rate']:,.0f}/s, p50 "
+            print(f"    {day if day == 'paced' else f'{day} in flight'}: {r['n']:,} attempts in {r['wall']:.1f} s: {r['rate']:,.0f}/s, p50 "
                   f"{r['p50']:.1f} ms, p99 {r['p99']:.1f} ms; {r['outcomes'].get('201 booked', 0):,} booked", flush=True)
             return r
 
@@ -745,17 +763,21 @@ def main() -> int:
             clients = Workers(args.clients, server.url)
             per_client = max(1, top // args.clients)
             client_groups = {"server": server.processes, "clients": lambda: [psutil.Process(pid) for pid in clients.pids()]}
-            clients.run([("health", [], per_client, 20)] * args.clients)  # connections, imports
-            clients.run([("book", mine, per_client, 0)
+            clients.run([("health", [], per_client, 20, None)] * args.clients)  # connections, imports
+            clients.run([("book", mine, per_client, 0, None)
                          for mine in split(users("warm", "token"), args.clients)])  # the server's pools and caches
             meter = CpuMeter({**client_groups, "PostgreSQL": postgres_processes(database),
                               "this process": lambda: [psutil.Process()]})
-            out["health"] = clients.run([("health", [], per_client, 150 if args.quick else 1_000)] * args.clients,
+            out["health"] = clients.run([("health", [], per_client, 150 if args.quick else 1_000, None)] * args.clients,
                                         meter=meter)
             for c in levels:
                 out["http"][c] = burst(clients, f"http {c}", [
-                    ("book", mine, max(1, c // args.clients), 0)
+                    ("book", mine, max(1, c // args.clients), 0, None)
                     for mine in split(users(f"http {c}", "token"), args.clients)], client_groups)
+            if args.rate:
+                out["paced"] = burst(clients, "paced", [
+                    ("book", mine, per_client, 0, (args.rate, k * per_client, per_client * args.clients))
+                    for k, mine in enumerate(split(users("paced", "token"), args.clients))], client_groups)
             out["server_rss"] = server.peak_rss()
         finally:
             out["client_rss"] = clients.close() if clients is not None else 0.0
@@ -783,6 +805,8 @@ def main() -> int:
 
     for c, r in out["http"].items():
         row(f"HTTP, {c} in flight: {args.workers} workers, {args.clients}×{max(1, c // args.clients)} conns", r)
+    if "paced" in out:
+        row(f"HTTP, paced at {args.rate:,.0f}/s: {args.clients}×{max(1, top // args.clients)} conns", out["paced"])
     for c, r in out["service"].items():
         row(f"service layer, {c} in flight: {procs}×{max(1, c // procs)} threads", r)
     for (c, capped), r in out["naive"].items():
@@ -803,14 +827,16 @@ def main() -> int:
           f"{h['p50']:>8.1f}{h['p99']:>8.1f}{h['max']:>8.1f}  no database")
     print("  (answered/s: every answer over the burst's wall time; booked/s: bookings over the time until the last "
           "201; latency: from sending to the answer, every answer; each client thread sends its next attempt when "
-          "the last is answered, so at a fixed rate latency grows with the attempts in flight)")
-    for name, runs in (("HTTP", out["http"]), ("service layer", out["service"])):
+          "the last is answered, so at a fixed rate latency grows with the attempts in flight; paced: each connection "
+          "sends its attempts at its share of the rate, latency from each attempt's due time)")
+    paced = {"paced": out["paced"]} if "paced" in out else {}
+    for name, runs in (("HTTP", out["http"]), ("HTTP", paced), ("service layer", out["service"])):
         for c, r in runs.items():
             kinds = ", ".join(f"{o} p50 {p50:.1f} / p99 {p99:.1f} ms" for o, (n, p50, p99)
                               in sorted(r["kinds"].items(), key=lambda kv: -kv[1][0]) if n >= 20)
             naive = out["naive"].get((c, True))
             ratio = f"; ÷ naive capped at {c}: {r['rate'] / naive['rate']:.3f}" if naive else ""
-            print(f"  {name}, {c} in flight: half the bookings made {r['booked_by'][0.5]:.1f} s after the release, 90 % "
+            print(f"  {name}, {c if c == 'paced' else f'{c} in flight'}: half the bookings made {r['booked_by'][0.5]:.1f} s after the release, 90 % "
                   f"after {r['booked_by'][0.9]:.1f} s, the last after {r['sold_out']:.1f} s{ratio}; latency by answer: "
                   f"{kinds}")
 
@@ -821,13 +847,19 @@ def main() -> int:
     print(f"  goal ≥ 2,000 attempts/s answered with p99 ≤ 100 ms (over HTTP): "
           f"{'met' if goal(best[1]) else 'not met'} (best: {best[1]['rate']:,.0f}/s, p99 {best[1]['p99']:.1f} ms with "
           f"{best[0]} in flight)")
+    if paced:
+        r = paced["paced"]
+        held = args.rate >= 2000 and r["p99"] <= 100 and r["n"] == attempts_n and not breakdown(r["outcomes"])[3]
+        print(f"  paced at {args.rate:,.0f}/s on {top} connections: {'met' if held else 'not met'} (answered "
+              f"{r['rate']:,.0f}/s, p99 {r['p99']:.1f} ms from each attempt's due time: a server falling behind the "
+              "rate would show as a growing lag)")
     sbest = max(out["service"].items(), key=lambda kv: (goal(kv[1]), kv[1]["rate"]))
     print(f"  the same at the service layer, no HTTP: {'met' if goal(sbest[1]) else 'not met'} (best: "
           f"{sbest[1]['rate']:,.0f}/s, p99 {sbest[1]['p99']:.1f} ms with {sbest[0]} in flight)")
 
     print("\n2. Checks, from the database after each burst")
     ok = True
-    for name, r in [(f"HTTP, {c}", r) for c, r in out["http"].items()] + \
+    for name, r in [(f"HTTP, {c}", r) for c, r in out["http"].items()] + [("HTTP, paced", r) for r in paced.values()] + \
                    [(f"service layer, {c}", r) for c, r in out["service"].items()]:
         c = r["check"]
         told = r["outcomes"].get("201 booked", 0)
@@ -848,6 +880,7 @@ def main() -> int:
 
     print("\n3. Where the time goes (CPU from /proc of each process, ms per attempt; the machine's busy share)")
     rows = [(f"HTTP, {c} in flight", r, ("server", "PostgreSQL", "clients")) for c, r in out["http"].items()]
+    rows += [(f"HTTP, paced at {args.rate:,.0f}/s", r, ("server", "PostgreSQL", "clients")) for r in paced.values()]
     rows += [(f"service layer, {c} in flight", r, ("service processes", "PostgreSQL")) for c, r in out["service"].items()]
     rows += [(f"GET /health, {top} conns", out["health"], ("server", "PostgreSQL", "clients"))]
     for name, r, groups in rows:
