@@ -22,7 +22,10 @@ day, 1 per department, 1 per doctor). Each ``--concurrency`` level (attempts in 
    with threads on their own keep-alive connections (``_common.LeanHttp``, a minimal HTTP/1.1 client as ``wrk`` is) (concurrency ÷ clients): attempts answered
    per second, successful bookings per second, p50/p99/max latency of every answer (and per kind of answer),
    the answers by kind (201 booked, 409 no_slot, 409 limit_reached, 429, errors). Beside it, the same clients
-   on ``GET /health`` (the HTTP stack alone, no database).
+   on ``GET /health`` (the HTTP stack alone, no database). Then the burst paced: ``--rate`` attempts a second
+   offered in all (default 2,000, the goal's rate) on as many connections as the highest concurrency, each at
+   its share, the latency counted from each attempt's due time — a server that falls behind the rate shows as
+   a growing lag, which a closed loop (the next attempt sent when the last is answered) does not show.
 2. The same burst in process at the service layer: ``--service-processes`` processes with threads
    (concurrency ÷ processes), each attempt what the endpoint runs (``service.refuse_if_known_full``, then
    ``service.attempt`` with ``book`` in its own session and transaction), no HTTP:
