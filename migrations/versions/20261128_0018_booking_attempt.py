@@ -2,6 +2,7 @@
 card, the slot, its release time, the blacklist, a free place) and ``booking.take_place`` (the person's lock,
 their limits, the new appointment), which a waitlist offer calls too; ``booking.rules_of`` is a hospital's
 effective rules (its overrides over the region's default), read by both and by ``booking.rules.effective``;
+``healthcard.held_card`` is the card an account holds, as the health card says it, for the attempt to read;
 the trigger ``slot_freed`` tells every process when a full slot has a free place again (``booking.full``).
 
 In a release burst the attempts that reach the database used to make about twenty round trips each, several
@@ -33,6 +34,14 @@ def upgrade() -> None:
             SELECT p_facility, {merged}, greatest(d.updated_at, f.updated_at), coalesce(f.updated_by, d.updated_by)
               FROM booking.rule_set d LEFT JOIN booking.rule_set f ON f.facility_code = p_facility
              WHERE d.facility_code = '*'
+        $$;
+
+        -- The health card's rule, for other capabilities' SQL (as healthcard.service.holder_card says it): the card an
+        -- account holds, its person and state; no row for a card the account does not hold.
+        CREATE FUNCTION healthcard.held_card(p_account varchar, p_card varchar)
+            RETURNS TABLE (empi_id varchar, state varchar) LANGUAGE sql STABLE AS $$
+            SELECT k.empi_id, k.state FROM healthcard.card k JOIN healthcard.holder h ON h.card_id = k.id
+             WHERE h.username = p_account AND k.card_no = p_card
         $$;
 
         -- A place of the slot for the person: under the person's lock (waited for, or only tried: 'busy'), within
@@ -111,9 +120,7 @@ def upgrade() -> None:
             s booking.slot;
             t record;
         BEGIN
-            SELECT k.empi_id, k.state INTO empi_id, card_state
-              FROM healthcard.card k JOIN healthcard.holder h ON h.card_id = k.id
-             WHERE h.username = p_account AND k.card_no = p_card;
+            SELECT c.empi_id, c.state INTO empi_id, card_state FROM healthcard.held_card(p_account, p_card) c;
             IF NOT FOUND THEN
                 outcome := 'not_your_card'; RETURN;
             ELSIF card_state <> 'active' THEN
@@ -163,4 +170,4 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER slot_freed ON booking.slot; DROP FUNCTION booking.slot_freed(); "
                "DROP FUNCTION booking.attempt(varchar, varchar, bigint, boolean, varchar); "
                "DROP FUNCTION booking.take_place(bigint, varchar, varchar, varchar, varchar, varchar, bigint, boolean); "
-               "DROP FUNCTION booking.rules_of(varchar)")
+               "DROP FUNCTION booking.rules_of(varchar); DROP FUNCTION healthcard.held_card(varchar, varchar)")
