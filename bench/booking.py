@@ -28,7 +28,7 @@ day, 1 per department, 1 per doctor). Each ``--concurrency`` level (attempts in 
    a growing lag, which a closed loop (the next attempt sent when the last is answered) does not show.
 2. The same burst in process at the service layer: ``--service-processes`` processes with threads
    (concurrency ÷ processes), each attempt what the endpoint runs (``service.refuse_if_known_full``, then
-   ``service.attempt`` with ``book`` in its own session and transaction), no HTTP:
+   ``service.attempt`` with ``book``, one statement in a transaction of its own), no HTTP:
    what the database path sustains.
 3. Baseline: the naive limit of concurrent single-row updates, pgbench-style — as many raw psycopg connections
    as attempts in flight, one thread each, doing ``BEGIN; UPDATE t SET n = n + 1 WHERE id = <random popular id>
@@ -344,7 +344,6 @@ def _service_job(users: list, threads: int, spans: list) -> None:
     import threading
 
     from smartcare.booking import service
-    from smartcare.platform.db import session_scope
     from smartcare.platform.errors import SmartCareError
 
     todo = deque(users)
@@ -359,8 +358,7 @@ def _service_job(users: list, threads: int, spans: list) -> None:
                 sent = time.perf_counter()
                 try:
                     service.refuse_if_known_full(slot)  # as the endpoint does first, before a session
-                    with session_scope() as s:
-                        service.attempt(s, account=account, card_no=card_no, slot_id=slot, book=True)
+                    service.attempt(account=account, card_no=card_no, slot_id=slot, book=True)
                     outcome = "201 booked"
                 except SmartCareError as exc:
                     outcome = f"{exc.status} {exc.code}"

@@ -6,6 +6,7 @@ deadlock between the upkeep and residents."""
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 
 import pytest
 
@@ -260,4 +261,7 @@ def test_an_attempt_booked_at_once_answers_with_its_slot_and_tells_the_hospital(
     [(payload,)] = sql("SELECT payload FROM platform.bus_message WHERE topic = 'booking.appointment.booked' "
                        "AND payload ->> 'appointment_no' = :no", no=out["appointment_no"])
     assert (payload["slot_source_id"], payload["state"], payload["fee"]) == (body["source_id"], "booked", 1200)
-    assert [n["kind"] for n in client.get("/api/v1/booking/me/notifications", headers=p.h).json()] == ["booked"]
+    assert datetime.fromisoformat(payload["starts_at"]) == datetime.fromisoformat(out["starts_at"])
+    [notice] = client.get("/api/v1/booking/me/notifications", headers=p.h).json()
+    assert notice["kind"] == "booked" and out["appointment_no"] in notice["text"]
+    assert at(days=8, hour=14).strftime("%m月%d日 14:00") in notice["text"]  # China time, as every notice says it

@@ -99,10 +99,8 @@ def get_slot(slot_id: int = _id(), session: Session = Depends(db)):
 # ---------------------------------------------------------------- residents
 
 def _attempt(account: str, data: HoldIn) -> AppointmentOut:
-    with session_scope() as session:
-        place = service.attempt(session, account=account, card_no=data.card_no, slot_id=data.slot_id,
-                                book=data.confirm)
-        return appointment_out(place, place)
+    place = service.attempt(account=account, card_no=data.card_no, slot_id=data.slot_id, book=data.confirm)
+    return appointment_out(place, place)
 
 
 @router.post("/appointments", response_model=AppointmentOut, status_code=201,

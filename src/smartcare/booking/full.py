@@ -2,7 +2,7 @@
 answering them "no slot" from memory keeps them off the database. Fullness is public, so nothing leaks.
 
 A full slot is remembered until a place of it is free again, which the database says at once: the trigger
-``booking.slot_freed`` (migration 0018) notifies ``booking_slot_freed`` with the slot's id when a place returns
+``booking.slot_freed`` (migration 0019) notifies ``booking_slot_freed`` with the slot's id when a place returns
 or the capacity is raised, and a listener thread of each process forgets the slot. While the listener is not
 listening (starting, or its connection lost) a slot is remembered only ``UNHEARD_SECONDS``, and when it listens
 again everything remembered before is forgotten. A slot freed while an attempt was finding it full is not

@@ -1,7 +1,7 @@
 """Fairness rules as data: the region's default rule set and each hospital's overrides, in
 ``booking.rule_set``. Changed through the API or ``smartcare booking rules set``; every change audited.
 
-A hospital's effective rules are the SQL function ``booking.rules_of`` (migration 0018): a booking attempt
+A hospital's effective rules are the SQL function ``booking.rules_of`` (migration 0019): a booking attempt
 reads them in its own statement, so a change applies to attempts at once; elsewhere a process keeps them a few
 seconds (``effective``), and a change applies there within that time.
 """

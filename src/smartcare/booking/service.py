@@ -5,7 +5,7 @@ confirms it. The database keeps the count of a slot's places (a trigger from the
 check constraint, migration 0011), so no slot is ever booked twice, whatever the concurrency; this
 module adds the rules a person is held to (release time, limits per day / department / doctor, the
 blacklist), checked under a per-person advisory lock so that two attempts of one person at once
-cannot both pass a limit — an attempt is one SQL statement (``booking.attempt``, migration 0018).
+cannot both pass a limit — an attempt is one SQL statement (``booking.attempt``, migration 0019).
 
 A place given up (cancelled, hold expired) is withheld and returns at a random time within the
 hospital's range (``seat_return``): first as an offer to the waitlist, else to the pool. The periodic
@@ -32,7 +32,7 @@ from smartcare.booking.models import Appointment, Blacklisting, Notification, Sl
 from smartcare.healthcard import service as healthcard
 from smartcare.platform import audit, bus
 from smartcare.platform.clock import CHINA_TZ
-from smartcare.platform.db import driver, session_scope
+from smartcare.platform.db import driver, run_one, session_scope
 from smartcare.platform.errors import Conflict, Forbidden, InvalidInput, NotFound
 from smartcare.registry import service as registry
 
@@ -202,7 +202,7 @@ def withdraw_slot(session: Session, *, facility_code: str, source_id: str, actor
             session.execute(text("UPDATE booking.waitlist SET state = 'waiting', updated_at = now() WHERE id = :id "
                                  "AND state = 'offered'"), {"id": a.waitlist_id})
         if was_booked:
-            _event(session, "cancelled", a, slot)
+            _event(session, "cancelled", a)
         notify(session, a, "withdrawn", f"【SmartCare】您预约的 {slot.department_name} {_when(slot)} 号源已被医院停诊，"
                                         f"预约 {a.appointment_no} 已取消，可重新预约。")
     audit.record(session, actor=actor, action="booking.slot.withdraw", target=f"{facility_code}/{source_id}",
@@ -242,15 +242,15 @@ def search(session: Session, *, district_code: str | None = None, facility_code:
 
 # ---------------------------------------------------------------- holding and booking
 
-#: migration 0018
-_ATTEMPT = "SELECT * FROM booking.attempt(%s, %s, %s, %s, %s)"
+#: migration 0019
+_ATTEMPT = "SELECT * FROM booking.attempt(%s, %s, %s, %s, %s, %s, %s)"
 _TAKE_PLACE = "SELECT * FROM booking.take_place(%s, %s, %s, %s, %s, 'held', %s, false)"
 
 
 @dataclass(frozen=True)
 class Place:
-    """A place just taken (held, or booked at once) with its slot's details: it answers for both the
-    appointment and its slot where the answer, the hospital's event and the resident's notice read them."""
+    """A place just taken (held, or booked at once) with its slot's details: what the API's answer reads of an
+    appointment and of its slot (``api.appointment_out``)."""
 
     id: int
     appointment_no: str
@@ -285,27 +285,29 @@ def _lock_person(conn, empi_id: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('booking:' || %s, 0))", (empi_id,))
 
 
-def attempt(session: Session, *, account: str, card_no: str, slot_id: int, book: bool = False) -> Place:
+def attempt(*, account: str, card_no: str, slot_id: int, book: bool = False) -> Place:
     """A resident takes a place of the slot with a card their account holds (their own or a child's): held
-    for ``hold_minutes``, or booked at once (``book``). One statement, ``booking.attempt`` (migration 0018):
-    the card, the slot, the release time, the blacklist, a free place, then under the person's lock their
-    limits and the new appointment. Refusals: ``no_slot`` (full or withdrawn), ``not_released``,
+    for ``hold_minutes``, or booked at once (``book``). One statement in a transaction of its own,
+    ``booking.attempt`` (migration 0019): the card, the slot, the release time, the blacklist, a free place,
+    then under the person's lock their limits and the new appointment, and for a booking the hospital's event
+    and the resident's notice — so the slot's row, locked from the insert, is free again at the statement's
+    commit, not after round trips from here. Refusals: ``no_slot`` (full or withdrawn), ``not_released``,
     ``blacklisted``, ``limit_reached``, a place already held in the slot, a card not held or not active."""
     refuse_if_known_full(slot_id)
     asked = time.monotonic()
-    row = driver(session).execute(_ATTEMPT, (account, card_no, slot_id, book, secrets.token_hex(5).upper())).fetchone()
+    channel, fan_out = bus.sql_publish_target()
     (outcome, detail, at, limit, appointment_id, appointment_no, empi_id, held_until, created_at, places_left,
-     facility, department, department_name, practitioner, practitioner_name, source_id, starts_at, ends_at, fee) = row
+     facility, department, department_name, practitioner, practitioner_name, source_id, starts_at, ends_at,
+     fee) = run_one(_ATTEMPT, (account, card_no, slot_id, book, secrets.token_hex(5).upper(), channel, fan_out))
     if outcome in ("held", "booked"):
         attempts.count(facility, "held")
+        if outcome == "booked":
+            bus.count_published("booking.appointment.booked")
         if places_left <= 0:  # this attempt took the last place this process knew of
             full_slots.mark(slot_id, facility, asked=asked)
-        place = Place(appointment_id, appointment_no, outcome, slot_id, empi_id, card_no, account, facility, department,
-                      department_name, practitioner, practitioner_name, source_id, starts_at, ends_at, fee, held_until,
-                      created_at)
-        if book:
-            _booked(session, place, place)
-        return place
+        return Place(appointment_id, appointment_no, outcome, slot_id, empi_id, card_no, account, facility, department,
+                     department_name, practitioner, practitioner_name, source_id, starts_at, ends_at, fee, held_until,
+                     created_at)
     refusal = _refusal(outcome, detail=detail, at=at, limit=limit, card_no=card_no, slot_id=slot_id)
     if outcome == "no_slot":
         full_slots.mark(slot_id, facility, asked=asked)
@@ -368,15 +370,17 @@ def confirm(session: Session, *, account: str, appointment_no: str) -> Appointme
                         {"id": a.waitlist_id})
     session.flush()
     session.refresh(a)
-    _booked(session, a, slot)
+    _booked(session, a)
     return a
 
 
-def _booked(session: Session, a: Appointment | Place, slot: Slot | Place) -> None:
-    """A booking made: the hospital's event and the resident's notice."""
-    _event(session, "booked", a, slot)
-    notify(session, a, "booked", f"【SmartCare】预约成功：{slot.department_name} {_when(slot)}，预约号 {a.appointment_no}。"
-                                 "请按时就诊，就诊当天在医院扫电子健康卡签到。")
+def _booked(session: Session, a: Appointment) -> None:
+    """A booking made: the hospital's event and the resident's notice, ``booking.tell_booked`` (migration 0019),
+    as a booking made at once does it in ``booking.attempt``."""
+    channel, fan_out = bus.sql_publish_target()
+    session.execute(text("SELECT booking.tell_booked(:id, :channel, :fan_out)"),
+                    {"id": a.id, "channel": channel, "fan_out": fan_out})
+    bus.count_published("booking.appointment.booked")
 
 
 def cancel(session: Session, *, account: str, appointment_no: str) -> Appointment:
@@ -399,7 +403,7 @@ def cancel(session: Session, *, account: str, appointment_no: str) -> Appointmen
         session.execute(text("UPDATE booking.waitlist SET state = 'cancelled', updated_at = now() WHERE id = :id"),
                         {"id": a.waitlist_id})
     if was_booked:
-        _event(session, "cancelled", a, slot)
+        _event(session, "cancelled", a)
         _count_towards_blacklist(session, a.empi_id, "cancel", rules)
     return a
 
@@ -604,7 +608,7 @@ def check_in(session: Session, *, facility_code: str, code: str | None = None, a
                        hint=f"check-in opens {int(CHECKIN_EARLY.total_seconds() // 3600)} hours before the slot")
     _end(session, a, "checked_in")
     slot = session.get(Slot, a.slot_id)
-    _event(session, "checked_in", a, slot)
+    _event(session, "checked_in", a)
     return a, slot
 
 
@@ -641,13 +645,13 @@ def _when(slot: Slot) -> str:
     return f"{slot.starts_at.astimezone(CHINA_TZ):%m月%d日 %H:%M}"
 
 
-def _event(session: Session, what: str, a: Appointment, slot: Slot) -> None:
-    """``booking.appointment.<what>`` for the hospital's systems (and the warehouse)."""
-    bus.publish(session, f"booking.appointment.{what}", {
-        "appointment_no": a.appointment_no, "facility_code": a.facility_code, "slot_source_id": slot.source_id,
-        "department_code": a.department_code, "practitioner_code": a.practitioner_code,
-        "starts_at": slot.starts_at.isoformat(), "ends_at": slot.ends_at.isoformat(), "empi_id": a.empi_id,
-        "card_no": a.card_no, "state": a.state, "fee": slot.fee})
+def _event(session: Session, what: str, a: Appointment) -> None:
+    """``booking.appointment.<what>`` for the hospital's systems (and the warehouse): ``booking.event``
+    (migration 0019), in the caller's transaction."""
+    channel, fan_out = bus.sql_publish_target()
+    if session.execute(text("SELECT booking.event(:id, :what, :channel, :fan_out)"),
+                       {"id": a.id, "what": what, "channel": channel, "fan_out": fan_out}).scalar():
+        bus.count_published(f"booking.appointment.{what}")
 
 
 # ---------------------------------------------------------------- the periodic work
@@ -698,7 +702,7 @@ def mark_noshows(session: Session) -> int:
     for appointment_id in rows:
         a = session.get(Appointment, appointment_id)
         slot = session.get(Slot, a.slot_id)
-        _event(session, "noshow", a, slot)
+        _event(session, "noshow", a)
         notify(session, a, "noshow", f"【SmartCare】您 {_when(slot)} 在 {slot.department_name} 的预约未签到，已记为爽约。"
                                      "多次爽约将暂停预约资格。")
         _count_towards_blacklist(session, a.empi_id, "noshow", fairness.effective(session, a.facility_code))

@@ -261,7 +261,7 @@ def held_persons_now(session: Session, username: str) -> list[tuple[str, str | N
 
 def holder_card(session: Session, *, username: str, card_no: str) -> Card:
     """A card the account holds; anything else is refused without saying whether it exists. (The same rule in
-    SQL, for other capabilities' statements: ``healthcard.held_card``, migration 0018.)"""
+    SQL, for other capabilities' statements: ``healthcard.held_card``, migration 0019.)"""
     card = session.scalar(select(Card).join(Holder, Holder.card_id == Card.id)
                           .where(Holder.username == username, Card.card_no == card_no))
     if card is None:

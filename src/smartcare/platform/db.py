@@ -91,6 +91,23 @@ def side_engine() -> Engine:
 
 
 @lru_cache
+def autocommit_engine() -> Engine:
+    """A pool of connections in autocommit, for a hot path that is one statement (``run_one``): no transaction to
+    begin, roll back on return or commit — one round trip beside the ping."""
+    return create_engine(database_url(), isolation_level="AUTOCOMMIT", pool_size=POOL_SIZE, max_overflow=20,
+                         pool_pre_ping=True, pool_reset_on_return=None)
+
+
+def run_one(statement: str, params: tuple) -> tuple:
+    """The first row of one statement run in a transaction of its own (psycopg parameters)."""
+    conn = autocommit_engine().raw_connection()
+    try:
+        return conn.driver_connection.execute(statement, params).fetchone()
+    finally:
+        conn.close()
+
+
+@lru_cache
 def session_factory() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
 
@@ -111,10 +128,10 @@ def session_scope() -> Iterator[Session]:
 
 def reset_caches() -> None:
     """Forget the engine (tests point the platform at a fresh database)."""
-    for engine in (get_engine, side_engine):
+    for engine in (get_engine, side_engine, autocommit_engine):
         if engine.cache_info().currsize:
             engine().dispose()
-    for cached in (database_url, get_engine, side_engine, session_factory):
+    for cached in (database_url, get_engine, side_engine, autocommit_engine, session_factory):
         cached.cache_clear()
 
 

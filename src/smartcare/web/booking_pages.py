@@ -182,8 +182,7 @@ async def h5_hold(request: Request, slot_id: int, search: Search = Depends(searc
                   who: auth.Principal = Depends(RESIDENT)):
     """Hold a place for the chosen card: the page comes back with the confirmation view and its countdown."""
     def hold(session: Session) -> dict:
-        return {"held_no": service.attempt(session, account=who.username, card_no=search.card_no,
-                                           slot_id=slot_id).appointment_no}
+        return {"held_no": service.attempt(account=who.username, card_no=search.card_no, slot_id=slot_id).appointment_no}
 
     return await _throttled(request, who, search, hold)
 

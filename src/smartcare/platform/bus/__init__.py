@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from smartcare.platform import metrics
 from smartcare.platform.errors import ConfigurationError
 from smartcare.platform.settings import get_settings
 
@@ -146,6 +147,23 @@ def publish(session: Session, topic: str, payload: dict[str, Any], *, message_id
     from smartcare.platform.bus import postgres
 
     return postgres.publish(session, topic, payload, message_id=message_id or uuid.uuid4())
+
+
+def sql_publish_target() -> tuple[str, bool]:
+    """What SQL that publishes passes to ``platform.publish`` for the configured transport: the channel that wakes
+    its readers, and whether to fan the message out to the subscribed consumers (PostgreSQL) or leave it for the
+    relay (NATS). The caller counts what it published (``count_published``)."""
+    if transport() == "nats":
+        from smartcare.platform.bus import nats
+
+        return nats.RELAY_CHANNEL, False
+    from smartcare.platform.bus import postgres
+
+    return postgres.CHANNEL, True
+
+
+def count_published(topic: str) -> None:
+    metrics.BUS_PUBLISHED.labels(topic=topic).inc()
 
 
 def sync_subscriptions(consumers: Iterable[Consumer] | None = None, *, session: Session | None = None) -> None:

@@ -285,13 +285,9 @@ def delete_consumers(names: Iterable[str]) -> None:
 # -- publishing and relaying ---------------------------------------------------------------------
 
 def publish(session: Session, topic: str, payload: dict, *, message_id: uuid.UUID) -> uuid.UUID:
-    published = session.execute(
-        text("WITH message AS (INSERT INTO platform.bus_message (message_id, topic, payload, relayed_at) "
-             "                 VALUES (:mid, :topic, :payload, NULL) ON CONFLICT (message_id) DO NOTHING RETURNING id) "
-             "SELECT pg_notify(:ch, 'relay') FROM message"),  # one statement: the outbox row and the relay's wake-up
-        {"mid": message_id, "topic": topic, "payload": Jsonb(payload), "ch": RELAY_CHANNEL},
-    ).first()
-    if published is not None:
+    """The outbox row for the relay and the relay's wake-up: ``platform.publish`` (migration 0019)."""
+    if session.execute(text("SELECT platform.publish(:mid, :topic, :payload, :ch, false)"),
+                       {"mid": message_id, "topic": topic, "payload": Jsonb(payload), "ch": RELAY_CHANNEL}).scalar():
         metrics.BUS_PUBLISHED.labels(topic=topic).inc()
     return message_id
 

@@ -34,21 +34,11 @@ def _like(pattern: str) -> str:
     return pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
 
 
-#: The message, a delivery for each consumer subscribed to its topic, and the wake-up: one statement (a hot
-#: path publishes inside its own transaction), and nothing of it when the message id was published before.
-_PUBLISH = text("""
-    WITH message AS (INSERT INTO platform.bus_message (message_id, topic, payload) VALUES (:mid, :topic, :payload)
-                     ON CONFLICT (message_id) DO NOTHING RETURNING id),
-         delivery AS (INSERT INTO platform.bus_delivery (message_id, consumer)
-                      SELECT DISTINCT message.id, s.consumer FROM message, platform.bus_subscription s
-                       WHERE :topic LIKE s.topic_pattern)
-    SELECT pg_notify(:ch, :topic) FROM message""")
-
-
 def publish(session: Session, topic: str, payload: dict, *, message_id: uuid.UUID) -> uuid.UUID:
-    published = session.execute(_PUBLISH, {"mid": message_id, "topic": topic, "payload": Jsonb(payload),
-                                           "ch": CHANNEL}).first()
-    if published is not None:
+    """The message, a delivery for each consumer subscribed to its topic, and the workers' wake-up: one statement,
+    ``platform.publish`` (migration 0019), which SQL that publishes calls too."""
+    if session.execute(text("SELECT platform.publish(:mid, :topic, :payload, :ch, true)"),
+                       {"mid": message_id, "topic": topic, "payload": Jsonb(payload), "ch": CHANNEL}).scalar():
         metrics.BUS_PUBLISHED.labels(topic=topic).inc()
     return message_id
 

@@ -10,14 +10,14 @@ through the ORM, each one waiting for the server process's interpreter lock betw
 ran: a transaction that took two milliseconds of work stayed open for tens. Now the rules are checked where the
 rows are, in one call.
 
-Revision ID: 0018
-Revises: 0017
+Revision ID: 0019
+Revises: 0018
 """
 
 from alembic import op
 
-revision = "0018"
-down_revision = "0017"
+revision = "0019"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
@@ -107,6 +107,7 @@ def upgrade() -> None:
         -- A resident's attempt on a slot with a card their account holds: held (or booked at once, p_book), or why
         -- not, with what the answer and the hospital's event need. The checks go in the order the API states them.
         CREATE FUNCTION booking.attempt(p_account varchar, p_card varchar, p_slot bigint, p_book boolean, p_token varchar,
+                                        p_channel text, p_fan_out boolean,
                                         OUT outcome text, OUT detail text, OUT at timestamptz, OUT limit_value integer,
                                         OUT appointment_id bigint, OUT appointment_no varchar, OUT empi_id varchar,
                                         OUT held_until timestamptz, OUT created_at timestamptz, OUT places_left integer,
@@ -151,6 +152,39 @@ def upgrade() -> None:
             outcome := t.outcome; limit_value := t.limit_value; appointment_id := t.appointment_id;
             appointment_no := t.appointment_no;
             held_until := t.held_until; created_at := t.created_at; places_left := places_left - 1;
+            IF outcome = 'booked' THEN
+                PERFORM booking.tell_booked(appointment_id, p_channel, p_fan_out);
+            END IF;
+        END $$;
+
+        -- booking.appointment.<p_what> for the hospital's systems and the warehouse, published in the caller's
+        -- transaction (p_channel, p_fan_out: bus.sql_publish_target).
+        CREATE FUNCTION booking.event(p_appointment bigint, p_what text, p_channel text, p_fan_out boolean)
+            RETURNS boolean LANGUAGE sql AS $$
+            SELECT platform.publish(gen_random_uuid(), 'booking.appointment.' || p_what, jsonb_build_object(
+                       'appointment_no', a.appointment_no, 'facility_code', a.facility_code,
+                       'slot_source_id', s.source_id, 'department_code', a.department_code,
+                       'practitioner_code', a.practitioner_code,
+                       'starts_at', to_char(s.starts_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"+00:00"'),
+                       'ends_at', to_char(s.ends_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"+00:00"'),
+                       'empi_id', a.empi_id, 'card_no', a.card_no, 'state', a.state, 'fee', s.fee),
+                   p_channel, p_fan_out)
+              FROM booking.appointment a JOIN booking.slot s ON s.id = a.slot_id WHERE a.id = p_appointment
+        $$;
+
+        -- A booking made: the hospital's event and the resident's notice (booking.notification, which the
+        -- notification gateway delivers; the text carries no personal data).
+        CREATE FUNCTION booking.tell_booked(p_appointment bigint, p_channel text, p_fan_out boolean)
+            RETURNS void LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM booking.event(p_appointment, 'booked', p_channel, p_fan_out);
+            INSERT INTO booking.notification (account, appointment_id, kind, text)
+            SELECT a.account, a.id, 'booked',
+                   format('【SmartCare】预约成功：%s %s，预约号 %s。请按时就诊，就诊当天在医院扫电子健康卡签到。',
+                          s.department_name, to_char(s.starts_at AT TIME ZONE 'Asia/Shanghai', 'MM"月"DD"日" HH24:MI'),
+                          a.appointment_no)
+              FROM booking.appointment a JOIN booking.slot s ON s.id = a.slot_id WHERE a.id = p_appointment
+            ON CONFLICT DO NOTHING;
         END $$;
 
         -- A slot that had no free place has one again (a place returned, the capacity raised): every process that
@@ -168,6 +202,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP TRIGGER slot_freed ON booking.slot; DROP FUNCTION booking.slot_freed(); "
-               "DROP FUNCTION booking.attempt(varchar, varchar, bigint, boolean, varchar); "
+               "DROP FUNCTION booking.attempt(varchar, varchar, bigint, boolean, varchar, text, boolean); "
+               "DROP FUNCTION booking.tell_booked(bigint, text, boolean); DROP FUNCTION booking.event(bigint, text, text, boolean); "
                "DROP FUNCTION booking.take_place(bigint, varchar, varchar, varchar, varchar, varchar, bigint, boolean); "
                "DROP FUNCTION booking.rules_of(varchar); DROP FUNCTION healthcard.held_card(varchar, varchar)")
