@@ -616,7 +616,9 @@ def check_in(session: Session, *, facility_code: str, code: str | None = None, a
 
 class DemoNotificationGateway:
     """Writes each message to ``booking.notification`` (the resident's inbox on H5, the console) and the
-    log. A real gateway (SMS, app push) implements the same ``send``; texts carry no personal data."""
+    log. A real gateway (SMS, app push) implements the same ``send``; texts carry no personal data. (A
+    booking's notice is written in the booking's own statement, ``booking.tell_booked``: a gateway that
+    delivers by SMS reads it from the table.)"""
 
     def send(self, session: Session, *, account: str, appointment_id: int | None, kind: str, text_: str) -> bool:
         done = session.execute(text(
