@@ -32,9 +32,10 @@ def upgrade() -> None:
             IF p_fan_out THEN
                 INSERT INTO platform.bus_delivery (message_id, consumer)
                 SELECT DISTINCT m, s.consumer FROM platform.bus_subscription s WHERE p_topic LIKE s.topic_pattern;
-                PERFORM pg_notify(p_channel, p_topic);
-            ELSE
-                PERFORM pg_notify(p_channel, 'relay');
+            END IF;
+            -- no channel: the caller wakes the readers after its commit (bus.wake)
+            IF p_channel IS NOT NULL THEN
+                PERFORM pg_notify(p_channel, CASE WHEN p_fan_out THEN p_topic ELSE 'relay' END);
             END IF;
             RETURN true;
         END $$;

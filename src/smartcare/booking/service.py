@@ -291,18 +291,19 @@ def attempt(*, account: str, card_no: str, slot_id: int, book: bool = False) -> 
     ``booking.attempt`` (migration 0019): the card, the slot, the release time, the blacklist, a free place,
     then under the person's lock their limits and the new appointment, and for a booking the hospital's event
     and the resident's notice — so the slot's row, locked from the insert, is free again at the statement's
-    commit, not after round trips from here. Refusals: ``no_slot`` (full or withdrawn), ``not_released``,
+    commit, not after round trips from here; the bus's readers are woken after it (``bus.wake``). Refusals: ``no_slot`` (full or withdrawn), ``not_released``,
     ``blacklisted``, ``limit_reached``, a place already held in the slot, a card not held or not active."""
     refuse_if_known_full(slot_id)
     asked = time.monotonic()
-    channel, fan_out = bus.sql_publish_target()
+    _, fan_out = bus.sql_publish_target()  # no channel: a NOTIFY would make bookings commit one at a time
     (outcome, detail, at, limit, appointment_id, appointment_no, empi_id, held_until, created_at, places_left,
      facility, department, department_name, practitioner, practitioner_name, source_id, starts_at, ends_at,
-     fee) = run_one(_ATTEMPT, (account, card_no, slot_id, book, secrets.token_hex(5).upper(), channel, fan_out))
+     fee) = run_one(_ATTEMPT, (account, card_no, slot_id, book, secrets.token_hex(5).upper(), None, fan_out))
     if outcome in ("held", "booked"):
         attempts.count(facility, "held")
         if outcome == "booked":
             bus.count_published("booking.appointment.booked")
+            bus.wake()
         if places_left <= 0:  # this attempt took the last place this process knew of
             full_slots.mark(slot_id, facility, asked=asked)
         return Place(appointment_id, appointment_no, outcome, slot_id, empi_id, card_no, account, facility, department,

@@ -14,6 +14,7 @@ and ``replay`` read and act the same way whichever transport delivered.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import threading
 import re
 import time
@@ -29,6 +30,8 @@ from sqlalchemy.orm import Session
 from smartcare.platform import metrics
 from smartcare.platform.errors import ConfigurationError
 from smartcare.platform.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 #: Dot-separated words: it also names a JetStream durable ('.' → '-'), which allows no dots or spaces.
 _CONSUMER_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
@@ -164,6 +167,48 @@ def sql_publish_target() -> tuple[str, bool]:
 
 def count_published(topic: str) -> None:
     metrics.BUS_PUBLISHED.labels(topic=topic).inc()
+
+
+#: A process wakes the bus's readers at most this often for messages published without a NOTIFY of their own.
+WAKE_SECONDS = 0.05
+
+
+class _Waker:
+    """Wakes the transport's readers after commits that published without a NOTIFY (``platform.publish`` with no
+    channel), at most once every ``WAKE_SECONDS`` a process, from a thread of its own. PostgreSQL commits the
+    transactions that NOTIFY one at a time (a database-wide lock held through the commit's flush): a burst of
+    bookings that each notified queued there. A lost wake-up costs only latency: the readers also poll."""
+
+    def __init__(self) -> None:
+        self._pending = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+
+    def __call__(self) -> None:
+        if self._thread is None:
+            with self._starting:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="bus-waker", daemon=True)
+                    self._thread.start()
+        self._pending.set()
+
+    def _run(self) -> None:
+        from smartcare.platform.db import run_one
+
+        while True:
+            self._pending.wait()
+            time.sleep(WAKE_SECONDS)  # what else commits meanwhile rides on the same wake-up
+            self._pending.clear()
+            channel, _ = sql_publish_target()
+            try:
+                run_one("SELECT pg_notify(%s, 'wake')", (channel,))
+            except Exception as exc:  # the readers poll: late, not lost
+                log.warning("bus: could not wake the readers (%s); they find the messages when they poll",
+                            type(exc).__name__)
+
+
+#: one per process: call it after committing messages published with no channel
+wake = _Waker()
 
 
 def sync_subscriptions(consumers: Iterable[Consumer] | None = None, *, session: Session | None = None) -> None:
