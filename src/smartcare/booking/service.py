@@ -291,8 +291,9 @@ def attempt(*, account: str, card_no: str, slot_id: int, book: bool = False) -> 
     ``booking.attempt`` (migration 0019): the card, the slot, the release time, the blacklist, a free place,
     then under the person's lock their limits and the new appointment, and for a booking the hospital's event
     and the resident's notice — so the slot's row, locked from the insert, is free again at the statement's
-    commit, not after round trips from here; the bus's readers are woken after it (``bus.wake``). Refusals: ``no_slot`` (full or withdrawn), ``not_released``,
-    ``blacklisted``, ``limit_reached``, a place already held in the slot, a card not held or not active."""
+    commit, not after round trips from here; the bus's readers are woken after it (``bus.wake``). Refusals:
+    ``no_slot`` (full or withdrawn), ``not_released``, ``blacklisted``, ``limit_reached``, a place already held
+    in the slot, a card not held or not active."""
     refuse_if_known_full(slot_id)
     asked = time.monotonic()
     _, fan_out = bus.sql_publish_target()  # no channel: a NOTIFY would make bookings commit one at a time
