@@ -18,6 +18,7 @@ import time
 import psycopg
 
 from smartcare.platform.db import database_url
+from smartcare.platform.loops import OnDemand
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,7 @@ class FullSlots:
         self._until: dict[int, tuple[float, str]] = {}  # slot id → (monotonic time it is remembered until, hospital)
         self._freed: dict[int, float] = {}  # slot id → when this process last heard it was freed
         self._listening = threading.Event()
-        self._listener: threading.Thread | None = None
-        self._starting = threading.Lock()
+        self._listener = OnDemand(self._run, "booking-full-slots")
 
     def hospital_if_full(self, slot_id: int) -> str | None:
         """The slot's hospital if this process knows the slot is full now, else None."""
@@ -69,11 +69,7 @@ class FullSlots:
         return self._listening.is_set()
 
     def _listen(self) -> None:
-        if self._listener is None:
-            with self._starting:
-                if self._listener is None:
-                    self._listener = threading.Thread(target=self._run, name="booking-full-slots", daemon=True)
-                    self._listener.start()
+        self._listener.start()
 
     def _run(self) -> None:
         while True:

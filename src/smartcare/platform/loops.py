@@ -1,7 +1,6 @@
-"""A background loop that wakes on PostgreSQL NOTIFY and falls back to polling.
-
-Used by the bus worker and the exchange router: both drain a table queue whenever something
-new is committed, and survive a lost connection by reconnecting.
+"""Background loops: one that wakes on PostgreSQL NOTIFY and falls back to polling (the bus worker and the
+exchange router both drain a table queue whenever something new is committed, and survive a lost connection by
+reconnecting); and a daemon thread a process starts the first time it needs it (``OnDemand``).
 """
 
 from __future__ import annotations
@@ -39,3 +38,19 @@ def listen_and_drain(channel: str, drain: Callable[[], int], *, stopping: thread
         except Exception:  # a background loop must outlive any one bad batch or database hiccup
             log.exception("%s loop failed; retrying in 5 s", channel)
             stopping.wait(5)
+
+
+class OnDemand:
+    """A daemon thread running ``target``, started by the first ``start`` (concurrent first callers start one)."""
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        self._target, self._name = target, name
+        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+
+    def start(self) -> None:
+        if self._thread is None:
+            with self._starting:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._target, name=self._name, daemon=True)
+                    self._thread.start()

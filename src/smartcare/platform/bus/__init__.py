@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from smartcare.platform import metrics
 from smartcare.platform.errors import ConfigurationError
+from smartcare.platform.loops import OnDemand
 from smartcare.platform.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -181,15 +182,10 @@ class _Waker:
 
     def __init__(self) -> None:
         self._pending = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._starting = threading.Lock()
+        self._thread = OnDemand(self._run, "bus-waker")
 
     def __call__(self) -> None:
-        if self._thread is None:
-            with self._starting:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="bus-waker", daemon=True)
-                    self._thread.start()
+        self._thread.start()
         self._pending.set()
 
     def _run(self) -> None:
