@@ -47,7 +47,7 @@ The per-account throttle (``booking.throttle``: 1 attempt/s, burst 5 by default)
 through SMARTCARE_BOOKING_RATE_PER_SECOND / SMARTCARE_BOOKING_BURST, since a bench account fires its attempts
 back to back, faster than a person; the output says so.
 
-    python bench/booking.py            # 2,000 slots, 10,000 persons × 5 = 50,000 attempts per burst (about 7 minutes)
+    python bench/booking.py            # 2,000 slots, 10,000 persons × 5 = 50,000 attempts per burst (about 4 minutes)
     python bench/booking.py --quick    # 200 slots, 1,000 persons × 5 = 5,000 attempts per burst (under a minute)
 
 Uses ``DATABASE_URL`` (or the embedded PostgreSQL), like every benchmark here: a new database per run,
