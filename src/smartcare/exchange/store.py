@@ -13,10 +13,12 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import struct
 from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
+from psycopg import adapt, pq
 
 from smartcare.platform.db import database_url
 
@@ -99,6 +101,51 @@ class NewBadFrame:
     peer: str
     problem: str
     raw: bytes
+
+
+class _TextArray(bytes):
+    """A ``text[]`` already in PostgreSQL's binary array format (see ``_array``)."""
+
+
+class _ByteaArray(bytes):
+    """A ``bytea[]`` already in PostgreSQL's binary array format."""
+
+
+class _TextArrayDumper(adapt.Dumper):
+    format = pq.Format.BINARY
+    oid = 1009  # text[]
+
+    def dump(self, obj: bytes) -> bytes:
+        return obj
+
+
+class _ByteaArrayDumper(_TextArrayDumper):
+    oid = 1001  # bytea[]
+
+
+_NULL = (-1).to_bytes(4, "big", signed=True)
+
+
+def _array(values: list, element_oid: int) -> bytes:
+    """One-dimensional array in PostgreSQL's binary format (``array_recv``): ndim, has-nulls, element type,
+    length, lower bound, then each element as its byte length (-1 for NULL) and its bytes. psycopg's list
+    dumper finds a dumper per element; a batch of messages is 14 arrays of the same few types, so writing
+    them directly takes a fraction of the CPU on the hub's busiest path."""
+    parts = []
+    has_null = 0
+    for value in values:
+        if value is None:
+            parts.append(_NULL)
+            has_null = 1
+            continue
+        data = value.encode() if isinstance(value, str) else value
+        parts.append(len(data).to_bytes(4, "big"))
+        parts.append(data)
+    return struct.pack("!iiiii", 1, has_null, element_oid, len(values), 1) + b"".join(parts)
+
+
+def _texts(values: list[str | None]) -> _TextArray:
+    return _TextArray(_array(values, 25))
 
 
 # One statement stores a whole batch: nonces (replays), dedupe keys, messages and the router's NOTIFY.
@@ -214,6 +261,8 @@ class GroupCommitter:
             # (senders get AE and resend) instead of hanging every connector.
             self._conn = await psycopg.AsyncConnection.connect(
                 self.dsn, autocommit=True, options="-c statement_timeout=30000", keepalives=1, keepalives_idle=30)
+            self._conn.adapters.register_dumper(_TextArray, _TextArrayDumper)
+            self._conn.adapters.register_dumper(_ByteaArray, _ByteaArrayDumper)
         return self._conn
 
     async def _run(self) -> None:
@@ -276,14 +325,15 @@ class GroupCommitter:
     @staticmethod
     async def _store_messages(conn: psycopg.AsyncConnection, messages: list[NewMessage]) -> list[Stored]:
         params = {
-            "sender": [m.sender for m in messages], "dkey": [dedupe_key(m) for m in messages],
-            "control": [m.control_id for m in messages],
-            "state": [m.state for m in messages], "nclient": [m.nonce[0] if m.nonce else None for m in messages],
-            "nonce": [m.nonce[1] if m.nonce else None for m in messages], "channel": [m.channel_id for m in messages],
-            "facility": [m.facility_code for m in messages], "connector": [m.connector for m in messages],
-            "kind": [m.kind for m in messages], "mtype": [m.message_type for m in messages],
-            "error": [m.error for m in messages], "raw": [m.raw for m in messages],
-            "ctype": [m.content_type for m in messages],
+            "sender": _texts([m.sender for m in messages]), "dkey": _texts([dedupe_key(m) for m in messages]),
+            "control": _texts([m.control_id for m in messages]), "state": _texts([m.state for m in messages]),
+            "nclient": _texts([m.nonce[0] if m.nonce else None for m in messages]),
+            "nonce": _texts([m.nonce[1] if m.nonce else None for m in messages]),
+            "channel": _texts([m.channel_id for m in messages]), "facility": _texts([m.facility_code for m in messages]),
+            "connector": _texts([m.connector for m in messages]), "kind": _texts([m.kind for m in messages]),
+            "mtype": _texts([m.message_type for m in messages]), "error": _texts([m.error for m in messages]),
+            "raw": _ByteaArray(_array([m.raw for m in messages], 17)),
+            "ctype": _texts([m.content_type for m in messages]),
         }
         rows = await (await conn.execute(_STORE_BATCH, params)).fetchall()
         ids: dict[int, int] = {}

@@ -244,6 +244,7 @@ _CHARSETS: Final[dict[str, str]] = {
 _SINGLE_BYTE: Final = frozenset({"ascii", "latin-1", "cp1252"} | {f"iso8859-{n}" for n in range(2, 16)})
 
 
+@lru_cache(maxsize=256)
 def codec_for_charset(charset: str | None) -> str | None:
     """The Python codec for an MSH-18 value ("UNICODE UTF-8", "GB 18030-2000", "8859/1" …), None if unknown."""
     if not charset:
@@ -399,7 +400,7 @@ class Segment:
         return [unescape(_inside(rep, c, s, seps), seps) for rep in text.split(seps.repetition)]
 
     def _pick(self, f: int, r: int | None, c: int | None, s: int | None) -> str:
-        fields = self.fields
+        fields = self._fields or self.fields  # read on every header check: no property call once split
         if f >= len(fields):
             return ""
         text = fields[f]
@@ -412,6 +413,8 @@ class Segment:
             text = reps[i] if i < len(reps) else ""
         elif r is not None and r > 1:
             return ""
+        if c is None:
+            return text
         return _inside(text, c, s, seps)
 
 
@@ -572,7 +575,12 @@ def parse(text: str) -> Message:
     return Message(text, segments, separators)
 
 
+_STANDARD_MSH: Final = "MSH|^~\\&|"
+
+
 def _read_separators(body: str) -> Separators:
+    if body.startswith(_STANDARD_MSH):  # nearly every message: the standard separators, nothing to check
+        return DEFAULT_SEPARATORS
     if not body.startswith("MSH"):
         if not body:
             raise Hl7Error(100, "the message is empty: it must start with an MSH segment", reject=True)
@@ -691,7 +699,7 @@ class _Original:
 
 def _clean(raw: str, limit: int = 200) -> str:
     """Echoed text must not carry segment breaks or MLLP block characters, whatever the sender put there."""
-    return _CONTROL.sub("", raw)[:limit]
+    return (raw if raw.isprintable() else _CONTROL.sub("", raw))[:limit]
 
 
 def _original_of(msg_or_raw: Message | str | bytes) -> _Original:
