@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 import psycopg  # noqa: E402
+import uvloop  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from _common import (  # noqa: E402
     CpuMeter, free_port, peak_rss_mib, postgres_processes, process_peak_rss_mib, scratch_database,
@@ -233,7 +234,7 @@ def main() -> None:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             workers = started_workers(server, http_port, mllp_port, args.workers)
-            asyncio.run(mllp_senders(mllp_port, 4 * args.workers, 50, "warm"))  # warm-up: connections, caches
+            uvloop.run(mllp_senders(mllp_port, 4 * args.workers, 50, "warm"))  # warm-up: connections, caches
             serving = [psutil.Process(server.pid), *(w for w in workers if w.pid != server.pid)]  # supervisor and workers
             meter = CpuMeter({"server": lambda: serving, "this process": lambda: [psutil.Process()],
                               "PostgreSQL": postgres_processes(make_url(url).database)})
@@ -242,7 +243,7 @@ def main() -> None:
                         lambda: mllp_senders(mllp_port, senders, per_sender, "m"),
                         lambda: http_senders(f"http://127.0.0.1:{http_port}", clients, per_sender, "h")):
                 meter.start()
-                result = asyncio.run(run())
+                result = uvloop.run(run())  # uvloop, as the server: the load generator shares the machine
                 results.append({**result, "cpu": meter.stop()})
             server_rss = max(process_peak_rss_mib(w.pid) for w in workers)
         finally:

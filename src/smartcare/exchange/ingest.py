@@ -108,7 +108,7 @@ class Hub:
         self.client_keys = ClientKeyCache()
         self.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
         self._decided_for: list | None = None
-        self._decisions: dict[tuple, tuple[ChannelConfig, bool] | None] = {}
+        self._decisions: dict[tuple, tuple[ChannelConfig, bool] | str] = {}
 
     async def close(self) -> None:
         await self.committer.close()
@@ -131,27 +131,21 @@ class Hub:
         configs = await self.channel_configs()
         if configs is not self._decided_for:  # channels reloaded: forget earlier decisions
             self._decided_for, self._decisions = configs, {}
-        candidates = [(c, on) for c, on in configs if c.source == kind and connector in c.connectors]
-        if not candidates:
-            return self._count(Receipt("refused", reason=f"no channel takes {kind} over {connector}", inspected=seen), kind)
-        if seen.error:
-            channel = candidates[0][0]
+        failed = seen.error is not None
+        # the sender only names an unknown facility in a refusal's reason
+        key = (kind, connector, facility, sender if facility is None else None, seen.message_type, failed)
+        decision = self._decisions.get(key)
+        if decision is None:  # the same sender sends the same few types all day: decide once per reload
+            decision = self._decide(configs, kind, connector, facility, sender, seen.message_type, failed)
+            if len(self._decisions) < 100_000:
+                self._decisions[key] = decision
+        if isinstance(decision, str):
+            return self._count(Receipt("refused", reason=decision, inspected=seen), kind)
+        channel, enabled = decision
+        if failed:
             stored = await self._store(channel, seen, "failed", connector, kind, raw, sender, facility, content_type, nonce)
             status = "replay" if stored.state == "replay" else "failed"
             return self._count(Receipt(status, channel.id, stored.message_id, seen.error, seen), kind)
-        decision_key = (kind, connector, facility, seen.message_type)
-        chosen = self._decisions.get(decision_key, False)
-        if chosen is False:  # the same sender sends the same few types all day: decide once per reload
-            chosen = next(((c, on) for c, on in candidates
-                           if c.takes(kind=kind, connector=connector, facility=facility, message_type=seen.message_type)), None)
-            if len(self._decisions) < 100_000:
-                self._decisions[decision_key] = chosen
-        if chosen is None:
-            sender_ok = any(fnmatch.fnmatchcase(facility or "", s) for c, _ in candidates for s in c.senders)
-            reason = (f"message type {seen.message_type} is not accepted by any {kind} channel" if sender_ok
-                      else f"sender {facility or sender} may not send {kind} messages")
-            return self._count(Receipt("refused", reason=reason, inspected=seen), kind)
-        channel, enabled = chosen
         if not enabled:
             return self._count(Receipt("refused", channel.id, reason=f"channel {channel.id} is stopped; send again later",
                                        inspected=seen), kind)
@@ -159,6 +153,24 @@ class Hub:
         stored = await self._store(channel, seen, state, connector, kind, raw, sender, facility, content_type, nonce)
         status = "replay" if stored.state == "replay" else "duplicate" if stored.duplicate else state
         return self._count(Receipt(status, channel.id, stored.message_id, inspected=seen), kind)
+
+    @staticmethod
+    def _decide(configs: list[tuple[ChannelConfig, bool]], kind: str, connector: str, facility: str | None, sender: str,
+                message_type: str | None, failed: bool) -> tuple[ChannelConfig, bool] | str:
+        """The channel (and whether it runs) that takes such messages, or why none does. A message that
+        failed its checks is kept, as failed, by the first channel of its kind and connector."""
+        candidates = [(c, on) for c, on in configs if c.source == kind and connector in c.connectors]
+        if not candidates:
+            return f"no channel takes {kind} over {connector}"
+        if failed:
+            return candidates[0]
+        chosen = next(((c, on) for c, on in candidates
+                       if c.takes(kind=kind, connector=connector, facility=facility, message_type=message_type)), None)
+        if chosen is not None:
+            return chosen
+        sender_ok = any(fnmatch.fnmatchcase(facility or "", s) for c, _ in candidates for s in c.senders)
+        return (f"message type {message_type} is not accepted by any {kind} channel" if sender_ok
+                else f"sender {facility or sender} may not send {kind} messages")
 
     async def _store(self, channel: ChannelConfig, seen: Inspected, state: str, connector: str, kind: str, raw: bytes,
                      sender: str, facility: str | None, content_type: str | None, nonce: tuple[str, str] | None) -> Stored:

@@ -438,12 +438,13 @@ def _inside(text: str, c: int | None, s: int | None, seps: Separators) -> str:
 class Message:
     """A parsed message: its segments in order, path accessors and the MSH header as properties."""
 
-    __slots__ = ("raw", "segments", "separators")
+    __slots__ = ("_head", "raw", "segments", "separators")
 
     def __init__(self, raw: str, segments: list[Segment], separators: Separators) -> None:
         self.raw = raw
         self.segments = segments
         self.separators = separators
+        self._head: tuple[str, str, str, str, str] | None = None
 
     def __iter__(self) -> Iterator[Segment]:
         return iter(self.segments)
@@ -523,15 +524,26 @@ class Message:
         """MSH-7 as received (formats vary too much between senders to convert here)."""
         return self.msh._pick(7, None, None, None)
 
+    def _header(self) -> tuple[str, str, str, str, str]:
+        """MSH-9.1, MSH-9.2, MSH-10, MSH-11.1 and MSH-12.1, read once: the checks, the hub and the ACK
+        each read them, for every message received."""
+        head = self._head
+        if head is None:
+            msh = self.msh
+            head = self._head = (msh._value(9, 1, 1, None).strip(), msh._value(9, 1, 2, None).strip(),
+                                 msh._value(10, 1, None, None), msh._value(11, 1, 1, None).strip(),
+                                 msh._value(12, 1, 1, None).strip())
+        return head
+
     @property
     def message_type(self) -> str:
         """MSH-9.1, e.g. "ADT"."""
-        return self.msh._value(9, 1, 1, None).strip()
+        return self._header()[0]
 
     @property
     def trigger_event(self) -> str:
         """MSH-9.2, e.g. "A01"."""
-        return self.msh._value(9, 1, 2, None).strip()
+        return self._header()[1]
 
     @property
     def structure(self) -> str:
@@ -541,17 +553,17 @@ class Message:
     @property
     def control_id(self) -> str:
         """MSH-10, echoed in MSA-2 of the ACK."""
-        return self.msh._value(10, 1, None, None)
+        return self._header()[2]
 
     @property
     def processing_id(self) -> str:
         """MSH-11.1: P production, D debugging, T training."""
-        return self.msh._value(11, 1, 1, None).strip()
+        return self._header()[3]
 
     @property
     def version(self) -> str:
         """MSH-12.1, e.g. "2.5.1"."""
-        return self.msh._value(12, 1, 1, None).strip()
+        return self._header()[4]
 
     @property
     def charset(self) -> str:
@@ -713,18 +725,24 @@ def _original_of(msg_or_raw: Message | str | bytes) -> _Original:
     msh = msg_or_raw.msh
     if msh.id != "MSH":  # a Message built by hand
         return _Original()
+    fields, repetition = msh.fields, msg_or_raw.separators.repetition
+
+    def first(n: int) -> str:  # the first repetition of MSH-n as received
+        text = fields[n] if n < len(fields) else ""
+        return text.split(repetition, 1)[0] if repetition in text else text
+
     pid = msh._pick(11, 1, 1, None).strip()
     return _Original(
         separators=msg_or_raw.separators,
-        sending_application=_clean(msh._pick(3, 1, None, None)),
-        sending_facility=_clean(msh._pick(4, 1, None, None)),
-        receiving_application=_clean(msh._pick(5, 1, None, None)),
-        receiving_facility=_clean(msh._pick(6, 1, None, None)),
+        sending_application=_clean(first(3)),
+        sending_facility=_clean(first(4)),
+        receiving_application=_clean(first(5)),
+        receiving_facility=_clean(first(6)),
         trigger=_event_code(msh._pick(9, 1, 2, None)),
-        control_id=_clean(msh._pick(10, 1, None, None)),
+        control_id=_clean(first(10)),
         processing_id=pid if pid.upper() in PROCESSING_IDS else "",
         version=msg_or_raw.version,
-        charset=_clean(msh._pick(18, 1, None, None).strip(), 40),
+        charset=_clean(first(18).strip(), 40),
     )
 
 
