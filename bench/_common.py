@@ -191,8 +191,10 @@ class CpuMeter:
         total = sum(machine) - sum(self.machine)
         idle = (machine.idle + machine.iowait) - (self.machine.idle + self.machine.iowait)
         used["busy %"] = 100 * (1 - idle / total) if total else 0.0
+        # time the virtual machine's host ran something else on our cores: counted busy, done by nobody here
+        used["steal %"] = 100 * (getattr(machine, "steal", 0.0) - getattr(self.machine, "steal", 0.0)) / total if total else 0.0
         # CPU of everything else on the machine (another job would make the figures noisy)
-        ours = sum(v for k, v in used.items() if k != "busy %")
+        ours = sum(v for k, v in used.items() if not k.endswith("%"))
         used["others %"] = 100 * max(0.0, (total - idle) - ours) / total if total else 0.0
         return dict(used)
 
