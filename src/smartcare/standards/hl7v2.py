@@ -435,6 +435,45 @@ def _inside(text: str, c: int | None, s: int | None, seps: Separators) -> str:
     return text if s == 1 else ""
 
 
+@dataclass(slots=True)
+class _Header:
+    """MSH as the checks and the ACK need it. ``first[n]`` is the first repetition of MSH-n as received
+    (n = 3 … 18, "" when absent); the other values are decoded as ``Message.value`` decodes them."""
+
+    first: list[str]
+    message_type: str
+    trigger_event: str
+    control_id: str
+    processing_id: str
+    version: str
+
+    @classmethod
+    def of(cls, msh: Segment, seps: Separators) -> _Header:
+        fields, rep, comp, esc = msh.fields, seps.repetition, seps.component, seps.escape
+        first = [""] * 19
+        if msh.id == "MSH":  # a message built by hand may start with another segment
+            for n in range(3, min(len(fields), 19)):
+                text = fields[n]
+                first[n] = text.split(rep, 1)[0] if rep in text else text
+
+        def component(text: str, c: int) -> str:
+            if comp in text:
+                parts = text.split(comp)
+                text = parts[c - 1] if c <= len(parts) else ""
+            elif c > 1:
+                return ""
+            return unescape(text, seps) if esc in text else text
+
+        if msh.id != "MSH":  # then read as any other segment
+            return cls(first, msh._value(9, 1, 1, None).strip(), msh._value(9, 1, 2, None).strip(),
+                       msh._value(10, 1, None, None), msh._value(11, 1, 1, None).strip(),
+                       msh._value(12, 1, 1, None).strip())
+        control = first[10]
+        return cls(first, component(first[9], 1).strip(), component(first[9], 2).strip(),
+                   unescape(control, seps) if esc in control else control, component(first[11], 1).strip(),
+                   component(first[12], 1).strip())
+
+
 class Message:
     """A parsed message: its segments in order, path accessors and the MSH header as properties."""
 
@@ -444,7 +483,7 @@ class Message:
         self.raw = raw
         self.segments = segments
         self.separators = separators
-        self._head: tuple[str, str, str, str, str] | None = None
+        self._head: _Header | None = None
 
     def __iter__(self) -> Iterator[Segment]:
         return iter(self.segments)
@@ -524,26 +563,23 @@ class Message:
         """MSH-7 as received (formats vary too much between senders to convert here)."""
         return self.msh._pick(7, None, None, None)
 
-    def _header(self) -> tuple[str, str, str, str, str]:
-        """MSH-9.1, MSH-9.2, MSH-10, MSH-11.1 and MSH-12.1, read once: the checks, the hub and the ACK
-        each read them, for every message received."""
+    def _header(self) -> _Header:
+        """The MSH values the checks, the hub and the ACK read, from one pass over MSH's fields: they are
+        read for every message received, and reading each through ``value`` cost more than the parse."""
         head = self._head
         if head is None:
-            msh = self.msh
-            head = self._head = (msh._value(9, 1, 1, None).strip(), msh._value(9, 1, 2, None).strip(),
-                                 msh._value(10, 1, None, None), msh._value(11, 1, 1, None).strip(),
-                                 msh._value(12, 1, 1, None).strip())
+            head = self._head = _Header.of(self.msh, self.separators)
         return head
 
     @property
     def message_type(self) -> str:
         """MSH-9.1, e.g. "ADT"."""
-        return self._header()[0]
+        return self._header().message_type
 
     @property
     def trigger_event(self) -> str:
         """MSH-9.2, e.g. "A01"."""
-        return self._header()[1]
+        return self._header().trigger_event
 
     @property
     def structure(self) -> str:
@@ -553,17 +589,17 @@ class Message:
     @property
     def control_id(self) -> str:
         """MSH-10, echoed in MSA-2 of the ACK."""
-        return self._header()[2]
+        return self._header().control_id
 
     @property
     def processing_id(self) -> str:
         """MSH-11.1: P production, D debugging, T training."""
-        return self._header()[3]
+        return self._header().processing_id
 
     @property
     def version(self) -> str:
         """MSH-12.1, e.g. "2.5.1"."""
-        return self._header()[4]
+        return self._header().version
 
     @property
     def charset(self) -> str:
@@ -725,24 +761,20 @@ def _original_of(msg_or_raw: Message | str | bytes) -> _Original:
     msh = msg_or_raw.msh
     if msh.id != "MSH":  # a Message built by hand
         return _Original()
-    fields, repetition = msh.fields, msg_or_raw.separators.repetition
-
-    def first(n: int) -> str:  # the first repetition of MSH-n as received
-        text = fields[n] if n < len(fields) else ""
-        return text.split(repetition, 1)[0] if repetition in text else text
-
-    pid = msh._pick(11, 1, 1, None).strip()
+    head = msg_or_raw._header()
+    first, component = head.first, msg_or_raw.separators.component
+    pid = first[11].split(component, 1)[0].strip()
     return _Original(
         separators=msg_or_raw.separators,
-        sending_application=_clean(first(3)),
-        sending_facility=_clean(first(4)),
-        receiving_application=_clean(first(5)),
-        receiving_facility=_clean(first(6)),
-        trigger=_event_code(msh._pick(9, 1, 2, None)),
-        control_id=_clean(first(10)),
+        sending_application=_clean(first[3]),
+        sending_facility=_clean(first[4]),
+        receiving_application=_clean(first[5]),
+        receiving_facility=_clean(first[6]),
+        trigger=_event_code(first[9].split(component)[1] if component in first[9] else ""),
+        control_id=_clean(first[10]),
         processing_id=pid if pid.upper() in PROCESSING_IDS else "",
-        version=msg_or_raw.version,
-        charset=_clean(first(18).strip(), 40),
+        version=head.version,
+        charset=_clean(first[18].strip(), 40),
     )
 
 
