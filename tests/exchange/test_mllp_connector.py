@@ -100,3 +100,28 @@ def test_an_odd_message_does_not_fail_its_neighbours(live_server, hospital, resi
         acks = list(pool.map(lambda p: mllp_exchange(live_server.mllp_port, [p])[0], [odd, *goods]))
     assert all(msa(a)[1] == "AA" for a in acks[1:]), acks
     assert msa(acks[0])[1] in ("AA", "AE", "AR")
+
+
+def test_frames_sent_without_waiting_are_answered_in_order(live_server, hospital, residents):
+    """A sender that writes many frames at once (more than the connection lets wait before it stops reading)
+    gets every ACK, in the order of its frames."""
+    import socket
+
+    from smartcare.exchange.mllp_server import _Connection
+    from tests.exchange.conftest import read_ack
+
+    first = _Connection.MAX_WAITING + 6  # enough for the connection to stop reading
+    count = first + _Connection.MAX_WAITING
+    controls = [f"P{uuid.uuid4().hex[:12]}" for _ in range(count)]
+    frames = [VT + adt(hospital[0], c, residents[i % 20]).encode() + FS + CR for i, c in enumerate(controls)]
+    acks, buffer = [], b""
+    with socket.create_connection(("127.0.0.1", live_server.mllp_port), timeout=15) as sock:
+        sock.sendall(b"".join(frames[:first]))
+        ack, buffer = read_ack(sock, buffer)  # the connection has read them all and stopped reading
+        acks.append(ack)
+        sock.sendall(b"".join(frames[first:]))  # read only once it reads again
+        for _ in controls[1:]:
+            ack, buffer = read_ack(sock, buffer)
+            acks.append(ack)
+    assert [msa(a)[1] for a in acks] == ["AA"] * count
+    assert [msa(a)[2] for a in acks] == controls

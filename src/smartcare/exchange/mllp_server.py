@@ -3,6 +3,11 @@
 Frames are read with the incremental decoder; each good frame is answered, in order, with an ACK that
 is sent only after the message is committed. A frame that cannot be read is kept byte for byte in
 ``exchange.bad_frame`` and answered AR with the problem and where to find the bytes.
+
+Each connection is an ``asyncio.Protocol`` with one task that answers its frames in turn: no stream
+reader and writer between the socket and the decoder (they cost about a fifth of the connector's own
+CPU a message). A sender that does not wait for its ACKs is slowed down by the transport's flow
+control: reading pauses while ``MAX_WAITING`` frames wait, and answering while the ACKs are not read.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections import deque
 
 from smartcare.exchange.ingest import Hub, Receipt, inspect
 from smartcare.exchange.ratelimit import RateLimiter
@@ -62,13 +68,14 @@ class MllpServer:
         self.facilities = Refreshed(_facility_codes, 60.0)
         self.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
         self.max_frame = settings.max_payload_bytes
+        self.ack_seconds = metrics.child(metrics.EXCHANGE_ACK_SECONDS, "mllp")
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
         # reuse_port: the worker processes of `smartcare serve --workers N` listen on the same port and the
         # kernel spreads the connections among them
-        self._server = await asyncio.start_server(self._connection, self.host, self.port, ssl=self.tls, limit=1 << 20,
-                                                  reuse_port=True)
+        self._server = await asyncio.get_running_loop().create_server(lambda: _Connection(self), self.host, self.port,
+                                                                      ssl=self.tls, reuse_port=True)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("MLLP listening on %s:%s%s", self.host, self.port, " (TLS)" if self.tls else "")
 
@@ -77,25 +84,12 @@ class MllpServer:
             self._server.close()
             await self._server.wait_closed()
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = (writer.get_extra_info("peername") or ("?", 0))[:2]
-        peer = f"{host}:{port}"
-        cert = writer.get_extra_info("peercert")
-        cert_cn = next((v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"), None)
-        decoder = mllp.FrameDecoder(max_size=self.max_frame)
-        try:
-            while data := await reader.read(1 << 16):
-                for frame in decoder.feed(data):
-                    started = time.perf_counter()
-                    ack = await (self._message(frame.payload, cert_cn, cert_cn or host) if frame.ok
-                                 else self._bad_frame(frame, peer))
-                    writer.write(mllp.frame(ack.encode("utf-8")))
-                    await writer.drain()
-                    metrics.child(metrics.EXCHANGE_ACK_SECONDS, "mllp").observe(time.perf_counter() - started)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+    async def answer(self, frame: mllp.Frame, cert_cn: str | None, host: str, peer: str) -> bytes:
+        """The framed ACK of one frame, once its message is stored."""
+        started = time.perf_counter()
+        ack = await (self._message(frame.payload, cert_cn, cert_cn or host) if frame.ok else self._bad_frame(frame, peer))
+        self.ack_seconds.observe(time.perf_counter() - started)
+        return mllp.frame(ack.encode("utf-8"))
 
     async def _bad_frame(self, frame, peer: str) -> str:
         metrics.EXCHANGE_BAD_FRAMES.inc()
@@ -129,3 +123,71 @@ class MllpServer:
         code = ack_code(receipt)
         return hl7v2.build_ack(original, code=code, error=seen.hl7_error, control_id=ack_control_id(receipt),
                                text=None if code == "AA" else receipt.reason or seen.error)
+
+
+class _Connection(asyncio.Protocol):
+    """One sender's connection: frames are answered one at a time, in the order they arrived."""
+
+    #: frames read but not answered yet before reading pauses (a sender that does not wait for its ACKs)
+    MAX_WAITING = 64
+
+    def __init__(self, server: MllpServer):
+        self.server = server
+        self.decoder = mllp.FrameDecoder(max_size=server.max_frame)
+        self.frames: deque[mllp.Frame] = deque()
+        self.closed = False
+        self.reading = self.writing = True
+        self._wake: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        host, port = (transport.get_extra_info("peername") or ("?", 0))[:2]
+        cert = transport.get_extra_info("peercert")
+        cert_cn = next((v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"), None)
+        self._task = asyncio.get_running_loop().create_task(self._answer_frames(cert_cn, host, f"{host}:{port}"))
+
+    def data_received(self, data: bytes) -> None:
+        frames = self.decoder.feed(data)
+        if not frames:
+            return
+        self.frames.extend(frames)
+        if len(self.frames) >= self.MAX_WAITING and self.reading:
+            self.reading = False
+            self.transport.pause_reading()
+        self._wake_up()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._wake_up()
+
+    def pause_writing(self) -> None:
+        self.writing = False
+
+    def resume_writing(self) -> None:
+        self.writing = True
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def _wait(self) -> None:
+        self._wake = asyncio.get_running_loop().create_future()
+        await self._wake
+
+    async def _answer_frames(self, cert_cn: str | None, host: str, peer: str) -> None:
+        try:
+            while not self.closed:
+                if not self.frames or not self.writing:
+                    await self._wait()
+                    continue
+                ack = await self.server.answer(self.frames.popleft(), cert_cn, host, peer)
+                if self.closed:
+                    return
+                self.transport.write(ack)
+                if not self.reading and len(self.frames) < self.MAX_WAITING // 2:
+                    self.reading = True
+                    self.transport.resume_reading()
+        finally:
+            self.transport.close()
