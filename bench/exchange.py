@@ -40,7 +40,9 @@ from _common import (  # noqa: E402
 )
 
 from smartcare.platform import auth  # noqa: E402
+from smartcare.exchange.store import GroupCommitter, NewMessage  # noqa: E402
 from smartcare.platform.db import session_scope  # noqa: E402
+from smartcare.standards import mllp  # noqa: E402
 from smartcare.synth.messages import adt  # noqa: E402
 
 FACILITY = "500103H001"
@@ -95,6 +97,11 @@ class MllpSender(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
             self.done.set_exception(exc or ConnectionError("the hub closed the connection before the last ACK"))
+
+
+async def floor_senders(port: int, senders: int, per_sender: int, tag: str) -> dict:
+    result = await mllp_senders(port, senders, per_sender, tag)
+    return {**result, "name": "floor: MLLP + group commit, no HL7 work"}
 
 
 async def mllp_senders(port: int, senders: int, per_sender: int, tag: str) -> dict:
@@ -193,6 +200,41 @@ async def naive(dsn: str, senders: int, per_sender: int) -> dict:
     return summary("naive: INSERT + COMMIT per message", [x for r in results for x in r], time.perf_counter() - start)
 
 
+class FloorConnection(asyncio.Protocol):
+    """The floor: MLLP framing and the hub's own group commit, with none of the hub's HL7 work (no parsing,
+    checks, channel choice, metrics or ACK built from the message) — each frame stored as it is and
+    answered with a fixed AA. What this machine allows any Python hub that stores through the message store."""
+
+    ACK = mllp.frame(b"MSH|^~\\&|SMARTCARE|REGION|BENCH|BENCH|20260101000000||ACK^A04^ACK|SC0|P|2.5\rMSA|AA|0\r")
+    count = 0
+
+    def __init__(self, committer: GroupCommitter):
+        self.committer, self.decoder = committer, mllp.FrameDecoder()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self.decoder.feed(data):
+            FloorConnection.count += 1
+            message = NewMessage(channel_id="hl7v2", sender="mllp:floor", facility_code=None, connector="mllp", kind="hl7v2",
+                                 message_type="ADT^A04", control_id=f"floor-{FloorConnection.count}", state="filtered",
+                                 raw=frame.payload, content_type=None)
+            asyncio.ensure_future(self.committer.submit(message)).add_done_callback(self._stored)
+
+    def _stored(self, future: asyncio.Future) -> None:
+        future.result()
+        self.transport.write(self.ACK)
+
+
+async def floor_server(port: int) -> None:
+    committer = GroupCommitter()
+    server = await asyncio.get_running_loop().create_server(lambda: FloorConnection(committer), "127.0.0.1", port,
+                                                            reuse_port=True)  # one process per core, as serve's workers
+    async with server:
+        await server.serve_forever()
+
+
 def started_workers(server: subprocess.Popen, http_port: int, mllp_port: int, count: int) -> list[psutil.Process]:
     """``serve``'s worker processes, once HTTP answers and each of them listens for MLLP."""
     deadline = time.monotonic() + 60
@@ -219,7 +261,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="server processes (smartcare serve --workers; one per core)")
     parser.add_argument("--rounds", type=int, help="naive and MLLP measured alternately this many times, each ratio "
                                                    "from one round's pair (default 3; 1 with --quick)")
+    parser.add_argument("--floor-server", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the floor's own process
     args = parser.parse_args()
+    if args.floor_server:
+        return uvloop.run(floor_server(args.floor_server))
     rounds = args.rounds or (1 if args.quick else 3)
     senders = args.senders or (16 if args.quick else 32)
     total = args.messages or (3000 if args.quick else 20000)
@@ -236,16 +281,23 @@ def main() -> None:
                "SMARTCARE_RATE_PER_SECOND": "100000", "SMARTCARE_RATE_BURST": "100000"}
         server = subprocess.Popen([sys.executable, "-m", "smartcare.cli", "serve", "--workers", str(args.workers)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        floor_port = free_port()
+        floors = [subprocess.Popen([sys.executable, __file__, "--floor-server", str(floor_port)], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(args.workers)]
         try:
             workers = started_workers(server, http_port, mllp_port, args.workers)
             uvloop.run(mllp_senders(mllp_port, 4 * args.workers, 50, "warm"))  # warm-up: connections, caches
-            serving = [psutil.Process(server.pid), *(w for w in workers if w.pid != server.pid)]  # supervisor and workers
+            uvloop.run(floor_senders(floor_port, 4 * args.workers, 50, "warm"))
+            # the supervisor, its workers and the floor's processes (only one of them is sent to at a time)
+            serving = [psutil.Process(server.pid), *(w for w in workers if w.pid != server.pid),
+                       *(psutil.Process(f.pid) for f in floors)]
             meter = CpuMeter({"server": lambda: serving, "this process": lambda: [psutil.Process()],
                               "PostgreSQL": postgres_processes(make_url(url).database)})
-            # This machine's speed drifts from minute to minute: naive and hub alternate, and each ratio is
-            # taken within one round, a few seconds apart.
+            # This machine's speed drifts from minute to minute: naive, hub and floor alternate, and each ratio
+            # is taken within one round, a few seconds apart.
             runs = [run for k in range(rounds) for run in (lambda: naive(dsn, senders, per_sender),
-                                                            lambda k=k: mllp_senders(mllp_port, senders, per_sender, f"m{k}"))]
+                                                            lambda k=k: mllp_senders(mllp_port, senders, per_sender, f"m{k}"),
+                                                            lambda k=k: floor_senders(floor_port, senders, per_sender, f"f{k}"))]
             runs.append(lambda: http_senders(f"http://127.0.0.1:{http_port}", clients, per_sender, "h"))
             results = []
             for run in runs:
@@ -254,25 +306,30 @@ def main() -> None:
                 results.append({**result, "cpu": meter.stop()})
             server_rss = max(process_peak_rss_mib(w.pid) for w in workers)
         finally:
-            server.terminate()
-            server.wait(timeout=20)
+            for process in (server, *floors):
+                process.terminate()
+                process.wait(timeout=20)
 
     print(f"exchange ingest, ack after commit: {senders} concurrent senders, {per_sender * senders:,} messages per mode "
           f"and round (HL7 v2 ADT^A04, {len(adt(FACILITY, 'x', person(1))):,} bytes), {rounds} round(s)")
     print(f"  {'mode':<38}{'msgs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'× naive':>9}   CPU µs a message: server / "
           "this process / PostgreSQL; machine busy (of it stolen by the host)")
-    ratios = []
-    for i, r in enumerate(results):
+    ratios, floor_ratios = [], []
+    for r in results:
         if r["name"].startswith("naive"):
             base = r["rate"]
         elif r["name"] == "hub over MLLP":
             ratios.append(r["rate"] / base)
+        elif r["name"].startswith("floor"):
+            floor_ratios.append(r["rate"] / base)
         cpu = {k: v / r["n"] * 1e6 for k, v in r["cpu"].items() if not k.endswith("%")}
         print(f"  {r['name']:<38}{r['rate']:>10,.0f}{r['p50']:>9.1f}{r['p99']:>9.1f}{r['rate'] / base:>9.2f}   "
               f"{cpu['server']:.0f} / {cpu['this process']:.0f} / {cpu['PostgreSQL']:.0f}; {r['cpu']['busy %']:.0f} % "
               f"({r['cpu']['steal %']:.0f} %)")
     print(f"  hub over MLLP ÷ naive, round by round: {', '.join(f'{x:.2f}' for x in ratios)}; "
           f"median {statistics.median(ratios):.2f}")
+    print(f"  floor ÷ naive, round by round: {', '.join(f'{x:.2f}' for x in floor_ratios)}; "
+          f"median {statistics.median(floor_ratios):.2f}")
     print(f"  peak RSS: server worker (largest of {args.workers}) {server_rss:.0f} MiB, load generator {peak_rss_mib():.0f} MiB")
 
 

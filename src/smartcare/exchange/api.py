@@ -97,7 +97,7 @@ async def receive_hl7v2(request: Request) -> Response:
     receipt, body = await _receive(request, "hl7v2")
     code = ack_code(receipt)
     seen = receipt.inspected
-    ack = hl7v2.build_ack(seen.hl7 or body.decode("utf-8", "replace"), code=code, error=seen.hl7_error,
+    ack = hl7v2.build_ack(seen.header or body.decode("utf-8", "replace"), code=code, error=seen.hl7_error,
                           control_id=ack_control_id(receipt), text=None if code == "AA" else receipt.reason or seen.error)
     return Response(ack, status_code={"AA": 200, "AE": 422, "AR": 400}[code], media_type="application/hl7-v2; charset=utf-8",
                     headers={"X-SmartCare-Message-Id": str(receipt.message_id or ""), "X-SmartCare-Status": receipt.status})

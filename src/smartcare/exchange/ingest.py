@@ -31,20 +31,25 @@ class Inspected:
     control_id: str | None = None
     facility_code: str | None = None
     error: str | None = None
-    hl7: hl7v2.Message | None = None
+    #: an HL7 v2 message's header, what its ACK is built from (None when even MSH could not be read)
+    header: hl7v2.Header | None = None
     hl7_error: hl7v2.Hl7Error | None = None
 
 
 def inspect(kind: str, raw: bytes) -> Inspected:
     """Parse just enough to route, dedupe and acknowledge; a problem becomes ``error``, never an exception."""
     if kind == "hl7v2":
+        head = hl7v2.standard_header(raw)  # nearly every message: the whole of it need not be decoded
+        if head is not None:
+            return Inspected(message_type=f"{head.message_type}^{head.trigger}", control_id=head.control_id,
+                             facility_code=_first_component(head.sending_facility), header=head)
         text = mllp.decode_text(raw)
         try:
             msg = hl7v2.parse_and_check(text)
         except hl7v2.Hl7Error as exc:
             return Inspected(error=str(exc), hl7_error=exc, facility_code=_sender_of_broken(text))
         return Inspected(message_type=f"{msg.message_type}^{msg.trigger_event}", control_id=msg.control_id,
-                         facility_code=_first_component(msg.sending_facility), hl7=msg)
+                         facility_code=_first_component(msg.sending_facility), header=hl7v2.header_of(msg))
     if kind == "cda":
         try:
             header = cda.parse_header(raw)

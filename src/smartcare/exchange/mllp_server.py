@@ -103,7 +103,7 @@ class MllpServer:
     async def _message(self, payload: bytes, cert_cn: str | None, peer_key: str) -> str:
         """``peer_key`` (certificate name or peer host) is what the rate limit counts: MSH-4 is the sender's to choose."""
         seen = inspect("hl7v2", payload)
-        original = seen.hl7 or payload.decode("latin-1")
+        original = seen.header or payload.decode("latin-1")
         sending = seen.facility_code  # MSH-4: MLLP has no login, the message says who sent it
         if cert_cn is not None and cert_cn != sending:  # broken messages too: nobody may send in another's name
             return hl7v2.build_ack(original, code="AR", text="the client certificate does not belong to the sending facility (MSH-4)")

@@ -47,6 +47,7 @@ from typing import Final, Literal
 __all__ = [
     "DEFAULT_SEPARATORS",
     "ERROR_CONDITIONS",
+    "Header",
     "KNOWN_VERSIONS",
     "PROCESSING_IDS",
     "AckCode",
@@ -59,8 +60,10 @@ __all__ = [
     "codec_for_charset",
     "decode_bytes",
     "escape",
+    "header_of",
     "parse",
     "parse_and_check",
+    "standard_header",
     "unescape",
 ]
 
@@ -92,6 +95,7 @@ ERROR_CONDITIONS: Final[dict[int, str]] = {
 """HL7 table 0357, message error condition codes (ERR-3 from v2.5, ERR-1.4 before)."""
 
 _DEFAULT_VERSION: Final = "2.5"
+_MODERN: Final = frozenset(KNOWN_VERSIONS[KNOWN_VERSIONS.index("2.5"):])  # ERR-2 … ERR-8; older ones ERR-1
 _CHINA_TZ: Final = timezone(timedelta(hours=8), "Asia/Shanghai")
 _CODE3 = re.compile(r"[A-Za-z0-9]{3}")
 _ACK_CODES: Final = ("AA", "AE", "AR")
@@ -436,7 +440,7 @@ def _inside(text: str, c: int | None, s: int | None, seps: Separators) -> str:
 
 
 @dataclass(slots=True)
-class _Header:
+class _MshValues:
     """MSH as the checks and the ACK need it. ``first[n]`` is the first repetition of MSH-n as received
     (n = 3 … 18, "" when absent); the other values are decoded as ``Message.value`` decodes them."""
 
@@ -448,7 +452,7 @@ class _Header:
     version: str
 
     @classmethod
-    def of(cls, msh: Segment, seps: Separators) -> _Header:
+    def of(cls, msh: Segment, seps: Separators) -> _MshValues:
         fields, rep, comp, esc = msh.fields, seps.repetition, seps.component, seps.escape
         first = [""] * 19
         if msh.id == "MSH":  # a message built by hand may start with another segment
@@ -483,7 +487,7 @@ class Message:
         self.raw = raw
         self.segments = segments
         self.separators = separators
-        self._head: _Header | None = None
+        self._head: _MshValues | None = None
 
     def __iter__(self) -> Iterator[Segment]:
         return iter(self.segments)
@@ -563,12 +567,12 @@ class Message:
         """MSH-7 as received (formats vary too much between senders to convert here)."""
         return self.msh._pick(7, None, None, None)
 
-    def _header(self) -> _Header:
+    def _header(self) -> _MshValues:
         """The MSH values the checks, the hub and the ACK read, from one pass over MSH's fields: they are
         read for every message received, and reading each through ``value`` cost more than the parse."""
         head = self._head
         if head is None:
-            head = self._head = _Header.of(self.msh, self.separators)
+            head = self._head = _MshValues.of(self.msh, self.separators)
         return head
 
     @property
@@ -730,14 +734,16 @@ def parse_and_check(text: str) -> Message:
 
 
 @dataclass(frozen=True, slots=True)
-class _Original:
-    """What an ACK needs from the message it answers, as raw field text in ``separators``."""
+class Header:
+    """What the hub and an ACK need from a message's MSH, as raw field text in ``separators`` (first
+    repetitions, control characters removed): the ACK echoes these, the hub routes and dedupes by them."""
 
     separators: Separators = DEFAULT_SEPARATORS
     sending_application: str = ""
     sending_facility: str = ""
     receiving_application: str = ""
     receiving_facility: str = ""
+    message_type: str = ""
     trigger: str = ""
     control_id: str = ""
     processing_id: str = ""
@@ -750,7 +756,10 @@ def _clean(raw: str, limit: int = 200) -> str:
     return (raw if raw.isprintable() else _CONTROL.sub("", raw))[:limit]
 
 
-def _original_of(msg_or_raw: Message | str | bytes) -> _Original:
+def header_of(msg_or_raw: Message | Header | str | bytes) -> Header:
+    """The header of a parsed message, or whatever can still be read of text ``parse`` refuses."""
+    if isinstance(msg_or_raw, Header):
+        return msg_or_raw
     if isinstance(msg_or_raw, bytes):
         msg_or_raw = decode_bytes(msg_or_raw)
     if isinstance(msg_or_raw, str):
@@ -760,16 +769,17 @@ def _original_of(msg_or_raw: Message | str | bytes) -> _Original:
             return _salvage(msg_or_raw)
     msh = msg_or_raw.msh
     if msh.id != "MSH":  # a Message built by hand
-        return _Original()
+        return Header()
     head = msg_or_raw._header()
     first, component = head.first, msg_or_raw.separators.component
     pid = first[11].split(component, 1)[0].strip()
-    return _Original(
+    return Header(
         separators=msg_or_raw.separators,
         sending_application=_clean(first[3]),
         sending_facility=_clean(first[4]),
         receiving_application=_clean(first[5]),
         receiving_facility=_clean(first[6]),
+        message_type=head.message_type,
         trigger=_event_code(first[9].split(component)[1] if component in first[9] else ""),
         control_id=_clean(first[10]),
         processing_id=pid if pid.upper() in PROCESSING_IDS else "",
@@ -778,22 +788,65 @@ def _original_of(msg_or_raw: Message | str | bytes) -> _Original:
     )
 
 
+_STANDARD_START: Final = b"MSH|^~\\&|"
+
+
+def standard_header(raw: bytes) -> Header | None:
+    """The header of a message in the form nearly every sender uses, read straight from its bytes, or
+    None when anything about it is unusual — then ``parse_and_check`` and ``header_of`` decide, with the
+    same answers (tests compare both on every sample and on variations of each condition below).
+
+    The common form: the standard separators, an MSH line of printable ASCII without escape sequences
+    and no NUL byte in the message (so no character set can read it differently), a three-character
+    type and trigger event, a control id, a known version and processing id — everything ``check``
+    accepts. Reading it costs a few microseconds where decoding and parsing the whole message, which the
+    hub does not need to route, dedupe and acknowledge it, cost ten times as much.
+    """
+    if not raw.startswith(_STANDARD_START) or b"\x00" in raw:
+        return None
+    end = len(raw)
+    for terminator in (b"\r", b"\n"):
+        at = raw.find(terminator, 9, end)
+        if at >= 0:
+            end = at
+    line = raw[:end]
+    if not line.isascii():
+        return None
+    text = line.decode("ascii")
+    if not text.isprintable() or "\\" in text[9:]:
+        return None
+    fields = text.split("|")  # fields[n - 1] is MSH-n
+    first = [(value.split("~", 1)[0] if "~" in value else value) for value in fields[:18]]
+    first += [""] * (18 - len(first))
+    kind = first[8].split("^")
+    message_type, trigger = kind[0], kind[1] if len(kind) > 1 else ""
+    control_id = first[9]
+    processing = first[10].split("^", 1)[0].strip()
+    version = first[11].split("^", 1)[0].strip()
+    if (not _CODE3.fullmatch(message_type) or not _CODE3.fullmatch(trigger) or not control_id.strip()
+            or (processing and processing.upper() not in PROCESSING_IDS) or version not in KNOWN_VERSIONS):
+        return None
+    return Header(DEFAULT_SEPARATORS, first[2][:200], first[3][:200], first[4][:200], first[5][:200], message_type,
+                  trigger, control_id[:200], processing if processing.upper() in PROCESSING_IDS else "", version,
+                  first[17].strip()[:40])
+
+
 def _event_code(raw: str) -> str:
     """A trigger event worth echoing in the ACK's MSH-9 ("" for a malformed one such as a cut-off 'R')."""
     code = raw.strip()
     return code if _CODE3.fullmatch(code) else ""
 
 
-def _salvage(raw: str) -> _Original:
+def _salvage(raw: str) -> Header:
     """Best effort on a message ``parse`` refused: echo what can still be read, with the usual separators."""
     line = re.split(r"[\r\n]", raw.lstrip("\ufeff \t\r\n\x00"), maxsplit=1)[0]
     if not line.startswith("MSH") or len(line) < 5:
-        return _Original()
+        return Header()
     sep, rest = line[3], line[4:]
     if (sep not in rest or sep.isalnum() or not sep.isprintable()) and "|" in rest:
         sep = "|"  # a wrong MSH-1 before an otherwise '|'-separated segment
     if sep in "^~\\&" or sep.isalnum() or sep.isspace() or not sep.isprintable():
-        return _Original()
+        return Header()
     fields = ["MSH", sep, *rest.split(sep)]  # fields[2] is whatever MSH-2 was
 
     def at(n: int) -> str:  # a value holding '|' would shift the ACK's own fields: drop it
@@ -804,7 +857,7 @@ def _salvage(raw: str) -> _Original:
         return re.split(r"[\^~\\&]", at(n), maxsplit=1)[0].strip()
 
     version = re.match(r"[0-9.]*", first(12))
-    return _Original(
+    return Header(
         sending_application=at(3), sending_facility=at(4), receiving_application=at(5), receiving_facility=at(6),
         trigger=_event_code([*re.split(r"[\^~\\&]", at(9)), "", ""][1]),
         control_id=at(10) if not re.search(r"[\^~\\&]", at(10)) else "",
@@ -813,7 +866,7 @@ def _salvage(raw: str) -> _Original:
     )
 
 
-def build_ack(msg_or_raw: Message | str | bytes, *, code: AckCode, error: Hl7Error | None = None,
+def build_ack(msg_or_raw: Message | Header | str | bytes, *, code: AckCode, error: Hl7Error | None = None,
               text: str | None = None, control_id: str | None = None, now: datetime | None = None,
               sending_application: str = "SMARTCARE", sending_facility: str = "REGION") -> str:
     """The ACK (original mode) for a message, as text with CR segment terminators.
@@ -831,11 +884,11 @@ def build_ack(msg_or_raw: Message | str | bytes, *, code: AckCode, error: Hl7Err
     """
     if code not in _ACK_CODES:
         raise ValueError(f"ACK code must be one of {', '.join(_ACK_CODES)}, got {code!r}")
-    original = _original_of(msg_or_raw)
+    original = header_of(msg_or_raw)
     seps = original.separators
     f, c = seps.field, seps.component
     version = original.version if original.version in KNOWN_VERSIONS else _DEFAULT_VERSION
-    modern = KNOWN_VERSIONS.index(version) >= KNOWN_VERSIONS.index("2.5")
+    modern = version in _MODERN
     stamp = _stamp(now) if now else _stamp_now()
     msh = [
         "MSH", seps.encoding_characters,
