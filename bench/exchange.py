@@ -218,7 +218,8 @@ class FloorConnection(asyncio.Protocol):
         for frame in self.decoder.feed(data):
             FloorConnection.count += 1
             message = NewMessage(channel_id="hl7v2", sender="mllp:floor", facility_code=None, connector="mllp", kind="hl7v2",
-                                 message_type="ADT^A04", control_id=f"floor-{FloorConnection.count}", state="filtered",
+                                 message_type="ADT^A04", control_id=f"floor-{os.getpid()}-{FloorConnection.count}",
+                                 state="accepted",
                                  raw=frame.payload, content_type=None)
             asyncio.ensure_future(self.committer.submit(message)).add_done_callback(self._stored)
 

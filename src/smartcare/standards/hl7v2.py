@@ -217,6 +217,8 @@ def _escape_sequence(code: str, seps: Separators) -> str | None:
 
 def escape(text: str, separators: Separators = DEFAULT_SEPARATORS) -> str:
     """Encode ``text`` for one HL7 value: separators become escape sequences, control characters hex data."""
+    if text.isalnum():  # nearly every control id: letters and digits are never separators
+        return text
     esc = separators.escape
     out = text.replace(esc, f"{esc}E{esc}")
     for char, code in ((separators.field, "F"), (separators.component, "S"), (separators.subcomponent, "T"),
@@ -733,7 +735,7 @@ def parse_and_check(text: str) -> Message:
 # --- acknowledgements ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made for every message received, and frozen costs 2 µs more to make
 class Header:
     """What the hub and an ACK need from a message's MSH, as raw field text in ``separators`` (first
     repetitions, control characters removed): the ACK echoes these, the hub routes and dedupes by them."""
@@ -816,19 +818,23 @@ def standard_header(raw: bytes) -> Header | None:
     if not text.isprintable() or "\\" in text[9:]:
         return None
     fields = text.split("|")  # fields[n - 1] is MSH-n
-    first = [(value.split("~", 1)[0] if "~" in value else value) for value in fields[:18]]
-    first += [""] * (18 - len(first))
-    kind = first[8].split("^")
+    fields += [""] * (18 - len(fields))
+
+    def first(n: int) -> str:  # the first repetition of MSH-n
+        value = fields[n - 1]
+        return value.split("~", 1)[0] if "~" in value else value
+
+    kind = first(9).split("^")
     message_type, trigger = kind[0], kind[1] if len(kind) > 1 else ""
-    control_id = first[9]
-    processing = first[10].split("^", 1)[0].strip()
-    version = first[11].split("^", 1)[0].strip()
+    control_id = first(10)
+    processing = first(11).split("^", 1)[0].strip()
+    version = first(12).split("^", 1)[0].strip()
     if (not _CODE3.fullmatch(message_type) or not _CODE3.fullmatch(trigger) or not control_id.strip()
             or (processing and processing.upper() not in PROCESSING_IDS) or version not in KNOWN_VERSIONS):
         return None
-    return Header(DEFAULT_SEPARATORS, first[2][:200], first[3][:200], first[4][:200], first[5][:200], message_type,
+    return Header(DEFAULT_SEPARATORS, first(3)[:200], first(4)[:200], first(5)[:200], first(6)[:200], message_type,
                   trigger, control_id[:200], processing if processing.upper() in PROCESSING_IDS else "", version,
-                  first[17].strip()[:40])
+                  first(18).strip()[:40])
 
 
 def _event_code(raw: str) -> str:
