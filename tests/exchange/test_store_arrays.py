@@ -5,13 +5,12 @@ from __future__ import annotations
 import psycopg
 
 from smartcare.exchange import store
-from smartcare.platform.db import database_url
 
 
-def test_text_and_bytea_arrays_arrive_as_sent():
+def test_text_and_bytea_arrays_arrive_as_sent(database_url):
     texts = ["ADT^A04", None, "", "张三丰 500103H001", "x" * 5000]
     payloads = [b"MSH|^~\\&|\r", b"", b"\x00\x0b\x1c\xff", None]
-    dsn = database_url().replace("postgresql+psycopg://", "postgresql://", 1)
+    dsn = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.adapters.register_dumper(store._TextArray, store._TextArrayDumper)
         conn.adapters.register_dumper(store._ByteaArray, store._ByteaArrayDumper)

@@ -113,7 +113,7 @@ class Hub:
         self.client_keys = ClientKeyCache()
         self.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
         self._decided_for: list | None = None
-        self._decisions: dict[tuple, tuple[ChannelConfig, bool] | str] = {}
+        self._decisions: dict[tuple, tuple[ChannelConfig, bool, bool] | str] = {}
 
     async def close(self) -> None:
         await self.committer.close()
@@ -146,7 +146,7 @@ class Hub:
                 self._decisions[key] = decision
         if isinstance(decision, str):
             return self._count(Receipt("refused", reason=decision, inspected=seen), kind)
-        channel, enabled = decision
+        channel, enabled, filtered = decision
         if failed:
             stored = await self._store(channel, seen, "failed", connector, kind, raw, sender, facility, content_type, nonce)
             status = "replay" if stored.state == "replay" else "failed"
@@ -154,25 +154,26 @@ class Hub:
         if not enabled:
             return self._count(Receipt("refused", channel.id, reason=f"channel {channel.id} is stopped; send again later",
                                        inspected=seen), kind)
-        state = "filtered" if channel.filters_out(seen.message_type) else "accepted"
+        state = "filtered" if filtered else "accepted"
         stored = await self._store(channel, seen, state, connector, kind, raw, sender, facility, content_type, nonce)
         status = "replay" if stored.state == "replay" else "duplicate" if stored.duplicate else state
         return self._count(Receipt(status, channel.id, stored.message_id, inspected=seen), kind)
 
     @staticmethod
     def _decide(configs: list[tuple[ChannelConfig, bool]], kind: str, connector: str, facility: str | None, sender: str,
-                message_type: str | None, failed: bool) -> tuple[ChannelConfig, bool] | str:
-        """The channel (and whether it runs) that takes such messages, or why none does. A message that
-        failed its checks is kept, as failed, by the first channel of its kind and connector."""
+                message_type: str | None, failed: bool) -> tuple[ChannelConfig, bool, bool] | str:
+        """The channel that takes such messages, whether it runs and whether its filter drops them — or why
+        no channel takes them. A message that failed its checks is kept, as failed, by the first channel of
+        its kind and connector."""
         candidates = [(c, on) for c, on in configs if c.source == kind and connector in c.connectors]
         if not candidates:
             return f"no channel takes {kind} over {connector}"
         if failed:
-            return candidates[0]
+            return (*candidates[0], False)
         chosen = next(((c, on) for c, on in candidates
                        if c.takes(kind=kind, connector=connector, facility=facility, message_type=message_type)), None)
         if chosen is not None:
-            return chosen
+            return (*chosen, chosen[0].filters_out(message_type))
         sender_ok = any(fnmatch.fnmatchcase(facility or "", s) for c, _ in candidates for s in c.senders)
         return (f"message type {message_type} is not accepted by any {kind} channel" if sender_ok
                 else f"sender {facility or sender} may not send {kind} messages")

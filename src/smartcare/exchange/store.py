@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import logging
 import struct
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -87,7 +88,7 @@ def dedupe_key(m: NewMessage) -> str | None:
     return f"{m.kind}:{m.control_id}" if m.control_id and m.state != "failed" else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one for every message stored
 class Stored:
     message_id: int
     received_at: datetime
@@ -223,13 +224,12 @@ class GroupCommitter:
         self.dsn = dsn or database_url().replace("postgresql+psycopg://", "postgresql://", 1)
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
-        self._queue: asyncio.Queue = asyncio.Queue()
+        #: (message or bad frame, its future) waiting for the next batch; a plain deque and one wake-up
+        #: future for the writer: asyncio.Queue's per-item bookkeeping showed on the hub's busiest path
+        self._queue: deque[tuple[NewMessage | NewBadFrame, asyncio.Future]] = deque()
+        self._arrived: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self._conn: psycopg.AsyncConnection | None = None
-
-    async def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="exchange-group-commit")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -244,16 +244,19 @@ class GroupCommitter:
             self._conn = None
 
     async def submit(self, message: NewMessage) -> Stored:
-        await self.start()
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((fit(message), future))
-        return await future
+        return await self._enqueue(fit(message))
 
     async def submit_bad_frame(self, frame: NewBadFrame) -> int:
-        await self.start()
+        return await self._enqueue(frame)
+
+    def _enqueue(self, item: NewMessage | NewBadFrame) -> asyncio.Future:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="exchange-group-commit")
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((frame, future))
-        return await future
+        self._queue.append((item, future))
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
+        return future
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:
@@ -266,11 +269,16 @@ class GroupCommitter:
         return self._conn
 
     async def _run(self) -> None:
+        queue = self._queue
         while True:
-            batch = [await self._queue.get()]
+            if not queue:
+                self._arrived = asyncio.get_running_loop().create_future()
+                await self._arrived
+                continue
+            batch = [queue.popleft()]
             size = len(getattr(batch[0][0], "raw", b""))
-            while len(batch) < self.max_batch and size < self.max_batch_bytes and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            while queue and len(batch) < self.max_batch and size < self.max_batch_bytes:
+                batch.append(queue.popleft())
                 size += len(getattr(batch[-1][0], "raw", b""))
             try:
                 results = await self._write([item for item, _ in batch])
@@ -324,8 +332,9 @@ class GroupCommitter:
 
     @staticmethod
     async def _store_messages(conn: psycopg.AsyncConnection, messages: list[NewMessage]) -> list[Stored]:
+        dkeys = [dedupe_key(m) for m in messages]
         params = {
-            "sender": _texts([m.sender for m in messages]), "dkey": _texts([dedupe_key(m) for m in messages]),
+            "sender": _texts([m.sender for m in messages]), "dkey": _texts(dkeys),
             "control": _texts([m.control_id for m in messages]), "state": _texts([m.state for m in messages]),
             "nclient": _texts([m.nonce[0] if m.nonce else None for m in messages]),
             "nonce": _texts([m.nonce[1] if m.nonce else None for m in messages]),
@@ -350,17 +359,20 @@ class GroupCommitter:
         results: list[Stored] = []
         first_of: dict[tuple[str, str], int] = {}
         unresolved = []
-        for i, m in enumerate(messages):
-            if i not in ids:
+        for i, (m, dkey) in enumerate(zip(messages, dkeys, strict=True)):
+            mid = ids.get(i)
+            if mid is None:
                 results.append(Stored(0, now, "replay", False))
                 continue
-            key = (m.sender, dedupe_key(m)) if dedupe_key(m) else None
-            if key is None:
-                results.append(Stored(ids[i], now, m.state, False))
+            if dkey is None:
+                results.append(Stored(mid, now, m.state, False))
                 continue
+            key = (m.sender, dkey)
             first = first_of.setdefault(key, i)
-            if ids[first] in new_keys:
-                results.append(Stored(ids[first], now, messages[first].state, first != i))
+            if first == i and mid in new_keys:  # nearly every message: the first with its key
+                results.append(Stored(mid, now, m.state, False))
+            elif ids[first] in new_keys:
+                results.append(Stored(ids[first], now, messages[first].state, True))
             elif key in earlier:
                 results.append(earlier[key])
             else:  # taken by another process after this statement's snapshot: look it up now
