@@ -829,8 +829,9 @@ def standard_header(raw: bytes) -> Header | None:
     control_id = first(10)
     processing = first(11).split("^", 1)[0].strip()
     version = first(12).split("^", 1)[0].strip()
-    if (not _CODE3.fullmatch(message_type) or not _CODE3.fullmatch(trigger) or not control_id.strip()
-            or (processing and processing.upper() not in PROCESSING_IDS) or version not in KNOWN_VERSIONS):
+    if (len(message_type) != 3 or not message_type.isalnum() or len(trigger) != 3 or not trigger.isalnum()
+            or not control_id.strip() or (processing and processing.upper() not in PROCESSING_IDS)
+            or version not in KNOWN_VERSIONS):  # the line is ASCII: isalnum() is [A-Za-z0-9], as _CODE3
         return None
     return Header(DEFAULT_SEPARATORS, first(3)[:200], first(4)[:200], first(5)[:200], first(6)[:200], message_type,
                   trigger, control_id[:200], processing if processing.upper() in PROCESSING_IDS else "", version,
@@ -909,7 +910,8 @@ def build_ack(msg_or_raw: Message | Header | str | bytes, *, code: AckCode, erro
         msh += [""] * 5 + [original.charset]
 
     detail = error.detail if error is not None else None
-    message = "; ".join(dict.fromkeys(m for m in (detail, text) if m))  # both, once each, error first
+    # both, once each, error first
+    message = "; ".join(dict.fromkeys(m for m in (detail, text) if m)) if detail or text else ""
     msa = ["MSA", code, original.control_id]
     if message and not modern:  # before v2.5 the text goes in MSA-3; from v2.5 in ERR-8
         msa.append(escape(message, seps)[:800])

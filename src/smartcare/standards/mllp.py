@@ -63,7 +63,7 @@ def frame(payload: bytes) -> bytes:
         raise TypeError("frame() takes bytes: encode the message first, e.g. ack.encode('utf-8')")
     if START_BLOCK in payload or END_BLOCK in payload:
         raise ValueError("the payload contains an MLLP block character (0x0B or 0x1C) and cannot be framed")
-    return START_BLOCK + bytes(payload) + END_BLOCK + CARRIAGE_RETURN
+    return b"".join((START_BLOCK, payload, END_BLOCK, CARRIAGE_RETURN))
 
 
 class FrameDecoder:
