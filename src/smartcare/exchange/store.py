@@ -154,8 +154,10 @@ def _texts(values: list[str | None]) -> _TextArray:
 # The arrays go in binary, written by ``_array`` (``text[]`` cast to the columns' types, ``bytea[]``): payloads
 # are not hex-encoded and decoded again.
 # The dedupe key (``message_key.control_id``) is "<kind>:<control id>", so an HL7 control id and a batch
-# record id that happen to be equal never collide. Rows come back tagged: 'n' = (position, new id) of every non-replayed input, 'k' = ids whose dedupe
-# key was new, 'e' = the earlier message of a key seen before.
+# record id that happen to be equal never collide. Rows come back tagged: 'n' = (position, new id, whether its
+# dedupe key was new) of every non-replayed input, 'e' = the earlier message of a key seen before, 't' = the
+# transaction's time (once: formatting it for every row showed) and whether the router was woken (the NOTIFY's CTE
+# runs only when read; the INSERTs' run anyway).
 _STORE_BATCH = """
 WITH input AS (
     SELECT * FROM unnest(%(sender)b::varchar[], %(dkey)b::varchar[], %(control)b::varchar[], %(state)b::varchar[],
@@ -200,14 +202,12 @@ woken AS (
     SELECT pg_notify('smartcare_exchange', '') FROM (SELECT 1 FROM to_store WHERE state = 'accepted' LIMIT 1) any_new
 )
 SELECT 'n' AS tag, pos, id, NULL::varchar AS sender, NULL::varchar AS control_id, NULL::timestamptz AS at,
-       NULL::varchar AS state, now() AS now FROM numbered
-UNION ALL SELECT 'k', NULL, message_id, NULL, NULL, NULL, NULL, NULL FROM new_key
+       NULL::varchar AS state, id IN (SELECT message_id FROM new_key) AS new_key FROM numbered
 UNION ALL SELECT 'e', NULL, k.message_id, k.sender, k.control_id, k.received_at, coalesce(m.state, 'accepted'), NULL
     FROM key_first kf JOIN exchange.message_key k ON k.sender = kf.sender AND k.control_id = kf.dkey
     LEFT JOIN exchange.message m ON m.received_at = k.received_at AND m.id = k.message_id
     WHERE kf.id NOT IN (SELECT message_id FROM new_key)
-UNION ALL SELECT 's', count(*), NULL, NULL, NULL, NULL, NULL, NULL FROM stored
-UNION ALL SELECT 'w', count(*), NULL, NULL, NULL, NULL, NULL, NULL FROM woken
+UNION ALL SELECT 't', (SELECT count(*) FROM woken), NULL, NULL, NULL, now(), NULL, NULL
 """
 _KEY_LOOKUP = """
 SELECT k.sender, k.control_id, k.message_id, k.received_at, coalesce(m.state, 'accepted')
@@ -359,13 +359,15 @@ class GroupCommitter:
         new_keys: set[int] = set()
         earlier: dict[tuple[str, str], Stored] = {}
         now = None
-        for tag, pos, mid, sender, control_id, at, state, stamp in rows:
+        for tag, pos, mid, sender, control_id, at, state, key_is_new in rows:
             if tag == "n":
-                ids[pos - 1], now = mid, stamp
-            elif tag == "k":
-                new_keys.add(mid)
+                ids[pos - 1] = mid
+                if key_is_new:
+                    new_keys.add(mid)
             elif tag == "e":
                 earlier[(sender, control_id)] = Stored(mid, at, state, True)
+            else:
+                now = at
         results: list[Stored] = []
         first_of: dict[tuple[str, str], int] = {}
         unresolved = []
