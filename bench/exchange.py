@@ -4,16 +4,23 @@
 machine's PostgreSQL or the embedded one receives; this process sends from ``--senders`` concurrent senders,
 each waiting for its ACK before the next message (like an interface engine). Printed, measured in the same run:
 
-- the hub over MLLP and over HTTP (HMAC-signed): msgs/s, p50/p99 ACK latency;
 - the naive limit: N concurrent connections each doing a single-row INSERT + COMMIT per message
   straight into PostgreSQL (no parsing, no HTTP, no MLLP) — what "ack after commit" costs if every
   message pays its own commit;
+- the hub over MLLP: msgs/s, p50/p99 ACK latency, and its ratio to the naive limit of the same round;
+- the floor: the same MLLP framing and the hub's own group commit with none of the hub's HL7 work, in
+  processes of its own (what this machine allows any Python hub storing through the message store);
+- the hub over HTTP (HMAC-signed), once;
 - CPU per message of the server, of this process (the load generator, or the naive connections' client)
-  and of PostgreSQL, from /proc, and how busy the machine was;
+  and of PostgreSQL, from /proc, how busy the machine was and how much of that the host stole;
 - peak RSS of the server (its largest worker) and of this process.
 
-    python bench/exchange.py            # 32 senders, 20,000 messages per mode
-    python bench/exchange.py --quick    # 16 senders, 3,000 messages per mode (well under a minute)
+This machine's speed drifts from one minute to the next, so naive, hub and floor alternate for
+``--rounds`` rounds and every ratio is taken within its round; the medians are printed last. All modes
+send from uvloop, as the server runs.
+
+    python bench/exchange.py            # 64 senders, 20,000 messages per mode and round, 5 rounds (~2 minutes)
+    python bench/exchange.py --quick    # 16 senders, 3,000 messages per mode, 1 round (well under a minute)
 """
 
 from __future__ import annotations
@@ -261,13 +268,13 @@ def main() -> None:
     parser.add_argument("--messages", type=int, help="messages per mode")
     parser.add_argument("--workers", type=int, default=2, help="server processes (smartcare serve --workers; one per core)")
     parser.add_argument("--rounds", type=int, help="naive and MLLP measured alternately this many times, each ratio "
-                                                   "from one round's pair (default 3; 1 with --quick)")
+                                                   "from one round's pair (default 5; 1 with --quick)")
     parser.add_argument("--floor-server", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the floor's own process
     args = parser.parse_args()
     if args.floor_server:
         return uvloop.run(floor_server(args.floor_server))
-    rounds = args.rounds or (1 if args.quick else 3)
-    senders = args.senders or (16 if args.quick else 32)
+    rounds = args.rounds or (1 if args.quick else 5)
+    senders = args.senders or (16 if args.quick else 64)
     total = args.messages or (3000 if args.quick else 20000)
     per_sender = total // senders
 
