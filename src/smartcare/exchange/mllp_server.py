@@ -5,8 +5,8 @@ is sent only after the message is committed. A frame that cannot be read is kept
 ``exchange.bad_frame`` and answered AR with the problem and where to find the bytes.
 
 Each connection is an ``asyncio.Protocol`` with one task that answers its frames in turn: no stream
-reader and writer between the socket and the decoder (they cost about a fifth of the connector's own
-CPU a message). A sender that does not wait for its ACKs is slowed down by the transport's flow
+reader and writer between the socket and the decoder, whose wrappers and read futures every message
+paid for. A sender that does not wait for its ACKs is slowed down by the transport's flow
 control: reading pauses while ``MAX_WAITING`` frames wait, and answering while the ACKs are not read.
 """
 
@@ -138,7 +138,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reading = self.writing = True
         self._wake: asyncio.Future | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None  # held: the loop keeps only weak references to tasks
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport

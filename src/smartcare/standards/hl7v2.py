@@ -790,7 +790,7 @@ def header_of(msg_or_raw: Message | Header | str | bytes) -> Header:
     )
 
 
-_STANDARD_START: Final = b"MSH|^~\\&|"
+_STANDARD_START: Final = _STANDARD_MSH.encode()
 
 
 def standard_header(raw: bytes) -> Header | None:
