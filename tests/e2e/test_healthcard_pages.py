@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import uuid
 from datetime import date
 
@@ -45,11 +46,20 @@ def _decode(png: bytes) -> str:
 
 
 def _submit_with_sms_code(page) -> None:
-    """Ask for the code, read it where the demo SMS gateway put it, type it, submit."""
+    """Ask for the code, read it where the demo SMS gateway put it, type it, submit. The status may still
+    say "ok" from an earlier code: the code read is the first one sent after the click."""
+    with session_scope() as s:
+        before = s.execute(text("SELECT coalesce(max(id), 0) FROM healthcard.sms_outbox")).scalar()
     page.click("#send-otp")
     page.wait_for_selector("#otp-status.ok")
-    with session_scope() as s:
-        sms = s.execute(text("SELECT text FROM healthcard.sms_outbox ORDER BY id DESC LIMIT 1")).scalar()
+    deadline, sms = time.monotonic() + 30, None
+    while sms is None and time.monotonic() < deadline:
+        with session_scope() as s:
+            sms = s.execute(text("SELECT text FROM healthcard.sms_outbox WHERE id > :b ORDER BY id LIMIT 1"),
+                            {"b": before}).scalar()
+        if sms is None:
+            time.sleep(0.1)
+    assert sms is not None, "no SMS code was sent"
     page.fill("#otp", "".join(ch for ch in sms if ch.isdigit())[:6])
     page.click("#apply-form button[type=submit]")
 
