@@ -267,8 +267,8 @@ def main() -> None:
     parser.add_argument("--senders", type=int)
     parser.add_argument("--messages", type=int, help="messages per mode")
     parser.add_argument("--workers", type=int, default=2, help="server processes (smartcare serve --workers; one per core)")
-    parser.add_argument("--rounds", type=int, help="naive and MLLP measured alternately this many times, each ratio "
-                                                   "from one round's pair (default 5; 1 with --quick)")
+    parser.add_argument("--rounds", type=int, help="naive, hub over MLLP and floor measured in turn this many times, "
+                                                   "each ratio within its round (default 5; 1 with --quick)")
     parser.add_argument("--floor-server", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the floor's own process
     args = parser.parse_args()
     if args.floor_server:
