@@ -231,7 +231,9 @@ class FloorConnection(asyncio.Protocol):
             asyncio.ensure_future(self.committer.submit(message)).add_done_callback(self._stored)
 
     def _stored(self, future: asyncio.Future) -> None:
-        future.result()
+        if future.exception() is not None:  # the sender's connection ends: the run fails instead of waiting
+            self.transport.close()
+            raise future.exception()
         self.transport.write(self.ACK)
 
 

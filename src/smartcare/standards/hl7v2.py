@@ -443,8 +443,8 @@ def _inside(text: str, c: int | None, s: int | None, seps: Separators) -> str:
 
 @dataclass(slots=True)
 class _MshValues:
-    """MSH as the checks and the ACK need it. ``first[n]`` is the first repetition of MSH-n as received
-    (n = 3 … 18, "" when absent); the other values are decoded as ``Message.value`` decodes them."""
+    """MSH as the checks and the ACK need it, read once a message: ``first[n]`` is the first repetition of
+    MSH-n as received (n = 3 … 18, "" when absent); the other values are decoded as ``Message.value`` does."""
 
     first: list[str]
     message_type: str
@@ -454,30 +454,10 @@ class _MshValues:
     version: str
 
     @classmethod
-    def of(cls, msh: Segment, seps: Separators) -> _MshValues:
-        fields, rep, comp, esc = msh.fields, seps.repetition, seps.component, seps.escape
-        first = [""] * 19
-        if msh.id == "MSH":  # a message built by hand may start with another segment
-            for n in range(3, min(len(fields), 19)):
-                text = fields[n]
-                first[n] = text.split(rep, 1)[0] if rep in text else text
-
-        def component(text: str, c: int) -> str:
-            if comp in text:
-                parts = text.split(comp)
-                text = parts[c - 1] if c <= len(parts) else ""
-            elif c > 1:
-                return ""
-            return unescape(text, seps) if esc in text else text
-
-        if msh.id != "MSH":  # then read as any other segment
-            return cls(first, msh._value(9, 1, 1, None).strip(), msh._value(9, 1, 2, None).strip(),
-                       msh._value(10, 1, None, None), msh._value(11, 1, 1, None).strip(),
-                       msh._value(12, 1, 1, None).strip())
-        control = first[10]
-        return cls(first, component(first[9], 1).strip(), component(first[9], 2).strip(),
-                   unescape(control, seps) if esc in control else control, component(first[11], 1).strip(),
-                   component(first[12], 1).strip())
+    def of(cls, msh: Segment) -> _MshValues:
+        return cls([msh._pick(n, 1, None, None) for n in range(19)], msh._value(9, 1, 1, None).strip(),
+                   msh._value(9, 1, 2, None).strip(), msh._value(10, 1, None, None),
+                   msh._value(11, 1, 1, None).strip(), msh._value(12, 1, 1, None).strip())
 
 
 class Message:
@@ -570,11 +550,11 @@ class Message:
         return self.msh._pick(7, None, None, None)
 
     def _header(self) -> _MshValues:
-        """The MSH values the checks, the hub and the ACK read, from one pass over MSH's fields: they are
-        read for every message received, and reading each through ``value`` cost more than the parse."""
+        """The MSH values the checks, the hub and the ACK read, each read once: every message received
+        read them several times, and reading each through ``value`` cost more than the parse."""
         head = self._head
         if head is None:
-            head = self._head = _MshValues.of(self.msh, self.separators)
+            head = self._head = _MshValues.of(self.msh)
         return head
 
     @property
@@ -833,9 +813,10 @@ def standard_header(raw: bytes) -> Header | None:
             or not control_id.strip() or (processing and processing.upper() not in PROCESSING_IDS)
             or version not in KNOWN_VERSIONS):  # the line is ASCII: isalnum() is [A-Za-z0-9], as _CODE3
         return None
-    return Header(DEFAULT_SEPARATORS, first(3)[:200], first(4)[:200], first(5)[:200], first(6)[:200], message_type,
-                  trigger, control_id[:200], processing if processing.upper() in PROCESSING_IDS else "", version,
-                  first(18).strip()[:40])
+    return Header(sending_application=first(3)[:200], sending_facility=first(4)[:200],
+                  receiving_application=first(5)[:200], receiving_facility=first(6)[:200], message_type=message_type,
+                  trigger=trigger, control_id=control_id[:200], processing_id=processing,
+                  version=version, charset=first(18).strip()[:40])
 
 
 def _event_code(raw: str) -> str:
