@@ -174,6 +174,24 @@ def test_chunking_never_changes_the_frames() -> None:
         assert all(len(f.payload) <= max_size + 1 for f in whole)
 
 
+def test_a_read_of_exactly_one_frame_decodes_as_any_chunking() -> None:
+    """A read holding one whole frame (the common case, decoded by a shortcut) gives what a byte at a time gives,
+    at every size around the limit and after what an earlier read left behind."""
+    cases = [(VT + b"a" * size + FS + CR, 5) for size in (0, 4, 5, 6, 9)]
+    cases += [(VT + b"ab" + VT + b"c" + FS + CR, 100), (VT + b"ab" + FS + b"c" + FS + CR, 100), (VT + b"ab" + FS + CR + CR, 100),
+              (VT + b"ab" + FS, 100), (b" " + VT + b"ab" + FS + CR, 100)]
+    for data, max_size in cases:
+        expected = feed_all(FrameDecoder(max_size=max_size), data)
+        assert FrameDecoder(max_size=max_size).feed(data) == expected, data
+    for before in (VT + b"half", b"junk", VT + b"x" + FS, VT + b"a" * 9):
+        decoder = FrameDecoder(max_size=5)
+        decoder.feed(before)
+        reference = FrameDecoder(max_size=5)
+        reference.feed(before)
+        data = VT + b"abc" + FS + CR
+        assert decoder.feed(data) == feed_all(reference, data), before
+
+
 def test_default_maximum_is_16_mib() -> None:
     assert FrameDecoder().max_size == mllp.DEFAULT_MAX_SIZE == 16 * 1024 * 1024
     big = b"MSH|" + b"a" * (mllp.DEFAULT_MAX_SIZE - 4)
