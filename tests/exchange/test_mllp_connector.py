@@ -51,6 +51,28 @@ def test_same_control_id_twice_is_one_effect(bus_transport, live_server, hospita
     assert [e["topic"] for e in events_for(mid)].count("patient.registered") == 1
 
 
+def test_metrics_count_each_message_and_its_ack_time(live_server, hospital, residents):
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def samples() -> dict:
+        text = httpx.get(f"{live_server.url}/metrics").text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    accepted = ("smartcare_exchange_received_total", (("kind", "hl7v2"), ("status", "accepted")))
+    duplicate = ("smartcare_exchange_received_total", (("kind", "hl7v2"), ("status", "duplicate")))
+    acks = ("smartcare_exchange_ack_seconds_count", (("connector", "mllp"),))
+    slow = ("smartcare_exchange_ack_seconds_bucket", (("connector", "mllp"), ("le", "+Inf")))
+    before = samples()
+    first, second = (adt(hospital[0], f"M{uuid.uuid4().hex[:12]}", r).encode() for r in residents[:2])
+    mllp_exchange(live_server.mllp_port, [first, second, first])
+    after = samples()
+    assert after[accepted] - before.get(accepted, 0) == 2
+    assert after[duplicate] - before.get(duplicate, 0) == 1
+    assert after[acks] - before.get(acks, 0) == 3 == after[slow] - before.get(slow, 0)
+
+
 def test_malformed_frame_gets_ar_and_its_bytes_are_kept(live_server, client, hospital):
     from tests.exchange.conftest import admin_token
 

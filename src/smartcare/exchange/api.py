@@ -74,7 +74,7 @@ async def _receive(request: Request, kind: str) -> tuple[Receipt, bytes]:
                                 nonce=(key.client_id, signed.nonce))
     if receipt.status == "replay":
         raise auth.replay_error()
-    metrics.child(metrics.EXCHANGE_ACK_SECONDS, "http").observe(time.perf_counter() - started)
+    metrics.EXCHANGE_ACK_SECONDS.labels("http").observe(time.perf_counter() - started)
     return receipt, body
 
 

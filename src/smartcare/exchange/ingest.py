@@ -187,6 +187,6 @@ class Hub:
 
     @staticmethod
     def _count(receipt: Receipt, kind: str) -> Receipt:
-        metrics.child(metrics.EXCHANGE_RECEIVED, kind, receipt.status).inc()
+        metrics.EXCHANGE_RECEIVED.inc(kind, receipt.status)
         return receipt
 

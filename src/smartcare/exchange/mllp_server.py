@@ -68,7 +68,7 @@ class MllpServer:
         self.facilities = Refreshed(_facility_codes, 60.0)
         self.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
         self.max_frame = settings.max_payload_bytes
-        self.ack_seconds = metrics.child(metrics.EXCHANGE_ACK_SECONDS, "mllp")
+        self.ack_seconds = metrics.EXCHANGE_ACK_SECONDS.labels("mllp")
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
