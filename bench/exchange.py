@@ -228,7 +228,7 @@ class FloorConnection(asyncio.Protocol):
                                  message_type="ADT^A04", control_id=f"floor-{os.getpid()}-{FloorConnection.count}",
                                  state="accepted",
                                  raw=frame.payload, content_type=None)
-            asyncio.ensure_future(self.committer.submit(message)).add_done_callback(self._stored)
+            self.committer.submit(message).add_done_callback(self._stored)
 
     def _stored(self, future: asyncio.Future) -> None:
         if future.exception() is not None:  # the sender's connection ends: the run fails instead of waiting

@@ -54,7 +54,7 @@ def test_the_demo_message_takes_the_quick_read():
     assert head.sending_facility == "500103H001" and head.charset == "UNICODE UTF-8"
 
 
-@pytest.mark.parametrize("change", [
+CHANGES = [
     lambda m: "\ufeff" + m,                                   # a byte-order mark before MSH
     lambda m: "\r\n" + m,                                     # blank lines before MSH
     lambda m: m.replace("MSH|^~\\&|", "MSH#^~\\&#", 1).replace("|", "#"),  # other separators
@@ -89,6 +89,24 @@ def test_the_demo_message_takes_the_quick_read():
     lambda m: m.split("\r")[0],                               # MSH alone, no terminator
     lambda m: m.split("\r")[0][:40],                          # cut off inside MSH
     lambda m: m.replace("MSH|", "MSX|", 1),                   # not MSH at all
-])
+]
+
+
+@pytest.mark.parametrize("change", CHANGES)
 def test_each_condition_of_the_common_form(change):
     assert_same(change(BASE).encode("utf-8"))
+
+
+def test_an_ack_from_its_senders_form_is_the_ack_built_field_by_field(monkeypatch):
+    """``build_ack`` keeps, per sender, the ACK cut where its time and control ids go; what it makes of
+    that form is what it builds field by field (given ``now``) for every sample and variation."""
+    monkeypatch.setattr(hl7v2, "_stamp_now", lambda: hl7v2._stamp(NOW))
+    headers = [hl7v2.header_of(decode_text(p.read_bytes())) for p in sorted(SAMPLES.glob("*.hl7"))]
+    headers += [hl7v2.header_of(change(BASE)) for change in CHANGES]
+    hl7v2._ACK_FORMS.clear()
+    for head in headers:
+        for code in ("AA", "AE", "AR"):
+            for control_id in ("SC1", "SC2^x", "SC1"):  # a form made, used with another id, used again
+                expected = hl7v2.build_ack(head, code=code, control_id=control_id, now=NOW)
+                assert hl7v2.build_ack(head, code=code, control_id=control_id) == expected, head
+    assert len(hl7v2._ACK_FORMS) > 30

@@ -6,6 +6,7 @@ decision whether a message is accepted, filtered, failed or refused is made here
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import json
@@ -178,9 +179,10 @@ class Hub:
         return (f"message type {message_type} is not accepted by any {kind} channel" if sender_ok
                 else f"sender {facility or sender} may not send {kind} messages")
 
-    async def _store(self, channel: ChannelConfig, seen: Inspected, state: str, connector: str, kind: str, raw: bytes,
-                     sender: str, facility: str | None, content_type: str | None, nonce: tuple[str, str] | None) -> Stored:
-        return await self.committer.submit(NewMessage(
+    def _store(self, channel: ChannelConfig, seen: Inspected, state: str, connector: str, kind: str, raw: bytes,
+               sender: str, facility: str | None, content_type: str | None,
+               nonce: tuple[str, str] | None) -> asyncio.Future[Stored]:
+        return self.committer.submit(NewMessage(
             channel_id=channel.id, sender=sender, facility_code=facility, connector=connector, kind=kind,
             message_type=seen.message_type, control_id=seen.control_id, state=state, raw=raw,
             content_type=content_type, error=seen.error, nonce=nonce))

@@ -218,7 +218,7 @@ LEFT JOIN exchange.message m ON m.received_at = k.received_at AND m.id = k.messa
 
 
 class GroupCommitter:
-    """One writer, many waiters. ``submit`` returns once the message is committed (or raises)."""
+    """One writer, many waiters: the future ``submit`` returns is set once the message is committed (or fails)."""
 
     #: turns of the event loop a batch waits for more messages while more keep arriving (each turn reads the
     #: sockets that are ready): without it a batch often left with one message and the rest paid a commit
@@ -248,11 +248,13 @@ class GroupCommitter:
             await self._conn.close()
             self._conn = None
 
-    async def submit(self, message: NewMessage) -> Stored:
-        return await self._enqueue(fit(message))
+    def submit(self, message: NewMessage) -> asyncio.Future[Stored]:
+        """The message's future, set once its batch is committed (a plain future, not a coroutine: one
+        less frame on every message's way)."""
+        return self._enqueue(fit(message))
 
-    async def submit_bad_frame(self, frame: NewBadFrame) -> int:
-        return await self._enqueue(frame)
+    def submit_bad_frame(self, frame: NewBadFrame) -> asyncio.Future[int]:
+        return self._enqueue(frame)
 
     def _enqueue(self, item: NewMessage | NewBadFrame) -> asyncio.Future:
         if self._task is None or self._task.done():

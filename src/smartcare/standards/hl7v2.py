@@ -39,7 +39,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Final, Literal
@@ -868,20 +868,56 @@ def build_ack(msg_or_raw: Message | Header | str | bytes, *, code: AckCode, erro
     """
     if code not in _ACK_CODES:
         raise ValueError(f"ACK code must be one of {', '.join(_ACK_CODES)}, got {code!r}")
+    if type(msg_or_raw) is Header and control_id and error is None and text is None and now is None:
+        return _plain_ack(msg_or_raw, code, control_id, sending_application, sending_facility)
     original = header_of(msg_or_raw)
+    seps = original.separators
+    return _ack(original, code, error, text, escape(control_id, seps) if control_id else uuid.uuid4().hex[:20].upper(),
+                _stamp(now) if now else _stamp_now(), sending_application, sending_facility)
+
+
+#: an ACK without error or text, cut where its time, control id and the original's control id go, by
+#: everything else it depends on: one sender's messages differ only in those three
+_ACK_FORMS: dict[tuple, tuple[str, str, str, str]] = {}
+
+
+def _plain_ack(original: Header, code: AckCode, control_id: str, sending_application: str,
+               sending_facility: str) -> str:
+    """``build_ack``'s answer for nearly every message the hub acknowledges, from the form of its
+    sender's earlier ACKs: the whole ACK costs a few string joins instead of being built field by field."""
+    key = (original.separators, original.sending_application, original.sending_facility,
+           original.receiving_application, original.receiving_facility, original.trigger, original.processing_id,
+           original.version, original.charset, code, sending_application, sending_facility)
+    form = _ACK_FORMS.get(key)
+    if form is None:
+        # the general builder with markers where the three values go: header fields hold no control characters
+        marked = _ack(replace(original, control_id="\x03"), code, None, None, "\x02", "\x01",
+                      sending_application, sending_facility)
+        before_stamp, rest = marked.split("\x01")
+        before_id, rest = rest.split("\x02")
+        before_original, after = rest.split("\x03")
+        if len(_ACK_FORMS) >= 10_000:
+            _ACK_FORMS.clear()
+        form = _ACK_FORMS[key] = (before_stamp, before_id, before_original, after)
+    before_stamp, before_id, before_original, after = form
+    return "".join((before_stamp, _stamp_now(), before_id, escape(control_id, original.separators), before_original,
+                    original.control_id, after))
+
+
+def _ack(original: Header, code: AckCode, error: Hl7Error | None, text: str | None, control_id: str, stamp: str,
+         sending_application: str, sending_facility: str) -> str:
+    """``build_ack`` with its new control id and time already written."""
     seps = original.separators
     f, c = seps.field, seps.component
     version = original.version if original.version in KNOWN_VERSIONS else _DEFAULT_VERSION
     modern = version in _MODERN
-    stamp = _stamp(now) if now else _stamp_now()
     msh = [
         "MSH", seps.encoding_characters,
         original.receiving_application or escape(sending_application, seps),
         original.receiving_facility or escape(sending_facility, seps),
         original.sending_application, original.sending_facility, stamp, "",
         f"ACK{c}{original.trigger}{c}ACK" if original.trigger else "ACK",
-        escape(control_id, seps) if control_id else uuid.uuid4().hex[:20].upper(),
-        original.processing_id or "P", version,
+        control_id, original.processing_id or "P", version,
     ]
     if original.charset:
         msh += [""] * 5 + [original.charset]
