@@ -55,3 +55,35 @@ def test_two_committers_racing_for_one_key_agree(database_url):
     results = asyncio.run(run())
     assert len({r.message_id for r in results}) == 1
     assert sum(not r.duplicate for r in results) == 1
+
+
+def test_an_odd_message_is_made_storable_and_its_batch_stored_as_sent(database_url):
+    """NUL bytes and over-long fields in one message of a batch: that message is stored cut to size (an over-long
+    control id as its SHA-256), the others exactly as they were."""
+    from sqlalchemy import text
+
+    from smartcare.platform.db import session_scope
+
+    good = [message(f"G{uuid.uuid4().hex}") for _ in range(3)]
+    long_control = "C" * 250 + uuid.uuid4().hex
+    odd = message(long_control, sender="mllp:" + "X" * 300)
+    odd.message_type, odd.content_type, odd.facility_code = "ADT^\x00A04", "t" * 150, "F\x00"
+
+    async def run():
+        committer = GroupCommitter()
+        try:
+            return await asyncio.gather(*(committer.submit(m) for m in (good[0], odd, *good[1:])))
+        finally:
+            await committer.close()
+
+    stored = asyncio.run(run())
+    with session_scope() as s:
+        rows = {r.id: r for r in s.execute(text(
+            "SELECT id, sender, control_id, message_type, content_type, facility_code FROM exchange.message "
+            "WHERE id = ANY(:ids)"), {"ids": [r.message_id for r in stored]})}
+    assert len(rows) == 4
+    for m, r in zip((good[0], *good[1:]), (stored[0], *stored[2:]), strict=True):
+        assert (rows[r.message_id].sender, rows[r.message_id].control_id) == (m.sender, m.control_id)
+    row = rows[stored[1].message_id]
+    assert row.sender == ("mllp:" + "X" * 300)[:100] and row.control_id.startswith("sha256:")
+    assert (row.message_type, row.content_type, row.facility_code) == ("ADT^A04", "t" * 100, "F")

@@ -42,7 +42,7 @@ _OUTSIDE, _INSIDE, _AFTER_END, _SKIPPING = range(4)
 _BLANK: Final = b" \t\r\n\x00"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one for every message, and a frozen one costs three times as much to make
 class Frame:
     """One frame: ``payload`` is the message bytes, ``raw`` the bytes as received, blocks included.
 
