@@ -30,16 +30,20 @@ def test_a_burst_of_callers_shares_one_load_and_a_stale_value_is_loaded_again():
         return await asyncio.gather(*(cached.get() for _ in range(64)))
 
     async def scenario():
+        peeked = [cached.peek()]  # nothing loaded yet
         first = await burst()
+        peeked.append(cached.peek())  # fresh: the value without a coroutine
         again = await burst()  # still fresh: no load
         await asyncio.sleep(0.35)
+        peeked.append(cached.peek())  # stale: None, the caller must get() it
         later = await burst()
-        return first, again, later
+        return first, again, later, peeked
 
-    first, again, later = asyncio.run(scenario())
+    first, again, later, peeked = asyncio.run(scenario())
     assert first == again == [1] * 64
     assert later == [2] * 64
     assert source.calls == 2
+    assert peeked == [None, 1, None]
 
 
 def test_a_cancelled_caller_does_not_cancel_the_others_load():

@@ -24,7 +24,7 @@ from smartcare.platform.settings import get_settings
 from smartcare.standards import cda, fhir, hl7v2, mllp
 
 
-@dataclass
+@dataclass(slots=True)
 class Inspected:
     """What the hub learnt from the payload before storing it."""
 
@@ -86,7 +86,7 @@ def _first_component(value: str | None) -> str | None:
     return value.split("^", 1)[0].strip() or None if value else None
 
 
-@dataclass
+@dataclass(slots=True)
 class Receipt:
     """The hub's answer to one message; connectors turn it into an ACK or an HTTP response."""
 
@@ -134,7 +134,9 @@ class Hub:
         gives status ``replay`` and stores nothing."""
         seen = inspected or inspect(kind, raw)
         facility = facility_code
-        configs = await self.channel_configs()
+        configs = self.channels.peek()
+        if configs is None:
+            configs = await self.channels.get()
         if configs is not self._decided_for:  # channels reloaded: forget earlier decisions
             self._decided_for, self._decisions = configs, {}
         failed = seen.error is not None

@@ -112,7 +112,10 @@ class MllpServer:
             await asyncio.sleep(wait)  # MLLP has no "429": slow the sender down instead
         try:
             # Only registered facilities are counted as hospitals in monitoring; channels decide who may send.
-            facility = sending if sending in await self.facilities.get() else None
+            registered = self.facilities.peek()
+            if registered is None:
+                registered = await self.facilities.get()
+            facility = sending if sending in registered else None
             # the sender says how it was identified: by its client certificate, or only by what MSH-4 claims
             sender = f"mllp-cert:{sending}" if cert_cn is not None else f"mllp:{sending or '?'}"
             receipt = await self.hub.receive(connector="mllp", kind="hl7v2", raw=payload, sender=sender,

@@ -23,6 +23,11 @@ class Refreshed(Generic[T]):
         self._fresh_until = float("-inf")
         self._loading: asyncio.Task | None = None
 
+    def peek(self) -> T | None:
+        """The value while it is fresh, else None (then ``await get()``): no coroutine for a path taken
+        thousands of times a second."""
+        return self._value if time.monotonic() < self._fresh_until else None
+
     async def get(self) -> T:
         if time.monotonic() < self._fresh_until:
             return self._value
