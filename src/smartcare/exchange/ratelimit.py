@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenBucket:
     rate: float
     burst: float

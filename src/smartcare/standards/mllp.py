@@ -40,6 +40,7 @@ DEFAULT_MAX_SIZE: Final = 16 * 1024 * 1024
 _VT, _FS, _CR = 0x0B, 0x1C, 0x0D
 _OUTSIDE, _INSIDE, _AFTER_END, _SKIPPING = range(4)
 _BLANK: Final = b" \t\r\n\x00"
+_END: Final = END_BLOCK + CARRIAGE_RETURN
 
 
 @dataclass(slots=True)  # not frozen: one for every message, and a frozen one costs three times as much to make
@@ -63,7 +64,7 @@ def frame(payload: bytes) -> bytes:
         raise TypeError("frame() takes bytes: encode the message first, e.g. ack.encode('utf-8')")
     if START_BLOCK in payload or END_BLOCK in payload:
         raise ValueError("the payload contains an MLLP block character (0x0B or 0x1C) and cannot be framed")
-    return b"".join((START_BLOCK, payload, END_BLOCK, CARRIAGE_RETURN))
+    return START_BLOCK + payload + _END
 
 
 class FrameDecoder:
