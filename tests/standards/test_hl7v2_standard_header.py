@@ -110,3 +110,10 @@ def test_an_ack_from_its_senders_form_is_the_ack_built_field_by_field(monkeypatc
                 expected = hl7v2.build_ack(head, code=code, control_id=control_id, now=NOW)
                 assert hl7v2.build_ack(head, code=code, control_id=control_id) == expected, head
     assert len(hl7v2._ACK_FORMS) > 30
+
+
+def test_a_header_made_by_hand_with_control_characters_is_acknowledged_field_by_field():
+    head = hl7v2.Header(sending_application="A\x01B", sending_facility="F", trigger="A01", control_id="C\x03",
+                        version="2.5")
+    ack = hl7v2.build_ack(head, code="AA", control_id="SC1")
+    assert ack.startswith("MSH|^~\\&|SMARTCARE|REGION|A\x01B|F|") and "|ACK^A01^ACK|SC1|P|2.5\rMSA|AA|C\x03\r" in ack

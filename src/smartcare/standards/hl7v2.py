@@ -781,8 +781,8 @@ def standard_header(raw: bytes) -> Header | None:
     The common form: the standard separators, an MSH line of printable ASCII without escape sequences
     or repetitions and no NUL byte in the message (so no character set can read it differently), a
     three-character type and trigger event, a control id, a known version and processing id — everything
-    ``check`` accepts. Reading it costs a few microseconds where decoding and parsing the whole message, which the
-    hub does not need to route, dedupe and acknowledge it, cost ten times as much.
+    ``check`` accepts. Reading it costs a few microseconds where decoding and parsing the whole message,
+    which the hub does not need to route, dedupe and acknowledge it, cost ten times as much.
     """
     if not raw.startswith(_STANDARD_START) or b"\x00" in raw:
         return None
@@ -890,10 +890,14 @@ def _plain_ack(original: Header, code: AckCode, control_id: str, sending_applica
            original.receiving_application, original.receiving_facility, original.trigger, original.processing_id,
            original.version, original.charset, code, sending_application, sending_facility)
     form = _ACK_FORMS.get(key)
+    control_id = escape(control_id, original.separators)
     if form is None:
-        # the general builder with markers where the three values go: header fields hold no control characters
+        # the general builder with markers where the three values go (a parsed header holds no control
+        # characters; one made by hand that does is acknowledged field by field)
         marked = _ack(replace(original, control_id="\x03"), code, None, None, "\x02", "\x01",
                       sending_application, sending_facility)
+        if [marked.count(marker) for marker in "\x01\x02\x03"] != [1, 1, 1]:
+            return _ack(original, code, None, None, control_id, _stamp_now(), sending_application, sending_facility)
         before_stamp, rest = marked.split("\x01")
         before_id, rest = rest.split("\x02")
         before_original, after = rest.split("\x03")
@@ -901,8 +905,7 @@ def _plain_ack(original: Header, code: AckCode, control_id: str, sending_applica
             _ACK_FORMS.clear()
         form = _ACK_FORMS[key] = (before_stamp, before_id, before_original, after)
     before_stamp, before_id, before_original, after = form
-    return "".join((before_stamp, _stamp_now(), before_id, escape(control_id, original.separators), before_original,
-                    original.control_id, after))
+    return "".join((before_stamp, _stamp_now(), before_id, control_id, before_original, original.control_id, after))
 
 
 def _ack(original: Header, code: AckCode, error: Hl7Error | None, text: str | None, control_id: str, stamp: str,

@@ -93,7 +93,7 @@ class FrameDecoder:
         if not isinstance(data, bytes):
             data = bytes(data)
         n = len(data)
-        if (self._state == _OUTSIDE and not self._buf and data[:1] == START_BLOCK and data.endswith(b"\x1c\r")
+        if (self._state == _OUTSIDE and not self._buf and data[:1] == START_BLOCK and data.endswith(_END)
                 and data.find(END_BLOCK, 1) == n - 2 and data.find(START_BLOCK, 1) < 0 and n - 3 <= self.max_size):
             # nearly every read of a sender that waits for its ACKs: exactly one whole frame, what the
             # general loop below would make of it, at half the cost
