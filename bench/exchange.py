@@ -282,6 +282,9 @@ def main() -> None:
 
     with scratch_database() as url:
         dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(dsn) as conn:  # which server: the ratio differs between them (docs/benchmarks.md)
+            server_name = (f"PostgreSQL {conn.execute('SHOW server_version').fetchone()[0].split()[0]} over "
+                           + ("a Unix socket" if conn.info.host.startswith("/") else "TCP"))
         with session_scope() as s:
             clients = [(f"bench-{k}", auth.create_api_client(s, client_id=f"bench-{k}", name="bench", facility_code=FACILITY))
                        for k in range(senders)]
@@ -321,7 +324,7 @@ def main() -> None:
                 process.wait(timeout=20)
 
     print(f"exchange ingest, ack after commit: {senders} concurrent senders, {per_sender * senders:,} messages per mode "
-          f"and round (HL7 v2 ADT^A04, {len(adt(FACILITY, 'x', person(1))):,} bytes), {rounds} round(s)")
+          f"and round (HL7 v2 ADT^A04, {len(adt(FACILITY, 'x', person(1))):,} bytes), {rounds} round(s), {server_name}")
     print(f"  {'mode':<38}{'msgs/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'× naive':>9}   CPU µs a message: server / "
           "this process / PostgreSQL; machine busy (of it stolen by the host)")
     ratios, floor_ratios = [], []
