@@ -811,7 +811,7 @@ def standard_header(raw: bytes) -> Header | None:
             or version not in KNOWN_VERSIONS):  # the line is ASCII: isalnum() is [A-Za-z0-9], as _CODE3
         return None
     # by position (separators, sending application and facility, receiving application and facility, type,
-    # trigger, control id, processing id, version, character set): ten keyword arguments cost twice as much
+    # trigger, control id, processing id, version, character set): keyword arguments cost about twice as much
     return Header(DEFAULT_SEPARATORS, fields[0], fields[1], fields[2], fields[3], message_type, trigger, control_id,
                   processing, version, fields[15].strip()[:40])
 
